@@ -1,0 +1,360 @@
+package aci
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nix2aci/nix2aci/nixstore"
+)
+
+// Cache keeps each store path's compressed members between builds.
+//
+// An entry is one file, named by a hash of the fragment format version, the
+// compression settings, the store path and its NAR hash:
+//
+//	member bytes of every chunk, in order
+//	index: JSON {storePath, chunks: [{u, uc, c, cc}]} (uncompressed and
+//	       compressed length and CRC-32 of each chunk)
+//	footer: index length (8 bytes, little endian) and the magic "N2ACIFR1"
+//
+// Nothing is trusted: a build regenerates each chunk's uncompressed bytes
+// anyway (for the image ID), and takes a cached member only when that
+// chunk's length and CRC-32 match the index and the member's own bytes match
+// their CRC-32. A truncated, corrupt or mismatched entry is compressed
+// afresh and rewritten. Entries are written to a temporary file and renamed,
+// so concurrent builds never see half an entry.
+type Cache struct {
+	dir string
+}
+
+// OpenCache opens (creating if needed) the cache in dir.
+func OpenCache(dir string) (*Cache, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating cache directory: %w", err)
+	}
+	return &Cache{dir: dir}, nil
+}
+
+// Dir returns the cache's directory.
+func (c *Cache) Dir() string { return c.dir }
+
+const entryMagic = "N2ACIFR1"
+
+type chunkIndex struct {
+	U   int    `json:"u"`
+	UC  uint32 `json:"uc"`
+	C   int    `json:"c"`
+	CC  uint32 `json:"cc"`
+	off int64
+}
+
+type entryIndex struct {
+	StorePath string       `json:"storePath"`
+	Chunks    []chunkIndex `json:"chunks"`
+}
+
+func (c *Cache) path(cfg config, p nixstore.PathInfo) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00%d\x00%d\x00%s\x00%s", formatVersion, cfg.compression, cfg.level, ChunkSize, p.Path, p.NarHash)
+	key := hex.EncodeToString(h.Sum(nil))
+	return filepath.Join(c.dir, key[:2], key+".frag")
+}
+
+// fragment is the cache state of one store path during a build.
+type fragment struct {
+	path     string
+	file     string // the entry's name; "" when not caching
+	old      *os.File
+	idx      *entryIndex
+	matched  bool // producer: every chunk so far matched idx
+	dirty    atomic.Bool
+	w        *entryWriter
+	chunks   int   // set by the producer at the end
+	tarBytes int64 // likewise
+	cacheHit bool
+	readBuf  []byte
+}
+
+func (b *builder) openFragment(p nixstore.PathInfo) *fragment {
+	f := &fragment{path: p.Path}
+	if b.cfg.cache == nil {
+		return f
+	}
+	f.file = b.cfg.cache.path(b.cfg, p)
+	f.old, f.idx = readEntry(f.file, p.Path)
+	f.matched = f.idx != nil
+	return f
+}
+
+// readEntry opens a cache entry and its index, or returns nils for a
+// missing or malformed one.
+func readEntry(file, storePath string) (*os.File, *entryIndex) {
+	fh, err := os.Open(file)
+	if err != nil {
+		return nil, nil
+	}
+	idx, err := parseEntry(fh, storePath)
+	if err != nil {
+		fh.Close()
+		return nil, nil
+	}
+	return fh, idx
+}
+
+func parseEntry(fh *os.File, storePath string) (*entryIndex, error) {
+	fi, err := fh.Stat()
+	if err != nil {
+		return nil, err
+	}
+	size := fi.Size()
+	if size < 16 {
+		return nil, errors.New("short")
+	}
+	var foot [16]byte
+	if _, err := fh.ReadAt(foot[:], size-16); err != nil {
+		return nil, err
+	}
+	if string(foot[8:]) != entryMagic {
+		return nil, errors.New("bad magic")
+	}
+	n := int64(binary.LittleEndian.Uint64(foot[:8]))
+	if n <= 0 || n > size-16 || n > 64<<20 {
+		return nil, errors.New("bad index length")
+	}
+	raw := make([]byte, n)
+	if _, err := fh.ReadAt(raw, size-16-n); err != nil {
+		return nil, err
+	}
+	var idx entryIndex
+	if err := json.Unmarshal(raw, &idx); err != nil {
+		return nil, err
+	}
+	if idx.StorePath != storePath {
+		return nil, errors.New("entry for another path")
+	}
+	var off int64
+	for i := range idx.Chunks {
+		if idx.Chunks[i].C <= 0 || idx.Chunks[i].U <= 0 || idx.Chunks[i].U > ChunkSize {
+			return nil, errors.New("bad chunk")
+		}
+		idx.Chunks[i].off = off
+		off += int64(idx.Chunks[i].C)
+	}
+	if off != size-16-n {
+		return nil, errors.New("truncated")
+	}
+	return &idx, nil
+}
+
+// match is called by the producer for each chunk: it returns the cached
+// chunk to use, or nil to compress.
+func (f *fragment) match(i, ulen int, ucrc uint32) *chunkIndex {
+	if !f.matched {
+		return nil
+	}
+	if i >= len(f.idx.Chunks) || f.idx.Chunks[i].U != ulen || f.idx.Chunks[i].UC != ucrc {
+		f.matched = false
+		return nil
+	}
+	return &f.idx.Chunks[i]
+}
+
+// readCached returns chunk i's member from the old entry if its bytes are
+// intact. The slice is valid until the next call.
+func (f *fragment) readCached(i int) ([]byte, bool) {
+	ci := f.idx.Chunks[i]
+	if cap(f.readBuf) < ci.C {
+		f.readBuf = make([]byte, ci.C)
+	}
+	buf := f.readBuf[:ci.C]
+	if _, err := f.old.ReadAt(buf, ci.off); err != nil || crc(buf) != ci.CC {
+		return nil, false
+	}
+	return buf, true
+}
+
+// record is called by the sink with each chunk it wrote; it writes a new
+// entry unless the whole fragment comes intact from the old one.
+func (b *builder) record(c *chunk, payload []byte, fromCache bool) {
+	f := c.frag
+	if f.file == "" {
+		return
+	}
+	if f.w == nil && fromCache && !f.dirty.Load() {
+		return
+	}
+	if f.w == nil {
+		f.w = newEntryWriter(f.file, f.path)
+		// Chunks before this one came intact from the old entry.
+		for j := 0; j < c.index && f.w != nil; j++ {
+			old, ok := f.readCached(j)
+			if !ok {
+				f.w.abort()
+				f.w = nil
+				return
+			}
+			f.w.add(f.idx.Chunks[j].U, f.idx.Chunks[j].UC, old)
+		}
+	}
+	if f.w != nil {
+		f.w.add(c.ulen, c.ucrc, payload)
+	}
+}
+
+// end is called by the sink after a fragment's last chunk.
+func (f *fragment) end() {
+	if f.file == "" {
+		return
+	}
+	if f.w == nil && f.idx != nil && f.matched && f.chunks == len(f.idx.Chunks) && !f.dirty.Load() {
+		f.cacheHit = true
+		now := time.Now()
+		os.Chtimes(f.file, now, now) // for least-recently-used collection
+	} else if f.w == nil && f.idx != nil && f.matched && !f.dirty.Load() {
+		// The old entry is longer than the fragment now is; rewrite it.
+		f.w = newEntryWriter(f.file, f.path)
+		for j := 0; j < f.chunks && f.w != nil; j++ {
+			old, ok := f.readCached(j)
+			if !ok {
+				f.w.abort()
+				f.w = nil
+				break
+			}
+			f.w.add(f.idx.Chunks[j].U, f.idx.Chunks[j].UC, old)
+		}
+	}
+	if f.w != nil {
+		f.w.finish()
+		f.w = nil
+	}
+	f.closeOld()
+}
+
+func (f *fragment) closeOld() {
+	if f.old != nil {
+		f.old.Close()
+		f.old = nil
+	}
+}
+
+// entryWriter writes a new cache entry; failures only lose the entry.
+type entryWriter struct {
+	final string
+	tmp   *os.File
+	idx   entryIndex
+	err   error
+}
+
+func newEntryWriter(final, storePath string) *entryWriter {
+	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		return nil
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(final), ".tmp-*")
+	if err != nil {
+		return nil
+	}
+	return &entryWriter{final: final, tmp: tmp, idx: entryIndex{StorePath: storePath}}
+}
+
+func (w *entryWriter) add(u int, uc uint32, member []byte) {
+	if w.err != nil {
+		return
+	}
+	if _, w.err = w.tmp.Write(member); w.err == nil {
+		w.idx.Chunks = append(w.idx.Chunks, chunkIndex{U: u, UC: uc, C: len(member), CC: crc(member)})
+	}
+}
+
+func (w *entryWriter) abort() {
+	w.tmp.Close()
+	os.Remove(w.tmp.Name())
+}
+
+func (w *entryWriter) finish() {
+	if w.err == nil {
+		var raw []byte
+		if raw, w.err = json.Marshal(w.idx); w.err == nil {
+			var foot [16]byte
+			binary.LittleEndian.PutUint64(foot[:8], uint64(len(raw)))
+			copy(foot[8:], entryMagic)
+			if _, w.err = w.tmp.Write(append(raw, foot[:]...)); w.err == nil {
+				w.err = w.tmp.Close()
+				if w.err == nil {
+					w.err = os.Rename(w.tmp.Name(), w.final)
+				}
+				if w.err == nil {
+					return
+				}
+			}
+		}
+	}
+	w.abort()
+}
+
+// GCResult says what GC removed.
+type GCResult struct {
+	Entries    int   `json:"entries"`
+	Bytes      int64 `json:"bytes"`
+	Removed    int   `json:"removed"`
+	FreedBytes int64 `json:"freedBytes"`
+}
+
+// GC removes the least recently used entries until the cache holds at most
+// maxBytes, and leftovers of interrupted writes older than an hour.
+func (c *Cache) GC(maxBytes int64) (GCResult, error) {
+	type ent struct {
+		path string
+		size int64
+		used time.Time
+	}
+	var ents []ent
+	var res GCResult
+	err := filepath.WalkDir(c.dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		if strings.HasPrefix(d.Name(), ".tmp-") {
+			if time.Since(fi.ModTime()) > time.Hour {
+				os.Remove(p)
+			}
+			return nil
+		}
+		if strings.HasSuffix(d.Name(), ".frag") {
+			ents = append(ents, ent{p, fi.Size(), fi.ModTime()})
+			res.Bytes += fi.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		return res, fmt.Errorf("reading cache %s: %w", c.dir, err)
+	}
+	res.Entries = len(ents)
+	sort.Slice(ents, func(i, j int) bool { return ents[i].used.Before(ents[j].used) })
+	for _, e := range ents {
+		if res.Bytes <= maxBytes {
+			break
+		}
+		if err := os.Remove(e.path); err == nil {
+			res.Bytes -= e.size
+			res.FreedBytes += e.size
+			res.Removed++
+			res.Entries--
+		}
+	}
+	return res, nil
+}

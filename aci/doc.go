@@ -1,0 +1,40 @@
+// Package aci writes and reads App Container Images (ACIs): a tar archive
+// holding a JSON image manifest named "manifest" and a root filesystem under
+// "rootfs/", optionally compressed.
+//
+// # Archive layout
+//
+// Write produces one deterministic archive for one closure:
+//
+//	manifest                       first entry, so readers find it at once
+//	rootfs/                        0755
+//	rootfs/<farm before "nix">     the symlink farm (bin/, lib/, ...)
+//	rootfs/nix/, rootfs/nix/store/ 0755, explicit
+//	rootfs/nix/store/<path>...     one fragment per store path (fat), or one
+//	                               empty mount target per store path (thin)
+//	rootfs/<farm after "nix">      the rest of the farm
+//	end-of-archive blocks
+//
+// Every tar header is written here, never copied from the file system:
+// uid and gid 0, no user or group names, mode and mtime as the store holds
+// them (the farm and the fixed directories take the build time), entries in
+// depth-first order with each directory's children sorted by name.
+//
+// # Compression and the fragment cache
+//
+// A gzip file may hold several members, and readers (Go, GNU tar, rkt)
+// decompress them as one stream. Write compresses the tar stream as a
+// sequence of independent members: one for the header (manifest and early
+// farm), one per chunk of at most ChunkSize bytes of each store path's tar
+// fragment, and one for the trailer. A store path's fragment never refers to
+// bytes outside itself (hard links to files in other store paths are written
+// as plain files), so its compressed members depend only on the store path's
+// contents and the compression settings. That buys three things at once:
+// chunks compress in parallel on every core with deterministic output; a
+// store path's members can be cached and reused by a later build (see Cache);
+// and a cold build and a cached build of the same closure are byte-identical.
+//
+// The image ID is the SHA-512 of the uncompressed tar stream, computed while
+// writing. A cached build still regenerates each store path's uncompressed
+// fragment to hash it (reading the store is cheap; compressing is not).
+package aci

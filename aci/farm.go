@@ -1,0 +1,116 @@
+package aci
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// A farmEntry is one entry of the symlink farm at the image root: a
+// directory, or a symlink to a file or directory of a package.
+type farmEntry struct {
+	rel    string // path below rootfs, e.g. "bin/busybox"
+	target string // symlink target; empty for a directory
+}
+
+// Conflict is a farm path two packages both provide; the first package
+// listed wins, as in Nix's buildEnv with default priorities.
+type Conflict struct {
+	Path string `json:"path"`
+	Kept string `json:"kept"`
+	Lost string `json:"lost"`
+}
+
+func (c Conflict) String() string {
+	return fmt.Sprintf("/%s: kept %s, ignored %s", c.Path, c.Kept, c.Lost)
+}
+
+// buildFarm merges the top levels of packages into one tree of real
+// directories holding symlinks to the packages' files, like buildEnv. The
+// store's own directory (nix/) and nix-support/ are never linked.
+func buildFarm(packages []string) ([]farmEntry, []Conflict, error) {
+	type node struct {
+		target string // "" for a directory
+		owner  string
+	}
+	tree := map[string]node{}
+	var conflicts []Conflict
+	var walk func(pkg, dir, rel string) error
+	walk = func(pkg, dir, rel string) error {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return fmt.Errorf("reading package %s: %w", pkg, err)
+		}
+		for _, e := range ents {
+			name := e.Name()
+			if rel == "" && (name == "nix" || name == "nix-support") {
+				continue
+			}
+			r := filepath.Join(rel, name)
+			src := filepath.Join(dir, name)
+			isDir := e.IsDir()
+			prev, exists := tree[r]
+			switch {
+			case !exists && isDir:
+				tree[r] = node{owner: pkg}
+				if err := walk(pkg, src, r); err != nil {
+					return err
+				}
+			case !exists:
+				tree[r] = node{target: src, owner: pkg}
+			case isDir && prev.target == "":
+				// Both directories: merge.
+				if err := walk(pkg, src, r); err != nil {
+					return err
+				}
+			default:
+				conflicts = append(conflicts, Conflict{Path: r, Kept: prev.owner, Lost: pkg})
+			}
+		}
+		return nil
+	}
+	for _, p := range packages {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return nil, nil, fmt.Errorf("package %s: %w", p, err)
+		}
+		if !fi.IsDir() {
+			// A single-file store path has nothing to link into /bin and
+			// friends; it is still in the closure.
+			continue
+		}
+		if err := walk(p, p, ""); err != nil {
+			return nil, nil, err
+		}
+	}
+	out := make([]farmEntry, 0, len(tree))
+	for rel, n := range tree {
+		out = append(out, farmEntry{rel: rel, target: n.target})
+	}
+	sort.Slice(out, func(i, j int) bool { return pathLess(out[i].rel, out[j].rel) })
+	return out, conflicts, nil
+}
+
+// pathLess orders paths depth-first, each directory's children sorted by
+// name: compare component by component, so "a/b" < "a-b" ("a" < "a-b").
+func pathLess(a, b string) bool {
+	for {
+		ai, bi := strings.IndexByte(a, '/'), strings.IndexByte(b, '/')
+		ah, bh := a, b
+		if ai >= 0 {
+			ah = a[:ai]
+		}
+		if bi >= 0 {
+			bh = b[:bi]
+		}
+		if ah != bh {
+			return ah < bh
+		}
+		if ai < 0 || bi < 0 {
+			return ai < 0 && bi >= 0
+		}
+		a, b = a[ai+1:], b[bi+1:]
+	}
+}

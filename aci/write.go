@@ -1,0 +1,700 @@
+package aci
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha512"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/appc/spec/schema"
+	"github.com/klauspost/compress/gzip"
+	"github.com/ulikunitz/xz"
+
+	"github.com/nix2aci/nix2aci/manifest"
+	"github.com/nix2aci/nix2aci/nixstore"
+)
+
+// Compression is how an archive is compressed.
+type Compression string
+
+// The compressions Write can produce; the ACI spec also allows bzip2, which
+// nothing is gained by writing.
+const (
+	Gzip Compression = "gzip"
+	Xz   Compression = "xz"
+	None Compression = "none"
+)
+
+// ParseCompression checks a compression name given by a user.
+func ParseCompression(s string) (Compression, error) {
+	switch c := Compression(s); c {
+	case Gzip, Xz, None:
+		return c, nil
+	}
+	return "", fmt.Errorf("unknown compression %q: use gzip, xz or none", s)
+}
+
+// DefaultLevel is the gzip level used unless WithCompression says
+// otherwise. Level 7 of klauspost/compress gives archives about the size
+// zlib's (and pigz's) default level 6 gives, at a fraction of the time.
+const DefaultLevel = 7
+
+// ChunkSize is the most uncompressed bytes in one compressed member.
+const ChunkSize = 1 << 20
+
+// formatVersion changes whenever the bytes Write produces for a store path
+// change; it is part of every cache key.
+const formatVersion = "nix2aci-fragment-1"
+
+// Image is what Write puts into an archive.
+type Image struct {
+	Manifest *schema.ImageManifest
+	// Closure is every store path the image needs.
+	Closure *nixstore.Graph
+	// Packages are linked into the root (/bin/..., /lib/...), first wins.
+	Packages []string
+	// Thin images hold no store contents, only a mount target per store
+	// path; the manifest should carry a mount point for each (ThinMounts).
+	Thin bool
+}
+
+// Result says what Write wrote.
+type Result struct {
+	ImageID     string     `json:"imageID"`
+	Size        int64      `json:"size"`
+	TarSize     int64      `json:"uncompressedSize"`
+	StorePaths  int        `json:"storePaths"`
+	CachedPaths int        `json:"cachedPaths"`
+	Conflicts   []Conflict `json:"conflicts,omitempty"`
+}
+
+// Progress is reported after each store path is written.
+type Progress struct {
+	StorePaths, TotalStorePaths int
+	Bytes, TotalBytes           int64 // uncompressed; the total is the closure's NAR size
+}
+
+type config struct {
+	compression Compression
+	level       int
+	jobs        int
+	cache       *Cache
+	modTime     time.Time
+	progress    func(Progress)
+}
+
+// Option sets how Write works.
+type Option func(*config)
+
+// WithCompression sets the compression and, for gzip, its level (1-9;
+// 0 means DefaultLevel).
+func WithCompression(c Compression, level int) Option {
+	return func(o *config) { o.compression, o.level = c, level }
+}
+
+// WithJobs sets how many chunks are compressed at once (default: one per CPU).
+func WithJobs(n int) Option { return func(o *config) { o.jobs = n } }
+
+// WithCache reuses and stores compressed store paths in c.
+func WithCache(c *Cache) Option { return func(o *config) { o.cache = c } }
+
+// WithModTime sets the mtime of entries that are not from the store (the
+// manifest, the symlink farm, rootfs/nix/store). Default: the Unix epoch.
+func WithModTime(t time.Time) Option { return func(o *config) { o.modTime = t } }
+
+// WithProgress calls f after each store path is written, from one goroutine.
+func WithProgress(f func(Progress)) Option { return func(o *config) { o.progress = f } }
+
+// WriteFile writes the image to path atomically: to a temporary file in the
+// same directory, renamed into place only when complete. On any error,
+// including a cancelled ctx, nothing is left at path or beside it.
+func WriteFile(ctx context.Context, path string, img Image, opts ...Option) (res *Result, err error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating output directory: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return nil, fmt.Errorf("creating output file: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if res, err = Write(ctx, tmp, img, opts...); err != nil {
+		return nil, err
+	}
+	if err = tmp.Chmod(0o644); err != nil {
+		return nil, err
+	}
+	if err = tmp.Close(); err != nil {
+		return nil, fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err = os.Rename(tmp.Name(), path); err != nil {
+		return nil, fmt.Errorf("renaming output into place: %w", err)
+	}
+	return res, nil
+}
+
+// Write writes the image as an ACI to w: one pass over the store, chunks
+// compressed in parallel, the image ID hashed on the way.
+func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result, error) {
+	cfg := config{compression: Gzip, level: DefaultLevel, jobs: runtime.GOMAXPROCS(0), modTime: time.Unix(0, 0)}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.level == 0 {
+		cfg.level = DefaultLevel
+	}
+	if cfg.compression == Gzip && (cfg.level < 1 || cfg.level > 9) {
+		return nil, fmt.Errorf("gzip level %d is out of range: use 1 (fastest) to 9 (smallest)", cfg.level)
+	}
+	if cfg.jobs < 1 {
+		cfg.jobs = 1
+	}
+	if cfg.compression == None {
+		cfg.cache = nil // nothing to save
+	}
+	if img.Manifest == nil || img.Closure == nil {
+		return nil, errors.New("image needs a manifest and a closure")
+	}
+	mjson, err := manifest.Marshal(img.Manifest)
+	if err != nil {
+		return nil, fmt.Errorf("manifest: %w", err)
+	}
+	// Every store path must be there before anything is written: a thin
+	// image with a missing path would run with an empty directory.
+	for _, p := range img.Closure.Paths {
+		if _, err := os.Lstat(p.Path); err != nil {
+			return nil, &nixstore.InvalidPathError{Path: p.Path, Reason: "it is in the closure but missing from the store; rebuild it (nix-store --realise) or repair the store (nix-store --verify --repair)"}
+		}
+	}
+	farm, conflicts, err := buildFarm(img.Packages)
+	if err != nil {
+		return nil, err
+	}
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	b := &builder{
+		cfg:   cfg,
+		ctx:   ctx,
+		free:  make(chan []byte, 2*cfg.jobs+4),
+		work:  make(chan *chunk, 2*cfg.jobs+4),
+		hashQ: make(chan *chunk, 2*cfg.jobs+4),
+		sinkQ: make(chan sinkItem, 2*cfg.jobs+8),
+		out:   &countWriter{w: w},
+		total: Progress{TotalStorePaths: len(img.Closure.Paths), TotalBytes: img.Closure.NarSize()},
+	}
+	for i := 0; i < cap(b.free); i++ {
+		b.free <- make([]byte, 0, ChunkSize)
+	}
+
+	var wg sync.WaitGroup
+	fail := func(err error) {
+		if err != nil {
+			cancel(err)
+		}
+	}
+	h := sha512.New()
+	var tarSize int64
+	wg.Add(2 + cfg.jobs)
+	go func() { defer wg.Done(); tarSize = b.hash(h) }()
+	go func() { defer wg.Done(); fail(b.sink()) }()
+	for i := 0; i < cfg.jobs; i++ {
+		go func() { defer wg.Done(); fail(b.compressLoop()) }()
+	}
+	perr := b.produce(img, mjson, farm)
+	close(b.work)
+	close(b.hashQ)
+	close(b.sinkQ)
+	fail(perr)
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil {
+		return nil, err
+	}
+	return &Result{
+		ImageID:     "sha512-" + hex.EncodeToString(h.Sum(nil)),
+		Size:        b.out.n,
+		TarSize:     tarSize,
+		StorePaths:  len(img.Closure.Paths),
+		CachedPaths: int(b.cachedPaths.Load()),
+		Conflicts:   conflicts,
+	}, nil
+}
+
+// A chunk is at most ChunkSize bytes of the tar stream, compressed as one
+// member. Its data returns to the pool once hashed and compressed.
+type chunk struct {
+	data   []byte
+	frag   *fragment   // nil for chunks that are not cached (header, trailer, thin)
+	index  int         // within frag
+	cached *chunkIndex // compressed bytes may be taken from the cache
+	ulen   int         // len(data), kept after data returns to the pool
+	ucrc   uint32      // CRC-32 of data, for cacheable chunks
+	out    *bytes.Buffer
+	done   chan struct{}
+	refs   atomic.Int32
+}
+
+type sinkItem struct {
+	c       *chunk
+	fragEnd *fragment
+}
+
+type builder struct {
+	cfg         config
+	ctx         context.Context
+	free        chan []byte
+	work        chan *chunk
+	hashQ       chan *chunk
+	sinkQ       chan sinkItem
+	out         *countWriter
+	total       Progress
+	cachedPaths atomic.Int32
+}
+
+var outPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+func (b *builder) release(c *chunk) {
+	if c.refs.Add(-1) == 0 {
+		b.free <- c.data[:0]
+	}
+}
+
+// hash feeds the uncompressed stream, in order, to h.
+func (b *builder) hash(h io.Writer) int64 {
+	var n int64
+	for c := range b.hashQ {
+		h.Write(c.data)
+		n += int64(len(c.data))
+		b.release(c)
+	}
+	return n
+}
+
+func (b *builder) compressLoop() error {
+	var gz *gzip.Writer
+	for c := range b.work {
+		buf := outPool.Get().(*bytes.Buffer)
+		buf.Reset()
+		var err error
+		switch b.cfg.compression {
+		case Gzip:
+			if gz == nil {
+				gz, err = gzip.NewWriterLevel(buf, b.cfg.level)
+			} else {
+				gz.Reset(buf)
+			}
+			if err == nil {
+				if _, err = gz.Write(c.data); err == nil {
+					err = gz.Close()
+				}
+			}
+		case Xz:
+			var xw *xz.Writer
+			if xw, err = xz.NewWriter(buf); err == nil {
+				if _, err = xw.Write(c.data); err == nil {
+					err = xw.Close()
+				}
+			}
+		}
+		c.out = buf
+		b.release(c)
+		close(c.done)
+		if err != nil {
+			return fmt.Errorf("compressing: %w", err)
+		}
+	}
+	return nil
+}
+
+// sink writes compressed chunks in order to the output and to the cache.
+func (b *builder) sink() error {
+	var done Progress = b.total
+	done.StorePaths, done.Bytes = 0, 0
+	var failed error
+	for it := range b.sinkQ {
+		if failed != nil {
+			// Drain so the producer never blocks; release what we hold.
+			if it.c != nil {
+				if it.c.done != nil {
+					<-it.c.done
+				}
+				b.releaseSink(it.c)
+			}
+			continue
+		}
+		if f := it.fragEnd; f != nil {
+			f.end()
+			if f.cacheHit {
+				b.cachedPaths.Add(1)
+			}
+			done.StorePaths++
+			done.Bytes += f.tarBytes
+			if b.cfg.progress != nil {
+				b.cfg.progress(done)
+			}
+			continue
+		}
+		if err := b.sinkChunk(it.c); err != nil {
+			failed = err
+			b.releaseSink(it.c)
+			continue
+		}
+		b.releaseSink(it.c)
+	}
+	return failed
+}
+
+func (b *builder) releaseSink(c *chunk) {
+	if c.out != nil {
+		outPool.Put(c.out)
+		c.out = nil
+	}
+	if c.cached != nil || b.cfg.compression == None {
+		b.release(c) // the sink held the data for these
+	}
+}
+
+func (b *builder) sinkChunk(c *chunk) error {
+	var payload []byte
+	switch {
+	case b.cfg.compression == None:
+		payload = c.data
+	case c.cached != nil:
+		p, ok := c.frag.readCached(c.index)
+		if ok {
+			payload = p
+			break
+		}
+		// The cache entry is damaged: compress this chunk here, and
+		// rewrite the entry from what this build produces.
+		c.frag.dirty.Store(true)
+		buf := outPool.Get().(*bytes.Buffer)
+		buf.Reset()
+		if err := compressInto(buf, b.cfg, c.data); err != nil {
+			return err
+		}
+		c.out = buf
+		payload = buf.Bytes()
+	default:
+		<-c.done
+		if c.out == nil {
+			return errors.New("compression failed")
+		}
+		payload = c.out.Bytes()
+	}
+	if _, err := b.out.Write(payload); err != nil {
+		return fmt.Errorf("writing archive: %w", err)
+	}
+	if c.frag != nil {
+		b.record(c, payload, c.cached != nil && c.out == nil)
+	}
+	return nil
+}
+
+func compressInto(buf *bytes.Buffer, cfg config, data []byte) error {
+	switch cfg.compression {
+	case Gzip:
+		zw, err := gzip.NewWriterLevel(buf, cfg.level)
+		if err != nil {
+			return err
+		}
+		if _, err := zw.Write(data); err != nil {
+			return err
+		}
+		return zw.Close()
+	case Xz:
+		xw, err := xz.NewWriter(buf)
+		if err != nil {
+			return err
+		}
+		if _, err := xw.Write(data); err != nil {
+			return err
+		}
+		return xw.Close()
+	}
+	buf.Write(data)
+	return nil
+}
+
+// produce walks the image in archive order and feeds chunks to the rest.
+func (b *builder) produce(img Image, mjson []byte, farm []farmEntry) error {
+	cw := &chunker{b: b}
+	tw := tar.NewWriter(cw)
+	mt := b.cfg.modTime
+	if err := tw.WriteHeader(&tar.Header{Name: "manifest", Mode: 0o644, Size: int64(len(mjson)), ModTime: mt, Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
+		return err
+	}
+	if _, err := tw.Write(mjson); err != nil {
+		return err
+	}
+	if err := writeDir(tw, "rootfs/", mt); err != nil {
+		return err
+	}
+	i := 0
+	for ; i < len(farm) && pathLess(farm[i].rel, "nix"); i++ {
+		if err := writeFarmEntry(tw, farm[i], mt); err != nil {
+			return err
+		}
+	}
+	if err := writeDir(tw, "rootfs/nix/", mt); err != nil {
+		return err
+	}
+	if err := writeDir(tw, "rootfs/nix/store/", mt); err != nil {
+		return err
+	}
+	if img.Thin {
+		for _, p := range img.Closure.Paths {
+			if err := writeMountTarget(tw, p.Path); err != nil {
+				return err
+			}
+		}
+		if err := cw.flushSegment(tw, nil); err != nil {
+			return err
+		}
+		for range img.Closure.Paths {
+			b.sinkQ <- sinkItem{fragEnd: &fragment{}}
+		}
+	} else {
+		if err := cw.flushSegment(tw, nil); err != nil {
+			return err
+		}
+		for _, p := range img.Closure.Paths {
+			f := b.openFragment(p)
+			tw = tar.NewWriter(cw)
+			cw.frag = f
+			err := writeTree(tw, p.Path)
+			if err == nil {
+				err = cw.flushSegment(tw, f)
+			}
+			if err != nil {
+				f.closeOld()
+				return err
+			}
+		}
+	}
+	tw = tar.NewWriter(cw)
+	for ; i < len(farm); i++ {
+		if err := writeFarmEntry(tw, farm[i], mt); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil { // end-of-archive blocks
+		return err
+	}
+	return cw.flushSegment(nil, nil)
+}
+
+// chunker cuts the tar stream into chunks and hands each to the hasher,
+// the compressors and the sink.
+type chunker struct {
+	b    *builder
+	buf  []byte
+	frag *fragment
+	n    int // chunks of the current fragment
+}
+
+func (cw *chunker) Write(p []byte) (int, error) {
+	total := len(p)
+	for len(p) > 0 {
+		if cw.buf == nil {
+			select {
+			case cw.buf = <-cw.b.free:
+			case <-cw.b.ctx.Done():
+				return 0, context.Cause(cw.b.ctx)
+			}
+		}
+		k := copy(cw.buf[len(cw.buf):cap(cw.buf)], p)
+		cw.buf = cw.buf[:len(cw.buf)+k]
+		p = p[k:]
+		if len(cw.buf) == cap(cw.buf) {
+			if err := cw.emit(); err != nil {
+				return total - len(p), err
+			}
+		}
+	}
+	return total, nil
+}
+
+func (cw *chunker) emit() error {
+	b := cw.b
+	c := &chunk{data: cw.buf, frag: cw.frag, index: cw.n, ulen: len(cw.buf)}
+	cw.buf = nil
+	cw.n++
+	if f := c.frag; f != nil {
+		f.tarBytes += int64(len(c.data))
+		if f.file != "" {
+			c.ucrc = crc(c.data)
+			c.cached = f.match(c.index, c.ulen, c.ucrc)
+		}
+	}
+	c.refs.Store(2) // hasher, and compressor or sink
+	if err := b.ctx.Err(); err != nil {
+		return context.Cause(b.ctx)
+	}
+	b.hashQ <- c
+	if c.cached == nil && b.cfg.compression != None {
+		c.done = make(chan struct{})
+		b.work <- c
+	}
+	b.sinkQ <- sinkItem{c: c}
+	return nil
+}
+
+// flushSegment ends a tar segment (padding its last entry) and emits its
+// last, possibly short, chunk, so that chunks never span two segments.
+func (cw *chunker) flushSegment(tw *tar.Writer, f *fragment) error {
+	if tw != nil {
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	if len(cw.buf) > 0 {
+		if err := cw.emit(); err != nil {
+			return err
+		}
+	}
+	if f != nil {
+		f.chunks = cw.n
+		cw.b.sinkQ <- sinkItem{fragEnd: f}
+	}
+	cw.frag, cw.n = nil, 0
+	return nil
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func writeDir(tw *tar.Writer, name string, mt time.Time) error {
+	return tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mt, Format: tar.FormatPAX})
+}
+
+func writeFarmEntry(tw *tar.Writer, e farmEntry, mt time.Time) error {
+	if e.target == "" {
+		return writeDir(tw, "rootfs/"+e.rel+"/", mt)
+	}
+	return tw.WriteHeader(&tar.Header{Name: "rootfs/" + e.rel, Typeflag: tar.TypeSymlink, Linkname: e.target, Mode: 0o777, ModTime: mt, Format: tar.FormatPAX})
+}
+
+// writeMountTarget writes the empty entry a thin image's volume is mounted
+// on: a directory for a directory, an empty file for anything else (rkt
+// refuses to bind a file onto a directory). Symlinks count as what they
+// point to, since the bind mount follows them.
+func writeMountTarget(tw *tar.Writer, p string) error {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return &nixstore.InvalidPathError{Path: p, Reason: err.Error()}
+	}
+	name := "rootfs" + p
+	if fi.IsDir() {
+		return tw.WriteHeader(&tar.Header{Name: name + "/", Typeflag: tar.TypeDir, Mode: 0o555, ModTime: time.Unix(1, 0), Format: tar.FormatPAX})
+	}
+	return tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o444, ModTime: time.Unix(1, 0), Format: tar.FormatPAX})
+}
+
+// writeTree writes store path p and everything below it, depth first,
+// children sorted by name. Hard links are kept between files of this store
+// path only, so the path's bytes never depend on any other.
+func writeTree(tw *tar.Writer, p string) error {
+	type inode struct{ dev, ino uint64 }
+	links := map[inode]string{}
+	var walk func(src, name string) error
+	walk = func(src, name string) error {
+		fi, err := os.Lstat(src)
+		if err != nil {
+			return fmt.Errorf("reading store: %w", err)
+		}
+		hdr := &tar.Header{
+			Name:    name,
+			Mode:    int64(fi.Mode().Perm()),
+			ModTime: fi.ModTime().Truncate(time.Second),
+			Format:  tar.FormatPAX,
+		}
+		if fi.Mode()&os.ModeSetuid != 0 {
+			hdr.Mode |= 0o4000
+		}
+		if fi.Mode()&os.ModeSetgid != 0 {
+			hdr.Mode |= 0o2000
+		}
+		if fi.Mode()&os.ModeSticky != 0 {
+			hdr.Mode |= 0o1000
+		}
+		switch {
+		case fi.IsDir():
+			hdr.Typeflag = tar.TypeDir
+			hdr.Name += "/"
+			if err := tw.WriteHeader(hdr); err != nil {
+				return err
+			}
+			ents, err := os.ReadDir(src) // sorted by name
+			if err != nil {
+				return fmt.Errorf("reading store: %w", err)
+			}
+			for _, e := range ents {
+				if err := walk(src+"/"+e.Name(), name+"/"+e.Name()); err != nil {
+					return err
+				}
+			}
+			return nil
+		case fi.Mode()&os.ModeSymlink != 0:
+			hdr.Typeflag = tar.TypeSymlink
+			if hdr.Linkname, err = os.Readlink(src); err != nil {
+				return fmt.Errorf("reading store: %w", err)
+			}
+			return tw.WriteHeader(hdr)
+		case fi.Mode().IsRegular():
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
+				key := inode{uint64(st.Dev), uint64(st.Ino)}
+				if first, ok := links[key]; ok {
+					hdr.Typeflag = tar.TypeLink
+					hdr.Linkname = first
+					return tw.WriteHeader(hdr)
+				}
+				links[key] = name
+			}
+			hdr.Typeflag = tar.TypeReg
+			hdr.Size = fi.Size()
+			if err := tw.WriteHeader(hdr); err != nil {
+				return err
+			}
+			f, err := os.Open(src)
+			if err != nil {
+				return fmt.Errorf("reading store: %w", err)
+			}
+			defer f.Close()
+			if _, err := io.CopyN(tw, f, fi.Size()); err != nil {
+				return fmt.Errorf("reading %s: %w", src, err)
+			}
+			return nil
+		}
+		return fmt.Errorf("%s is a %s, which a Nix store path cannot hold", src, fi.Mode().Type())
+	}
+	return walk(p, "rootfs"+p)
+}
+
+// crc is the checksum used to match chunks with cache entries.
+func crc(b []byte) uint32 { return crc32.ChecksumIEEE(b) }

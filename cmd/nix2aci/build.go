@@ -1,0 +1,416 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+
+	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/manifest"
+	"github.com/nix2aci/nix2aci/nixstore"
+	"github.com/nix2aci/nix2aci/pkgs"
+)
+
+type buildOptions struct {
+	target      string
+	thin        bool
+	outDir      string
+	name        string
+	json        bool
+	recipes     string
+	compression aci.Compression
+	level       int
+	jobs        int
+	cacheDir    string // "" disables the cache
+	cacheMax    int64
+	link        bool
+	created     time.Time
+	progress    bool
+}
+
+func buildCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "build",
+		Usage:     "build an ACI from a recipe, nixpkgs attribute, store path or .nix file",
+		ArgsUsage: "TARGET",
+		Description: `TARGET is a recipe name (nix2aci pkgs list), a nixpkgs attribute, a
+/nix/store path (or a link to one, like ./result) or a .nix file.
+
+--fat (the default) puts the whole closure into the image. --thin puts in
+only a mount point per store path and writes <image>.rkt-args beside it:
+  sudo rkt run $(cat ACIs/X.rkt-args) ACIs/X.aci
+
+Without nixpkgs in NIX_PATH, recipes use nix2aci's offline package set,
+which has busybox and busybox-static (from the host's busybox-static).
+SOURCE_DATE_EPOCH, if set, is the image's "created" time.`,
+		Flags: append([]cli.Flag{
+			&cli.BoolFlag{Name: "fat", Usage: "put every store path of the closure into the image (default)"},
+			&cli.BoolFlag{Name: "thin", Usage: "mount store paths from the host instead (writes .rkt-args)"},
+			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Value: "ACIs", Usage: "output `DIR`"},
+			&cli.StringFlag{Name: "name", Usage: "image name (an AC Identifier, e.g. example.com/busybox)"},
+			&cli.BoolFlag{Name: "json", Usage: "print one JSON object describing what was built"},
+			&cli.StringFlag{Name: "pkgs", EnvVars: []string{"NIX2ACI_PKGS"}, Usage: "`DIR` of recipes overriding the built-in ones"},
+			&cli.StringFlag{Name: "compression", Value: "gzip", Usage: "gzip, xz or none"},
+			&cli.IntFlag{Name: "level", Usage: "gzip level 1 (fastest) to 9 (smallest) (default 7, about zlib's 6)"},
+			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Usage: "parallel compression jobs (default: one per CPU)"},
+			&cli.BoolFlag{Name: "no-cache", Usage: "neither use nor fill the cache of compressed store paths"},
+			&cli.StringFlag{Name: "cache-dir", Usage: "cache `DIR` (default $XDG_CACHE_HOME/nix2aci or ~/.cache/nix2aci)"},
+			&cli.StringFlag{Name: "cache-max-size", Value: "10G", Usage: "after a build, trim the cache to this `SIZE` (least recently used first)"},
+			&cli.BoolFlag{Name: "no-link", Usage: "do not create the ./result symlink"},
+		}, buildSignFlags()...),
+		Action: runBuild,
+	}
+}
+
+func runBuild(c *cli.Context) error {
+	o, err := buildOptionsFrom(c)
+	if err != nil {
+		return err
+	}
+	// Load (and unlock) any signing key before the long part, so a wrong
+	// passphrase fails at once.
+	signer, err := buildSigner(c)
+	if err != nil {
+		return err
+	}
+	out, err := build(c, o)
+	if err != nil {
+		return err
+	}
+	if signer != nil {
+		asc, err := signer(out.ACI)
+		if err != nil {
+			return err
+		}
+		out.Signature = asc
+		if o.link {
+			if err := replaceSymlink(asc, "result.asc"); err != nil {
+				return err
+			}
+		}
+	}
+	if o.json {
+		return printJSON(c.App.Writer, out)
+	}
+	fmt.Fprintln(c.App.Writer, out.ACI)
+	fmt.Fprintln(c.App.ErrWriter, out.ImageID)
+	if out.RktArgs != "" {
+		fmt.Fprintf(c.App.ErrWriter, "run it with: sudo rkt run $(cat %s) %s\n", out.RktArgs, out.ACI)
+	}
+	return nil
+}
+
+func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
+	if c.NArg() != 1 {
+		return nil, usagef("build takes one TARGET (got %d): e.g. nix2aci build busybox --fat", c.NArg())
+	}
+	if c.Bool("fat") && c.Bool("thin") {
+		return nil, usagef("--fat and --thin exclude each other: choose one")
+	}
+	comp, err := aci.ParseCompression(c.String("compression"))
+	if err != nil {
+		return nil, usagef("--compression: %v", err)
+	}
+	if l := c.Int("level"); l != 0 && (l < 1 || l > 9 || comp != aci.Gzip) {
+		return nil, usagef("--level %d: levels 1 to 9 apply to --compression gzip only", l)
+	}
+	maxSize, err := parseSize(c.String("cache-max-size"))
+	if err != nil {
+		return nil, usagef("--cache-max-size: %v", err)
+	}
+	o := &buildOptions{
+		target:      c.Args().First(),
+		thin:        c.Bool("thin"),
+		outDir:      c.String("out"),
+		name:        c.String("name"),
+		json:        c.Bool("json"),
+		recipes:     c.String("pkgs"),
+		compression: comp,
+		level:       c.Int("level"),
+		jobs:        c.Int("jobs"),
+		cacheMax:    maxSize,
+		link:        !c.Bool("no-link"),
+		progress:    !c.Bool("json") && isTerminal(c.App.ErrWriter),
+	}
+	if !c.Bool("no-cache") && !o.thin {
+		if o.cacheDir = c.String("cache-dir"); o.cacheDir == "" {
+			o.cacheDir = defaultCacheDir()
+		}
+	}
+	if o.name != "" {
+		if _, err := manifest.Identifier(o.name); err != nil {
+			return nil, usagef("--name: %v", err)
+		}
+	}
+	if sde := os.Getenv("SOURCE_DATE_EPOCH"); sde != "" {
+		secs, err := strconv.ParseInt(sde, 10, 64)
+		if err != nil {
+			return nil, usagef("SOURCE_DATE_EPOCH=%q is not a number of seconds since 1970", sde)
+		}
+		o.created = time.Unix(secs, 0).UTC()
+	}
+	return o, nil
+}
+
+// buildOutput is what build prints with --json.
+type buildOutput struct {
+	ACI         string         `json:"aci"`
+	RktArgs     string         `json:"rktArgs,omitempty"`
+	Signature   string         `json:"signature,omitempty"`
+	GCRoots     []string       `json:"gcRoots"`
+	Result      string         `json:"result,omitempty"`
+	Name        string         `json:"name"`
+	Version     string         `json:"version"`
+	OS          string         `json:"os"`
+	Arch        string         `json:"arch"`
+	Kind        string         `json:"kind"`
+	ImageID     string         `json:"imageID"`
+	StorePaths  int            `json:"storePaths"`
+	CachedPaths int            `json:"cachedPaths"`
+	Size        int64          `json:"size"`
+	Offline     bool           `json:"offline"`
+	Conflicts   []aci.Conflict `json:"conflicts,omitempty"`
+}
+
+// build is the pipeline: recipe -> packages -> closure -> manifest -> archive.
+func build(c *cli.Context, o *buildOptions) (*buildOutput, error) {
+	ctx := c.Context
+	stderr := c.App.ErrWriter
+	var popts []pkgs.Option
+	if o.recipes != "" {
+		popts = append(popts, pkgs.WithUserRecipes(o.recipes))
+	}
+	t, err := pkgs.Resolve(ctx, o.target, popts...)
+	if err != nil {
+		return nil, err
+	}
+	if o.name != "" {
+		t.Spec.Name = o.name
+	}
+	// Name the outputs before building, to place the GC roots beside them.
+	first := t.Packages[0]
+	spec := t.Spec
+	spec.Name = orDefault(spec.Name, first.PName)
+	spec.Version = orDefault(spec.Version, first.Version)
+	spec.System = orDefault(spec.System, first.System)
+	spec.Exec = []string{"/placeholder"}
+	probe, err := manifest.New(spec)
+	if err != nil {
+		return nil, err
+	}
+	fileName := manifest.FileName(probe)
+	acipath := filepath.Join(o.outDir, fileName)
+	base := strings.TrimSuffix(acipath, ".aci")
+	gcroot := base + ".gcroot"
+
+	ok := false
+	defer func() {
+		if !ok {
+			removeGCRoots(gcroot, len(t.Packages))
+		}
+	}()
+	if err := t.Realise(ctx, gcroot); err != nil {
+		return nil, err
+	}
+	if err := t.Finish(); err != nil {
+		return nil, err
+	}
+	g, err := nixstore.Closure(ctx, t.StorePaths())
+	if err != nil {
+		return nil, err
+	}
+	spec = t.Spec
+	spec.Created = o.created
+	if o.thin {
+		spec.Mounts = append(spec.Mounts, manifest.StoreMounts(g.StorePaths())...)
+	}
+	im, err := manifest.New(spec)
+	if err != nil {
+		return nil, err
+	}
+
+	opts := []aci.Option{aci.WithCompression(o.compression, o.level), aci.WithModTime(o.created)}
+	if o.jobs > 0 {
+		opts = append(opts, aci.WithJobs(o.jobs))
+	}
+	var cache *aci.Cache
+	if o.cacheDir != "" {
+		if cache, err = aci.OpenCache(o.cacheDir); err != nil {
+			fmt.Fprintf(stderr, "nix2aci: warning: %v; building without the cache\n", err)
+		} else {
+			opts = append(opts, aci.WithCache(cache))
+		}
+	}
+	var bar *progressBar
+	if o.progress {
+		bar = newProgressBar(stderr, fileName)
+		opts = append(opts, aci.WithProgress(bar.update))
+	}
+	res, err := aci.WriteFile(ctx, acipath, aci.Image{Manifest: im, Closure: g, Packages: t.StorePaths(), Thin: o.thin}, opts...)
+	bar.done()
+	if err != nil {
+		if errors.Is(err, ctx.Err()) && ctx.Err() != nil {
+			return nil, fmt.Errorf("build of %s interrupted; nothing was written", fileName)
+		}
+		return nil, fmt.Errorf("writing %s: %w", acipath, err)
+	}
+	for _, cf := range res.Conflicts {
+		fmt.Fprintf(stderr, "nix2aci: warning: two packages provide %s\n", cf)
+	}
+	out := &buildOutput{
+		ACI: acipath, Name: im.Name.String(), Kind: map[bool]string{false: "fat", true: "thin"}[o.thin],
+		ImageID: res.ImageID, StorePaths: res.StorePaths, CachedPaths: res.CachedPaths, Size: res.Size,
+		Offline: t.Offline, Conflicts: res.Conflicts, GCRoots: gcRoots(gcroot, len(t.Packages)),
+	}
+	out.Version, _ = im.Labels.Get("version")
+	out.OS, _ = im.Labels.Get("os")
+	out.Arch, _ = im.Labels.Get("arch")
+	if o.thin {
+		out.RktArgs = base + ".rkt-args"
+		if err := writeFileAtomic(out.RktArgs, []byte(manifest.RktVolumeArgs(g.StorePaths()))); err != nil {
+			os.Remove(acipath)
+			return nil, fmt.Errorf("writing %s: %w", out.RktArgs, err)
+		}
+	}
+	if o.link {
+		if err := replaceSymlink(acipath, "result"); err != nil {
+			return nil, err
+		}
+		out.Result = "result"
+	}
+	if cache != nil && o.cacheMax > 0 {
+		if _, err := cache.GC(o.cacheMax); err != nil {
+			fmt.Fprintf(stderr, "nix2aci: warning: trimming cache: %v\n", err)
+		}
+	}
+	ok = true
+	return out, nil
+}
+
+func gcRoots(gcroot string, n int) []string {
+	roots := []string{gcroot}
+	for i := 2; i <= n; i++ {
+		roots = append(roots, fmt.Sprintf("%s-%d", gcroot, i))
+	}
+	return roots
+}
+
+func removeGCRoots(gcroot string, n int) {
+	for _, r := range gcRoots(gcroot, n) {
+		if fi, err := os.Lstat(r); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+			os.Remove(r)
+		}
+	}
+}
+
+// replaceSymlink points link at target (relative to link's directory when
+// target is relative), replacing an old link but never a real file.
+func replaceSymlink(target, link string) error {
+	if fi, err := os.Lstat(link); err == nil && fi.Mode()&os.ModeSymlink == 0 {
+		return fmt.Errorf("%s exists and is not a symlink; not replacing it (use --no-link)", link)
+	}
+	tmp := link + ".tmp-nix2aci"
+	os.Remove(tmp)
+	if err := os.Symlink(target, tmp); err != nil {
+		return fmt.Errorf("creating %s: %w", link, err)
+	}
+	return os.Rename(tmp, link)
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
+	tmp.Chmod(0o644)
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+func defaultCacheDir() string {
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "nix2aci")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".cache", "nix2aci")
+	}
+	return ""
+}
+
+func parseSize(s string) (int64, error) {
+	s = strings.TrimSpace(strings.ToUpper(s))
+	mult := int64(1)
+	for suffix, m := range map[string]int64{"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40} {
+		if strings.HasSuffix(s, suffix) {
+			s, mult = strings.TrimSuffix(s, suffix), m
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is not a size like 500M or 10G", s)
+	}
+	return n * mult, nil
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// progressBar shows store paths and bytes done on a terminal; a nil bar
+// does nothing.
+type progressBar struct {
+	w     io.Writer
+	name  string
+	last  time.Time
+	shown bool
+}
+
+func newProgressBar(w io.Writer, name string) *progressBar {
+	return &progressBar{w: w, name: name, last: time.Now()}
+}
+
+func (b *progressBar) update(p aci.Progress) {
+	if time.Since(b.last) < 100*time.Millisecond && p.StorePaths < p.TotalStorePaths {
+		return
+	}
+	b.last = time.Now()
+	b.shown = true
+	fmt.Fprintf(b.w, "\r%s: %d/%d store paths, %d/%d MB ", b.name, p.StorePaths, p.TotalStorePaths, p.Bytes>>20, p.TotalBytes>>20)
+}
+
+func (b *progressBar) done() {
+	if b != nil && b.shown {
+		fmt.Fprint(b.w, "\r\033[K")
+	}
+}

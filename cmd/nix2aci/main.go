@@ -1,0 +1,48 @@
+// Command nix2aci turns Nix closures into App Container Images and signs
+// them. Each command parses its flags into an options struct, calls one
+// library function and prints the result: data on stdout, messages on
+// stderr.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	app := newApp()
+	err := app.RunContext(ctx, interspersed(app, os.Args))
+	stop()
+	os.Exit(reportError(os.Stderr, err))
+}
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:                 "nix2aci",
+		Usage:                "turn Nix closures into App Container Images (ACIs) and sign them",
+		HideHelpCommand:      true,
+		EnableBashCompletion: true,
+		Commands: []*cli.Command{
+			buildCommand(),
+			inspectCommand(),
+			pkgsCommand(),
+		},
+		// Errors are printed once, by reportError.
+		ExitErrHandler: func(*cli.Context, error) {},
+	}
+}
+
+// usageError marks a bad command line.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return usageError{msg: fmt.Sprintf(format, args...)}
+}

@@ -1,0 +1,263 @@
+package manifest
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/appc/spec/schema"
+	"github.com/appc/spec/schema/types"
+	"github.com/coreos/go-semver/semver"
+)
+
+// ACVersion is the appc spec version written into every manifest.
+var ACVersion = semver.Version{Major: 0, Minor: 8, Patch: 11}
+
+// Port is a port the app listens on.
+type Port struct {
+	Name            string `json:"name"`
+	Protocol        string `json:"protocol"`
+	Port            uint   `json:"port"`
+	Count           uint   `json:"count,omitempty"`
+	SocketActivated bool   `json:"socketActivated,omitempty"`
+}
+
+// Isolator is an appc isolator: a name such as "resource/memory" and its
+// value as JSON.
+type Isolator struct {
+	Name  string          `json:"name"`
+	Value json.RawMessage `json:"value"`
+}
+
+// Mount is a mount point the app expects a volume at.
+type Mount struct {
+	Name     string `json:"name"`
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
+}
+
+// Spec is everything an image manifest is made from. Its JSON form is what
+// recipes produce (see package pkgs).
+type Spec struct {
+	Name             string            `json:"name"`
+	Version          string            `json:"version"`
+	System           string            `json:"system"` // Nix system, e.g. x86_64-linux
+	Exec             []string          `json:"exec"`
+	User             string            `json:"user,omitempty"`
+	Group            string            `json:"group,omitempty"`
+	WorkingDirectory string            `json:"workingDirectory,omitempty"`
+	Environment      map[string]string `json:"environment,omitempty"`
+	Ports            []Port            `json:"ports,omitempty"`
+	Mounts           []Mount           `json:"mountPoints,omitempty"`
+	Isolators        []Isolator        `json:"isolators,omitempty"`
+	Labels           map[string]string `json:"labels,omitempty"`
+	Annotations      map[string]string `json:"annotations,omitempty"`
+	// Created is written as the "created" annotation; zero means the Unix
+	// epoch, so that output does not depend on when it was built.
+	Created time.Time `json:"-"`
+}
+
+// New builds and validates the manifest for spec.
+func New(spec Spec) (*schema.ImageManifest, error) {
+	name, err := Identifier(spec.Name)
+	if err != nil {
+		return nil, err
+	}
+	osName, arch, err := OSArch(spec.System)
+	if err != nil {
+		return nil, err
+	}
+	im := schema.BlankImageManifest()
+	im.ACVersion = types.SemVer(ACVersion)
+	im.Name = name
+
+	labels := map[string]string{"os": osName, "arch": arch}
+	if spec.Version != "" {
+		labels["version"] = spec.Version
+	}
+	for k, v := range spec.Labels {
+		if k == "os" || k == "arch" {
+			return nil, fmt.Errorf("label %q is set from the Nix system (%s); remove it from the recipe", k, spec.System)
+		}
+		labels[k] = v
+	}
+	for _, k := range sortedKeys(labels) {
+		id, err := types.NewACIdentifier(k)
+		if err != nil {
+			return nil, fmt.Errorf("label name %q: %w", k, err)
+		}
+		im.Labels = append(im.Labels, types.Label{Name: *id, Value: labels[k]})
+	}
+
+	created := spec.Created
+	if created.IsZero() {
+		created = time.Unix(0, 0)
+	}
+	annotations := map[string]string{"created": created.UTC().Format(time.RFC3339)}
+	for k, v := range spec.Annotations {
+		annotations[k] = v
+	}
+	for _, k := range sortedKeys(annotations) {
+		id, err := types.NewACIdentifier(k)
+		if err != nil {
+			return nil, fmt.Errorf("annotation name %q: %w", k, err)
+		}
+		im.Annotations.Set(*id, annotations[k])
+	}
+
+	if len(spec.Exec) == 0 {
+		return nil, fmt.Errorf("image %s has no command: give the recipe an exec list (e.g. exec = [ \"/bin/%s\" ];)", spec.Name, lastComponent(name.String()))
+	}
+	app := &types.App{
+		Exec:             types.Exec(spec.Exec),
+		User:             orDefault(spec.User, "0"),
+		Group:            orDefault(spec.Group, "0"),
+		WorkingDirectory: spec.WorkingDirectory,
+	}
+	for _, k := range sortedKeys(spec.Environment) {
+		app.Environment.Set(k, spec.Environment[k])
+	}
+	for _, p := range spec.Ports {
+		n, err := types.NewACName(p.Name)
+		if err != nil || !ValidACName.MatchString(p.Name) {
+			return nil, fmt.Errorf("port name %q is not an AC Name (%s)", p.Name, ValidACName)
+		}
+		app.Ports = append(app.Ports, types.Port{Name: *n, Protocol: orDefault(p.Protocol, "tcp"), Port: p.Port, Count: max(p.Count, 1), SocketActivated: p.SocketActivated})
+	}
+	for _, m := range spec.Mounts {
+		n, err := types.NewACName(m.Name)
+		if err != nil || !ValidACName.MatchString(m.Name) {
+			return nil, fmt.Errorf("mount point name %q is not an AC Name (%s)", m.Name, ValidACName)
+		}
+		app.MountPoints = append(app.MountPoints, types.MountPoint{Name: *n, Path: m.Path, ReadOnly: m.ReadOnly})
+	}
+	for _, is := range spec.Isolators {
+		raw, err := json.Marshal(is)
+		if err != nil {
+			return nil, err
+		}
+		var iso types.Isolator
+		if err := iso.UnmarshalJSON(raw); err != nil {
+			return nil, fmt.Errorf("isolator %s: %w", is.Name, err)
+		}
+		app.Isolators = append(app.Isolators, iso)
+	}
+	im.App = app
+	// Marshal once to run appc's validation of the whole manifest.
+	if _, err := im.MarshalJSON(); err != nil {
+		return nil, fmt.Errorf("manifest for %s is not valid: %w", spec.Name, err)
+	}
+	return im, nil
+}
+
+// Marshal returns the manifest's JSON as written into archives: validated by
+// appc, indented, with a final newline.
+func Marshal(im *schema.ImageManifest) ([]byte, error) {
+	b, err := im.MarshalJSON()
+	if err != nil {
+		return nil, err
+	}
+	var out strings.Builder
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return nil, err
+	}
+	enc := json.NewEncoder(&out)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return []byte(out.String()), nil
+}
+
+// ValidACName is the AC Name rule of the appc spec.
+var ValidACName = regexp.MustCompile(`^[a-z0-9]+([-][a-z0-9]+)*$`)
+
+var (
+	nameBad  = regexp.MustCompile(`[^a-z0-9]+`)
+	identBad = regexp.MustCompile(`[^a-z0-9._~/-]+`)
+	identSep = regexp.MustCompile(`[-._~/]{2,}`)
+)
+
+// Identifier makes s a valid AC Identifier: lower case, characters outside
+// [a-z0-9-._~/] replaced by "-", separators not doubled or at the ends. A
+// name with nothing left to keep is an error quoting the rule.
+func Identifier(s string) (types.ACIdentifier, error) {
+	t := identBad.ReplaceAllString(strings.ToLower(s), "-")
+	t = identSep.ReplaceAllStringFunc(t, func(m string) string { return m[:1] })
+	t = strings.Trim(t, "-._~/")
+	if !types.ValidACIdentifier.MatchString(t) {
+		return "", fmt.Errorf("image name %q cannot be made an AC Identifier (%s); pass --name with lower-case letters, digits and -._~/", s, types.ValidACIdentifier)
+	}
+	return types.ACIdentifier(t), nil
+}
+
+// MountName returns the thin-image mount point name of a store path:
+// "nix-<hash>-<name>", the name lower-cased with every run of other
+// characters made one "-". The hash makes it unique and stable; the name
+// makes it readable in rkt's output.
+func MountName(storePath string) string {
+	base := storePath[strings.LastIndex(storePath, "/")+1:]
+	hash, name, _ := strings.Cut(base, "-")
+	name = strings.Trim(nameBad.ReplaceAllString(strings.ToLower(name), "-"), "-")
+	if name == "" {
+		return "nix-" + hash
+	}
+	return "nix-" + hash + "-" + name
+}
+
+// OSArch maps a Nix system (x86_64-linux) to appc's os and arch labels.
+func OSArch(system string) (osName, arch string, err error) {
+	cpu, kernel, ok := strings.Cut(system, "-")
+	if !ok || kernel != "linux" {
+		return "", "", fmt.Errorf("nix system %q has no ACI equivalent: only Linux systems run under rkt (x86_64-linux, aarch64-linux, i686-linux, armv6l-linux, armv7l-linux, powerpc64le-linux)", system)
+	}
+	a, ok := nixArch[cpu]
+	if !ok {
+		return "", "", fmt.Errorf("nix system %q has no appc arch label: supported are x86_64, aarch64, i686, armv6l, armv7l, powerpc64le", system)
+	}
+	return "linux", a, nil
+}
+
+var nixArch = map[string]string{
+	"x86_64":      "amd64",
+	"aarch64":     "aarch64", // appc's label, not Go's arm64
+	"i686":        "i386",
+	"armv6l":      "armv6l",
+	"armv7l":      "armv7l",
+	"powerpc64le": "ppc64le",
+}
+
+// FileName returns the conventional ACI file name for a manifest:
+// <last name component>-<version>-<os>-<arch>.aci.
+func FileName(im *schema.ImageManifest) string {
+	parts := []string{lastComponent(im.Name.String())}
+	for _, l := range []string{"version", "os", "arch"} {
+		if v, ok := im.Labels.Get(l); ok && v != "" {
+			parts = append(parts, v)
+		}
+	}
+	return strings.Join(parts, "-") + schema.ACIExtension
+}
+
+func lastComponent(s string) string { return s[strings.LastIndex(s, "/")+1:] }
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,56 @@
+# Evaluates one build target to the JSON nix2aci reads: the recipe's
+# settings and, for each package, its derivation and output path.
+{ kind # "recipe", "file" or "attr"
+, target # recipe file, .nix file, or attribute path
+, hostBusybox ? "/bin/busybox"
+, hostBusyboxVersion ? ""
+}:
+let
+  hasNixpkgs = builtins.any (e: e.prefix == "nixpkgs") builtins.nixPath;
+  pkgs =
+    if hasNixpkgs then import <nixpkgs> { }
+    else import ./offline.nix { inherit hostBusybox hostBusyboxVersion; };
+  call = f: args:
+    if builtins.isFunction f
+    then f (builtins.intersectAttrs (builtins.functionArgs f) args)
+    else f;
+  args = { inherit pkgs; lib = pkgs.lib or null; attr = target; };
+  isDrv = x: builtins.isAttrs x && (x.type or "") == "derivation";
+  recipe =
+    if kind == "attr" then call (import ./recipes/generic.nix) args
+    else if kind == "recipe" then call (import (/. + target)) args
+    else
+      let x = call (import (/. + target)) args;
+      in if isDrv x then { packages = [ x ]; } else x;
+  parsed = p: builtins.parseDrvName p.name;
+  pkg = p:
+    if !(isDrv p) then throw "a package of ${target} is not a derivation"
+    else {
+      name = p.name;
+      pname = p.pname or (parsed p).name;
+      version = p.version or (parsed p).version;
+      drvPath = p.drvPath;
+      storePath = p.outPath;
+      system = p.system or builtins.currentSystem;
+    };
+  mounts = ro: set: map (n: { name = n; path = set.${n}; readOnly = ro; }) (builtins.attrNames set);
+  str = s: if s == null then "" else toString s;
+in
+  if !(builtins.isAttrs recipe) || !(recipe ? packages) then
+    throw "${target} is neither a derivation nor a recipe (an attribute set with `packages`)"
+  else {
+    offline = !hasNixpkgs;
+    packages = map pkg recipe.packages;
+    name = str (recipe.name or null);
+    version = str (recipe.version or null);
+    exec = recipe.exec or [ ];
+    user = str (recipe.user or null);
+    group = str (recipe.group or null);
+    workingDirectory = str (recipe.workingDirectory or null);
+    environment = recipe.environment or { };
+    ports = recipe.ports or [ ];
+    mountPoints = mounts false (recipe.mounts or { }) ++ mounts true (recipe.mountsRo or { });
+    isolators = recipe.isolators or [ ];
+    labels = recipe.labels or { };
+    annotations = recipe.annotations or { };
+  }

@@ -1,0 +1,383 @@
+package pkgs
+
+import (
+	"bytes"
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strings"
+
+	"github.com/nix2aci/nix2aci/manifest"
+	"github.com/nix2aci/nix2aci/nixstore"
+)
+
+//go:embed recipes/*.nix nix/*.nix
+var embedded embed.FS
+
+// Package is one package of a resolved target.
+type Package struct {
+	Name    string `json:"name"`
+	PName   string `json:"pname"`
+	Version string `json:"version"`
+	DrvPath string `json:"drvPath,omitempty"`
+	OutPath string `json:"storePath"`
+	System  string `json:"system"`
+}
+
+// Target is a resolved build target: its packages and image settings.
+type Target struct {
+	// Kind is "store-path", "file", "recipe" or "attr".
+	Kind string `json:"kind"`
+	// Offline is true when the offline package set stood in for nixpkgs.
+	Offline  bool          `json:"offline"`
+	Packages []Package     `json:"packages"`
+	Spec     manifest.Spec `json:"spec"`
+}
+
+// StorePaths returns the packages' output paths, in order.
+func (t *Target) StorePaths() []string {
+	out := make([]string, len(t.Packages))
+	for i, p := range t.Packages {
+		out[i] = p.OutPath
+	}
+	return out
+}
+
+type options struct {
+	userDir    string
+	busybox    string
+	nixBin     string
+	nixStoreBn string
+}
+
+// Option changes how targets resolve.
+type Option func(*options)
+
+// WithUserRecipes adds a directory of recipes (NAME.nix) that override the
+// built-in ones.
+func WithUserRecipes(dir string) Option { return func(o *options) { o.userDir = dir } }
+
+// WithHostBusybox names the static busybox the offline package set imports
+// (default /bin/busybox).
+func WithHostBusybox(path string) Option { return func(o *options) { o.busybox = path } }
+
+func newOptions(opts []Option) options {
+	o := options{busybox: "/bin/busybox", nixBin: "nix-instantiate", nixStoreBn: "nix-store"}
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
+}
+
+// ErrNotFound reports a target that is none of the things a target can be.
+type NotFoundError struct{ Target, Reason string }
+
+func (e *NotFoundError) Error() string {
+	return fmt.Sprintf("cannot build %q: %s", e.Target, e.Reason)
+}
+
+var attrPattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_'-]*(\.[A-Za-z_][A-Za-z0-9_'-]*)*$`)
+
+// Resolve evaluates target (see the package doc for what it may be).
+func Resolve(ctx context.Context, target string, opts ...Option) (*Target, error) {
+	o := newOptions(opts)
+	if target == "" {
+		return nil, &NotFoundError{Target: target, Reason: "no target given: name a recipe (nix2aci pkgs list), a nixpkgs attribute, a /nix/store path or a .nix file"}
+	}
+	// A store path, or a link into the store such as ./result.
+	if strings.HasPrefix(target, nixstore.StoreDir+"/") || isStoreLink(target) {
+		p, err := nixstore.ToStorePath(target)
+		if err != nil {
+			return nil, err
+		}
+		name, version := ParseName(nixstore.NamePart(p))
+		return &Target{Kind: "store-path", Packages: []Package{{Name: nixstore.NamePart(p), PName: name, Version: version, OutPath: p, System: HostSystem()}}}, nil
+	}
+	if strings.HasSuffix(target, ".nix") {
+		abs, err := filepath.Abs(target)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(abs); err != nil {
+			return nil, &NotFoundError{Target: target, Reason: "no such .nix file"}
+		}
+		return o.eval(ctx, "file", abs, target)
+	}
+	if file, err := o.recipeFile(target); err != nil {
+		return nil, err
+	} else if file != "" {
+		return o.eval(ctx, "recipe", file, target)
+	}
+	if !attrPattern.MatchString(target) {
+		return nil, &NotFoundError{Target: target, Reason: "it is not a recipe (see nix2aci pkgs list), a nixpkgs attribute, a /nix/store path or an existing .nix file"}
+	}
+	return o.eval(ctx, "attr", target, target)
+}
+
+func isStoreLink(p string) bool {
+	fi, err := os.Lstat(p)
+	if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		return false
+	}
+	r, err := filepath.EvalSymlinks(p)
+	return err == nil && strings.HasPrefix(r, nixstore.StoreDir+"/")
+}
+
+// recipeFile returns the file of recipe name: the user's, else a built-in
+// one written to a temporary file by eval; "" if there is none.
+func (o options) recipeFile(name string) (string, error) {
+	if strings.ContainsAny(name, "/\\") {
+		return "", nil
+	}
+	if o.userDir != "" {
+		p := filepath.Join(o.userDir, name+".nix")
+		if _, err := os.Stat(p); err == nil {
+			return filepath.Abs(p)
+		}
+	}
+	if _, err := fs.Stat(embedded, "recipes/"+name+".nix"); err == nil && name != "generic" {
+		return "embedded:" + name, nil
+	}
+	return "", nil
+}
+
+// Recipe is a recipe as `pkgs list` shows it.
+type Recipe struct {
+	Name    string `json:"name"`
+	Source  string `json:"source"` // "built-in" or the user file
+	Summary string `json:"summary"`
+}
+
+// List returns the recipes a target may name, user recipes first.
+func List(opts ...Option) ([]Recipe, error) {
+	o := newOptions(opts)
+	seen := map[string]bool{}
+	var out []Recipe
+	if o.userDir != "" {
+		files, err := filepath.Glob(filepath.Join(o.userDir, "*.nix"))
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return nil, err
+			}
+			n := strings.TrimSuffix(filepath.Base(f), ".nix")
+			seen[n] = true
+			out = append(out, Recipe{Name: n, Source: f, Summary: summary(b)})
+		}
+	}
+	ents, _ := fs.ReadDir(embedded, "recipes")
+	for _, e := range ents {
+		n := strings.TrimSuffix(e.Name(), ".nix")
+		if seen[n] {
+			continue
+		}
+		b, _ := embedded.ReadFile("recipes/" + e.Name())
+		out = append(out, Recipe{Name: n, Source: "built-in", Summary: summary(b)})
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// summary is a recipe's first comment line.
+func summary(b []byte) string {
+	for _, l := range strings.Split(string(b), "\n") {
+		if s, ok := strings.CutPrefix(strings.TrimSpace(l), "#"); ok {
+			return strings.TrimSpace(s)
+		}
+	}
+	return ""
+}
+
+// eval runs the driver expression on a target, once.
+func (o options) eval(ctx context.Context, kind, target, shown string) (*Target, error) {
+	if _, err := exec.LookPath(o.nixBin); err != nil {
+		return nil, nixstore.ErrNixNotInstalled
+	}
+	dir, err := os.MkdirTemp("", "nix2aci-eval-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	if err := writeEmbedded(dir); err != nil {
+		return nil, err
+	}
+	if name, ok := strings.CutPrefix(target, "embedded:"); ok {
+		target = filepath.Join(dir, "recipes", name+".nix")
+	}
+	args := []string{"--eval", "--strict", "--json", "--read-write-mode", filepath.Join(dir, "nix", "driver.nix"),
+		"--argstr", "kind", kind, "--argstr", "target", target,
+		"--argstr", "hostBusybox", o.busybox, "--argstr", "hostBusyboxVersion", busyboxVersion(ctx, o.busybox)}
+	cmd := exec.CommandContext(ctx, o.nixBin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, evalError(kind, shown, stderr.String())
+	}
+	var raw struct {
+		Offline  bool      `json:"offline"`
+		Packages []Package `json:"packages"`
+		manifest.Spec
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &raw); err != nil {
+		return nil, fmt.Errorf("reading evaluation of %s: %w", shown, err)
+	}
+	if len(raw.Packages) == 0 {
+		return nil, &NotFoundError{Target: shown, Reason: "its recipe lists no packages"}
+	}
+	return &Target{Kind: kind, Offline: raw.Offline, Packages: raw.Packages, Spec: raw.Spec}, nil
+}
+
+// evalError keeps what matters of Nix's error: its "error:" line onwards.
+func evalError(kind, target, stderr string) error {
+	msg := stderr
+	if i := strings.LastIndex(msg, "error: "); i >= 0 {
+		msg = msg[i+len("error: "):]
+	}
+	msg = nixstore.Tail(msg, 4)
+	if kind == "attr" {
+		return &NotFoundError{Target: target, Reason: "it is not a recipe (see nix2aci pkgs list), a /nix/store path or a .nix file, and as a package attribute: " + msg}
+	}
+	return &NotFoundError{Target: target, Reason: "evaluation failed: " + msg}
+}
+
+func writeEmbedded(dir string) error {
+	return fs.WalkDir(embedded, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		dst := filepath.Join(dir, p)
+		if d.IsDir() {
+			return os.MkdirAll(dst, 0o755)
+		}
+		b, err := embedded.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(dst, b, 0o644)
+	})
+}
+
+// busyboxVersion asks a busybox binary its version ("1.35.0"); "" if there
+// is none.
+func busyboxVersion(ctx context.Context, bin string) string {
+	out, _ := exec.CommandContext(ctx, bin).CombinedOutput()
+	m := regexp.MustCompile(`^BusyBox v([0-9][0-9A-Za-z.]*)`).FindSubmatch(out)
+	if m == nil {
+		return ""
+	}
+	return string(m[1])
+}
+
+// Realise builds the target's packages and registers a GC root for each at
+// gcroot (gcroot, gcroot-2, ...) so the store paths outlive a garbage
+// collection; an empty gcroot builds without roots.
+func (t *Target) Realise(ctx context.Context, gcroot string) error {
+	var args []string
+	for _, p := range t.Packages {
+		if p.DrvPath != "" {
+			args = append(args, p.DrvPath)
+		} else {
+			args = append(args, p.OutPath)
+		}
+	}
+	if gcroot != "" {
+		if err := os.MkdirAll(filepath.Dir(gcroot), 0o755); err != nil {
+			return err
+		}
+		args = append([]string{"--add-root", gcroot, "--indirect"}, args...)
+	}
+	cmd := exec.CommandContext(ctx, "nix-store", append([]string{"--realise"}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		if errors.Is(err, exec.ErrNotFound) {
+			return nixstore.ErrNixNotInstalled
+		}
+		return fmt.Errorf("building %s: %v: %s", t.Packages[0].Name, err, nixstore.Tail(stderr.String(), 8))
+	}
+	for _, p := range t.Packages {
+		if _, err := os.Lstat(p.OutPath); err != nil {
+			return &nixstore.InvalidPathError{Path: p.OutPath, Reason: "the build did not produce it"}
+		}
+	}
+	return nil
+}
+
+// Finish fills in what the recipe left out, now that the packages exist:
+// name and version from the first package, exec from its bin/.
+func (t *Target) Finish() error {
+	first := t.Packages[0]
+	s := &t.Spec
+	if s.Name == "" {
+		s.Name = first.PName
+	}
+	if s.Version == "" {
+		s.Version = first.Version
+	}
+	if s.System == "" {
+		s.System = first.System
+	}
+	if len(s.Exec) == 0 {
+		exe, err := defaultExec(first)
+		if err != nil {
+			return err
+		}
+		s.Exec = []string{exe}
+	}
+	return nil
+}
+
+func defaultExec(p Package) (string, error) {
+	bin := filepath.Join(p.OutPath, "bin")
+	if fi, err := os.Stat(filepath.Join(bin, p.PName)); err == nil && !fi.IsDir() {
+		return "/bin/" + p.PName, nil
+	}
+	ents, err := os.ReadDir(bin)
+	if err == nil {
+		for _, e := range ents {
+			if fi, err := os.Stat(filepath.Join(bin, e.Name())); err == nil && !fi.IsDir() {
+				return "/bin/" + e.Name(), nil
+			}
+		}
+	}
+	return "", fmt.Errorf("%s has no bin/%s and no other program in bin/: write a recipe with exec = [ ... ] (see nix2aci pkgs list)", p.OutPath, p.PName)
+}
+
+// ParseName splits a Nix package name into name and version as Nix's
+// parseDrvName does: the version starts at the first "-" followed by
+// something other than a letter.
+func ParseName(s string) (name, version string) {
+	for i := 0; i+1 < len(s); i++ {
+		if s[i] == '-' {
+			c := s[i+1]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+				return s[:i], s[i+1:]
+			}
+		}
+	}
+	return s, ""
+}
+
+// HostSystem is the Nix system of this machine, e.g. x86_64-linux.
+func HostSystem() string {
+	arch := map[string]string{"amd64": "x86_64", "arm64": "aarch64", "386": "i686", "ppc64le": "powerpc64le", "arm": "armv7l"}[runtime.GOARCH]
+	if arch == "" {
+		arch = runtime.GOARCH
+	}
+	return arch + "-" + runtime.GOOS
+}
