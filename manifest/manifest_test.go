@@ -1,0 +1,147 @@
+package manifest_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/appc/spec/schema"
+
+	"github.com/nix2aci/nix2aci/manifest"
+)
+
+func TestOSArch(t *testing.T) {
+	tests := []struct{ system, os, arch, err string }{
+		{"x86_64-linux", "linux", "amd64", ""},
+		{"aarch64-linux", "linux", "aarch64", ""},
+		{"i686-linux", "linux", "i386", ""},
+		{"armv6l-linux", "linux", "armv6l", ""},
+		{"armv7l-linux", "linux", "armv7l", ""},
+		{"powerpc64le-linux", "linux", "ppc64le", ""},
+		{"x86_64-darwin", "", "", "only Linux systems"},
+		{"riscv64-linux", "", "", "no appc arch label"},
+		{"nonsense", "", "", "no ACI equivalent"},
+	}
+	for _, tt := range tests {
+		osName, arch, err := manifest.OSArch(tt.system)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("OSArch(%q): got error %v, want %q", tt.system, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || osName != tt.os || arch != tt.arch {
+			t.Errorf("OSArch(%q) = %q, %q, %v; want %q, %q", tt.system, osName, arch, err, tt.os, tt.arch)
+		}
+	}
+}
+
+func TestIdentifier(t *testing.T) {
+	tests := []struct{ in, want, err string }{
+		{"busybox", "busybox", ""},
+		{"example.com/My_App", "example.com/my_app", ""},
+		{"Foo+Bar baz", "foo-bar-baz", ""},
+		{"--python3.11--", "python3.11", ""},
+		{"a//b", "a/b", ""},
+		{"!!!", "", "cannot be made an AC Identifier"},
+		{"", "", "cannot be made an AC Identifier"},
+	}
+	for _, tt := range tests {
+		got, err := manifest.Identifier(tt.in)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) || !strings.Contains(err.Error(), "^[a-z0-9]+") {
+				t.Errorf("Identifier(%q): got %v, want an error quoting the rule", tt.in, err)
+			}
+			continue
+		}
+		if err != nil || string(got) != tt.want {
+			t.Errorf("Identifier(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+		}
+	}
+}
+
+func TestMountName(t *testing.T) {
+	tests := []struct{ path, want string }{
+		{"/nix/store/3si3s18r2nyk606x9y744rnxsd5mpyc3-busybox-static-1.35.0", "nix-3si3s18r2nyk606x9y744rnxsd5mpyc3-busybox-static-1-35-0"},
+		{"/nix/store/3si3s18r2nyk606x9y744rnxsd5mpyc3-Foo_Bar+baz--1.0", "nix-3si3s18r2nyk606x9y744rnxsd5mpyc3-foo-bar-baz-1-0"},
+		{"/nix/store/3si3s18r2nyk606x9y744rnxsd5mpyc3-+++", "nix-3si3s18r2nyk606x9y744rnxsd5mpyc3"},
+	}
+	for _, tt := range tests {
+		got := manifest.MountName(tt.path)
+		if got != tt.want || !manifest.ValidACName.MatchString(got) {
+			t.Errorf("MountName(%q) = %q, want %q (a valid AC Name)", tt.path, got, tt.want)
+		}
+	}
+}
+
+func TestNew(t *testing.T) {
+	im, err := manifest.New(manifest.Spec{
+		Name: "example.com/hello", Version: "2.1", System: "aarch64-linux", Exec: []string{"/bin/hello"},
+		Environment: map[string]string{"B": "2", "A": "1"},
+		Ports:       []manifest.Port{{Name: "http", Port: 80}},
+		Mounts:      []manifest.Mount{{Name: "data", Path: "/data"}},
+		Isolators:   []manifest.Isolator{{Name: "resource/memory", Value: []byte(`{"limit":"1G"}`)}},
+		Labels:      map[string]string{"channel": "stable"},
+		Created:     time.Unix(1700000000, 0),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := manifest.Marshal(im)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back schema.ImageManifest
+	if err := back.UnmarshalJSON(b); err != nil {
+		t.Fatalf("appc rejects what New made: %v\n%s", err, b)
+	}
+	for _, want := range []struct{ label, value string }{{"version", "2.1"}, {"os", "linux"}, {"arch", "aarch64"}, {"channel", "stable"}} {
+		if got, _ := back.Labels.Get(want.label); got != want.value {
+			t.Errorf("label %s = %q, want %q", want.label, got, want.value)
+		}
+	}
+	if got, _ := back.Annotations.Get("created"); got != "2023-11-14T22:13:20Z" {
+		t.Errorf("created = %q", got)
+	}
+	if back.App.User != "0" || back.App.Group != "0" {
+		t.Errorf("user/group = %q/%q, want 0/0", back.App.User, back.App.Group)
+	}
+	if back.App.Environment[0].Name != "A" {
+		t.Errorf("environment not sorted: %v", back.App.Environment)
+	}
+	if got := manifest.FileName(&back); got != "hello-2.1-linux-aarch64.aci" {
+		t.Errorf("FileName = %q", got)
+	}
+	if back.ACVersion.String() != "0.8.11" {
+		t.Errorf("acVersion = %s", back.ACVersion)
+	}
+}
+
+func TestNewRejects(t *testing.T) {
+	base := manifest.Spec{Name: "x", System: "x86_64-linux", Exec: []string{"/bin/x"}}
+	tests := []struct {
+		name   string
+		change func(*manifest.Spec)
+		err    string
+	}{
+		{"no exec", func(s *manifest.Spec) { s.Exec = nil }, "no command"},
+		{"bad port name", func(s *manifest.Spec) { s.Ports = []manifest.Port{{Name: "Web_1", Port: 1}} }, "not an AC Name"},
+		{"os label", func(s *manifest.Spec) { s.Labels = map[string]string{"os": "plan9"} }, "set from the Nix system"},
+		{"bad system", func(s *manifest.Spec) { s.System = "x86_64-freebsd" }, "only Linux"},
+	}
+	for _, tt := range tests {
+		s := base
+		tt.change(&s)
+		if _, err := manifest.New(s); err == nil || !strings.Contains(err.Error(), tt.err) {
+			t.Errorf("%s: got %v, want error containing %q", tt.name, err, tt.err)
+		}
+	}
+}
+
+func TestRktVolumeArgs(t *testing.T) {
+	got := manifest.RktVolumeArgs([]string{"/nix/store/3si3s18r2nyk606x9y744rnxsd5mpyc3-a-1"})
+	want := "--volume=nix-3si3s18r2nyk606x9y744rnxsd5mpyc3-a-1,kind=host,source=/nix/store/3si3s18r2nyk606x9y744rnxsd5mpyc3-a-1,readOnly=true\n"
+	if got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}

@@ -1,0 +1,5 @@
+package nixstore_test
+
+import "os/exec"
+
+var execLookPath = exec.LookPath
