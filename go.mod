@@ -3,22 +3,25 @@ module github.com/nix2aci/nix2aci
 go 1.26.0
 
 require (
-	github.com/ProtonMail/go-crypto v1.1.3 // indirect
-	github.com/appc/spec v0.8.11 // indirect
-	github.com/coreos/go-semver v0.3.1 // indirect
+	github.com/appc/spec v0.8.11
+	github.com/coreos/go-semver v0.3.1
+	github.com/klauspost/compress v1.17.11
+	github.com/rogpeppe/go-internal v1.13.1
+	github.com/ulikunitz/xz v0.5.12
+	github.com/urfave/cli/v2 v2.27.5
+	golang.org/x/term v0.47.0
+)
+
+require (
 	github.com/cpuguy83/go-md2man/v2 v2.0.5 // indirect
-	github.com/klauspost/compress v1.17.11 // indirect
-	github.com/klauspost/pgzip v1.2.6 // indirect
-	github.com/rogpeppe/go-internal v1.13.1 // indirect
+	github.com/google/gofuzz v1.2.0 // indirect
 	github.com/russross/blackfriday/v2 v2.1.0 // indirect
 	github.com/spf13/pflag v1.1.0 // indirect
-	github.com/ulikunitz/xz v0.5.12 // indirect
-	github.com/urfave/cli/v2 v2.27.5 // indirect
 	github.com/xrash/smetrics v0.0.0-20240521201337-686a1a2994c1 // indirect
 	go4.org v0.0.0-20260112195520-a5071408f32f // indirect
 	golang.org/x/net v0.62.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
-	golang.org/x/term v0.47.0 // indirect
+	golang.org/x/tools v0.22.0 // indirect
 	gopkg.in/inf.v0 v0.9.1 // indirect
 )
 

@@ -14,12 +14,14 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-func main() {
+func main() { os.Exit(run(os.Args)) }
+
+// run runs the command line args and returns the exit code.
+func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	app := newApp()
-	err := app.RunContext(ctx, interspersed(app, os.Args))
-	stop()
-	os.Exit(reportError(os.Stderr, err))
+	return reportError(os.Stderr, app.RunContext(ctx, interspersed(app, args)))
 }
 
 func newApp() *cli.App {

@@ -17,7 +17,7 @@ let
   args = { inherit pkgs; lib = pkgs.lib or null; attr = target; };
   isDrv = x: builtins.isAttrs x && (x.type or "") == "derivation";
   recipe =
-    if kind == "attr" then call (import ./recipes/generic.nix) args
+    if kind == "attr" then call (import ../recipes/generic.nix) args
     else if kind == "recipe" then call (import (/. + target)) args
     else
       let x = call (import (/. + target)) args;

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/manifest"
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(testscript.RunMain(m, map[string]func() int{
+		"nix2aci": func() int { return run(os.Args) },
+	}))
+}
+
+// toolDir holds actool, built once from the pinned appc/spec tool
+// dependency, and the repository's scripts.
+func toolDir(t *testing.T) string {
+	dir := filepath.Join(os.TempDir(), "nix2aci-test-tools")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	build := exec.Command("go", "build", "-o", filepath.Join(dir, "actool"), "github.com/appc/spec/actool")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building actool: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// TestScripts runs the end-to-end scripts in testdata/script: the real CLI
+// against real Nix, actool, bubblewrap and gpg, the way the README uses it.
+func TestScripts(t *testing.T) {
+	for _, tool := range []string{"nix-build", "bwrap", "jq", "gpg"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not found: run the tests with scripts/test, which installs what they need", tool)
+		}
+	}
+	tools := toolDir(t)
+	_, self, _, _ := runtime.Caller(0)
+	scripts, _ := filepath.Abs(filepath.Join(filepath.Dir(self), "..", "..", "scripts"))
+	testscript.Run(t, testscript.Params{
+		Dir: "testdata/script",
+		Setup: func(env *testscript.Env) error {
+			env.Setenv("PATH", tools+":"+scripts+":"+os.Getenv("PATH"))
+			env.Setenv("HOME", env.WorkDir+"/home")
+			env.Setenv("XDG_CACHE_HOME", env.WorkDir+"/cache")
+			env.Setenv("GNUPGHOME", env.WorkDir+"/gnupg")
+			env.Setenv("NIX_CONFIG", "substituters =")
+			env.Setenv("NIX_PATH", "")
+			env.Setenv("SOURCE_DATE_EPOCH", "")
+			return nil
+		},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"acnames": checkMountNames,
+		},
+		RequireExplicitExec: true,
+	})
+}
+
+// acnames IMAGE.aci checks that every mount point of the image has a valid
+// AC Name and that the names are unique.
+func checkMountNames(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 1 {
+		ts.Fatalf("usage: acnames IMAGE.aci")
+	}
+	info, err := aci.InspectFile(ts.MkAbs(args[0]))
+	ts.Check(err)
+	seen := map[string]bool{}
+	var bad []string
+	for _, mp := range info.Manifest.App.MountPoints {
+		n := mp.Name.String()
+		if !manifest.ValidACName.MatchString(n) || seen[n] {
+			bad = append(bad, n)
+		}
+		seen[n] = true
+	}
+	if len(info.Manifest.App.MountPoints) == 0 {
+		bad = append(bad, "(no mount points)")
+	}
+	if (len(bad) > 0) != neg {
+		ts.Fatalf("mount point names: bad %v", bad)
+	}
+	fmt.Fprintf(ts.Stdout(), "%d valid mount names\n", len(seen))
+}
