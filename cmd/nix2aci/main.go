@@ -34,6 +34,7 @@ func newApp() *cli.App {
 			buildCommand(),
 			inspectCommand(),
 			pkgsCommand(),
+			cacheCommand(),
 		},
 		// Errors are printed once, by reportError.
 		ExitErrHandler: func(*cli.Context, error) {},
