@@ -194,6 +194,7 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 		cfg:   cfg,
 		ctx:   ctx,
 		free:  make(chan []byte, 2*cfg.jobs+4),
+		outs:  make(chan *bytes.Buffer, 2*cfg.jobs+4),
 		work:  make(chan *chunk, 2*cfg.jobs+4),
 		hashQ: make(chan *chunk, 2*cfg.jobs+4),
 		sinkQ: make(chan sinkItem, 2*cfg.jobs+8),
@@ -260,6 +261,7 @@ type builder struct {
 	cfg         config
 	ctx         context.Context
 	free        chan []byte
+	outs        chan *bytes.Buffer
 	work        chan *chunk
 	hashQ       chan *chunk
 	sinkQ       chan sinkItem
@@ -268,7 +270,24 @@ type builder struct {
 	cachedPaths atomic.Int32
 }
 
-var outPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+// getOut returns an output buffer. Buffers live as long as the build, so
+// that steady state allocates nothing and memory stays flat.
+func (b *builder) getOut() *bytes.Buffer {
+	select {
+	case buf := <-b.outs:
+		buf.Reset()
+		return buf
+	default:
+		return bytes.NewBuffer(make([]byte, 0, ChunkSize+ChunkSize/8))
+	}
+}
+
+func (b *builder) putOut(buf *bytes.Buffer) {
+	select {
+	case b.outs <- buf:
+	default:
+	}
+}
 
 func (b *builder) release(c *chunk) {
 	if c.refs.Add(-1) == 0 {
@@ -290,8 +309,7 @@ func (b *builder) hash(h io.Writer) int64 {
 func (b *builder) compressLoop() error {
 	var gz *gzip.Writer
 	for c := range b.work {
-		buf := outPool.Get().(*bytes.Buffer)
-		buf.Reset()
+		buf := b.getOut()
 		var err error
 		switch b.cfg.compression {
 		case Gzip:
@@ -363,7 +381,7 @@ func (b *builder) sink() error {
 
 func (b *builder) releaseSink(c *chunk) {
 	if c.out != nil {
-		outPool.Put(c.out)
+		b.putOut(c.out)
 		c.out = nil
 	}
 	if c.cached != nil || b.cfg.compression == None {
@@ -385,8 +403,7 @@ func (b *builder) sinkChunk(c *chunk) error {
 		// The cache entry is damaged: compress this chunk here, and
 		// rewrite the entry from what this build produces.
 		c.frag.dirty.Store(true)
-		buf := outPool.Get().(*bytes.Buffer)
-		buf.Reset()
+		buf := b.getOut()
 		if err := compressInto(buf, b.cfg, c.data); err != nil {
 			return err
 		}
@@ -475,11 +492,12 @@ func (b *builder) produce(img Image, mjson []byte, farm []farmEntry) error {
 		if err := cw.flushSegment(tw, nil); err != nil {
 			return err
 		}
+		copyBuf := make([]byte, 256<<10)
 		for _, p := range img.Closure.Paths {
 			f := b.openFragment(p)
 			tw = tar.NewWriter(cw)
 			cw.frag = f
-			err := writeTree(tw, p.Path)
+			err := writeTree(tw, p.Path, copyBuf)
 			if err == nil {
 				err = cw.flushSegment(tw, f)
 			}
@@ -619,7 +637,7 @@ func writeMountTarget(tw *tar.Writer, p string) error {
 // writeTree writes store path p and everything below it, depth first,
 // children sorted by name. Hard links are kept between files of this store
 // path only, so the path's bytes never depend on any other.
-func writeTree(tw *tar.Writer, p string) error {
+func writeTree(tw *tar.Writer, p string, copyBuf []byte) error {
 	type inode struct{ dev, ino uint64 }
 	links := map[inode]string{}
 	var walk func(src, name string) error
@@ -686,7 +704,13 @@ func writeTree(tw *tar.Writer, p string) error {
 				return fmt.Errorf("reading store: %w", err)
 			}
 			defer f.Close()
-			if _, err := io.CopyN(tw, f, fi.Size()); err != nil {
+			// One buffer for every file (io.CopyN would allocate one each);
+			// the struct hides tar.Writer's ReadFrom, which would too.
+			n, err := io.CopyBuffer(struct{ io.Writer }{tw}, io.LimitReader(f, fi.Size()), copyBuf)
+			if err == nil && n != fi.Size() {
+				err = io.ErrUnexpectedEOF
+			}
+			if err != nil {
 				return fmt.Errorf("reading %s: %w", src, err)
 			}
 			return nil

@@ -20,7 +20,7 @@ import (
 )
 
 // image returns an Image of root's closure with root as the one package.
-func image(t *testing.T, root string, thin bool) aci.Image {
+func image(t testing.TB, root string, thin bool) aci.Image {
 	t.Helper()
 	g, err := nixstore.Closure(context.Background(), []string{root})
 	if err != nil {
