@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -104,7 +105,12 @@ func readEntry(file, storePath string) (*os.File, *entryIndex) {
 	if err != nil {
 		return nil, nil
 	}
-	idx, err := parseEntry(fh, storePath)
+	fi, err := fh.Stat()
+	if err != nil {
+		fh.Close()
+		return nil, nil
+	}
+	idx, err := parseEntry(fh, fi.Size(), storePath)
 	if err != nil {
 		fh.Close()
 		return nil, nil
@@ -112,12 +118,8 @@ func readEntry(file, storePath string) (*os.File, *entryIndex) {
 	return fh, idx
 }
 
-func parseEntry(fh *os.File, storePath string) (*entryIndex, error) {
-	fi, err := fh.Stat()
-	if err != nil {
-		return nil, err
-	}
-	size := fi.Size()
+// parseEntry reads and checks the index of an entry of size bytes.
+func parseEntry(fh io.ReaderAt, size int64, storePath string) (*entryIndex, error) {
 	if size < 16 {
 		return nil, errors.New("short")
 	}

@@ -53,10 +53,9 @@ func (t *Target) StorePaths() []string {
 }
 
 type options struct {
-	userDir    string
-	busybox    string
-	nixBin     string
-	nixStoreBn string
+	userDir string
+	busybox string
+	nixBin  string
 }
 
 // Option changes how targets resolve.
@@ -71,14 +70,15 @@ func WithUserRecipes(dir string) Option { return func(o *options) { o.userDir = 
 func WithHostBusybox(path string) Option { return func(o *options) { o.busybox = path } }
 
 func newOptions(opts []Option) options {
-	o := options{busybox: "/bin/busybox", nixBin: "nix-instantiate", nixStoreBn: "nix-store"}
+	o := options{busybox: "/bin/busybox", nixBin: "nix-instantiate"}
 	for _, f := range opts {
 		f(&o)
 	}
 	return o
 }
 
-// ErrNotFound reports a target that is none of the things a target can be.
+// NotFoundError reports a target that is none of the things a target can
+// be, or whose evaluation failed.
 type NotFoundError struct{ Target, Reason string }
 
 func (e *NotFoundError) Error() string {

@@ -1,0 +1,66 @@
+package pkgs_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nix2aci/nix2aci/pkgs"
+)
+
+func TestParseName(t *testing.T) {
+	tests := []struct{ in, name, version string }{
+		{"hello-2.12.1", "hello", "2.12.1"},
+		{"busybox-static-1.35.0", "busybox-static", "1.35.0"},
+		{"python3.11-requests-2.31.0", "python3.11-requests", "2.31.0"},
+		{"Foo_Bar+baz-1.0", "Foo_Bar+baz", "1.0"},
+		{"source", "source", ""},
+		{"gcc-wrapper-12.2.0-lib", "gcc-wrapper", "12.2.0-lib"},
+	}
+	for _, tt := range tests {
+		name, version := pkgs.ParseName(tt.in)
+		if name != tt.name || version != tt.version {
+			t.Errorf("ParseName(%q) = %q, %q; want %q, %q", tt.in, name, version, tt.name, tt.version)
+		}
+	}
+}
+
+func TestList(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "busybox.nix"), []byte("# Mine.\n{ pkgs }: { packages = [ pkgs.busybox ]; }\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "extra.nix"), []byte("{ pkgs }: { packages = [ ]; }\n"), 0o644)
+	list, err := pkgs.List(pkgs.WithUserRecipes(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]pkgs.Recipe{}
+	for _, r := range list {
+		got[r.Name] = r
+	}
+	for _, want := range []string{"busybox", "busybox-static", "bash", "generic", "extra"} {
+		if _, ok := got[want]; !ok {
+			t.Errorf("recipe %s not listed", want)
+		}
+	}
+	if r := got["busybox"]; r.Source != filepath.Join(dir, "busybox.nix") || r.Summary != "Mine." {
+		t.Errorf("user busybox recipe does not override the built-in one: %+v", r)
+	}
+	if r := got["bash"]; r.Source != "built-in" || r.Summary == "" {
+		t.Errorf("bash: %+v", r)
+	}
+}
+
+func TestResolveRejects(t *testing.T) {
+	ctx := context.Background()
+	var nf *pkgs.NotFoundError
+	for _, target := range []string{"", "has spaces", "./nothing.nix", "-x"} {
+		if _, err := pkgs.Resolve(ctx, target); !errors.As(err, &nf) {
+			t.Errorf("Resolve(%q): got %v, want a NotFoundError", target, err)
+		} else if !strings.Contains(err.Error(), target) {
+			t.Errorf("Resolve(%q): error does not name the target: %v", target, err)
+		}
+	}
+}
