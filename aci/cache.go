@@ -197,20 +197,26 @@ func (b *builder) record(c *chunk, payload []byte, fromCache bool) {
 		return
 	}
 	if f.w == nil {
-		f.w = newEntryWriter(f.file, f.path)
 		// Chunks before this one came intact from the old entry.
-		for j := 0; j < c.index && f.w != nil; j++ {
-			old, ok := f.readCached(j)
-			if !ok {
-				f.w.abort()
-				f.w = nil
-				return
-			}
-			f.w.add(f.idx.Chunks[j].U, f.idx.Chunks[j].UC, old)
-		}
+		f.rewrite(c.index)
 	}
 	if f.w != nil {
 		f.w.add(c.ulen, c.ucrc, payload)
+	}
+}
+
+// rewrite starts a new entry holding the old entry's first n chunks, which
+// matched this build's; on any failure the fragment is just not cached.
+func (f *fragment) rewrite(n int) {
+	f.w = newEntryWriter(f.file, f.path)
+	for j := 0; j < n && f.w != nil; j++ {
+		old, ok := f.readCached(j)
+		if !ok {
+			f.w.abort()
+			f.w = nil
+			return
+		}
+		f.w.add(f.idx.Chunks[j].U, f.idx.Chunks[j].UC, old)
 	}
 }
 
@@ -225,16 +231,7 @@ func (f *fragment) end() {
 		os.Chtimes(f.file, now, now) // for least-recently-used collection
 	} else if f.w == nil && f.idx != nil && f.matched && !f.dirty.Load() {
 		// The old entry is longer than the fragment now is; rewrite it.
-		f.w = newEntryWriter(f.file, f.path)
-		for j := 0; j < f.chunks && f.w != nil; j++ {
-			old, ok := f.readCached(j)
-			if !ok {
-				f.w.abort()
-				f.w = nil
-				break
-			}
-			f.w.add(f.idx.Chunks[j].U, f.idx.Chunks[j].UC, old)
-		}
+		f.rewrite(f.chunks)
 	}
 	if f.w != nil {
 		f.w.finish()

@@ -307,30 +307,10 @@ func (b *builder) hash(h io.Writer) int64 {
 }
 
 func (b *builder) compressLoop() error {
-	var gz *gzip.Writer
+	z := compressor{cfg: b.cfg}
 	for c := range b.work {
 		buf := b.getOut()
-		var err error
-		switch b.cfg.compression {
-		case Gzip:
-			if gz == nil {
-				gz, err = gzip.NewWriterLevel(buf, b.cfg.level)
-			} else {
-				gz.Reset(buf)
-			}
-			if err == nil {
-				if _, err = gz.Write(c.data); err == nil {
-					err = gz.Close()
-				}
-			}
-		case Xz:
-			var xw *xz.Writer
-			if xw, err = xz.NewWriter(buf); err == nil {
-				if _, err = xw.Write(c.data); err == nil {
-					err = xw.Close()
-				}
-			}
-		}
+		err := z.compress(buf, c.data)
 		c.out = buf
 		b.release(c)
 		close(c.done)
@@ -339,6 +319,41 @@ func (b *builder) compressLoop() error {
 		}
 	}
 	return nil
+}
+
+// compressor compresses chunks into members, reusing its gzip state.
+type compressor struct {
+	cfg config
+	gz  *gzip.Writer
+}
+
+func (z *compressor) compress(buf *bytes.Buffer, data []byte) error {
+	switch z.cfg.compression {
+	case Gzip:
+		if z.gz == nil {
+			var err error
+			if z.gz, err = gzip.NewWriterLevel(buf, z.cfg.level); err != nil {
+				return err
+			}
+		} else {
+			z.gz.Reset(buf)
+		}
+		if _, err := z.gz.Write(data); err != nil {
+			return err
+		}
+		return z.gz.Close()
+	case Xz:
+		xw, err := xz.NewWriter(buf)
+		if err != nil {
+			return err
+		}
+		if _, err := xw.Write(data); err != nil {
+			return err
+		}
+		return xw.Close()
+	}
+	_, err := buf.Write(data)
+	return err
 }
 
 // sink writes compressed chunks in order to the output and to the cache.
@@ -404,7 +419,8 @@ func (b *builder) sinkChunk(c *chunk) error {
 		// rewrite the entry from what this build produces.
 		c.frag.dirty.Store(true)
 		buf := b.getOut()
-		if err := compressInto(buf, b.cfg, c.data); err != nil {
+		z := compressor{cfg: b.cfg}
+		if err := z.compress(buf, c.data); err != nil {
 			return err
 		}
 		c.out = buf
@@ -422,31 +438,6 @@ func (b *builder) sinkChunk(c *chunk) error {
 	if c.frag != nil {
 		b.record(c, payload, c.cached != nil && c.out == nil)
 	}
-	return nil
-}
-
-func compressInto(buf *bytes.Buffer, cfg config, data []byte) error {
-	switch cfg.compression {
-	case Gzip:
-		zw, err := gzip.NewWriterLevel(buf, cfg.level)
-		if err != nil {
-			return err
-		}
-		if _, err := zw.Write(data); err != nil {
-			return err
-		}
-		return zw.Close()
-	case Xz:
-		xw, err := xz.NewWriter(buf)
-		if err != nil {
-			return err
-		}
-		if _, err := xw.Write(data); err != nil {
-			return err
-		}
-		return xw.Close()
-	}
-	buf.Write(data)
 	return nil
 }
 
