@@ -3,6 +3,7 @@ module github.com/nix2aci/nix2aci
 go 1.26.0
 
 require (
+	github.com/ProtonMail/go-crypto v1.1.3
 	github.com/appc/spec v0.8.11
 	github.com/coreos/go-semver v0.3.1
 	github.com/klauspost/compress v1.17.11
@@ -13,12 +14,14 @@ require (
 )
 
 require (
+	github.com/cloudflare/circl v1.3.7 // indirect
 	github.com/cpuguy83/go-md2man/v2 v2.0.5 // indirect
 	github.com/google/gofuzz v1.2.0 // indirect
 	github.com/russross/blackfriday/v2 v2.1.0 // indirect
 	github.com/spf13/pflag v1.1.0 // indirect
 	github.com/xrash/smetrics v0.0.0-20240521201337-686a1a2994c1 // indirect
 	go4.org v0.0.0-20260112195520-a5071408f32f // indirect
+	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/net v0.62.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/tools v0.22.0 // indirect

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/sign"
 )
 
 // Exit codes, documented in the README. They are decided here and only here.
@@ -15,6 +16,8 @@ const (
 	exitFailure = 1 // the operation failed (build error, missing tool, ...)
 	exitUsage   = 2 // the command line is wrong
 	exitInvalid = 3 // an input archive is not a valid ACI
+	exitVerify  = 4 // a signature is missing, bad, or not trusted for the image
+	exitKey     = 5 // a key cannot be used (unreadable, wrong passphrase, ...)
 )
 
 // exitCodes maps typed errors to exit codes; the first match wins.
@@ -23,7 +26,9 @@ var exitCodes = []struct {
 	code int
 }{
 	{func(err error) bool { var u usageError; return errors.As(err, &u) }, exitUsage},
+	{func(err error) bool { var v *sign.VerifyError; return errors.As(err, &v) }, exitVerify},
 	{aci.IsInvalid, exitInvalid},
+	{func(err error) bool { var k *sign.KeyError; return errors.As(err, &k) }, exitKey},
 }
 
 // reportError prints err as "nix2aci: cause" (plus any hint lines the error

@@ -35,6 +35,10 @@ func newApp() *cli.App {
 			inspectCommand(),
 			pkgsCommand(),
 			cacheCommand(),
+			keyCommand(),
+			signCommand(),
+			verifyCommand(),
+			trustCommand(),
 		},
 		// Errors are printed once, by reportError.
 		ExitErrHandler: func(*cli.Context, error) {},

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
@@ -58,7 +59,8 @@ func TestScripts(t *testing.T) {
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"acnames": checkMountNames,
+			"acnames":  checkMountNames,
+			"exitcode": checkExitCode,
 		},
 		RequireExplicitExec: true,
 	})
@@ -88,4 +90,23 @@ func checkMountNames(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("mount point names: bad %v", bad)
 	}
 	fmt.Fprintf(ts.Stdout(), "%d valid mount names\n", len(seen))
+}
+
+// exitcode N CMD ARGS... runs CMD and checks that it exits with N.
+func checkExitCode(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) < 2 {
+		ts.Fatalf("usage: exitcode N CMD [ARGS...]")
+	}
+	want, err := strconv.Atoi(args[0])
+	ts.Check(err)
+	err = ts.Exec(args[1], args[2:]...)
+	got := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		got = ee.ExitCode()
+	} else if err != nil {
+		ts.Fatalf("%v", err)
+	}
+	if (got == want) == neg {
+		ts.Fatalf("%s exited %d, want %d", args[1], got, want)
+	}
 }
