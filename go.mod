@@ -7,9 +7,11 @@ require (
 	github.com/appc/spec v0.8.11
 	github.com/coreos/go-semver v0.3.1
 	github.com/klauspost/compress v1.17.11
+	github.com/klauspost/pgzip v1.2.6
 	github.com/rogpeppe/go-internal v1.13.1
 	github.com/ulikunitz/xz v0.5.12
 	github.com/urfave/cli/v2 v2.27.5
+	golang.org/x/crypto v0.58.0
 	golang.org/x/term v0.47.0
 )
 
@@ -21,7 +23,6 @@ require (
 	github.com/spf13/pflag v1.1.0 // indirect
 	github.com/xrash/smetrics v0.0.0-20240521201337-686a1a2994c1 // indirect
 	go4.org v0.0.0-20260112195520-a5071408f32f // indirect
-	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/net v0.62.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/tools v0.22.0 // indirect

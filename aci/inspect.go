@@ -15,7 +15,7 @@ import (
 
 	appcaci "github.com/appc/spec/aci"
 	"github.com/appc/spec/schema"
-	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/pgzip"
 	"github.com/ulikunitz/xz"
 )
 
@@ -62,7 +62,8 @@ func Decompress(r io.Reader) (io.Reader, string, error) {
 	magic, _ := br.Peek(6)
 	switch {
 	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
-		zr, err := gzip.NewReader(br)
+		// pgzip decompresses ahead in a goroutine of its own.
+		zr, err := pgzip.NewReader(br)
 		if err != nil {
 			return nil, "", &InvalidError{Reason: "bad gzip header: " + err.Error()}
 		}
@@ -97,7 +98,17 @@ func Inspect(r io.Reader) (*Info, error) {
 		validated <- err
 	}()
 	counted := &countingWriter{}
-	tee := io.TeeReader(d, io.MultiWriter(h, pw, counted))
+	// The image ID hash and appc's validator each run on their own
+	// goroutine, beside decompression and this loop.
+	hashing := NewAsyncWriter(io.MultiWriter(h, counted), 16)
+	validating := NewAsyncWriter(pw, 16)
+	abort := func(err error) {
+		pw.CloseWithError(err)
+		validating.Close()
+		hashing.Close()
+		<-validated
+	}
+	tee := io.TeeReader(d, io.MultiWriter(hashing, validating))
 	info := &Info{Compression: comp}
 	var manifest []byte
 	tr := tar.NewReader(tee)
@@ -107,8 +118,7 @@ func Inspect(r io.Reader) (*Info, error) {
 			break
 		}
 		if err != nil {
-			pw.CloseWithError(err)
-			<-validated
+			abort(err)
 			return nil, &InvalidError{Reason: "reading tar: " + err.Error()}
 		}
 		info.Entries++
@@ -125,8 +135,7 @@ func Inspect(r io.Reader) (*Info, error) {
 		}
 		if name == "manifest" {
 			if manifest, err = io.ReadAll(tr); err != nil {
-				pw.CloseWithError(err)
-				<-validated
+				abort(err)
 				return nil, &InvalidError{Reason: "reading manifest: " + err.Error()}
 			}
 		}
@@ -135,11 +144,12 @@ func Inspect(r io.Reader) (*Info, error) {
 		}
 	}
 	if _, err := io.Copy(io.Discard, tee); err != nil {
-		pw.CloseWithError(err)
-		<-validated
+		abort(err)
 		return nil, &InvalidError{Reason: "reading archive: " + err.Error()}
 	}
+	validating.Close()
 	pw.Close()
+	hashing.Close()
 	if err := <-validated; err != nil {
 		return nil, &InvalidError{Reason: err.Error()}
 	}

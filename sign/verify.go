@@ -97,9 +97,11 @@ func Verify(image, signature io.Reader, trust *Trust, now time.Time) (*Verified,
 	if !now.IsZero() {
 		cfg.Time = func() time.Time { return now }
 	}
-	tee := io.TeeReader(image, pw)
+	toInspect := aci.NewAsyncWriter(pw, 16)
+	tee := io.TeeReader(image, toInspect)
 	signer, sigErr := openpgp.CheckDetachedSignature(keyring, tee, bytes.NewReader(body), cfg)
 	_, copyErr := io.Copy(io.Discard, tee)
+	toInspect.Close()
 	pw.CloseWithError(copyErr)
 	got := <-done
 	if copyErr != nil {
