@@ -47,9 +47,10 @@ func ParseCompression(s string) (Compression, error) {
 }
 
 // DefaultLevel is the gzip level used unless WithCompression says
-// otherwise. Level 7 of klauspost/compress gives archives about the size
-// zlib's (and pigz's) default level 6 gives, at a fraction of the time.
-const DefaultLevel = 7
+// otherwise. klauspost/compress's level 6 gives archives within 5% of the
+// size of pigz's default level 6 in well under half its time; level 7
+// comes within 3% but costs about 40% more time.
+const DefaultLevel = 6
 
 // ChunkSize is the most uncompressed bytes in one compressed member.
 const ChunkSize = 1 << 20
