@@ -82,13 +82,13 @@ type fragment struct {
 	dirty    atomic.Bool
 	w        *entryWriter
 	chunks   int   // set by the producer at the end
-	tarBytes int64 // likewise
+	narSize  int64 // for progress
 	cacheHit bool
 	readBuf  []byte
 }
 
 func (b *builder) openFragment(p nixstore.PathInfo) *fragment {
-	f := &fragment{path: p.Path}
+	f := &fragment{path: p.Path, narSize: p.NarSize}
 	if b.cfg.cache == nil {
 		return f
 	}

@@ -34,6 +34,11 @@
 // store path's members can be cached and reused by a later build (see Cache);
 // and a cold build and a cached build of the same closure are byte-identical.
 //
+// Each member's header carries the member's length in an RFC 1952 extra
+// subfield ("N2", as BGZF does with "BC"); other readers skip it. Inspect
+// uses it to find member boundaries without inflating, and inflates the
+// members on every core; any member without it is read sequentially.
+//
 // The image ID is the SHA-512 of the uncompressed tar stream, computed while
 // writing. A cached build still regenerates each store path's uncompressed
 // fragment to hash it (reading the store is cheap; compressing is not).

@@ -15,7 +15,6 @@ import (
 
 	appcaci "github.com/appc/spec/aci"
 	"github.com/appc/spec/schema"
-	"github.com/klauspost/pgzip"
 	"github.com/ulikunitz/xz"
 )
 
@@ -56,14 +55,13 @@ func InspectFile(p string) (*Info, error) {
 
 // Decompress returns the uncompressed tar stream of an ACI read from r,
 // detecting gzip, xz or no compression by magic bytes, and the name of the
-// compression found.
-func Decompress(r io.Reader) (io.Reader, string, error) {
+// compression found. Close the reader to stop decompressing ahead.
+func Decompress(r io.Reader) (io.ReadCloser, string, error) {
 	br := bufio.NewReaderSize(r, 1<<16)
 	magic, _ := br.Peek(6)
 	switch {
 	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
-		// pgzip decompresses ahead in a goroutine of its own.
-		zr, err := pgzip.NewReader(br)
+		zr, err := gunzip(br)
 		if err != nil {
 			return nil, "", &InvalidError{Reason: "bad gzip header: " + err.Error()}
 		}
@@ -73,11 +71,11 @@ func Decompress(r io.Reader) (io.Reader, string, error) {
 		if err != nil {
 			return nil, "", &InvalidError{Reason: "bad xz header: " + err.Error()}
 		}
-		return zr, "xz", nil
+		return io.NopCloser(zr), "xz", nil
 	case bytes.HasPrefix(magic, []byte{'B', 'Z', 'h'}):
 		return nil, "", &InvalidError{Reason: "bzip2 ACIs are not supported; rebuild with --compression gzip"}
 	}
-	return br, "none", nil
+	return io.NopCloser(br), "none", nil
 }
 
 // Inspect reads a whole ACI from r, checks it with appc's reference
@@ -89,6 +87,7 @@ func Inspect(r io.Reader) (*Info, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer d.Close()
 	h := sha512.New()
 	pr, pw := io.Pipe()
 	validated := make(chan error, 1)

@@ -57,7 +57,7 @@ const ChunkSize = 1 << 20
 
 // formatVersion changes whenever the bytes Write produces for a store path
 // change; it is part of every cache key.
-const formatVersion = "nix2aci-fragment-1"
+const formatVersion = "nix2aci-fragment-2"
 
 // Image is what Write puts into an archive.
 type Image struct {
@@ -84,7 +84,7 @@ type Result struct {
 // Progress is reported after each store path is written.
 type Progress struct {
 	StorePaths, TotalStorePaths int
-	Bytes, TotalBytes           int64 // uncompressed; the total is the closure's NAR size
+	Bytes, TotalBytes           int64 // NAR sizes of the store paths done, and of the closure
 }
 
 type config struct {
@@ -339,10 +339,16 @@ func (z *compressor) compress(buf *bytes.Buffer, data []byte) error {
 		} else {
 			z.gz.Reset(buf)
 		}
+		start := buf.Len()
+		z.gz.Header.Extra = memberExtra
 		if _, err := z.gz.Write(data); err != nil {
 			return err
 		}
-		return z.gz.Close()
+		if err := z.gz.Close(); err != nil {
+			return err
+		}
+		patchMemberLength(buf.Bytes()[start:])
+		return nil
 	case Xz:
 		xw, err := xz.NewWriter(buf)
 		if err != nil {
@@ -379,7 +385,7 @@ func (b *builder) sink() error {
 				b.cachedPaths.Add(1)
 			}
 			done.StorePaths++
-			done.Bytes += f.tarBytes
+			done.Bytes += f.narSize
 			if b.cfg.progress != nil {
 				b.cfg.progress(done)
 			}
@@ -477,8 +483,8 @@ func (b *builder) produce(img Image, mjson []byte, farm []farmEntry) error {
 		if err := cw.flushSegment(tw, nil); err != nil {
 			return err
 		}
-		for range img.Closure.Paths {
-			b.sinkQ <- sinkItem{fragEnd: &fragment{}}
+		for _, p := range img.Closure.Paths {
+			b.sinkQ <- sinkItem{fragEnd: &fragment{narSize: p.NarSize}}
 		}
 	} else {
 		if err := cw.flushSegment(tw, nil); err != nil {
@@ -548,7 +554,6 @@ func (cw *chunker) emit() error {
 	cw.buf = nil
 	cw.n++
 	if f := c.frag; f != nil {
-		f.tarBytes += int64(len(c.data))
 		if f.file != "" {
 			c.ucrc = crc(c.data)
 			c.cached = f.match(c.index, c.ulen, c.ucrc)
