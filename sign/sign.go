@@ -69,24 +69,26 @@ func SignFile(path string, key *openpgp.Entity, opts ...Option) (string, error) 
 	}
 	defer f.Close()
 	asc := path + ".asc"
-	tmp, err := os.CreateTemp(filepath.Dir(asc), "."+filepath.Base(asc)+".tmp-*")
+	return asc, writeAtomic(asc, func(w io.Writer) error { return Detached(w, key, f, opts...) })
+}
+
+// writeAtomic writes path (mode 0644) with write, through a temporary file
+// in the same directory: path never holds half a file.
+func writeAtomic(path string, write func(io.Writer) error) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer os.Remove(tmp.Name())
-	if err := Detached(tmp, key, f, opts...); err != nil {
-		tmp.Close()
-		return "", err
+	err = write(tmp)
+	if err == nil {
+		err = tmp.Chmod(0o644)
 	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return "", err
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
 	}
-	if err := tmp.Close(); err != nil {
-		return "", err
+	if err != nil {
+		return err
 	}
-	if err := os.Rename(tmp.Name(), asc); err != nil {
-		return "", err
-	}
-	return asc, nil
+	return os.Rename(tmp.Name(), path)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -184,26 +185,9 @@ func WriteTrust(dir, prefix string, root bool, key *openpgp.Entity) (string, err
 		}
 		sub = filepath.Join(dir, "prefix.d", filepath.FromSlash(id.String()))
 	}
-	var buf bytes.Buffer
-	if err := WritePublicKey(&buf, key); err != nil {
-		return "", err
-	}
 	if err := os.MkdirAll(sub, 0o755); err != nil {
 		return "", fmt.Errorf("creating trust store: %w", err)
 	}
 	path := filepath.Join(sub, Fingerprint(key))
-	tmp, err := os.CreateTemp(sub, ".tmp-*")
-	if err != nil {
-		return "", err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(buf.Bytes()); err != nil {
-		tmp.Close()
-		return "", err
-	}
-	tmp.Chmod(0o644)
-	if err := tmp.Close(); err != nil {
-		return "", err
-	}
-	return path, os.Rename(tmp.Name(), path)
+	return path, writeAtomic(path, func(w io.Writer) error { return WritePublicKey(w, key) })
 }

@@ -276,7 +276,7 @@ func build(c *cli.Context, o *buildOptions) (*buildOutput, error) {
 	out.Arch, _ = im.Labels.Get("arch")
 	if o.thin {
 		out.RktArgs = base + ".rkt-args"
-		if err := writeFileAtomic(out.RktArgs, []byte(manifest.RktVolumeArgs(g.StorePaths()))); err != nil {
+		if err := writeFileAtomic(out.RktArgs, []byte(manifest.RktVolumeArgs(g.StorePaths())), 0o644, true); err != nil {
 			os.Remove(acipath)
 			return nil, fmt.Errorf("writing %s: %w", out.RktArgs, err)
 		}
@@ -326,22 +326,35 @@ func replaceSymlink(target, link string) error {
 	return os.Rename(tmp, link)
 }
 
-func writeFileAtomic(path string, data []byte) error {
+// writeFileAtomic writes data to path with perm through a temporary file
+// in the same directory, so that path never holds half a file. With
+// replace unset, an existing path is an error and is left alone.
+func writeFileAtomic(path string, data []byte, perm os.FileMode, replace bool) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
 	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
+	defer os.Remove(tmp.Name())
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = tmp.Chmod(perm)
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return err
 	}
-	tmp.Chmod(0o644)
-	if err := tmp.Close(); err != nil {
-		os.Remove(tmp.Name())
+	if replace {
+		return os.Rename(tmp.Name(), path)
+	}
+	if err := os.Link(tmp.Name(), path); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return usagef("%s exists; not overwriting it", path)
+		}
 		return err
 	}
-	return os.Rename(tmp.Name(), path)
+	return nil
 }
 
 func defaultCacheDir() string {

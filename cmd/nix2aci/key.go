@@ -2,10 +2,8 @@ package main
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/urfave/cli/v2"
@@ -79,7 +77,7 @@ func runKeyGenerate(c *cli.Context) error {
 	if err := sign.WritePrivateKey(&priv, key); err != nil {
 		return err
 	}
-	if err := writeNew(out, priv.Bytes(), 0o600); err != nil {
+	if err := writeFileAtomic(out, priv.Bytes(), 0o600, false); err != nil {
 		return err
 	}
 	if p := c.String("public"); p != "" {
@@ -87,7 +85,7 @@ func runKeyGenerate(c *cli.Context) error {
 		if err := sign.WritePublicKey(&pub, key); err != nil {
 			return err
 		}
-		if err := writeNew(p, pub.Bytes(), 0o644); err != nil {
+		if err := writeFileAtomic(p, pub.Bytes(), 0o644, false); err != nil {
 			return err
 		}
 	}
@@ -123,7 +121,7 @@ func runKeyExport(c *cli.Context) error {
 		return err
 	}
 	if out := c.String("out"); out != "" {
-		if err := writeFileAtomic(out, pub.Bytes()); err != nil {
+		if err := writeFileAtomic(out, pub.Bytes(), 0o644, true); err != nil {
 			return err
 		}
 	} else {
@@ -215,31 +213,4 @@ func passphrase(c *cli.Context, confirm bool) ([]byte, error) {
 		return nil, &sign.KeyError{Msg: "empty passphrase: use --no-passphrase for an unprotected key"}
 	}
 	return p, nil
-}
-
-// writeNew writes a file that must not exist yet, atomically, with perm.
-func writeNew(path string, data []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Link(tmp.Name(), path); err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return usagef("%s exists; not overwriting it", path)
-		}
-		return err
-	}
-	return nil
 }
