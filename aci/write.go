@@ -55,6 +55,9 @@ const DefaultLevel = 6
 // ChunkSize is the most uncompressed bytes in one compressed member.
 const ChunkSize = 1 << 20
 
+// maxInFlight caps the chunks being read, compressed or written at once.
+const maxInFlight = 12
+
 // formatVersion changes whenever the bytes Write produces for a store path
 // change; it is part of every cache key.
 const formatVersion = "nix2aci-fragment-2"
@@ -164,9 +167,8 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 	if cfg.compression == Gzip && (cfg.level < 1 || cfg.level > 9) {
 		return nil, fmt.Errorf("gzip level %d is out of range: use 1 (fastest) to 9 (smallest)", cfg.level)
 	}
-	if cfg.jobs < 1 {
-		cfg.jobs = 1
-	}
+	// More jobs than chunks in flight would only hold more compressors.
+	cfg.jobs = max(1, min(cfg.jobs, maxInFlight))
 	if cfg.compression == None {
 		cfg.cache = nil // nothing to save
 	}
@@ -189,16 +191,19 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 		return nil, err
 	}
 
+	// Chunks in flight bound the memory a build takes: two per job keeps
+	// every job busy, and the cap keeps many-core machines within budget.
+	inFlight := min(2*cfg.jobs+4, maxInFlight)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	b := &builder{
 		cfg:   cfg,
 		ctx:   ctx,
-		free:  make(chan []byte, 2*cfg.jobs+4),
-		outs:  make(chan *bytes.Buffer, 2*cfg.jobs+4),
-		work:  make(chan *chunk, 2*cfg.jobs+4),
-		hashQ: make(chan *chunk, 2*cfg.jobs+4),
-		sinkQ: make(chan sinkItem, 2*cfg.jobs+8),
+		free:  make(chan []byte, inFlight),
+		outs:  make(chan *bytes.Buffer, inFlight),
+		work:  make(chan *chunk, inFlight),
+		hashQ: make(chan *chunk, inFlight),
+		sinkQ: make(chan sinkItem, inFlight+4),
 		out:   &countWriter{w: w},
 		total: Progress{TotalStorePaths: len(img.Closure.Paths), TotalBytes: img.Closure.NarSize()},
 	}

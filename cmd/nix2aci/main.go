@@ -9,12 +9,20 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
 )
 
-func main() { os.Exit(run(os.Args)) }
+func main() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// Builds keep ~20 MiB live; without a limit the collector lets
+		// the heap grow to twice that and more with many jobs.
+		debug.SetMemoryLimit(40 << 20)
+	}
+	os.Exit(run(os.Args))
+}
 
 // run runs the command line args and returns the exit code.
 func run(args []string) int {
