@@ -3,10 +3,13 @@ package manifest
 import (
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/appc/spec/schema"
 	"github.com/appc/spec/schema/types"
@@ -232,16 +235,51 @@ var nixArch = map[string]string{
 	"powerpc64le": "ppc64le",
 }
 
+// NameError reports a name or label that cannot become what it must: a
+// file name of one path component, or an AC Identifier.
+type NameError struct{ Msg string }
+
+func (e *NameError) Error() string { return e.Msg }
+
+// maxFileName is the longest file name most Linux file systems take
+// (NAME_MAX), less room for the ".asc", ".rkt-args" and temporary suffixes
+// written beside an image.
+const maxFileName = 255 - 24
+
 // FileName returns the conventional ACI file name for a manifest:
-// <last name component>-<version>-<os>-<arch>.aci.
-func FileName(im *schema.ImageManifest) string {
+// <last name component>-<version>-<os>-<arch>.aci. The name is always one
+// path component: a label that would put a "/" into it, or make it too
+// long or unprintable, is an error naming the label, never a path that
+// leads outside the output directory.
+func FileName(im *schema.ImageManifest) (string, error) {
 	parts := []string{lastComponent(im.Name.String())}
 	for _, l := range []string{"version", "os", "arch"} {
-		if v, ok := im.Labels.Get(l); ok && v != "" {
-			parts = append(parts, v)
+		v, ok := im.Labels.Get(l)
+		if !ok || v == "" {
+			continue
 		}
+		if strings.ContainsAny(v, "/\\\x00") || v == "." || v == ".." || strings.IndexFunc(v, unicode.IsControl) >= 0 {
+			return "", &NameError{Msg: fmt.Sprintf("the %s label %s cannot be part of a file name (no \"/\", \"\\\", \"..\" or control characters): set a plain version in the recipe (version = \"1.0\";)", l, quote(v))}
+		}
+		parts = append(parts, v)
 	}
-	return strings.Join(parts, "-") + schema.ACIExtension
+	name := strings.Join(parts, "-") + schema.ACIExtension
+	if len(name) > maxFileName {
+		return "", &NameError{Msg: fmt.Sprintf("the image file name would be %d bytes, more than the %d a file system takes: shorten the name (--name) or the version", len(name), maxFileName)}
+	}
+	if !filepath.IsLocal(name) || filepath.Base(name) != name || strings.HasPrefix(name, ".") {
+		return "", &NameError{Msg: fmt.Sprintf("the image file name %s is not a plain file name", quote(name))}
+	}
+	return name, nil
+}
+
+// quote shows a label from a recipe in an error: short, control
+// characters escaped.
+func quote(s string) string {
+	if len(s) > 100 {
+		s = s[:100] + "…"
+	}
+	return strconv.Quote(s)
 }
 
 func lastComponent(s string) string { return s[strings.LastIndex(s, "/")+1:] }

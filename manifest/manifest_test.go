@@ -1,6 +1,7 @@
 package manifest_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -109,8 +110,8 @@ func TestNew(t *testing.T) {
 	if back.App.Environment[0].Name != "A" {
 		t.Errorf("environment not sorted: %v", back.App.Environment)
 	}
-	if got := manifest.FileName(&back); got != "hello-2.1-linux-aarch64.aci" {
-		t.Errorf("FileName = %q", got)
+	if got, err := manifest.FileName(&back); got != "hello-2.1-linux-aarch64.aci" || err != nil {
+		t.Errorf("FileName = %q, %v", got, err)
 	}
 	if back.ACVersion.String() != "0.8.11" {
 		t.Errorf("acVersion = %s", back.ACVersion)
@@ -143,5 +144,56 @@ func TestRktVolumeArgs(t *testing.T) {
 	want := "--volume=nix-3si3s18r2nyk606x9y744rnxsd5mpyc3-a-1,kind=host,source=/nix/store/3si3s18r2nyk606x9y744rnxsd5mpyc3-a-1,readOnly=true\n"
 	if got != want {
 		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+// A version from a recipe never makes the image's file name leave the
+// output directory.
+func TestFileNameIsOneComponent(t *testing.T) {
+	for _, tc := range []struct{ version, err string }{
+		{"1/../../../../escaped", `the version label "1/../../../../escaped" cannot be part of a file name`},
+		{"..\\x", "cannot be part of a file name"},
+		{"1.0\x1b[2J", `"1.0\x1b[2J"`},
+		{strings.Repeat("9", 300), "more than the 231 a file system takes"},
+	} {
+		im, err := manifest.New(manifest.Spec{Name: "example.com/app", Version: tc.version, System: "x86_64-linux", Exec: []string{"/bin/app"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		name, err := manifest.FileName(im)
+		var ne *manifest.NameError
+		if !errors.As(err, &ne) || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("version %q: FileName = %q, %v; want error containing %q", tc.version, name, err, tc.err)
+		}
+	}
+}
+
+func TestCheckRktVolumeArgs(t *testing.T) {
+	a := "/nix/store/3si3s18r2nyk606x9y744rnxsd5mpyc3-a-1"
+	b := "/nix/store/5si3s18r2nyk606x9y744rnxsd5mpyc3-busybox-1.35.0"
+	spec := manifest.Spec{Name: "x", System: "x86_64-linux", Exec: []string{"/bin/x"},
+		Mounts: append(manifest.StoreMounts([]string{a, b}), manifest.Mount{Name: "data", Path: "/var/data"})}
+	im, err := manifest.New(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := manifest.RktVolumeArgs([]string{a, b})
+	va := "--volume=" + manifest.MountName(a) + ",kind=host,source=" + a + ",readOnly=true"
+	vb := "--volume=" + manifest.MountName(b) + ",kind=host,source=" + b + ",readOnly=true"
+	for _, tc := range []struct{ name, args, err string }{
+		{"as written", good, ""},
+		{"other order, one line", vb + " " + va, ""},
+		{"host root bound instead", va + "\n--volume=" + manifest.MountName(b) + ",kind=host,source=/,readOnly=true\n", "not a read-only host volume"},
+		{"read-write", va + "\n" + strings.Replace(vb, "readOnly=true", "readOnly=false", 1), "not a read-only host volume"},
+		{"extra flag", good + "--insecure-options=all\n", "--insecure-options=all"},
+		{"volume for a mount point not from the store", good + "--volume=data,kind=host,source=/etc\n", "not a read-only host volume"},
+		{"missing one", va + "\n", "first missing: \"" + vb + "\""},
+		{"twice", good + va + "\n", "given twice"},
+		{"empty", "", "0 of 2 given"},
+	} {
+		err := manifest.CheckRktVolumeArgs(im, []byte(tc.args))
+		if (err == nil) != (tc.err == "") || err != nil && !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%s: got %v, want %q", tc.name, err, tc.err)
+		}
 	}
 }

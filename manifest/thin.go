@@ -1,6 +1,12 @@
 package manifest
 
-import "strings"
+import (
+	"fmt"
+	"path"
+	"strings"
+
+	"github.com/appc/spec/schema"
+)
 
 // StoreMounts returns one read-only mount point per store path, at the
 // path itself, named by MountName.
@@ -21,4 +27,56 @@ func RktVolumeArgs(storePaths []string) string {
 		b.WriteString("--volume=" + MountName(p) + ",kind=host,source=" + p + ",readOnly=true\n")
 	}
 	return b.String()
+}
+
+// CheckRktVolumeArgs checks the contents of a thin image's .rkt-args file
+// against the image's (verified) manifest: every word, as the shell splits
+// `$(cat X.rkt-args)`, must be exactly the --volume argument that
+// RktVolumeArgs writes for one of the manifest's store mount points (kind
+// host, read-only, source the very store path the mount point stands
+// for), each such mount point must have its argument once, and nothing
+// else may be in the file. A deploy that runs the file as root therefore
+// binds nothing the signed manifest did not name.
+func CheckRktVolumeArgs(im *schema.ImageManifest, args []byte) error {
+	var want []string
+	if im.App != nil {
+		for _, mp := range im.App.MountPoints {
+			if MountName(mp.Path) == mp.Name.String() && mp.ReadOnly && isStorePath(mp.Path) {
+				want = append(want, mp.Path)
+			}
+		}
+	}
+	order := strings.Fields(RktVolumeArgs(want))
+	expected := map[string]bool{}
+	for _, w := range order {
+		expected[w] = true
+	}
+	seen := map[string]bool{}
+	for _, w := range strings.Fields(string(args)) {
+		switch {
+		case seen[w]:
+			return &RktArgsError{Msg: "the argument " + quote(w) + " is given twice"}
+		case !expected[w]:
+			return &RktArgsError{Msg: "the argument " + quote(w) + " is not a read-only host volume for one of the image's store mount points; rkt would run the image with it"}
+		}
+		seen[w] = true
+	}
+	for _, w := range order {
+		if !seen[w] {
+			return &RktArgsError{Msg: fmt.Sprintf("the file has no argument for a store mount point of the image (%d of %d given; first missing: %q)", len(seen), len(expected), w)}
+		}
+	}
+	return nil
+}
+
+// RktArgsError reports a .rkt-args file that does not match its image.
+type RktArgsError struct{ Msg string }
+
+func (e *RktArgsError) Error() string { return "rkt arguments: " + e.Msg }
+
+// isStorePath reports whether p is a path directly in the Nix store:
+// /nix/store/<hash>-<name>, one component, nothing to clean.
+func isStorePath(p string) bool {
+	base, ok := strings.CutPrefix(p, "/nix/store/")
+	return ok && base != "" && !strings.ContainsAny(base, "/\x00") && base != "." && base != ".." && path.Clean(p) == p
 }
