@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/nix2aci/nix2aci/nixstore"
 )
 
 // A farmEntry is one entry of the symlink farm at the image root: a
@@ -72,16 +74,17 @@ func buildFarm(packages []string) ([]farmEntry, []Conflict, error) {
 		return nil
 	}
 	for _, p := range packages {
-		fi, err := os.Stat(p)
+		dir, ok, err := farmRoot(p)
 		if err != nil {
-			return nil, nil, fmt.Errorf("package %s: %w", p, err)
+			return nil, nil, err
 		}
-		if !fi.IsDir() {
-			// A single-file store path has nothing to link into /bin and
-			// friends; it is still in the closure.
+		if !ok {
+			// A single-file store path, or a link that leaves the store,
+			// has nothing to link into /bin and friends; it is still in
+			// the closure.
 			continue
 		}
-		if err := walk(p, p, ""); err != nil {
+		if err := walk(p, dir, ""); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -91,6 +94,32 @@ func buildFarm(packages []string) ([]farmEntry, []Conflict, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return pathLess(out[i].rel, out[j].rel) })
 	return out, conflicts, nil
+}
+
+// farmRoot returns the directory whose entries package p contributes to
+// the farm. A store path may itself be a symlink (legal in Nix); it is
+// followed only while it stays inside the Nix store, so that an image never
+// takes entry names from the build host. Links inside packages are never
+// followed: they become farm links as they are.
+func farmRoot(p string) (string, bool, error) {
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return "", false, fmt.Errorf("package %s: %w", p, err)
+	}
+	dir := p
+	if fi.Mode()&os.ModeSymlink != 0 {
+		if dir, err = filepath.EvalSymlinks(p); err != nil {
+			return "", false, nil // dangling: nothing to link
+		}
+		rest, ok := strings.CutPrefix(dir, nixstore.StoreDir+"/")
+		if !ok || rest == "" {
+			return "", false, nil
+		}
+		if fi, err = os.Stat(dir); err != nil {
+			return "", false, nil
+		}
+	}
+	return dir, fi.IsDir(), nil
 }
 
 // pathLess orders paths depth-first, each directory's children sorted by
