@@ -271,12 +271,12 @@ func NamePart(p string) string { return strings.TrimPrefix(p, StoreDir+"/")[33:]
 // run runs a command, returning stdout; on failure the error carries the
 // tail of stderr.
 func run(ctx context.Context, bin string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd := Command(ctx, bin, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
-		return nil, &CommandError{Cmd: bin, Err: err, Stderr: Tail(stderr.String(), 8)}
+		return nil, &CommandError{Cmd: bin, Err: err, Stderr: ErrorMessage(stderr.String())}
 	}
 	return stdout.Bytes(), nil
 }

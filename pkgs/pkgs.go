@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
 )
@@ -139,8 +140,14 @@ func (o options) recipeFile(name string) (string, error) {
 		return "", nil
 	}
 	if o.userDir != "" {
+		if err := checkRecipeDir(o.userDir); err != nil {
+			return "", err
+		}
 		p := filepath.Join(o.userDir, name+".nix")
-		if _, err := os.Stat(p); err == nil {
+		if fi, err := os.Stat(p); err == nil {
+			if !fi.Mode().IsRegular() {
+				return "", &NotFoundError{Target: name, Reason: fmt.Sprintf("the recipe %s is not a regular file", p)}
+			}
 			return filepath.Abs(p)
 		}
 	}
@@ -148,6 +155,21 @@ func (o options) recipeFile(name string) (string, error) {
 		return "embedded:" + name, nil
 	}
 	return "", nil
+}
+
+// maxRecipe is the largest recipe file List reads for its summary.
+const maxRecipe = 1 << 20
+
+// checkRecipeDir checks that a user's recipe directory is a directory.
+func checkRecipeDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("recipe directory (--pkgs, NIX2ACI_PKGS): %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("recipe directory (--pkgs, NIX2ACI_PKGS) %s is not a directory", safeio.Quote(dir))
+	}
+	return nil
 }
 
 // Recipe is a recipe as `pkgs list` shows it.
@@ -163,14 +185,17 @@ func List(opts ...Option) ([]Recipe, error) {
 	seen := map[string]bool{}
 	var out []Recipe
 	if o.userDir != "" {
+		if err := checkRecipeDir(o.userDir); err != nil {
+			return nil, err
+		}
 		files, err := filepath.Glob(filepath.Join(o.userDir, "*.nix"))
 		if err != nil {
 			return nil, err
 		}
 		for _, f := range files {
-			b, err := os.ReadFile(f)
+			b, err := safeio.ReadFile(f, maxRecipe)
 			if err != nil {
-				return nil, err
+				return nil, fmt.Errorf("reading recipe: %w", err)
 			}
 			n := strings.TrimSuffix(filepath.Base(f), ".nix")
 			seen[n] = true
@@ -219,12 +244,12 @@ func (o options) eval(ctx context.Context, kind, target, shown string) (*Target,
 	args := []string{"--eval", "--strict", "--json", "--read-write-mode", filepath.Join(dir, "nix", "driver.nix"),
 		"--argstr", "kind", kind, "--argstr", "target", target,
 		"--argstr", "hostBusybox", o.busybox, "--argstr", "hostBusyboxVersion", busyboxVersion(ctx, o.busybox)}
-	cmd := exec.CommandContext(ctx, o.nixBin, args...)
+	cmd := nixstore.Command(ctx, o.nixBin, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return nil, context.Cause(ctx)
 		}
 		return nil, evalError(kind, shown, stderr.String())
 	}
@@ -242,17 +267,14 @@ func (o options) eval(ctx context.Context, kind, target, shown string) (*Target,
 	return &Target{Kind: kind, Offline: raw.Offline, Packages: raw.Packages, Spec: raw.Spec}, nil
 }
 
-// evalError keeps what matters of Nix's error: its "error:" line onwards.
+// evalError keeps what matters of Nix's error: the whole message from its
+// first "error:" on, bounded (see nixstore.ErrorMessage).
 func evalError(kind, target, stderr string) error {
-	msg := stderr
-	if i := strings.LastIndex(msg, "error: "); i >= 0 {
-		msg = msg[i+len("error: "):]
-	}
-	msg = nixstore.Tail(msg, 4)
+	msg := nixstore.ErrorMessage(stderr)
 	if kind == "attr" {
-		return &NotFoundError{Target: target, Reason: "it is not a recipe (see nix2aci pkgs list), a /nix/store path or a .nix file, and as a package attribute: " + msg}
+		return &NotFoundError{Target: target, Reason: "it is not a recipe (see nix2aci pkgs list), a /nix/store path or a .nix file, and as a package attribute:\n  " + msg}
 	}
-	return &NotFoundError{Target: target, Reason: "evaluation failed: " + msg}
+	return &NotFoundError{Target: target, Reason: "evaluation failed:\n  " + msg}
 }
 
 func writeEmbedded(dir string) error {
@@ -301,14 +323,17 @@ func (t *Target) Realise(ctx context.Context, gcroot string) error {
 		}
 		args = append([]string{"--add-root", gcroot, "--indirect"}, args...)
 	}
-	cmd := exec.CommandContext(ctx, "nix-store", append([]string{"--realise"}, args...)...)
+	cmd := nixstore.Command(ctx, "nix-store", append([]string{"--realise"}, args...)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
 		if errors.Is(err, exec.ErrNotFound) {
 			return nixstore.ErrNixNotInstalled
 		}
-		return fmt.Errorf("building %s: %v: %s", t.Packages[0].Name, err, nixstore.Tail(stderr.String(), 8))
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		return fmt.Errorf("building %s: %v:\n  %s", t.Packages[0].Name, err, nixstore.ErrorMessage(stderr.String()))
 	}
 	for _, p := range t.Packages {
 		if _, err := os.Lstat(p.OutPath); err != nil {

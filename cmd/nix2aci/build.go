@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,6 +20,7 @@ import (
 	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
+	"github.com/nix2aci/nix2aci/outdir"
 	"github.com/nix2aci/nix2aci/pkgs"
 )
 
@@ -82,21 +86,9 @@ func runBuild(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	out, err := build(c, o)
+	out, err := build(c, o, signer)
 	if err != nil {
 		return err
-	}
-	if signer != nil {
-		asc, err := signer(out.ACI)
-		if err != nil {
-			return err
-		}
-		out.Signature = asc
-		if o.link {
-			if err := replaceSymlink(asc, "result.asc"); err != nil {
-				return err
-			}
-		}
 	}
 	if o.json {
 		return printJSON(c.App.Writer, out)
@@ -110,7 +102,7 @@ func runBuild(c *cli.Context) error {
 }
 
 func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
-	if c.NArg() != 1 {
+	if c.NArg() != 1 || c.Args().First() == "" {
 		return nil, usagef("build takes one TARGET (got %d): e.g. nix2aci build busybox --fat", c.NArg())
 	}
 	if c.Bool("fat") && c.Bool("thin") {
@@ -181,8 +173,13 @@ type buildOutput struct {
 	Conflicts   []aci.Conflict `json:"conflicts,omitempty"`
 }
 
-// build is the pipeline: recipe -> packages -> closure -> manifest -> archive.
-func build(c *cli.Context, o *buildOptions) (*buildOutput, error) {
+// build is the pipeline: recipe -> packages -> closure -> manifest ->
+// archive -> signature. Everything is written into a staging directory
+// inside the output directory and moved into place only when all of it is
+// there (see package outdir): a failed or interrupted build leaves the
+// previous image, its signature, its .rkt-args and its GC roots as they
+// were.
+func build(c *cli.Context, o *buildOptions, signer imageSigner) (*buildOutput, error) {
 	ctx := c.Context
 	stderr := c.App.ErrWriter
 	var popts []pkgs.Option
@@ -207,18 +204,25 @@ func build(c *cli.Context, o *buildOptions) (*buildOutput, error) {
 	if err != nil {
 		return nil, err
 	}
-	fileName := manifest.FileName(probe)
-	acipath := filepath.Join(o.outDir, fileName)
-	base := strings.TrimSuffix(acipath, ".aci")
-	gcroot := base + ".gcroot"
-
-	ok := false
+	fileName, err := manifest.FileName(probe)
+	if err != nil {
+		return nil, err
+	}
+	base := strings.TrimSuffix(fileName, ".aci")
+	st, err := outdir.Begin(o.outDir)
+	if err != nil {
+		return nil, err
+	}
+	committed := false
 	defer func() {
-		if !ok {
-			removeGCRoots(gcroot, len(t.Packages))
+		if !committed {
+			st.Abort()
 		}
 	}()
-	if err := t.Realise(ctx, gcroot); err != nil {
+	// Roots inside the staging directory keep the packages alive while
+	// the image is written; the final roots replace the old ones only
+	// when the new image replaces the old image.
+	if err := t.Realise(ctx, st.Path("gcroot")); err != nil {
 		return nil, err
 	}
 	if err := t.Finish(); err != nil {
@@ -255,19 +259,55 @@ func build(c *cli.Context, o *buildOptions) (*buildOutput, error) {
 		bar = newProgressBar(stderr, fileName)
 		opts = append(opts, aci.WithProgress(bar.update))
 	}
-	res, err := aci.WriteFile(ctx, acipath, aci.Image{Manifest: im, Closure: g, Packages: t.StorePaths(), Thin: o.thin}, opts...)
+	res, err := aci.WriteFile(ctx, st.Path(fileName), aci.Image{Manifest: im, Closure: g, Packages: t.StorePaths(), Thin: o.thin}, opts...)
 	bar.done()
 	if err != nil {
-		if errors.Is(err, ctx.Err()) && ctx.Err() != nil {
-			return nil, fmt.Errorf("build of %s interrupted; nothing was written", fileName)
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("build of %s interrupted; nothing was written: %w", fileName, context.Cause(ctx))
 		}
-		return nil, fmt.Errorf("writing %s: %w", acipath, err)
+		return nil, fmt.Errorf("writing %s: %w", st.Final(fileName), err)
 	}
 	for _, cf := range res.Conflicts {
 		fmt.Fprintf(stderr, "nix2aci: warning: two packages provide %s\n", cf)
 	}
+	names, stale := []string{fileName}, []string(nil)
+	argsName := base + ".rkt-args"
+	if o.thin {
+		if err := os.WriteFile(st.Path(argsName), []byte(manifest.RktVolumeArgs(g.StorePaths())), 0o644); err != nil {
+			return nil, fmt.Errorf("writing %s: %w", st.Final(argsName), err)
+		}
+		names = append(names, argsName)
+	} else {
+		stale = append(stale, argsName)
+	}
+	ascName := fileName + ".asc"
+	if signer != nil {
+		if err := signer(ctx, st.Path(fileName), st.Path(ascName)); err != nil {
+			return nil, err
+		}
+		names = append(names, ascName)
+	} else {
+		stale = append(stale, ascName) // it would sign the old image
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("build of %s interrupted; nothing was written: %w", fileName, context.Cause(ctx))
+	}
+	gcroot := st.Final(base + ".gcroot")
+	committed = true
+	err = st.Commit(names, stale, func() error {
+		// The new image is in place: point its roots at its packages. The
+		// staging roots still hold them until this is done.
+		if err := t.Realise(context.WithoutCancel(ctx), gcroot); err != nil {
+			return fmt.Errorf("%s is written, but registering its GC roots failed (a garbage collection may remove what it needs; build again): %w", st.Final(fileName), err)
+		}
+		removeStaleRoots(gcroot, len(t.Packages))
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
 	out := &buildOutput{
-		ACI: acipath, Name: im.Name.String(), Kind: map[bool]string{false: "fat", true: "thin"}[o.thin],
+		ACI: st.Final(fileName), Name: im.Name.String(), Kind: map[bool]string{false: "fat", true: "thin"}[o.thin],
 		ImageID: res.ImageID, StorePaths: res.StorePaths, CachedPaths: res.CachedPaths, Size: res.Size,
 		Offline: t.Offline, Conflicts: res.Conflicts, GCRoots: gcRoots(gcroot, len(t.Packages)),
 	}
@@ -275,24 +315,29 @@ func build(c *cli.Context, o *buildOptions) (*buildOutput, error) {
 	out.OS, _ = im.Labels.Get("os")
 	out.Arch, _ = im.Labels.Get("arch")
 	if o.thin {
-		out.RktArgs = base + ".rkt-args"
-		if err := writeFileAtomic(out.RktArgs, []byte(manifest.RktVolumeArgs(g.StorePaths())), 0o644, true); err != nil {
-			os.Remove(acipath)
-			return nil, fmt.Errorf("writing %s: %w", out.RktArgs, err)
-		}
+		out.RktArgs = st.Final(argsName)
+	}
+	if signer != nil {
+		out.Signature = st.Final(ascName)
 	}
 	if o.link {
-		if err := replaceSymlink(acipath, "result"); err != nil {
+		if err := replaceSymlink(out.ACI, "result"); err != nil {
 			return nil, err
 		}
 		out.Result = "result"
+		if signer != nil {
+			if err := replaceSymlink(out.Signature, "result.asc"); err != nil {
+				return nil, err
+			}
+		} else if fi, err := os.Lstat("result.asc"); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+			os.Remove("result.asc") // it pointed at the old image's signature
+		}
 	}
 	if cache != nil && o.cacheMax > 0 {
 		if _, err := cache.GC(o.cacheMax); err != nil {
 			fmt.Fprintf(stderr, "nix2aci: warning: trimming cache: %v\n", err)
 		}
 	}
-	ok = true
 	return out, nil
 }
 
@@ -304,26 +349,42 @@ func gcRoots(gcroot string, n int) []string {
 	return roots
 }
 
-func removeGCRoots(gcroot string, n int) {
-	for _, r := range gcRoots(gcroot, n) {
-		if fi, err := os.Lstat(r); err == nil && fi.Mode()&os.ModeSymlink != 0 {
-			os.Remove(r)
+// removeStaleRoots removes the roots gcroot-N, N > n, that a previous
+// build with more packages left.
+func removeStaleRoots(gcroot string, n int) {
+	for i := max(n+1, 2); ; i++ {
+		r := fmt.Sprintf("%s-%d", gcroot, i)
+		fi, err := os.Lstat(r)
+		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			return
 		}
+		os.Remove(r)
 	}
 }
 
 // replaceSymlink points link at target (relative to link's directory when
-// target is relative), replacing an old link but never a real file.
+// target is relative), replacing an old link but never a real file. The
+// new link is made under a unique temporary name and renamed over the
+// old one, so concurrent builds never collide.
 func replaceSymlink(target, link string) error {
 	if fi, err := os.Lstat(link); err == nil && fi.Mode()&os.ModeSymlink == 0 {
 		return fmt.Errorf("%s exists and is not a symlink; not replacing it (use --no-link)", link)
 	}
-	tmp := link + ".tmp-nix2aci"
-	os.Remove(tmp)
-	if err := os.Symlink(target, tmp); err != nil {
-		return fmt.Errorf("creating %s: %w", link, err)
+	for i := 0; ; i++ {
+		tmp := fmt.Sprintf("%s.tmp-%d-%d", link, os.Getpid(), rand.Uint32())
+		err := os.Symlink(target, tmp)
+		if errors.Is(err, fs.ErrExist) && i < 10 {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("creating %s: %w", link, err)
+		}
+		if err := os.Rename(tmp, link); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("creating %s: %w", link, err)
+		}
+		return nil
 	}
-	return os.Rename(tmp, link)
 }
 
 // writeFileAtomic writes data to path with perm through a temporary file

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/internal/safeio"
+	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/sign"
 )
 
@@ -18,6 +20,8 @@ const (
 	exitInvalid = 3 // an input archive is not a valid ACI
 	exitVerify  = 4 // a signature is missing, bad, or not trusted for the image
 	exitKey     = 5 // a key cannot be used (unreadable, wrong passphrase, ...)
+
+	exitInterrupted = 130 // SIGINT or SIGTERM stopped the command
 )
 
 // exitCodes maps typed errors to exit codes; the first match wins.
@@ -25,23 +29,36 @@ var exitCodes = []struct {
 	is   func(error) bool
 	code int
 }{
+	{func(err error) bool { var i interrupted; return errors.As(err, &i) }, exitInterrupted},
 	{func(err error) bool { var u usageError; return errors.As(err, &u) }, exitUsage},
+	{func(err error) bool { var n *manifest.NameError; return errors.As(err, &n) }, exitUsage},
+	{func(err error) bool { var r *manifest.RktArgsError; return errors.As(err, &r) }, exitVerify},
 	{func(err error) bool { var v *sign.VerifyError; return errors.As(err, &v) }, exitVerify},
 	{aci.IsInvalid, exitInvalid},
 	{func(err error) bool { var k *sign.KeyError; return errors.As(err, &k) }, exitKey},
 }
 
+// Messages are cut to these sizes, whatever a library or Nix put into
+// them: an error never floods a terminal or a CI log.
+const (
+	maxMessageLine = 1000
+	maxMessage     = 8000
+)
+
 // reportError prints err as "nix2aci: cause" (plus any hint lines the error
-// carries) and returns the exit code for it.
+// carries), with control characters escaped and its size bounded, and
+// returns the exit code for it.
 func reportError(w io.Writer, err error) int {
 	if err == nil {
 		return exitOK
 	}
-	msg := err.Error()
-	if strings.HasPrefix(msg, "flag provided but not defined") || strings.HasPrefix(msg, "Required flag") || strings.HasPrefix(msg, "invalid value") {
-		// urfave/cli's own flag parsing errors.
-		fmt.Fprintf(w, "nix2aci: %s (see 'nix2aci help')\n", msg)
-		return exitUsage
+	msg := safeio.Terminal(err.Error(), maxMessageLine, maxMessage)
+	for _, p := range []string{"flag provided but not defined", "Required flag", "invalid value", "No help topic for"} {
+		if strings.HasPrefix(msg, p) {
+			// urfave/cli's own command-line errors.
+			fmt.Fprintf(w, "nix2aci: %s (see 'nix2aci help')\n", msg)
+			return exitUsage
+		}
 	}
 	fmt.Fprintf(w, "nix2aci: %s\n", msg)
 	for _, m := range exitCodes {

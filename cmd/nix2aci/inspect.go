@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
 )
 
@@ -20,9 +22,17 @@ func inspectCommand() *cli.Command {
 				return usagef("inspect takes one IMAGE.aci (got %d)", c.NArg())
 			}
 			path := c.Args().First()
-			info, err := aci.InspectFile(path)
+			f, err := openImage(path)
 			if err != nil {
 				return err
+			}
+			defer f.Close()
+			info, err := aci.Inspect(safeio.WithContext(c.Context, f))
+			if err != nil {
+				if c.Context.Err() != nil {
+					return fmt.Errorf("inspecting %s interrupted: %w", path, context.Cause(c.Context))
+				}
+				return fmt.Errorf("inspecting %s: %w", path, err)
 			}
 			im := info.Manifest
 			version, _ := im.Labels.Get("version")
@@ -44,8 +54,10 @@ func inspectCommand() *cli.Command {
 				return err
 			}
 			w := c.App.Writer
-			fmt.Fprintf(w, "%s\n", m)
-			fmt.Fprintf(w, "name:        %s\nversion:     %s\nos/arch:     %s/%s\nimage ID:    %s\ncompression: %s\n", im.Name, version, osName, arch, info.ImageID, info.Compression)
+			// JSON escapes C0 controls, not DEL or C1 ones: escape those too.
+			fmt.Fprintf(w, "%s\n", safeio.Terminal(string(m), len(m), len(m)))
+			q := safeio.Quote
+			fmt.Fprintf(w, "name:        %s\nversion:     %s\nos/arch:     %s/%s\nimage ID:    %s\ncompression: %s\n", q(im.Name.String()), q(version), q(osName), q(arch), info.ImageID, info.Compression)
 			fmt.Fprintf(w, "entries:     %d (%d files, %d directories, %d symlinks, %d hard links)\nstore paths: %d\nuncompressed: %d bytes\n",
 				info.Entries, info.Files, info.Dirs, info.Symlinks, info.HardLinks, info.StorePaths, info.Size)
 			return nil

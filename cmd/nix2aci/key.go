@@ -2,13 +2,16 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
+	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/sign"
 )
 
@@ -103,7 +106,7 @@ func runKeyExport(c *cli.Context) error {
 	var err error
 	switch {
 	case file != "":
-		data, err = os.ReadFile(file)
+		data, err = readKeyFile(file)
 	case os.Getenv("NIX2ACI_SIGNING_KEY") != "":
 		data = []byte(os.Getenv("NIX2ACI_SIGNING_KEY"))
 	default:
@@ -121,6 +124,9 @@ func runKeyExport(c *cli.Context) error {
 		return err
 	}
 	if out := c.String("out"); out != "" {
+		if err := safeToReplace(out, file); err != nil {
+			return err
+		}
 		if err := writeFileAtomic(out, pub.Bytes(), 0o644, true); err != nil {
 			return err
 		}
@@ -146,7 +152,7 @@ func loadSigningKey(c *cli.Context) (*openpgp.Entity, error) {
 	source := c.String("key")
 	if source != "" {
 		var err error
-		if data, err = os.ReadFile(source); err != nil {
+		if data, err = readKeyFile(source); err != nil {
 			return nil, &sign.KeyError{Msg: fmt.Sprintf("reading signing key: %v", err)}
 		}
 	} else if env := os.Getenv("NIX2ACI_SIGNING_KEY"); env != "" {
@@ -165,7 +171,7 @@ func loadSigningKey(c *cli.Context) (*openpgp.Entity, error) {
 // --passphrase-file or a terminal prompt (twice when confirm is set).
 func passphrase(c *cli.Context, confirm bool) ([]byte, error) {
 	if f := c.String("passphrase-file"); f != "" {
-		b, err := os.ReadFile(f)
+		b, err := safeio.ReadFile(f, 64<<10)
 		if err != nil {
 			return nil, &sign.KeyError{Msg: fmt.Sprintf("reading passphrase: %v", err)}
 		}
@@ -213,4 +219,39 @@ func passphrase(c *cli.Context, confirm bool) ([]byte, error) {
 		return nil, &sign.KeyError{Msg: "empty passphrase: use --no-passphrase for an unprotected key"}
 	}
 	return p, nil
+}
+
+// maxKeyFile is the largest key file read: an armored RSA 4096 key with
+// its subkey is under 8 KiB, a keyring of a few dozen keys fits easily.
+const maxKeyFile = 1 << 20
+
+// readKeyFile reads a key file named by the user: a regular file of at
+// most maxKeyFile bytes, opened without blocking.
+func readKeyFile(path string) ([]byte, error) {
+	return safeio.ReadFile(path, maxKeyFile)
+}
+
+// safeToReplace refuses an output file that is the input (key export
+// k.asc --out k.asc would replace the private key with the public one)
+// or that holds a private key: a private key is never overwritten.
+func safeToReplace(out, input string) error {
+	fi, err := os.Stat(out)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if input != "" {
+		if in, err := os.Stat(input); err == nil && os.SameFile(fi, in) {
+			return usagef("--out %s is the key file being read; write the public key to another file", out)
+		}
+	}
+	if !fi.Mode().IsRegular() {
+		return usagef("--out %s exists and is not a regular file; not replacing it", out)
+	}
+	if data, err := readKeyFile(out); err == nil && bytes.Contains(data, []byte("PRIVATE KEY BLOCK")) {
+		return usagef("--out %s holds a private key; not overwriting it: choose another file", out)
+	}
+	return nil
 }

@@ -6,11 +6,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 )
@@ -25,11 +27,49 @@ func main() {
 }
 
 // run runs the command line args and returns the exit code.
+//
+// SIGINT and SIGTERM cancel the command's context: every command stops
+// reading, writing and waiting at once, removes what it had half written
+// and returns; run then exits with exitInterrupted. Should a command not
+// have returned 1.5 s after the signal (or at a second signal), run exits
+// anyway: what a killed build leaves, the next build in that directory
+// removes.
 func run(args []string) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		s := <-sigs
+		cancel(interrupted{s})
+		select {
+		case <-sigs:
+		case <-time.After(1500 * time.Millisecond):
+		}
+		fmt.Fprintf(os.Stderr, "nix2aci: %v; stopped\n", interrupted{s})
+		os.Exit(exitInterrupted)
+	}()
 	app := newApp()
-	return reportError(os.Stderr, app.RunContext(ctx, interspersed(app, args)))
+	err := app.RunContext(ctx, interspersed(app, args))
+	var sig interrupted
+	if errors.As(context.Cause(ctx), &sig) {
+		if err == nil {
+			err = sig
+		}
+		return reportError(os.Stderr, fmt.Errorf("%w: %w", sig, err))
+	}
+	return reportError(os.Stderr, err)
+}
+
+// interrupted is the cause of a context cancelled by a signal.
+type interrupted struct{ sig os.Signal }
+
+func (i interrupted) Error() string {
+	if i.sig == syscall.SIGTERM {
+		return "interrupted by SIGTERM"
+	}
+	return "interrupted by SIGINT"
 }
 
 func newApp() *cli.App {

@@ -1,16 +1,21 @@
 package main
 
 import (
-	"time"
-
+	"bytes"
+	"context"
+	"crypto/sha512"
 	"errors"
 	"fmt"
-	"github.com/ProtonMail/go-crypto/openpgp"
+	"io"
 	"os"
+	"time"
+
+	"github.com/ProtonMail/go-crypto/openpgp"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/sign"
 )
 
@@ -28,8 +33,9 @@ func signCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			asc, err := signImage(c.Args().First(), key)
-			if err != nil {
+			path := c.Args().First()
+			asc := path + ".asc"
+			if err := signImage(c.Context, key, path, asc); err != nil {
 				return err
 			}
 			fmt.Fprintln(c.App.Writer, asc)
@@ -38,14 +44,57 @@ func signCommand() *cli.Command {
 	}
 }
 
-// signImage checks that path is a valid ACI and signs it, recording its
-// name and image ID in the signature.
-func signImage(path string, key *openpgp.Entity) (string, error) {
-	info, err := aci.InspectFile(path)
-	if err != nil {
-		return "", err
+// imageSigner signs the image at path, writing the signature to asc.
+type imageSigner func(ctx context.Context, path, asc string) error
+
+// openImage opens an image file named by the user: a regular file only,
+// without blocking on a FIFO.
+func openImage(path string) (*os.File, error) {
+	f, err := safeio.OpenRegular(path)
+	var nr *safeio.NotRegularError
+	if errors.As(err, &nr) {
+		return nil, &aci.InvalidError{Reason: err.Error() + "; give the path of an .aci file"}
 	}
-	return sign.SignFile(path, key, sign.WithImage(info.Manifest.Name.String(), info.ImageID))
+	return f, err
+}
+
+// signImage checks that path is a valid ACI and signs it, recording its
+// name and image ID in the signature, and writes the signature to asc
+// atomically. The file is read twice (to validate it, then to sign it);
+// the raw bytes of both readings are hashed and must be the same, so what
+// is signed is what was validated.
+func signImage(ctx context.Context, key *openpgp.Entity, path, asc string) error {
+	f, err := openImage(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	validated, signed := sha512.New(), sha512.New()
+	info, err := aci.Inspect(io.TeeReader(safeio.WithContext(ctx, f), validated))
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("signing %s interrupted; nothing was written: %w", path, context.Cause(ctx))
+		}
+		return fmt.Errorf("inspecting %s: %w", path, err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	var sig bytes.Buffer
+	err = sign.Detached(&sig, key, io.TeeReader(safeio.WithContext(ctx, f), signed), sign.WithImage(info.Manifest.Name.String(), info.ImageID))
+	if ctx.Err() != nil {
+		return fmt.Errorf("signing %s interrupted; nothing was written: %w", path, context.Cause(ctx))
+	}
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(validated.Sum(nil), signed.Sum(nil)) {
+		return fmt.Errorf("%s changed while it was being signed; nothing was written: sign it again once nothing writes to it", path)
+	}
+	if err := writeFileAtomic(asc, sig.Bytes(), 0o644, true); err != nil {
+		return fmt.Errorf("writing %s: %w", asc, err)
+	}
+	return nil
 }
 
 // buildSignFlags are build's signing flags.
@@ -56,7 +105,7 @@ func buildSignFlags() []cli.Flag {
 // buildSigner returns the function that signs a built image, or nil
 // without --sign. It loads the key at once, so that a wrong passphrase
 // fails before the build.
-func buildSigner(c *cli.Context) (func(path string) (string, error), error) {
+func buildSigner(c *cli.Context) (imageSigner, error) {
 	if !c.Bool("sign") {
 		if c.String("key") != "" {
 			return nil, usagef("--key is given without --sign: add --sign to sign the image")
@@ -67,7 +116,7 @@ func buildSigner(c *cli.Context) (func(path string) (string, error), error) {
 	if err != nil {
 		return nil, err
 	}
-	return func(path string) (string, error) { return signImage(path, key) }, nil
+	return func(ctx context.Context, path, asc string) error { return signImage(ctx, key, path, asc) }, nil
 }
 
 func verifyCommand() *cli.Command {
@@ -108,12 +157,11 @@ func runVerify(c *cli.Context) error {
 	} else {
 		trust = sign.NewTrust()
 		for _, k := range keyrings {
-			f, err := os.Open(k)
+			data, err := readKeyFile(k)
 			if err != nil {
 				return &sign.KeyError{Msg: fmt.Sprintf("reading keyring: %v", err)}
 			}
-			key, err := sign.ReadKey(f)
-			f.Close()
+			key, err := sign.ReadKey(bytes.NewReader(data))
 			if err != nil {
 				return fmt.Errorf("keyring %s: %w", k, err)
 			}
@@ -124,21 +172,24 @@ func runVerify(c *cli.Context) error {
 	if sigPath == "" {
 		sigPath = image + ".asc"
 	}
-	sigFile, err := os.Open(sigPath)
+	sigFile, err := safeio.OpenRegular(sigPath)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return &sign.VerifyError{Reason: sign.ReasonMissing, Msg: fmt.Sprintf("no signature %s: sign the image with nix2aci sign %s --key KEY, or name the signature with --signature FILE", sigPath, image)}
 		}
-		return err
+		return &sign.VerifyError{Reason: sign.ReasonMalformed, Msg: fmt.Sprintf("cannot read the signature: %v", err)}
 	}
 	defer sigFile.Close()
-	f, err := os.Open(image)
+	f, err := openImage(image)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	v, err := sign.Verify(f, sigFile, trust, time.Time{})
+	v, err := sign.Verify(safeio.WithContext(c.Context, f), sigFile, trust, time.Time{})
 	if err != nil {
+		if c.Context.Err() != nil {
+			return fmt.Errorf("verifying %s interrupted: %w", image, context.Cause(c.Context))
+		}
 		return fmt.Errorf("%s: %w", image, err)
 	}
 	if c.Bool("json") {
@@ -149,7 +200,7 @@ func runVerify(c *cli.Context) error {
 		}{image, sigPath, v})
 	}
 	fmt.Fprintf(c.App.Writer, "good signature on %s (%s)\n  image ID %s\n  signed by %s, key %s, trusted as %s, at %s\n",
-		v.Name, image, v.ImageID, v.UserID, v.Fingerprint, v.TrustedAs, v.SignedAt.Format("2006-01-02 15:04:05Z"))
+		safeio.Quote(v.Name), image, v.ImageID, safeio.Quote(v.UserID), v.Fingerprint, safeio.Quote(v.TrustedAs), v.SignedAt.Format("2006-01-02 15:04:05Z"))
 	return nil
 }
 
@@ -167,12 +218,11 @@ func trustCommand() *cli.Command {
 			if c.NArg() != 1 {
 				return usagef("trust takes one PUB.asc (got %d)", c.NArg())
 			}
-			f, err := os.Open(c.Args().First())
+			data, err := readKeyFile(c.Args().First())
 			if err != nil {
 				return &sign.KeyError{Msg: err.Error()}
 			}
-			defer f.Close()
-			key, err := sign.ReadKey(f)
+			key, err := sign.ReadKey(bytes.NewReader(data))
 			if err != nil {
 				return err
 			}

@@ -1,6 +1,7 @@
 package safeio
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"io/fs"
@@ -163,4 +164,21 @@ func Terminal(msg string, maxLine, maxTotal int) string {
 		line += len(piece)
 	}
 	return string(out)
+}
+
+// WithContext returns a reader that fails with ctx's cause once ctx is
+// done, so that a long read of an image stops when the command is
+// interrupted.
+func WithContext(ctx context.Context, r io.Reader) io.Reader { return &ctxReader{ctx, r} }
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, context.Cause(c.ctx)
+	}
+	return c.r.Read(p)
 }
