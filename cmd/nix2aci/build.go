@@ -37,6 +37,7 @@ type buildOptions struct {
 	cacheDir    string // "" disables the cache
 	cacheMax    int64
 	link        bool
+	execCheck   bool
 	created     time.Time
 	progress    bool
 }
@@ -69,7 +70,8 @@ SOURCE_DATE_EPOCH, if set, is the image's "created" time.`,
 			&cli.BoolFlag{Name: "no-cache", Usage: "neither use nor fill the cache of compressed store paths"},
 			&cli.StringFlag{Name: "cache-dir", Usage: "cache `DIR` (default $XDG_CACHE_HOME/nix2aci or ~/.cache/nix2aci)"},
 			&cli.StringFlag{Name: "cache-max-size", Value: "10G", Usage: "after a build, trim the cache to this `SIZE` (least recently used first)"},
-			&cli.BoolFlag{Name: "no-link", Usage: "do not create the ./result symlink"},
+			&cli.BoolFlag{Name: "no-link", Usage: "do not create the ./result.aci symlink"},
+			&cli.BoolFlag{Name: "no-exec-check", Usage: "build even if the app's program or its interpreter (#! line, ELF loader) is not in the image"},
 		}, buildSignFlags()...),
 		Action: runBuild,
 	}
@@ -131,6 +133,7 @@ func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
 		jobs:        c.Int("jobs"),
 		cacheMax:    maxSize,
 		link:        !c.Bool("no-link"),
+		execCheck:   !c.Bool("no-exec-check"),
 		progress:    !c.Bool("json") && isTerminal(c.App.ErrWriter),
 	}
 	if !c.Bool("no-cache") && !o.thin {
@@ -242,6 +245,13 @@ func build(c *cli.Context, o *buildOptions, signer imageSigner) (*buildOutput, e
 		return nil, err
 	}
 
+	img := aci.Image{Manifest: im, Closure: g, Packages: t.StorePaths(), Thin: o.thin}
+	if o.execCheck {
+		if err := aci.CheckExec(img); err != nil {
+			return nil, err
+		}
+	}
+
 	opts := []aci.Option{aci.WithCompression(o.compression, o.level), aci.WithModTime(o.created)}
 	if o.jobs > 0 {
 		opts = append(opts, aci.WithJobs(o.jobs))
@@ -259,7 +269,7 @@ func build(c *cli.Context, o *buildOptions, signer imageSigner) (*buildOutput, e
 		bar = newProgressBar(stderr, fileName)
 		opts = append(opts, aci.WithProgress(bar.update))
 	}
-	res, err := aci.WriteFile(ctx, st.Path(fileName), aci.Image{Manifest: im, Closure: g, Packages: t.StorePaths(), Thin: o.thin}, opts...)
+	res, err := aci.WriteFile(ctx, st.Path(fileName), img, opts...)
 	bar.done()
 	if err != nil {
 		if ctx.Err() != nil {

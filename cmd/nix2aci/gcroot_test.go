@@ -17,7 +17,7 @@ func TestGCRootKeepsThinImageAlive(t *testing.T) {
 	t.Setenv("NIX_PATH", "")
 	// A derivation unique to this test run, so nothing else holds it.
 	src := `derivation { name = "gc-probe-1.0"; system = builtins.currentSystem; builder = "/bin/sh";
-  PATH = "/usr/bin:/bin"; nonce = "` + dir + `"; args = [ "-c" "mkdir -p $out/bin; echo > $out/bin/gc-probe" ]; }`
+  PATH = "/usr/bin:/bin"; nonce = "` + dir + `"; args = [ "-c" "mkdir -p $out/bin; echo > $out/bin/gc-probe; chmod +x $out/bin/gc-probe" ]; }`
 	if err := os.WriteFile("probe.nix", []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -87,7 +87,7 @@ func binary(t *testing.T) string {
 // bigStorePath is a store path of 160 MB of incompressible data: a build
 // of it at level 9 takes seconds, long enough to be interrupted.
 func bigStorePath(t *testing.T) string {
-	return nixtest.Build(t, `mk "interrupt-me-1.0" "mkdir -p $out/bin; head -c 160000000 /dev/urandom > $out/blob; printf '#!/bin/sh\n' > $out/bin/interrupt-me; chmod +x $out/bin/interrupt-me"`)
+	return nixtest.Build(t, `mk "interrupt-me-1.0" "mkdir -p $out/bin; head -c 160000000 /dev/urandom > $out/blob; cp /bin/busybox $out/bin/interrupt-me"`)
 }
 
 // SIGTERM and SIGINT stop a build within 2 s with exit code 130 and leave
@@ -181,7 +181,7 @@ func TestFailedRebuildKeepsTheGCRoots(t *testing.T) {
 	dir := t.TempDir()
 	t.Chdir(dir)
 	t.Setenv("NIX_CONFIG", "substituters =")
-	good := nixtest.Build(t, `mk "gc-keep-1.0" "mkdir -p $out/bin; echo `+dir+` > $out/bin/gc-keep"`)
+	good := nixtest.Build(t, `mk "gc-keep-1.0" "mkdir -p $out/bin; echo `+dir+` > $out/bin/gc-keep; chmod +x $out/bin/gc-keep"`)
 	bad := nixtest.Build(t, `mk "gc-keep-1.0" "mkdir -p $out/share; echo `+dir+` > $out/share/no-program"`)
 	if code := run([]string{"nix2aci", "build", good, "--thin", "--no-link"}); code != 0 {
 		t.Fatalf("build exited %d", code)
