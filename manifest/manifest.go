@@ -57,11 +57,19 @@ type Spec struct {
 	Mounts           []Mount           `json:"mountPoints,omitempty"`
 	Isolators        []Isolator        `json:"isolators,omitempty"`
 	Labels           map[string]string `json:"labels,omitempty"`
+	// Kind is written as the label KindLabel ("fat" or "thin"), so that
+	// rkt can tell the two images of one target apart.
+	Kind string `json:"-"`
 	Annotations      map[string]string `json:"annotations,omitempty"`
 	// Created is written as the "created" annotation; zero means the Unix
 	// epoch, so that output does not depend on when it was built.
 	Created time.Time `json:"-"`
 }
+
+// KindLabel is the label that says whether an image holds its store paths
+// (fat) or mounts them from the host (thin): with both fetched, rkt picks
+// one by image string, e.g. rkt run example.com/app:1.0,kind=thin.
+const KindLabel = "kind"
 
 // New builds and validates the manifest for spec.
 func New(spec Spec) (*schema.ImageManifest, error) {
@@ -85,7 +93,13 @@ func New(spec Spec) (*schema.ImageManifest, error) {
 		if k == "os" || k == "arch" {
 			return nil, fmt.Errorf("label %q is set from the Nix system (%s); remove it from the recipe", k, spec.System)
 		}
+		if k == KindLabel && spec.Kind != "" {
+			return nil, fmt.Errorf("label %q is set by nix2aci (fat or thin); remove it from the recipe", k)
+		}
 		labels[k] = v
+	}
+	if spec.Kind != "" {
+		labels[KindLabel] = spec.Kind
 	}
 	for _, k := range sortedKeys(labels) {
 		id, err := types.NewACIdentifier(k)

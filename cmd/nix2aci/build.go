@@ -70,7 +70,7 @@ SOURCE_DATE_EPOCH, if set, is the image's "created" time.`,
 			&cli.BoolFlag{Name: "no-cache", Usage: "neither use nor fill the cache of compressed store paths"},
 			&cli.StringFlag{Name: "cache-dir", Usage: "cache `DIR` (default $XDG_CACHE_HOME/nix2aci or ~/.cache/nix2aci)"},
 			&cli.StringFlag{Name: "cache-max-size", Value: "10G", Usage: "after a build, trim the cache to this `SIZE` (least recently used first)"},
-			&cli.BoolFlag{Name: "no-link", Usage: "do not create the ./result.aci symlink"},
+			&cli.BoolFlag{Name: "no-link", Usage: "do not create the ./result.aci (and result.aci.asc, result.rkt-args) symlinks"},
 			&cli.BoolFlag{Name: "no-exec-check", Usage: "build even if the app's program or its interpreter (#! line, ELF loader) is not in the image"},
 		}, buildSignFlags()...),
 		Action: runBuild,
@@ -237,6 +237,7 @@ func build(c *cli.Context, o *buildOptions, signer imageSigner) (*buildOutput, e
 	}
 	spec = t.Spec
 	spec.Created = o.created
+	spec.Kind = map[bool]string{false: "fat", true: "thin"}[o.thin]
 	if o.thin {
 		spec.Mounts = append(spec.Mounts, manifest.StoreMounts(g.StorePaths())...)
 	}
@@ -331,17 +332,10 @@ func build(c *cli.Context, o *buildOptions, signer imageSigner) (*buildOutput, e
 		out.Signature = st.Final(ascName)
 	}
 	if o.link {
-		if err := replaceSymlink(out.ACI, "result"); err != nil {
+		if err := linkResults(out); err != nil {
 			return nil, err
 		}
-		out.Result = "result"
-		if signer != nil {
-			if err := replaceSymlink(out.Signature, "result.asc"); err != nil {
-				return nil, err
-			}
-		} else if fi, err := os.Lstat("result.asc"); err == nil && fi.Mode()&os.ModeSymlink != 0 {
-			os.Remove("result.asc") // it pointed at the old image's signature
-		}
+		out.Result = resultLink
 	}
 	if cache != nil && o.cacheMax > 0 {
 		if _, err := cache.GC(o.cacheMax); err != nil {
@@ -372,6 +366,33 @@ func removeStaleRoots(gcroot string, n int) {
 	}
 }
 
+// The links a build leaves in the working directory, named so that rkt
+// reads them: a path is an image file to rkt only if it ends in .aci, and
+// its signature is looked for at <path>.asc.
+const (
+	resultLink = "result.aci"
+	resultSig  = "result.aci.asc"
+	resultArgs = "result.rkt-args"
+)
+
+// linkResults points result.aci (and result.aci.asc, result.rkt-args) at
+// what the build wrote, and removes a link of the previous build that
+// would now lie (a signature or volume list of another image).
+func linkResults(out *buildOutput) error {
+	for _, l := range []struct{ link, target string }{{resultLink, out.ACI}, {resultSig, out.Signature}, {resultArgs, out.RktArgs}} {
+		if l.target == "" {
+			if fi, err := os.Lstat(l.link); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+				os.Remove(l.link)
+			}
+			continue
+		}
+		if err := replaceSymlink(l.target, l.link); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // replaceSymlink points link at target (relative to link's directory when
 // target is relative), replacing an old link but never a real file. The
 // new link is made under a unique temporary name and renamed over the
@@ -379,6 +400,8 @@ func removeStaleRoots(gcroot string, n int) {
 func replaceSymlink(target, link string) error {
 	if fi, err := os.Lstat(link); err == nil && fi.Mode()&os.ModeSymlink == 0 {
 		return fmt.Errorf("%s exists and is not a symlink; not replacing it (use --no-link)", link)
+	} else if old, err := os.Readlink(link); err == nil && strings.HasPrefix(old, nixstore.StoreDir+"/") {
+		return fmt.Errorf("%s points into the Nix store (%s), like nix-build's result: not replacing it; remove it or use --no-link", link, old)
 	}
 	for i := 0; ; i++ {
 		tmp := fmt.Sprintf("%s.tmp-%d-%d", link, os.Getpid(), rand.Uint32())

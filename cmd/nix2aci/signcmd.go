@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
@@ -34,9 +35,25 @@ func signCommand() *cli.Command {
 				return err
 			}
 			path := c.Args().First()
+			// A link (result.aci) gets its signature beside the image it
+			// points at, and a link to that beside itself, where rkt
+			// looks: result.aci.asc.
 			asc := path + ".asc"
+			target, linkErr := os.Readlink(path)
+			if linkErr == nil {
+				real, err := filepath.EvalSymlinks(path)
+				if err != nil {
+					return err
+				}
+				asc = real + ".asc"
+			}
 			if err := signImage(c.Context, key, path, asc); err != nil {
 				return err
+			}
+			if linkErr == nil {
+				if err := replaceSymlink(target+".asc", path+".asc"); err != nil {
+					return err
+				}
 			}
 			fmt.Fprintln(c.App.Writer, asc)
 			return nil
