@@ -59,8 +59,8 @@ type Spec struct {
 	Labels           map[string]string `json:"labels,omitempty"`
 	// Kind is written as the label KindLabel ("fat" or "thin"), so that
 	// rkt can tell the two images of one target apart.
-	Kind string `json:"-"`
-	Annotations      map[string]string `json:"annotations,omitempty"`
+	Kind        string            `json:"-"`
+	Annotations map[string]string `json:"annotations,omitempty"`
 	// Created is written as the "created" annotation; zero means the Unix
 	// epoch, so that output does not depend on when it was built.
 	Created time.Time `json:"-"`
