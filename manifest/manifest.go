@@ -213,6 +213,35 @@ func Identifier(s string) (types.ACIdentifier, error) {
 	return types.ACIdentifier(t), nil
 }
 
+// CheckIdentifier checks a name a user typed (--name, a recipe's name)
+// against the AC Identifier grammar, exactly: such a name is what users
+// trust with rkt trust --prefix and sign for, so it is never rewritten.
+// The error gives the reason and, where there is one, the nearest valid
+// identifier.
+func CheckIdentifier(s string) error {
+	if types.ValidACIdentifier.MatchString(s) {
+		return nil
+	}
+	var why string
+	switch {
+	case s == "":
+		why = "it is empty"
+	case strings.ToLower(s) != s:
+		why = "it has upper-case letters"
+	case identBad.MatchString(s):
+		why = "it has characters other than a-z, 0-9 and -._~/"
+	case identSep.MatchString(s):
+		why = "two separators (-._~/) follow each other"
+	default:
+		why = "it starts or ends with a separator (-._~/)"
+	}
+	msg := fmt.Sprintf("%s is not an AC Identifier: %s", quote(s), why)
+	if id, err := Identifier(s); err == nil {
+		msg += fmt.Sprintf("; did you mean %q?", id)
+	}
+	return &NameError{Msg: msg}
+}
+
 // MountName returns the thin-image mount point name of a store path:
 // "nix-<hash>-<name>", the name lower-cased with every run of other
 // characters made one "-". The hash makes it unique and stable; the name

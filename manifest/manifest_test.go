@@ -197,3 +197,21 @@ func TestCheckRktVolumeArgs(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckIdentifier(t *testing.T) {
+	for _, tc := range []struct{ in, err string }{
+		{"example.com/busybox", ""},
+		{"Bad Name", `"Bad Name" is not an AC Identifier: it has upper-case letters; did you mean "bad-name"?`},
+		{"bad name", `it has characters other than a-z, 0-9 and -._~/; did you mean "bad-name"?`},
+		{"a//b", `two separators (-._~/) follow each other; did you mean "a/b"?`},
+		{"a/../../escaped", `two separators`},
+		{"/abs", `starts or ends with a separator (-._~/); did you mean "abs"?`},
+		{"", "it is empty"},
+		{"!!!", "it has characters other than"},
+	} {
+		err := manifest.CheckIdentifier(tc.in)
+		if (err == nil) != (tc.err == "") || err != nil && !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("CheckIdentifier(%q) = %v, want %q", tc.in, err, tc.err)
+		}
+	}
+}

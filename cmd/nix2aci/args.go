@@ -10,8 +10,8 @@ import (
 // (`nix2aci build busybox --fat`) come before them, where urfave/cli v2
 // looks for them. Everything after "--" is left alone.
 func interspersed(app *cli.App, args []string) []string {
-	if len(args) < 2 {
-		return args
+	if len(args) < 2 || args[len(args)-1] == "--generate-bash-completion" {
+		return args // completion wants its flag last, as typed
 	}
 	out := []string{args[0]}
 	rest := args[1:]

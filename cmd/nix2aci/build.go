@@ -73,7 +73,8 @@ SOURCE_DATE_EPOCH, if set, is the image's "created" time.`,
 			&cli.BoolFlag{Name: "no-link", Usage: "do not create the ./result.aci (and result.aci.asc, result.rkt-args) symlinks"},
 			&cli.BoolFlag{Name: "no-exec-check", Usage: "build even if the app's program or its interpreter (#! line, ELF loader) is not in the image"},
 		}, buildSignFlags()...),
-		Action: runBuild,
+		BashComplete: completeRecipes,
+		Action:       runBuild,
 	}
 }
 
@@ -142,7 +143,7 @@ func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
 		}
 	}
 	if o.name != "" {
-		if _, err := manifest.Identifier(o.name); err != nil {
+		if err := manifest.CheckIdentifier(o.name); err != nil {
 			return nil, usagef("--name: %v", err)
 		}
 	}
@@ -195,6 +196,12 @@ func build(c *cli.Context, o *buildOptions, signer imageSigner) (*buildOutput, e
 	}
 	if o.name != "" {
 		t.Spec.Name = o.name
+	} else if t.Spec.Name != "" {
+		// A name typed into a recipe is never rewritten either; names
+		// taken from package names are made valid.
+		if err := manifest.CheckIdentifier(t.Spec.Name); err != nil {
+			return nil, fmt.Errorf("the recipe's name: %w", err)
+		}
 	}
 	// Name the outputs before building, to place the GC roots beside them.
 	first := t.Packages[0]

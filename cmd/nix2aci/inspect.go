@@ -13,10 +13,11 @@ import (
 
 func inspectCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "inspect",
-		Usage:     "validate an ACI and show its manifest, image ID and contents",
-		ArgsUsage: "IMAGE.aci",
-		Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print one JSON object"}},
+		Name:         "inspect",
+		Usage:        "validate an ACI and show its manifest, image ID and contents",
+		ArgsUsage:    "IMAGE.aci",
+		Flags:        []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print one JSON object"}},
+		BashComplete: completeImages,
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return usagef("inspect takes one IMAGE.aci (got %d)", c.NArg())

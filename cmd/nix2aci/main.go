@@ -73,11 +73,18 @@ func (i interrupted) Error() string {
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:                 "nix2aci",
 		Usage:                "turn Nix closures into App Container Images (ACIs) and sign them",
-		HideHelpCommand:      true,
+		Version:              version(),
 		EnableBashCompletion: true,
+		Description: `Examples:
+  nix2aci build busybox --fat                  # ACIs/busybox-1.35.0-linux-amd64.aci
+  nix2aci build ./result --thin                # plus its .rkt-args
+  nix2aci sign result.aci --key key.asc
+  nix2aci verify result.aci --trust-dir /etc/rkt/trustedkeys
+
+'nix2aci help COMMAND' shows each command's flags, examples and environment.`,
 		Commands: []*cli.Command{
 			buildCommand(),
 			inspectCommand(),
@@ -87,10 +94,27 @@ func newApp() *cli.App {
 			signCommand(),
 			verifyCommand(),
 			trustCommand(),
+			versionCommand(),
+			completionCommand(),
+			manCommand(),
 		},
+		CustomAppHelpTemplate: cli.AppHelpTemplate + exitCodesHelp,
+		// A usage error is reported once, by reportError, without the
+		// whole help page.
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error { return usageError{msg: err.Error()} },
 		// Errors are printed once, by reportError.
 		ExitErrHandler: func(*cli.Context, error) {},
 	}
+	documentAll(app.Commands, "")
+	var setUsage func([]*cli.Command)
+	setUsage = func(cmds []*cli.Command) {
+		for _, c := range cmds {
+			c.OnUsageError = app.OnUsageError
+			setUsage(c.Subcommands)
+		}
+	}
+	setUsage(app.Commands)
+	return app
 }
 
 // usageError marks a bad command line.

@@ -7,9 +7,11 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
+	"github.com/urfave/cli/v2"
 
 	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/manifest"
@@ -109,4 +111,31 @@ func checkExitCode(ts *testscript.TestScript, neg bool, args []string) {
 	if (got == want) == neg {
 		ts.Fatalf("%s exited %d, want %d", args[1], got, want)
 	}
+}
+
+// The manual page is made from the command definitions: every command,
+// subcommand and flag is in it.
+func TestManPageHasEveryCommandAndFlag(t *testing.T) {
+	app := newApp()
+	page, err := app.ToManWithSection(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var walk func(cmds []*cli.Command)
+	walk = func(cmds []*cli.Command) {
+		for _, c := range cmds {
+			if !strings.Contains(page, c.Name) {
+				t.Errorf("command %s is not in the man page", c.Name)
+			}
+			for _, f := range c.Flags {
+				for _, n := range f.Names() {
+					if !strings.Contains(page, "-"+n) {
+						t.Errorf("flag --%s of %s is not in the man page", n, c.Name)
+					}
+				}
+			}
+			walk(c.Subcommands)
+		}
+	}
+	walk(app.Commands)
 }
