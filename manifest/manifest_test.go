@@ -215,3 +215,24 @@ func TestCheckIdentifier(t *testing.T) {
 		}
 	}
 }
+
+// CheckRktVolumeArgs reads a file anyone may have changed: it never
+// panics, and what it accepts is exactly the arguments RktVolumeArgs
+// writes for the manifest's store mount points.
+func FuzzCheckRktVolumeArgs(f *testing.F) {
+	a := "/nix/store/3si3s18r2nyk606x9y744rnxsd5mpyc3-a-1"
+	im, err := manifest.New(manifest.Spec{Name: "x", System: "x86_64-linux", Exec: []string{"/bin/x"}, Mounts: manifest.StoreMounts([]string{a})})
+	if err != nil {
+		f.Fatal(err)
+	}
+	good := manifest.RktVolumeArgs([]string{a})
+	f.Add([]byte(good))
+	f.Add([]byte(strings.Replace(good, "source="+a, "source=/", 1)))
+	f.Add([]byte(good + good))
+	f.Add([]byte("--volume=\x00,kind=host"))
+	f.Fuzz(func(t *testing.T, args []byte) {
+		if manifest.CheckRktVolumeArgs(im, args) == nil && strings.Join(strings.Fields(string(args)), "\n")+"\n" != good {
+			t.Errorf("accepted %q", args)
+		}
+	})
+}

@@ -88,3 +88,39 @@ func TestTerminal(t *testing.T) {
 		}
 	}
 }
+
+// Whatever the input, what Quote and Terminal return has no control
+// characters (but newline and tab in Terminal) and a bounded size.
+func FuzzQuoteAndTerminal(f *testing.F) {
+	for _, s := range []string{"plain", "a\x1b[2Jb", "\xff\xfe", "\u009b31m", strings.Repeat("é", 300), "l1\nl2\tx"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		q := safeio.Quote(s)
+		if len(q) > 4*safeio.MaxQuoted+40 {
+			t.Errorf("Quote gave %d bytes", len(q))
+		}
+		if hasControl(q, false) {
+			t.Errorf("Quote(%q) = %q has a control character", s, q)
+		}
+		m := safeio.Terminal(s, 50, 400)
+		if len(m) > 4*400+64 {
+			t.Errorf("Terminal gave %d bytes", len(m))
+		}
+		if hasControl(m, true) {
+			t.Errorf("Terminal(%q) = %q has a control character", s, m)
+		}
+	})
+}
+
+func hasControl(s string, allowLines bool) bool {
+	for _, r := range s {
+		if allowLines && (r == '\n' || r == '\t') {
+			continue
+		}
+		if r < 0x20 || r == 0x7f || r >= 0x80 && r < 0xa0 {
+			return true
+		}
+	}
+	return false
+}
