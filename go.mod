@@ -7,10 +7,10 @@ require (
 	github.com/appc/spec v0.8.11
 	github.com/coreos/go-semver v0.3.1
 	github.com/klauspost/compress v1.17.11
-	github.com/klauspost/pgzip v1.2.6
 	github.com/rogpeppe/go-internal v1.13.1
 	github.com/ulikunitz/xz v0.5.12
 	github.com/urfave/cli/v2 v2.27.5
+	github.com/xi2/xz v0.0.0-20171230120015-48954b6210f8
 	golang.org/x/crypto v0.58.0
 	golang.org/x/term v0.47.0
 )

@@ -39,6 +39,32 @@
 // uses it to find member boundaries without inflating, and inflates the
 // members on every core; any member without it is read sequentially.
 //
+// # Reading: one reading of an archive
+//
+// Whatever reads an image to judge it (inspect, sign, verify) must see the
+// bytes rkt will run, so the length field is a claim to prove, not a fact:
+// each claimed member must be exactly one gzip member, using every claimed
+// byte, whose CRC-32 and size match and which inflates to at most
+// ChunkSize bytes; otherwise the read fails. The fast path thus yields
+// exactly what compress/gzip yields, or an error (a differential fuzz
+// target checks it). Memory is bounded by design: at most 16 members of
+// at most ChunkSize*9/8 compressed and ChunkSize inflated bytes are held,
+// whatever the core count; the manifest is capped at MaxManifestSize from
+// its tar header, before it is read; xz dictionaries at 64 MiB; the names
+// remembered at 64 MiB. InspectLimited also caps the uncompressed size.
+//
+// Inspect then reads the tar stream as rkt's extractor would, and rejects
+// whatever two extractors could read differently or that could reach
+// outside the image: a second "manifest" entry, a manifest that is not a
+// regular file named exactly "manifest" (rkt takes the first entry so
+// named), entries outside rootfs/, absolute or non-canonical names, ".."
+// components, duplicate names, entries written through a symlink or a
+// file, hard links to anything but a file earlier in the image, entry
+// types other than files, directories, links, devices and FIFOs, and a
+// tar stream without its end-of-archive marker (a file cut at an entry
+// boundary). Symlinks themselves may point anywhere: they are resolved
+// inside the container's root.
+//
 // The image ID is the SHA-512 of the uncompressed tar stream, computed while
 // writing. A cached build still regenerates each store path's uncompressed
 // fragment to hash it (reading the store is cheap; compressing is not).

@@ -3,14 +3,14 @@ package aci
 import (
 	"bufio"
 	"bytes"
+	stdgzip "compress/gzip"
 	"encoding/binary"
-	"errors"
+	"fmt"
 	"io"
 	"runtime"
 	"sync"
 
 	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/pgzip"
 )
 
 // Every gzip member Write produces says how long it is, in an extra field
@@ -18,11 +18,30 @@ import (
 // member's whole length), as BGZF does. Other readers skip the field; ours
 // uses it to find where each member ends without inflating it, and so
 // inflates members on every core.
+//
+// The length is a claim made by the file, and the file may be hostile: a
+// member whose claimed length also covers a second member would make a
+// reader that trusts it skip bytes that every other reader (compress/gzip,
+// GNU tar, rkt) reads. So the fast path proves each claim: the claimed
+// bytes must be exactly one gzip member (header, deflate stream and
+// trailer using every byte, CRC-32 and ISIZE matching), inflating to at
+// most ChunkSize bytes, as every member Write emits does. A claim that is
+// not proven fails the read. What the fast path produces is therefore
+// exactly what compress/gzip reads from the same bytes, or an error;
+// FuzzGunzipMatchesCompressGzip checks this against the standard library.
 var memberExtra = []byte{'N', '2', 4, 0, 0, 0, 0, 0}
 
 const (
 	lengthOffset = 16 // 10-byte header, 2-byte XLEN, 4-byte subfield header
-	maxMember    = 8 << 20
+	// maxMember bounds a member's claimed length: Write's members hold at
+	// most ChunkSize bytes, which deflate never grows by more than a few
+	// bytes per 64 KiB block.
+	maxMember = ChunkSize + ChunkSize/8
+	// maxInflating and maxAhead bound the members held at once, whatever
+	// the core count: at most maxAhead members of at most maxMember
+	// compressed and ChunkSize inflated bytes each.
+	maxInflating = 8
+	maxAhead     = 16
 )
 
 // patchMemberLength writes a finished member's length into its header.
@@ -30,7 +49,8 @@ func patchMemberLength(member []byte) {
 	binary.LittleEndian.PutUint32(member[lengthOffset:], uint32(len(member)))
 }
 
-// memberLength returns the length a member header announces, or 0.
+// memberLength returns the length a member header claims, or 0 when the
+// header makes no claim (not our format).
 func memberLength(h []byte) int {
 	if len(h) < lengthOffset+4 || h[0] != 0x1f || h[1] != 0x8b || h[2] != 8 || h[3]&0x04 == 0 {
 		return 0
@@ -38,23 +58,35 @@ func memberLength(h []byte) int {
 	if binary.LittleEndian.Uint16(h[10:]) < 8 || h[12] != 'N' || h[13] != '2' || binary.LittleEndian.Uint16(h[14:]) != 4 {
 		return 0
 	}
-	n := int(binary.LittleEndian.Uint32(h[lengthOffset:]))
-	if n < lengthOffset+4+8 || n > maxMember {
-		return 0
-	}
-	return n
+	return int(binary.LittleEndian.Uint32(h[lengthOffset:]))
 }
 
-// gunzip returns the uncompressed stream of r. Members that announce
-// their length are inflated in parallel, in order; from the first member
-// that does not, the rest is read sequentially.
+// MemberError reports a gzip member whose claimed length is not proven.
+type MemberError struct {
+	Offset int64
+	Reason string
+}
+
+func (e *MemberError) Error() string {
+	return fmt.Sprintf("gzip member at byte %d: %s", e.Offset, e.Reason)
+}
+
+// gunzip returns the uncompressed stream of r, exactly as compress/gzip
+// reads it (all members, in order) or an error. Members that claim their
+// length are inflated in parallel once proven; from the first member that
+// makes no claim, compress/gzip itself reads the rest.
 func gunzip(r *bufio.Reader) (io.ReadCloser, error) {
 	h, _ := r.Peek(lengthOffset + 4)
 	if memberLength(h) == 0 {
-		return pgzip.NewReader(r)
+		zr, err := stdgzip.NewReader(r)
+		if err != nil {
+			return nil, err
+		}
+		return zr, nil
 	}
-	p := &parallelGunzip{futures: make(chan *member, 2*runtime.GOMAXPROCS(0)+2), stop: make(chan struct{})}
-	go p.dispatch(r)
+	workers := min(runtime.GOMAXPROCS(0), maxInflating)
+	p := &parallelGunzip{futures: make(chan *member, maxAhead), stop: make(chan struct{})}
+	go p.dispatch(r, workers)
 	return p, nil
 }
 
@@ -74,26 +106,37 @@ type parallelGunzip struct {
 	err     error
 }
 
-func (p *parallelGunzip) dispatch(r *bufio.Reader) {
+func (p *parallelGunzip) dispatch(r *bufio.Reader, workers int) {
 	defer close(p.futures)
-	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	sem := make(chan struct{}, workers)
+	var off int64
 	for {
 		h, _ := r.Peek(lengthOffset + 4)
 		if len(h) == 0 {
-			return
+			return // end of file at a member boundary
 		}
 		n := memberLength(h)
 		m := &member{done: make(chan struct{})}
-		if n == 0 {
-			zr, err := gzip.NewReader(r)
+		switch {
+		case n == 0:
+			// No claim: the reference reader reads the rest.
+			zr, err := stdgzip.NewReader(r)
 			m.rest, m.err = zr, err
+			if err != nil {
+				m.err = &MemberError{Offset: off, Reason: err.Error()}
+			}
+			close(m.done)
+			p.send(m)
+			return
+		case n < lengthOffset+4+8 || n > maxMember:
+			m.err = &MemberError{Offset: off, Reason: fmt.Sprintf("claims a length of %d bytes, which no member of an ACI written by nix2aci has (at most %d)", n, maxMember)}
 			close(m.done)
 			p.send(m)
 			return
 		}
 		m.data = make([]byte, n)
 		if _, err := io.ReadFull(r, m.data); err != nil {
-			m.err = errors.New("truncated gzip member")
+			m.err = &MemberError{Offset: off, Reason: fmt.Sprintf("claims %d bytes but the file ends first (truncated)", n)}
 			close(m.done)
 			p.send(m)
 			return
@@ -103,13 +146,18 @@ func (p *parallelGunzip) dispatch(r *bufio.Reader) {
 		case <-p.stop:
 			return
 		}
+		at := off
 		go func() {
 			defer func() { <-sem; close(m.done) }()
-			m.data, m.err = inflate(m.data)
+			m.data, m.err = inflateMember(m.data, nil)
+			if m.err != nil {
+				m.err = &MemberError{Offset: at, Reason: m.err.Error()}
+			}
 		}()
 		if !p.send(m) {
 			return
 		}
+		off += int64(n)
 	}
 }
 
@@ -122,17 +170,29 @@ func (p *parallelGunzip) send(m *member) bool {
 	}
 }
 
-// inflate decompresses one whole member, checking its CRC and length.
-func inflate(c []byte) ([]byte, error) {
-	zr, err := gzip.NewReader(bytes.NewReader(c))
+// inflateMember proves that c is exactly one gzip member inflating to at
+// most ChunkSize bytes, and returns those bytes (appended to dst). The
+// member's own CRC-32 and ISIZE are checked by the gzip reader; every byte
+// of c must be used by the member, none left over.
+func inflateMember(c, dst []byte) ([]byte, error) {
+	br := bytes.NewReader(c)
+	zr, err := gzip.NewReader(br)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("bad header: %v", err)
 	}
 	zr.Multistream(false)
-	size := binary.LittleEndian.Uint32(c[len(c)-4:])
-	out := bytes.NewBuffer(make([]byte, 0, min(int(size), maxMember)))
-	if _, err := io.Copy(out, zr); err != nil {
-		return nil, err
+	out := bytes.NewBuffer(dst[:0])
+	if cap(dst) == 0 {
+		out = bytes.NewBuffer(make([]byte, 0, min(int(binary.LittleEndian.Uint32(c[len(c)-4:])), ChunkSize)))
+	}
+	n, err := out.ReadFrom(io.LimitReader(zr, ChunkSize+1))
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("inflating: %v", err)
+	case n > ChunkSize:
+		return nil, fmt.Errorf("inflates to more than %d bytes, more than any member of an ACI written by nix2aci", ChunkSize)
+	case br.Len() != 0:
+		return nil, fmt.Errorf("its claimed length has %d bytes after the member's end (a hidden second member or garbage)", br.Len())
 	}
 	return out.Bytes(), nil
 }

@@ -4,9 +4,17 @@ import (
 	"bufio"
 	"bytes"
 	stdgzip "compress/gzip"
+	"encoding/binary"
+	"errors"
 	"io"
 	"math/rand"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
 	"testing"
+
+	"github.com/klauspost/compress/gzip"
 )
 
 func members(t testing.TB, parts ...[]byte) []byte {
@@ -30,6 +38,14 @@ func foreign(parts ...[]byte) []byte {
 	return out.Bytes()
 }
 
+// claiming returns a member of data in our format whose N2 field claims
+// length n instead of its own.
+func claiming(t testing.TB, data []byte, n int) []byte {
+	m := members(t, data)
+	binary.LittleEndian.PutUint32(m[lengthOffset:], uint32(n))
+	return m
+}
+
 func readAll(b []byte) ([]byte, error) {
 	r, err := gunzip(bufio.NewReader(bytes.NewReader(b)))
 	if err != nil {
@@ -37,6 +53,15 @@ func readAll(b []byte) ([]byte, error) {
 	}
 	defer r.Close()
 	return io.ReadAll(r)
+}
+
+// reference is what compress/gzip, the reader rkt uses, reads from b.
+func reference(b []byte) ([]byte, error) {
+	zr, err := stdgzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	return io.ReadAll(zr)
 }
 
 func TestGunzip(t *testing.T) {
@@ -66,13 +91,8 @@ func TestGunzip(t *testing.T) {
 		if err != nil || !bytes.Equal(got, want) {
 			t.Errorf("%s: %d bytes, %v; want %d bytes", name, len(got), err, len(want))
 		}
-		// The standard library reads the same bytes.
-		zr, err := stdgzip.NewReader(bytes.NewReader(in))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if std, _ := io.ReadAll(zr); !bytes.Equal(std, want) {
-			t.Errorf("%s: compress/gzip reads something else", name)
+		if std, err := reference(in); err != nil || !bytes.Equal(std, want) {
+			t.Errorf("%s: compress/gzip reads something else: %v", name, err)
 		}
 	}
 	damaged := bytes.Clone(ours)
@@ -85,21 +105,162 @@ func TestGunzip(t *testing.T) {
 	}
 }
 
-func FuzzGunzip(f *testing.F) {
-	f.Add(members(f, []byte("hello"), []byte("world")))
-	f.Add(foreign([]byte("hello")))
+// A member's claimed length is proven or the read fails: the fast path
+// never reads other bytes than compress/gzip reads.
+func TestGunzipRefusesUnprovenClaims(t *testing.T) {
+	hello, world := []byte("hello "), []byte("world")
+	h := members(t, hello)
+	w := members(t, world)
+	big := make([]byte, ChunkSize+1)
+	bigMember := members(t, big[:ChunkSize])
+	// Re-compress ChunkSize+1 bytes into one member by hand: Write never
+	// makes one, a hostile file can.
+	var over bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&over, 6)
+	zw.Header.Extra = memberExtra
+	zw.Write(big)
+	zw.Close()
+	patchMemberLength(over.Bytes())
+	for _, tc := range []struct {
+		name, err string
+		in        []byte
+	}{
+		{"claim covers a second member", "after the member's end (a hidden second member", append(claiming(t, hello, len(h)+len(w)), w...)},
+		{"claim too short", "inflating", append(claiming(t, hello, len(h)-3), w...)},
+		{"claim past the end of the file", "the file ends first (truncated)", claiming(t, hello, len(h)+100)},
+		{"claim too large for any member", "claims a length of", claiming(t, hello, maxMember+1)},
+		{"claim too small to be a member", "claims a length of", claiming(t, hello, 20)},
+		{"member inflating past a chunk", "inflates to more than", over.Bytes()},
+		{"garbage after the last member", "gzip: invalid header", append(bytes.Clone(h), "garbage after the end"...)},
+		{"a few bytes after the last member", "unexpected EOF", append(bytes.Clone(h), "junk"...)},
+		{"zeros after the last member", "gzip: invalid header", append(bytes.Clone(h), make([]byte, 512)...)},
+	} {
+		got, err := readAll(tc.in)
+		var me *MemberError
+		if !errors.As(err, &me) || !bytes.Contains([]byte(err.Error()), []byte(tc.err)) {
+			t.Errorf("%s: read %d bytes, %v; want a MemberError containing %q", tc.name, len(got), err, tc.err)
+		}
+	}
+	if got, err := readAll(bigMember); err != nil || len(got) != ChunkSize {
+		t.Errorf("a full chunk: %d bytes, %v", len(got), err)
+	}
+}
+
+// The attack that made this necessary: member A claims its own length
+// plus B's. compress/gzip (and rkt) read A, B, C; a reader trusting the
+// claim reads A, C. With B an evil image and C the reviewed one, verify
+// would judge one image and rkt would run another.
+func TestHiddenMemberCannotSwapTheImage(t *testing.T) {
+	good := tarACI(t, "good.example/reviewed")
+	evil := tarACI(t, "evil.example/app")
+	a := members(t, nil)
+	b := members(t, evil)
+	file := append(append(claiming(t, nil, len(a)+len(b)), b...), members(t, good)...)
+	std, err := reference(file)
+	if err != nil || !bytes.HasPrefix(std, evil) {
+		t.Fatalf("compress/gzip should read the evil image first: %v", err)
+	}
+	if _, err := Inspect(bytes.NewReader(file)); err == nil {
+		t.Fatal("Inspect read an image whose members hide one from it")
+	} else if !IsInvalid(err) {
+		t.Errorf("not an InvalidError: %v", err)
+	}
+}
+
+// A member that inflates to a gigabyte costs a chunk, not a gigabyte.
+func TestMemberBombIsBounded(t *testing.T) {
+	var bomb bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&bomb, 9)
+	zw.Header.Extra = memberExtra
+	zeros := make([]byte, 1<<20)
+	for i := 0; i < 1024; i++ {
+		zw.Write(zeros)
+	}
+	zw.Close()
+	patchMemberLength(bomb.Bytes()) // ~1 MiB claiming its true length
+	if bomb.Len() > maxMember {
+		t.Skipf("bomb of %d bytes is over the member cap already", bomb.Len())
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := readAll(bomb.Bytes())
+	runtime.ReadMemStats(&after)
+	if err == nil {
+		t.Fatal("a member inflating to 1 GiB was read")
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<20 {
+		t.Errorf("reading the bomb allocated %d MiB", alloc>>20)
+	}
+}
+
+// FuzzGunzipMatchesCompressGzip: for any bytes, our reader produces
+// exactly what compress/gzip produces, or fails. It never produces bytes
+// the standard reader does not, nor succeeds where it fails.
+func FuzzGunzipMatchesCompressGzip(f *testing.F) {
+	for _, s := range gunzipSeeds(f) {
+		f.Add(s)
+	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		got, err := readAll(in)
 		if err != nil {
 			return
 		}
-		zr, err := stdgzip.NewReader(bytes.NewReader(in))
-		if err != nil {
-			t.Fatalf("we read what compress/gzip cannot open: %v", err)
+		want, stdErr := reference(in)
+		if stdErr != nil {
+			t.Fatalf("we read %d bytes where compress/gzip fails: %v", len(got), stdErr)
 		}
-		want, err := io.ReadAll(zr)
-		if err == nil && !bytes.Equal(got, want) {
-			t.Fatalf("got %q, compress/gzip reads %q", got, want)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("we read %d bytes, compress/gzip reads %d other bytes", len(got), len(want))
 		}
 	})
+}
+
+// gunzipSeeds are real member sequences and the crafted ones the attacks
+// use: claims covering a second member, too short, zero, huge;
+// concatenations; truncations at every member boundary; garbage.
+func gunzipSeeds(t testing.TB) [][]byte {
+	a, b := []byte("manifest and rootfs"), bytes.Repeat([]byte("x"), 3000)
+	ma, mb := members(t, a), members(t, b)
+	both := append(bytes.Clone(ma), mb...)
+	seeds := [][]byte{
+		both,
+		foreign(a, b),
+		append(bytes.Clone(ma), foreign(b)...),
+		append(foreign(a), mb...),
+		append(claiming(t, a, len(ma)+len(mb)), mb...),
+		append(claiming(t, a, len(ma)-1), mb...),
+		claiming(t, a, 0),
+		claiming(t, a, 1<<31),
+		append(bytes.Clone(both), "trailing garbage"...),
+		append(bytes.Clone(both), 0x1f, 0x8b),
+		members(t, nil),
+		{},
+	}
+	for i := 1; i < len(both); i += len(both) / 7 {
+		seeds = append(seeds, both[:i])
+	}
+	return append(seeds, both[:len(ma)])
+}
+
+// TestWriteFuzzSeeds writes the seeds above into testdata/fuzz, where go
+// test runs them: NIX2ACI_WRITE_SEEDS=1 go test -run TestWriteFuzzSeeds ./aci
+func TestWriteFuzzSeeds(t *testing.T) {
+	if os.Getenv("NIX2ACI_WRITE_SEEDS") == "" {
+		t.Skip("set NIX2ACI_WRITE_SEEDS=1 to rewrite testdata/fuzz")
+	}
+	writeSeeds(t, "FuzzGunzipMatchesCompressGzip", gunzipSeeds(t))
+}
+
+func writeSeeds(t *testing.T, target string, seeds [][]byte) {
+	dir := filepath.Join("testdata", "fuzz", target)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range seeds {
+		body := "go test fuzz v1\n[]byte(" + strconv.Quote(string(s)) + ")\n"
+		if err := os.WriteFile(filepath.Join(dir, "seed-"+strconv.Itoa(i)), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
