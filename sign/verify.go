@@ -3,34 +3,39 @@ package sign
 import (
 	"bytes"
 	"crypto"
+
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"strings"
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
-	pgperrors "github.com/ProtonMail/go-crypto/openpgp/errors"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
+	"github.com/appc/spec/schema"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/internal/safeio"
 )
 
 // Reason says why a verification failed.
 type Reason string
 
 const (
-	ReasonMissing      Reason = "missing-signature"
-	ReasonMalformed    Reason = "malformed-signature"
-	ReasonWeakHash     Reason = "weak-hash"
-	ReasonUnknownKey   Reason = "unknown-key"
-	ReasonUntrusted    Reason = "untrusted-for-name"
-	ReasonBadSignature Reason = "bad-signature"
-	ReasonOtherImage   Reason = "signature-for-another-image"
-	ReasonExpired      Reason = "expired-key"
-	ReasonRevoked      Reason = "revoked-key"
-	ReasonInvalidImage Reason = "invalid-image"
+	ReasonMissing          Reason = "missing-signature"
+	ReasonMalformed        Reason = "malformed-signature"
+	ReasonWeakHash         Reason = "weak-hash"
+	ReasonUnknownKey       Reason = "unknown-key"
+	ReasonUntrusted        Reason = "untrusted-for-name"
+	ReasonBadSignature     Reason = "bad-signature"
+	ReasonOtherImage       Reason = "signature-for-another-image"
+	ReasonExpired          Reason = "expired-key"
+	ReasonRevoked          Reason = "revoked-key"
+	ReasonFutureSignature  Reason = "signature-from-the-future"
+	ReasonCriticalNotation Reason = "unknown-critical-notation"
+	ReasonInvalidImage     Reason = "invalid-image"
 )
 
 // VerifyError is a failed verification.
@@ -45,14 +50,19 @@ func fail(r Reason, format string, args ...any) error {
 	return &VerifyError{Reason: r, Msg: fmt.Sprintf(format, args...)}
 }
 
-// Verified describes a good signature on a trusted image.
+// Verified describes a good signature on a trusted image: the signature
+// packet that passed every check, and the image it covers.
 type Verified struct {
 	Name        string    `json:"name"`
 	ImageID     string    `json:"imageID"`
-	Fingerprint string    `json:"fingerprint"`
+	Fingerprint string    `json:"fingerprint"`        // the signing key's primary key
+	SubkeyID    string    `json:"subkeyID,omitempty"` // when a subkey signed
 	UserID      string    `json:"userID"`
 	TrustedAs   string    `json:"trustedAs"` // "root" or the prefix
 	SignedAt    time.Time `json:"signedAt"`
+	Signatures  int       `json:"signatures"` // signature packets in the file
+	// Manifest is the verified image's manifest.
+	Manifest *schema.ImageManifest `json:"-"`
 }
 
 // strongHashes are the digests Verify accepts.
@@ -61,27 +71,91 @@ var strongHashes = map[crypto.Hash]bool{
 	crypto.SHA3_256: true, crypto.SHA3_512: true,
 }
 
-// Verify checks that signature is a good signature of the ACI read from
-// image by a key trust trusts for the image's name, reading the image once.
-// now is the time keys must be valid at (zero: the current time).
+const (
+	// maxSignatures bounds the packets of a signature file that are
+	// judged (each one costs a hash of the image).
+	maxSignatures = 16
+	// clockSkew is how far in the future a signature may be dated before
+	// it is refused: the signing machine's clock may run a little ahead.
+	clockSkew = 5 * time.Minute
+)
+
+// VerifyOptions change how Verify reads the image.
+type VerifyOptions struct {
+	// Now is the time keys must be valid at (zero: the current time).
+	Now time.Time
+	// MaxImageSize refuses an image whose uncompressed tar is larger (0:
+	// no limit).
+	MaxImageSize int64
+}
+
+// Verify checks that signature holds a good signature of the ACI read
+// from image by a key trust trusts for the image's name, reading the
+// image once. now is the time keys must be valid at (zero: the current
+// time).
 func Verify(image, signature io.Reader, trust *Trust, now time.Time) (*Verified, error) {
-	unverifiedSig, body, err := readSignature(signature)
+	return VerifyWith(image, signature, trust, VerifyOptions{Now: now})
+}
+
+// candidate is one signature packet of the file and what came of it.
+type candidate struct {
+	sig *packet.Signature
+	key openpgp.Key
+	h   hash.Hash // the image hashed for this packet; nil if not judged
+	err error
+	// rank orders failures by how much they say: a packet that verified
+	// but broke a rule (3) says more than one whose bytes do not match
+	// (2), than one by a key not known here (1), than an unusable one (0).
+	rank int
+}
+
+// VerifyWith is Verify with options. Every signature packet in the file is
+// judged on its own: its issuer must be a signing key in trust's keyring,
+// its signature over the image's bytes must verify, and then every rule
+// applies to that packet: a strong hash, dated no later than now (plus a
+// few minutes of clock skew), not expired, by a key (primary and subkey)
+// neither expired nor revoked and valid when it signed, no unknown
+// critical notation, and the key trusted for the image's manifest name.
+// Verify succeeds with the first packet that passes them all, as gpg and
+// rkt accept a file holding any good signature; otherwise it reports the
+// failure of the packet that got furthest.
+func VerifyWith(image, signature io.Reader, trust *Trust, o VerifyOptions) (*Verified, error) {
+	now := o.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	sigs, err := readSignatures(signature)
 	if err != nil {
 		return nil, err
 	}
-	if !strongHashes[unverifiedSig.Hash] {
-		return nil, fail(ReasonWeakHash, "the signature uses %s, which is too weak to trust; re-sign with nix2aci sign (SHA-512) or gpg --digest-algo SHA512", hashName(unverifiedSig.Hash))
-	}
 	keyring := trust.keyring()
-	if unverifiedSig.IssuerKeyId == nil || len(keyring.KeysById(*unverifiedSig.IssuerKeyId)) == 0 {
-		id := "an unnamed key"
-		if unverifiedSig.IssuerKeyId != nil {
-			id = fmt.Sprintf("key ID %016X", *unverifiedSig.IssuerKeyId)
+	cands := make([]*candidate, len(sigs))
+	var writers []io.Writer
+	for i, sig := range sigs {
+		c := &candidate{sig: sig}
+		cands[i] = c
+		keys := signingKeys(keyring, sig)
+		if len(keys) == 0 {
+			c.rank, c.err = 1, unknownKey(keyring, sig)
+			continue
 		}
-		return nil, fail(ReasonUnknownKey, "the image is signed by %s, which is not trusted here; if you trust it, add its public key: nix2aci trust --prefix NAME KEY.asc", id)
+		c.key = keys[0]
+		if sig.SigType != packet.SigTypeBinary {
+			c.err = fail(ReasonMalformed, "a signature packet is of type %d, not a signature of a binary file", sig.SigType)
+			continue
+		}
+		if !strongHashes[sig.Hash] {
+			c.rank, c.err = 3, fail(ReasonWeakHash, "the signature by %s uses %s, which is too weak to trust; re-sign with nix2aci sign (SHA-512) or gpg --digest-algo SHA512", keyName(c.key), hashName(sig.Hash))
+			continue
+		}
+		if c.h, err = sig.PrepareVerify(); err != nil {
+			c.err = fail(ReasonMalformed, "a signature packet cannot be checked: %v", err)
+			continue
+		}
+		writers = append(writers, c.h)
 	}
 
-	// Validate the image while the signature check reads it.
+	// Hash the image for every packet being judged while inspecting it.
 	pr, pw := io.Pipe()
 	type inspected struct {
 		info *aci.Info
@@ -89,18 +163,12 @@ func Verify(image, signature io.Reader, trust *Trust, now time.Time) (*Verified,
 	}
 	done := make(chan inspected, 1)
 	go func() {
-		info, err := aci.Inspect(pr)
+		info, err := aci.InspectLimited(pr, o.MaxImageSize)
 		io.Copy(io.Discard, pr)
 		done <- inspected{info, err}
 	}()
-	cfg := &packet.Config{}
-	if !now.IsZero() {
-		cfg.Time = func() time.Time { return now }
-	}
 	toInspect := aci.NewAsyncWriter(pw, 16)
-	tee := io.TeeReader(image, toInspect)
-	signer, sigErr := openpgp.CheckDetachedSignature(keyring, tee, bytes.NewReader(body), cfg)
-	_, copyErr := io.Copy(io.Discard, tee)
+	_, copyErr := io.Copy(io.MultiWriter(append(writers, toInspect)...), image)
 	toInspect.Close()
 	pw.CloseWithError(copyErr)
 	got := <-done
@@ -108,29 +176,127 @@ func Verify(image, signature io.Reader, trust *Trust, now time.Time) (*Verified,
 		return nil, fmt.Errorf("reading image: %w", copyErr)
 	}
 
-	switch {
-	case sigErr == nil:
-	case errors.Is(sigErr, pgperrors.ErrKeyExpired), errors.Is(sigErr, pgperrors.ErrSignatureExpired):
-		return nil, fail(ReasonExpired, "the signing key %s has expired (or the signature has); renew the key or sign with a current one", keyName(signer, keyring, unverifiedSig))
-	case errors.Is(sigErr, pgperrors.ErrKeyRevoked):
-		return nil, fail(ReasonRevoked, "the signing key %s has been revoked; do not deploy this image, and re-sign with a key that is not", keyName(signer, keyring, unverifiedSig))
-	default:
-		if got.err != nil {
-			return nil, fail(ReasonBadSignature, "the image is damaged: %v; the signature does not match it", got.err)
+	for _, c := range cands {
+		if c.h == nil {
+			continue
 		}
-		return nil, mismatch(unverifiedSig, got.info)
+		if err := c.key.PublicKey.VerifySignature(c.h, c.sig); err != nil {
+			c.rank = 2
+			if got.err != nil {
+				c.err = fail(ReasonBadSignature, "the image is damaged: %v; the signature does not match it", got.err)
+			} else {
+				c.err = mismatch(c.sig, got.info)
+			}
+			continue
+		}
+		c.rank = 3
+		if c.err = checkPacket(c, now); c.err != nil {
+			continue
+		}
+		if got.err != nil {
+			return nil, fail(ReasonInvalidImage, "the signature is good but the file is not a valid ACI: %v", got.err)
+		}
+		name := got.info.Manifest.Name.String()
+		fp := Fingerprint(c.key.Entity)
+		as, ok := trust.TrustedFor(fp, name)
+		if !ok {
+			c.err = fail(ReasonUntrusted, "key %s (%s) is trusted only for %s, not for %s; prefixes match whole path components; trust it for this name with nix2aci trust --prefix %s",
+				fp, safeio.Quote(UserID(c.key.Entity)), strings.Join(trust.prefixesOf(fp), ", "), name, name)
+			continue
+		}
+		v := &Verified{Name: name, ImageID: got.info.ImageID, Fingerprint: fp, UserID: UserID(c.key.Entity), TrustedAs: as,
+			SignedAt: c.sig.CreationTime.UTC(), Signatures: len(sigs), Manifest: got.info.Manifest}
+		if c.key.PublicKey != c.key.Entity.PrimaryKey {
+			v.SubkeyID = fmt.Sprintf("%016X", c.key.PublicKey.KeyId)
+		}
+		return v, nil
 	}
-	if got.err != nil {
-		return nil, fail(ReasonInvalidImage, "the signature is good but the file is not a valid ACI: %v", got.err)
+	best := cands[0]
+	for _, c := range cands[1:] {
+		if c.rank > best.rank {
+			best = c
+		}
 	}
-	name := got.info.Manifest.Name.String()
-	fp := Fingerprint(signer)
-	as, ok := trust.TrustedFor(fp, name)
-	if !ok {
-		return nil, fail(ReasonUntrusted, "key %s (%s) is trusted only for %s, not for %s; prefixes match whole path components; trust it for this name with nix2aci trust --prefix %s",
-			fp, UserID(signer), strings.Join(trust.prefixesOf(fp), ", "), name, name)
+	return nil, best.err
+}
+
+// signingKeys returns the keys of keyring that sig names as its issuer
+// and that may sign: the primary key or a subkey whose self-signature
+// grants signing. An encryption subkey never counts.
+func signingKeys(keyring openpgp.EntityList, sig *packet.Signature) []openpgp.Key {
+	if sig.IssuerKeyId == nil {
+		return nil
 	}
-	return &Verified{Name: name, ImageID: got.info.ImageID, Fingerprint: fp, UserID: UserID(signer), TrustedAs: as, SignedAt: unverifiedSig.CreationTime.UTC()}, nil
+	var out []openpgp.Key
+	for _, k := range keyring.KeysByIdUsage(*sig.IssuerKeyId, packet.KeyFlagSign) {
+		if sig.IssuerFingerprint != nil && !bytes.Equal(sig.IssuerFingerprint, k.PublicKey.Fingerprint) {
+			continue
+		}
+		out = append(out, k)
+	}
+	return out
+}
+
+// checkPacket applies the rules to a packet that verified.
+func checkPacket(c *candidate, now time.Time) error {
+	sig, key := c.sig, c.key
+	name := keyName(key)
+	if sig.CreationTime.After(now.Add(clockSkew)) {
+		return fail(ReasonFutureSignature, "the signature by %s is dated %s, in the future; check the signing machine's clock and sign again", name, sig.CreationTime.UTC().Format(time.RFC3339))
+	}
+	primarySig, primaryID := key.Entity.PrimarySelfSignature()
+	bySubkey := key.PublicKey != key.Entity.PrimaryKey
+	checked := []*packet.Signature{sig, primarySig}
+	if bySubkey {
+		checked = append(checked, key.SelfSignature)
+	}
+	for _, s := range checked {
+		if s == nil {
+			continue
+		}
+		for _, n := range s.Notations {
+			if n.IsCritical {
+				return fail(ReasonCriticalNotation, "the signature by %s carries the critical notation %s, which nix2aci does not know; a critical notation it cannot honour makes the signature unusable", name, safeio.Quote(n.Name))
+			}
+		}
+	}
+	if key.Entity.Revoked(now) || bySubkey && key.Revoked(now) || primaryID != nil && primaryID.Revoked(now) {
+		return fail(ReasonRevoked, "the signing key %s has been revoked; do not deploy this image, and re-sign with a key that is not", name)
+	}
+	for _, at := range []time.Time{now, sig.CreationTime} {
+		if primarySig == nil || key.Entity.PrimaryKey.KeyExpired(primarySig, at) || bySubkey && (key.SelfSignature == nil || key.PublicKey.KeyExpired(key.SelfSignature, at)) {
+			return fail(ReasonExpired, "the signing key %s has expired (or had when it signed); renew the key or sign with a current one", name)
+		}
+	}
+	if sig.CreationTime.Before(key.PublicKey.CreationTime) {
+		return fail(ReasonBadSignature, "the signature by %s is dated before the key was made", name)
+	}
+	for _, s := range checked {
+		if s != nil && sigExpired(s, now) {
+			return fail(ReasonExpired, "the signature by %s (or its key's self-signature) has expired; sign again", name)
+		}
+	}
+	return nil
+}
+
+// sigExpired reports whether s has a lifetime that ended before now. (go-
+// crypto's SigExpired also calls a signature dated after now expired; the
+// future has its own reason here.)
+func sigExpired(s *packet.Signature, now time.Time) bool {
+	if s.SigLifetimeSecs == nil || *s.SigLifetimeSecs == 0 {
+		return false
+	}
+	return now.After(s.CreationTime.Add(time.Duration(*s.SigLifetimeSecs) * time.Second))
+}
+
+func unknownKey(keyring openpgp.EntityList, sig *packet.Signature) error {
+	if sig.IssuerKeyId == nil {
+		return fail(ReasonUnknownKey, "the image is signed by an unnamed key, which is not trusted here")
+	}
+	if keys := keyring.KeysById(*sig.IssuerKeyId); len(keys) > 0 {
+		return fail(ReasonUnknownKey, "a signature names key ID %016X of %s as its issuer, which is not a signing key", *sig.IssuerKeyId, keyName(keys[0]))
+	}
+	return fail(ReasonUnknownKey, "the image is signed by key ID %016X, which is not trusted here; if you trust it, add its public key: nix2aci trust --prefix NAME KEY.asc", *sig.IssuerKeyId)
 }
 
 // mismatch explains a signature that does not match the image, using the
@@ -143,10 +309,10 @@ func mismatch(unverifiedSig *packet.Signature, info *aci.Info) error {
 		signedName, signedID, _ := strings.Cut(string(n.Value), " ")
 		name := info.Manifest.Name.String()
 		if signedName != name {
-			return fail(ReasonOtherImage, "the signature is for another image (%s), not %s; use that image's .asc file", signedName, name)
+			return fail(ReasonOtherImage, "the signature is for another image (%s), not %s; use that image's .asc file", safeio.Quote(signedName), name)
 		}
 		if signedID != info.ImageID {
-			return fail(ReasonBadSignature, "the image has changed since it was signed: signed %s, got %s; rebuild and re-sign, or find out who changed it", short(signedID), short(info.ImageID))
+			return fail(ReasonBadSignature, "the image has changed since it was signed: signed %s, got %s; rebuild and re-sign, or find out who changed it", short(safeio.Quote(signedID)), short(info.ImageID))
 		}
 		return fail(ReasonBadSignature, "the signature does not match the file's bytes (same image ID %s, so it was recompressed or altered after signing)", short(info.ImageID))
 	}
@@ -160,36 +326,54 @@ func short(id string) string {
 	return id
 }
 
-// readSignature decodes an armored detached signature and returns its
-// first signature packet, unverified, and the packets' bytes.
-func readSignature(r io.Reader) (*packet.Signature, []byte, error) {
-	raw, err := io.ReadAll(io.LimitReader(r, 1<<20))
+// readSignatures decodes an armored detached signature file into its
+// signature packets, unverified: at most maxSignatures of them, and
+// nothing but signature packets.
+func readSignatures(r io.Reader) ([]*packet.Signature, error) {
+	raw, err := io.ReadAll(io.LimitReader(r, 1<<20+1))
 	if err != nil {
-		return nil, nil, err
+		return nil, err
+	}
+	if len(raw) > 1<<20 {
+		return nil, fail(ReasonMalformed, "the signature file is over 1 MiB; a detached signature is a few KiB")
 	}
 	if len(bytes.TrimSpace(raw)) == 0 {
-		return nil, nil, fail(ReasonMalformed, "the signature file is empty; sign the image again")
+		return nil, fail(ReasonMalformed, "the signature file is empty; sign the image again")
 	}
 	block, err := armor.Decode(bytes.NewReader(raw))
 	if err != nil {
-		return nil, nil, fail(ReasonMalformed, "the signature file is not an armored OpenPGP signature (%v); make one with nix2aci sign", cleanErr(err))
+		return nil, fail(ReasonMalformed, "the signature file is not an armored OpenPGP signature (%v); make one with nix2aci sign", cleanErr(err))
 	}
 	if block.Type != openpgp.SignatureType {
-		return nil, nil, fail(ReasonMalformed, "the signature file holds a %q block, not a PGP SIGNATURE", block.Type)
+		return nil, fail(ReasonMalformed, "the signature file holds a %s block, not a PGP SIGNATURE", safeio.Quote(block.Type))
 	}
 	body, err := io.ReadAll(block.Body)
 	if err != nil {
-		return nil, nil, fail(ReasonMalformed, "the signature file is damaged: %v", cleanErr(err))
+		return nil, fail(ReasonMalformed, "the signature file is damaged: %v", cleanErr(err))
 	}
-	p, err := packet.NewReader(bytes.NewReader(body)).Next()
-	if err != nil {
-		return nil, nil, fail(ReasonMalformed, "no valid signature found in signature file (%v)", cleanErr(err))
+	var sigs []*packet.Signature
+	pr := packet.NewReader(bytes.NewReader(body))
+	for {
+		p, err := pr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fail(ReasonMalformed, "no valid signature found in signature file (%v)", cleanErr(err))
+		}
+		sig, ok := p.(*packet.Signature)
+		if !ok {
+			return nil, fail(ReasonMalformed, "the signature file holds a packet that is not a signature")
+		}
+		if len(sigs) == maxSignatures {
+			return nil, fail(ReasonMalformed, "the signature file holds more than %d signatures", maxSignatures)
+		}
+		sigs = append(sigs, sig)
 	}
-	sig, ok := p.(*packet.Signature)
-	if !ok {
-		return nil, nil, fail(ReasonMalformed, "the signature file holds no signature packet")
+	if len(sigs) == 0 {
+		return nil, fail(ReasonMalformed, "the signature file holds no signature packet")
 	}
-	return sig, body, nil
+	return sigs, nil
 }
 
 func cleanErr(err error) string {
@@ -199,16 +383,11 @@ func cleanErr(err error) string {
 	return err.Error()
 }
 
-func keyName(signer *openpgp.Entity, keyring openpgp.EntityList, sig *packet.Signature) string {
-	if signer == nil && sig.IssuerKeyId != nil {
-		if keys := keyring.KeysById(*sig.IssuerKeyId); len(keys) > 0 {
-			signer = keys[0].Entity
-		}
-	}
-	if signer == nil {
+func keyName(k openpgp.Key) string {
+	if k.Entity == nil {
 		return "(unknown)"
 	}
-	return Fingerprint(signer) + " (" + UserID(signer) + ")"
+	return Fingerprint(k.Entity) + " (" + safeio.Quote(UserID(k.Entity)) + ")"
 }
 
 func hashName(h crypto.Hash) string {
