@@ -172,14 +172,7 @@ func InspectLimited(r io.Reader, maxSize int64) (*Info, error) {
 		}
 		if err != nil {
 			abort(err)
-			if errors.Is(err, errTooLarge) {
-				return nil, invalid("the uncompressed archive is larger than the %d bytes allowed", maxSize)
-			}
-			var me *MemberError
-			if errors.As(err, &me) {
-				return nil, invalid("%v", err)
-			}
-			return nil, invalid("reading tar: %v", err)
+			return nil, readError("reading tar", err, maxSize)
 		}
 		size := hdr.Size
 		if isHeaderOnly(hdr.Typeflag) {
@@ -209,7 +202,7 @@ func InspectLimited(r io.Reader, maxSize int64) (*Info, error) {
 			}
 			if manifest, err = io.ReadAll(tr); err != nil {
 				abort(err)
-				return nil, invalid("reading manifest: %v", err)
+				return nil, readError("reading manifest", err, maxSize)
 			}
 		}
 		if rest, ok := strings.CutPrefix(strings.TrimSuffix(hdr.Name, "/"), "rootfs/nix/store/"); ok && !strings.Contains(rest, "/") {
@@ -226,10 +219,7 @@ func InspectLimited(r io.Reader, maxSize int64) (*Info, error) {
 	}
 	if _, err := io.Copy(io.Discard, tee); err != nil {
 		abort(err)
-		if errors.Is(err, errTooLarge) {
-			return nil, invalid("the uncompressed archive is larger than the %d bytes allowed", maxSize)
-		}
-		return nil, invalid("reading archive: %v", err)
+		return nil, readError("reading archive", err, maxSize)
 	}
 	validating.Close()
 	pw.Close()
@@ -248,6 +238,18 @@ func InspectLimited(r io.Reader, maxSize int64) (*Info, error) {
 	info.Size = counted.n
 	info.ImageID = "sha512-" + hex.EncodeToString(h.Sum(nil))
 	return info, nil
+}
+
+// readError explains a failure to read the stream.
+func readError(doing string, err error, maxSize int64) error {
+	var me *MemberError
+	switch {
+	case errors.Is(err, errTooLarge):
+		return invalid("the uncompressed archive is larger than the %d bytes allowed", maxSize)
+	case errors.As(err, &me):
+		return invalid("%v", err)
+	}
+	return invalid("%s: %v", doing, err)
 }
 
 // isHeaderOnly reports whether entries of type t have no data in the

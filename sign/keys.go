@@ -14,6 +14,8 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	pgperrors "github.com/ProtonMail/go-crypto/openpgp/errors"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
+
+	"github.com/nix2aci/nix2aci/internal/safeio"
 )
 
 // Algorithm names a kind of key GenerateKey makes.
@@ -106,29 +108,114 @@ func WritePublicKey(w io.Writer, e *openpgp.Entity) error {
 	return err
 }
 
+// maxKeyFile bounds what is read of a key file or keyring.
+const maxKeyFile = 1 << 20
+
 // ReadKey reads one armored key, public or private.
 func ReadKey(r io.Reader) (*openpgp.Entity, error) {
-	data, err := io.ReadAll(r)
+	el, err := ReadKeys(r)
 	if err != nil {
 		return nil, err
 	}
-	el, err := openpgp.ReadArmoredKeyRing(bytes.NewReader(data))
-	if err != nil {
-		if len(bytes.TrimSpace(data)) == 0 {
-			return nil, &KeyError{Msg: "the key file is empty"}
-		}
-		return nil, &KeyError{Msg: "not an armored OpenPGP key (" + err.Error() + "); export one with nix2aci key generate or gpg --export-secret-keys --armor"}
-	}
 	if len(el) != 1 {
-		return nil, &KeyError{Msg: fmt.Sprintf("the file holds %d keys; give one", len(el))}
+		return nil, &KeyError{Msg: fmt.Sprintf("the file holds %d keys (%s); give one", len(el), listKeys(el))}
 	}
 	return el[0], nil
+}
+
+// ReadKeys reads every key of an armored keyring of at most 1 MiB.
+func ReadKeys(r io.Reader) (openpgp.EntityList, error) {
+	data, err := io.ReadAll(io.LimitReader(r, maxKeyFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxKeyFile {
+		return nil, &KeyError{Msg: "the key file is over 1 MiB; a key is a few KiB"}
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, &KeyError{Msg: "the key file is empty"}
+	}
+	// A file may hold several armored blocks (cat a.asc b.asc): read
+	// them all, so that no key in it is ignored.
+	var el openpgp.EntityList
+	for _, b := range armoredBlocks(data) {
+		keys, err := openpgp.ReadArmoredKeyRing(bytes.NewReader(b))
+		if err != nil {
+			return nil, &KeyError{Msg: "not an armored OpenPGP key (" + safeio.Quote(err.Error()) + "); export one with nix2aci key generate or gpg --export-secret-keys --armor"}
+		}
+		el = append(el, keys...)
+	}
+	if len(el) == 0 {
+		return nil, &KeyError{Msg: "not an armored OpenPGP key (no -----BEGIN PGP block); export one with nix2aci key generate or gpg --export-secret-keys --armor"}
+	}
+	return el, nil
+}
+
+// armoredBlocks splits data into its "-----BEGIN PGP" ... "-----END PGP
+// ...-----" blocks.
+func armoredBlocks(data []byte) [][]byte {
+	var out [][]byte
+	for rest := data; ; {
+		i := bytes.Index(rest, []byte("-----BEGIN PGP "))
+		if i < 0 {
+			return out
+		}
+		rest = rest[i:]
+		j := bytes.Index(rest, []byte("-----END PGP "))
+		if j < 0 {
+			return append(out, rest)
+		}
+		k := bytes.IndexByte(rest[j:], '\n')
+		if k < 0 {
+			return append(out, rest)
+		}
+		out = append(out, rest[:j+k+1])
+		rest = rest[j+k+1:]
+	}
+}
+
+// SelectKey returns the key of keys that id names: a fingerprint or a
+// 16-digit long key ID, in any case, spaces ignored. With id empty, keys
+// must hold exactly one key: a signer never guesses which to use.
+func SelectKey(keys openpgp.EntityList, id string) (*openpgp.Entity, error) {
+	want := strings.ToLower(strings.Join(strings.Fields(id), ""))
+	if want == "" {
+		if len(keys) == 1 {
+			return keys[0], nil
+		}
+		return nil, &KeyError{Msg: fmt.Sprintf("the key file holds %d keys (%s); choose one with --key-id FINGERPRINT", len(keys), listKeys(keys))}
+	}
+	for _, e := range keys {
+		fp := Fingerprint(e)
+		if fp == want || len(want) == 16 && strings.HasSuffix(fp, want) {
+			return e, nil
+		}
+	}
+	return nil, &KeyError{Msg: fmt.Sprintf("no key %s in the key file; it holds %s", safeio.Quote(id), listKeys(keys))}
+}
+
+func listKeys(keys openpgp.EntityList) string {
+	var parts []string
+	for _, e := range keys {
+		parts = append(parts, Fingerprint(e)+" "+safeio.Quote(UserID(e)))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // ReadSigningKey reads an armored private key and unlocks it, asking
 // passphrase for the passphrase only if the key is protected.
 func ReadSigningKey(r io.Reader, passphrase func() ([]byte, error)) (*openpgp.Entity, error) {
-	e, err := ReadKey(r)
+	return ReadSigningKeyID(r, "", passphrase)
+}
+
+// ReadSigningKeyID is ReadSigningKey for the key id names (see SelectKey)
+// in a file that may hold several.
+func ReadSigningKeyID(r io.Reader, id string, passphrase func() ([]byte, error)) (*openpgp.Entity, error) {
+	el, err := ReadKeys(r)
+	if err != nil {
+		return nil, err
+	}
+	e, err := SelectKey(el, id)
 	if err != nil {
 		return nil, err
 	}

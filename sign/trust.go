@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
@@ -13,6 +13,8 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/appc/spec/schema/types"
+
+	"github.com/nix2aci/nix2aci/internal/safeio"
 )
 
 // Trust says which keys are trusted for which image names.
@@ -99,52 +101,91 @@ func sortedFingerprints(m map[string]*openpgp.Entity) []string {
 	return fps
 }
 
+// PrefixError reports a prefix that is not exactly an AC Identifier.
+type PrefixError struct{ Prefix string }
+
+func (e *PrefixError) Error() string {
+	p := e.Prefix
+	if len(p) > 200 {
+		p = p[:200] + "…"
+	}
+	return fmt.Sprintf("prefix %q is not an AC Identifier (lower-case letters, digits and -._~, components joined by single /, no \"..\", no trailing /)", p)
+}
+
+// checkPrefix checks a prefix against the whole AC Identifier grammar, as
+// written: appc's NewACIdentifier checks only characters and ends, and
+// would let "a/../../x" (a path out of the trust store) or "a//b" through.
+func checkPrefix(prefix string) error {
+	if !types.ValidACIdentifier.MatchString(prefix) {
+		return &PrefixError{Prefix: prefix}
+	}
+	return nil
+}
+
+// maxTrustedKey bounds a trust store file: one armored public key.
+const maxTrustedKey = 1 << 20
+
 // LoadTrustDir reads a trust store in rkt's layout (see the package doc).
+// Every entry must be what the layout says: directories, and regular
+// files of at most 1 MiB named by their key's fingerprint; a symlink, a
+// FIFO, a device, a file or directory anyone may write, or a prefix
+// directory that is not an AC Identifier makes the store unreadable.
 func LoadTrustDir(dir string) (*Trust, error) {
-	t := NewTrust()
-	found := false
-	rootDir := filepath.Join(dir, "root.d")
-	if ents, err := os.ReadDir(rootDir); err == nil {
-		found = true
-		for _, e := range ents {
-			if e.IsDir() {
-				continue
-			}
-			key, err := loadTrustedKey(filepath.Join(rootDir, e.Name()))
-			if err != nil {
-				return nil, err
-			}
-			t.AddRoot(key)
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
+	fi, err := os.Stat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("trust store %s does not exist: fill it with nix2aci trust --prefix PREFIX KEY.asc --trust-dir %s", safeio.Quote(dir), safeio.Quote(dir))
+	}
+	if err != nil {
 		return nil, fmt.Errorf("reading trust store: %w", err)
 	}
-	prefixDir := filepath.Join(dir, "prefix.d")
-	err := filepath.WalkDir(prefixDir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		found = true
-		if d.IsDir() {
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("trust store %s is not a directory", safeio.Quote(dir))
+	}
+	t := NewTrust()
+	found := false
+	for _, sub := range []string{"root.d", "prefix.d"} {
+		top := filepath.Join(dir, sub)
+		err := filepath.WalkDir(top, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			found = true
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			switch {
+			case info.Mode()&fs.ModeSymlink != 0:
+				return fmt.Errorf("trust store: %s is a symlink; trusted keys must be files in the store itself", safeio.Quote(p))
+			case info.Mode().Perm()&0o002 != 0:
+				return fmt.Errorf("trust store: %s can be written by anyone, who could add a key; chmod o-w it", safeio.Quote(p))
+			case d.IsDir():
+				return nil
+			case !info.Mode().IsRegular():
+				return fmt.Errorf("trust store: %s is not a regular file", safeio.Quote(p))
+			}
+			key, err := loadTrustedKey(p)
+			if err != nil {
+				return err
+			}
+			rel, _ := filepath.Rel(top, filepath.Dir(p))
+			prefix := filepath.ToSlash(rel)
+			switch {
+			case sub == "root.d" && prefix == ".":
+				t.AddRoot(key)
+			case sub == "prefix.d" && prefix != "." && checkPrefix(prefix) == nil:
+				t.AddPrefix(prefix, key)
+			default:
+				return fmt.Errorf("trust store: %s is not at root.d/<fingerprint> or prefix.d/<AC Identifier>/<fingerprint>", safeio.Quote(p))
+			}
 			return nil
+		})
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
 		}
-		rel, _ := filepath.Rel(prefixDir, filepath.Dir(p))
-		prefix := filepath.ToSlash(rel)
-		if _, err := types.NewACIdentifier(prefix); err != nil || prefix == "." {
-			return fmt.Errorf("trust store: %s is not under a valid prefix directory (prefix.d/<AC Identifier>/<fingerprint>)", p)
-		}
-		key, err := loadTrustedKey(p)
-		if err != nil {
-			return err
-		}
-		t.AddPrefix(prefix, key)
-		return nil
-	})
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, err
 	}
 	if !found {
-		return nil, fmt.Errorf("%s is not a trust store: it has neither root.d nor prefix.d (fill one with nix2aci trust)", dir)
+		return nil, fmt.Errorf("%s is not a trust store: it has neither root.d nor prefix.d (fill one with nix2aci trust)", safeio.Quote(dir))
 	}
 	return t, nil
 }
@@ -152,42 +193,70 @@ func LoadTrustDir(dir string) (*Trust, error) {
 // loadTrustedKey reads one trust store file, which must be named by the
 // fingerprint of the key it holds.
 func loadTrustedKey(p string) (*openpgp.Entity, error) {
-	data, err := os.ReadFile(p)
+	data, err := safeio.ReadFile(p, maxTrustedKey)
 	if err != nil {
 		return nil, fmt.Errorf("trust store: %w", err)
 	}
 	key, err := ReadKey(bytes.NewReader(data))
 	if err != nil {
-		return nil, fmt.Errorf("trust store: %s: %w", p, err)
+		return nil, fmt.Errorf("trust store: %s: %w", safeio.Quote(p), err)
 	}
 	if fp := Fingerprint(key); fp != filepath.Base(p) {
-		return nil, fmt.Errorf("trust store: %s holds key %s; a trusted key's file must be named by its lowercase fingerprint (rkt rejects this file too)", p, fp)
+		return nil, fmt.Errorf("trust store: %s holds key %s; a trusted key's file must be named by its lowercase fingerprint (rkt rejects this file too)", safeio.Quote(p), fp)
 	}
 	return key, nil
 }
 
 // WriteTrust adds key to the trust store dir, for every name (root) or for
 // prefix, and returns the file written. Writing a key already there is a
-// no-op.
+// no-op. A prefix that is not exactly an AC Identifier is a *PrefixError;
+// every write is confined to dir (os.Root), so no prefix can lead out.
 func WriteTrust(dir, prefix string, root bool, key *openpgp.Entity) (string, error) {
 	var sub string
 	switch {
 	case root && prefix != "":
 		return "", errors.New("trust a key either for every name (--root) or for a prefix (--prefix), not both")
 	case root:
-		sub = filepath.Join(dir, "root.d")
+		sub = "root.d"
 	case prefix == "":
 		return "", errors.New("say what the key is trusted for: --prefix example.com/app, or --root for every name")
 	default:
-		id, err := types.NewACIdentifier(prefix)
-		if err != nil {
-			return "", fmt.Errorf("prefix %q is not an AC Identifier (%s)", prefix, types.ValidACIdentifier)
+		if err := checkPrefix(prefix); err != nil {
+			return "", err
 		}
-		sub = filepath.Join(dir, "prefix.d", filepath.FromSlash(id.String()))
+		sub = "prefix.d/" + prefix
 	}
-	if err := os.MkdirAll(sub, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("creating trust store: %w", err)
 	}
-	path := filepath.Join(sub, Fingerprint(key))
-	return path, writeAtomic(path, func(w io.Writer) error { return WritePublicKey(w, key) })
+	r, err := os.OpenRoot(dir)
+	if err != nil {
+		return "", fmt.Errorf("opening trust store: %w", err)
+	}
+	defer r.Close()
+	if err := r.MkdirAll(sub, 0o755); err != nil {
+		return "", fmt.Errorf("creating trust store: %w", err)
+	}
+	var pub bytes.Buffer
+	if err := WritePublicKey(&pub, key); err != nil {
+		return "", err
+	}
+	name := sub + "/" + Fingerprint(key)
+	tmp := fmt.Sprintf("%s/.%s.tmp-%d-%d", sub, Fingerprint(key), os.Getpid(), rand.Uint32())
+	f, err := r.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return "", fmt.Errorf("writing trust store: %w", err)
+	}
+	_, err = f.Write(pub.Bytes())
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = r.Rename(tmp, name)
+	}
+	if err != nil {
+		r.Remove(tmp)
+		return "", fmt.Errorf("writing trust store: %w", err)
+	}
+	return filepath.Join(dir, filepath.FromSlash(name)), nil
 }

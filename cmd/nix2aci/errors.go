@@ -33,6 +33,7 @@ var exitCodes = []struct {
 	{func(err error) bool { var u usageError; return errors.As(err, &u) }, exitUsage},
 	{func(err error) bool { var n *manifest.NameError; return errors.As(err, &n) }, exitUsage},
 	{func(err error) bool { var r *manifest.RktArgsError; return errors.As(err, &r) }, exitVerify},
+	{func(err error) bool { var p *sign.PrefixError; return errors.As(err, &p) }, exitUsage},
 	{func(err error) bool { var v *sign.VerifyError; return errors.As(err, &v) }, exitVerify},
 	{aci.IsInvalid, exitInvalid},
 	{func(err error) bool { var k *sign.KeyError; return errors.As(err, &k) }, exitKey},

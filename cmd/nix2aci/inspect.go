@@ -13,10 +13,13 @@ import (
 
 func inspectCommand() *cli.Command {
 	return &cli.Command{
-		Name:         "inspect",
-		Usage:        "validate an ACI and show its manifest, image ID and contents",
-		ArgsUsage:    "IMAGE.aci",
-		Flags:        []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print one JSON object"}},
+		Name:      "inspect",
+		Usage:     "validate an ACI and show its manifest, image ID and contents",
+		ArgsUsage: "IMAGE.aci",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "json", Usage: "print one JSON object"},
+			&cli.StringFlag{Name: "max-size", Usage: "refuse an image whose uncompressed tar is larger than `SIZE` (e.g. 20G)"},
+		},
 		BashComplete: completeImages,
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -28,7 +31,13 @@ func inspectCommand() *cli.Command {
 				return err
 			}
 			defer f.Close()
-			info, err := aci.Inspect(safeio.WithContext(c.Context, f))
+			var maxSize int64
+			if s := c.String("max-size"); s != "" {
+				if maxSize, err = parseSize(s); err != nil {
+					return usagef("--max-size: %v", err)
+				}
+			}
+			info, err := aci.InspectLimited(safeio.WithContext(c.Context, f), maxSize)
 			if err != nil {
 				if c.Context.Err() != nil {
 					return fmt.Errorf("inspecting %s interrupted: %w", path, context.Cause(c.Context))

@@ -141,6 +141,7 @@ func runKeyExport(c *cli.Context) error {
 func signingKeyFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "key", Usage: "private key `FILE` (default: the armored key in NIX2ACI_SIGNING_KEY)"},
+		&cli.StringFlag{Name: "key-id", Usage: "the key to sign with, by `FINGERPRINT` or long key ID, when the key file holds several"},
 		&cli.StringFlag{Name: "passphrase-file", Usage: "read the key's passphrase from `FILE` (default: NIX2ACI_KEY_PASSPHRASE, else a prompt)"},
 	}
 }
@@ -160,10 +161,11 @@ func loadSigningKey(c *cli.Context) (*openpgp.Entity, error) {
 	} else {
 		return nil, usagef("signing needs a key: --key FILE, or the armored key in NIX2ACI_SIGNING_KEY (make one with nix2aci key generate)")
 	}
-	key, err := sign.ReadSigningKey(bytes.NewReader(data), func() ([]byte, error) { return passphrase(c, false) })
+	key, err := sign.ReadSigningKeyID(bytes.NewReader(data), c.String("key-id"), func() ([]byte, error) { return passphrase(c, false) })
 	if err != nil {
 		return nil, fmt.Errorf("signing key %s: %w", source, err)
 	}
+	fmt.Fprintf(c.App.ErrWriter, "signing with key %s (%s)\n", sign.Fingerprint(key), safeio.Quote(sign.UserID(key)))
 	return key, nil
 }
 

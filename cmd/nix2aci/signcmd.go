@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 
@@ -17,6 +16,7 @@ import (
 
 	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/internal/safeio"
+	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/sign"
 )
 
@@ -143,16 +143,21 @@ func verifyCommand() *cli.Command {
 		ArgsUsage: "IMAGE.aci",
 		Description: `Succeeds only if IMAGE.aci is a valid ACI, its signature (IMAGE.aci.asc
 unless --signature) is good and made with SHA-2, the key has neither
-expired nor been revoked, and the key is trusted for the image's name:
+expired nor been revoked, and the key is trusted for the image's name
+(every signature in the file is judged on its own; one that passes
+everything is enough):
 by --keyring (trusted for every name) or by a trust store in rkt's layout
 (--trust-dir: root.d/<fingerprint>, prefix.d/<prefix>/<fingerprint>).`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "signature", Usage: "signature `FILE` (default IMAGE.aci.asc)"},
 			&cli.StringSliceFlag{Name: "keyring", Usage: "trust the armored public key in `FILE` for every name (repeatable)"},
 			&cli.StringFlag{Name: "trust-dir", Usage: "trust store `DIR` in rkt's layout (e.g. /etc/rkt/trustedkeys)"},
+			&cli.StringFlag{Name: "rkt-args", Usage: "also check a thin image's `FILE`.rkt-args: only read-only host volumes for the verified image's store mount points"},
+			&cli.StringFlag{Name: "max-size", Usage: "refuse an image whose uncompressed tar is larger than `SIZE` (e.g. 20G)"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object"},
 		},
-		Action: runVerify,
+		BashComplete: completeImages,
+		Action:       runVerify,
 	}
 }
 
@@ -202,12 +207,29 @@ func runVerify(c *cli.Context) error {
 		return err
 	}
 	defer f.Close()
-	v, err := sign.Verify(safeio.WithContext(c.Context, f), sigFile, trust, time.Time{})
+	var maxSize int64
+	if s := c.String("max-size"); s != "" {
+		if maxSize, err = parseSize(s); err != nil {
+			return usagef("--max-size: %v", err)
+		}
+	}
+	v, err := sign.VerifyWith(safeio.WithContext(c.Context, f), sigFile, trust, sign.VerifyOptions{MaxImageSize: maxSize})
 	if err != nil {
 		if c.Context.Err() != nil {
 			return fmt.Errorf("verifying %s interrupted: %w", image, context.Cause(c.Context))
 		}
 		return fmt.Errorf("%s: %w", image, err)
+	}
+	if argsFile := c.String("rkt-args"); argsFile != "" {
+		// The deploy runs the file as root: it must bind nothing the
+		// signed manifest does not name.
+		args, err := safeio.ReadFile(argsFile, 16<<20)
+		if err != nil {
+			return &sign.VerifyError{Reason: sign.ReasonMissing, Msg: fmt.Sprintf("reading the rkt arguments: %v", err)}
+		}
+		if err := manifest.CheckRktVolumeArgs(v.Manifest, args); err != nil {
+			return fmt.Errorf("%s: %w", argsFile, err)
+		}
 	}
 	if c.Bool("json") {
 		return printJSON(c.App.Writer, struct {
@@ -243,9 +265,12 @@ func trustCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			if (c.String("prefix") == "") == !c.Bool("root") {
+				return usagef("say what the key is trusted for: --prefix example.com/app, or --root for every name (one of the two)")
+			}
 			path, err := sign.WriteTrust(c.String("trust-dir"), c.String("prefix"), c.Bool("root"), key)
 			if err != nil {
-				return usagef("%v", err)
+				return err // a bad prefix exits 2, an unwritable store 1
 			}
 			fmt.Fprintln(c.App.Writer, path)
 			fmt.Fprintf(c.App.ErrWriter, "trusted %s (%s)\n", sign.Fingerprint(key), sign.UserID(key))
