@@ -1,6 +1,7 @@
 package aci
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -12,10 +13,12 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/nixstore"
 )
 
@@ -39,12 +42,77 @@ type Cache struct {
 	dir string
 }
 
-// OpenCache opens (creating if needed) the cache in dir.
+// cacheTag marks a directory as a nix2aci cache: the standard
+// CACHEDIR.TAG (backup tools skip the directory), with a line of ours.
+const cacheTag = "Signature: 8a477f597d28d172789f06886806bc55\n# This directory is a cache of compressed Nix store paths made by nix2aci.\n# nix2aci cache gc removes its entries; see https://bford.info/cachedir/\n"
+
+// OpenCache opens the cache in dir, creating it if needed. A directory
+// becomes a cache only if nix2aci made it or it was empty (it then gets a
+// CACHEDIR.TAG marker); one that holds other things is refused, so that
+// neither builds nor cache gc ever touch files that are not theirs.
+// (Caches of earlier versions, holding only entry directories, are
+// adopted.)
 func OpenCache(dir string) (*Cache, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating cache directory: %w", err)
 	}
+	tag := filepath.Join(dir, "CACHEDIR.TAG")
+	if b, err := safeio.ReadFile(tag, 4096); err == nil {
+		if string(b) != cacheTag {
+			return nil, fmt.Errorf("%s has a CACHEDIR.TAG that nix2aci did not write: it is another program's cache; choose another --cache-dir", dir)
+		}
+		return &Cache{dir: dir}, nil
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("reading cache directory: %w", err)
+	}
+	for _, e := range ents {
+		if !e.IsDir() || !isEntryDir(e.Name()) {
+			return nil, fmt.Errorf("%s is not a nix2aci cache (no CACHEDIR.TAG, and it holds %s): refusing to use or clean it; choose an empty or new --cache-dir", dir, strconv.Quote(e.Name()))
+		}
+	}
+	if err := os.WriteFile(tag, []byte(cacheTag), 0o644); err != nil {
+		return nil, fmt.Errorf("marking the cache directory: %w", err)
+	}
 	return &Cache{dir: dir}, nil
+}
+
+// isEntryDir reports whether name is one of the cache's subdirectories:
+// two lower-case hex digits.
+func isEntryDir(name string) bool {
+	return len(name) == 2 && isHex(name)
+}
+
+func isHex(s string) bool {
+	for _, c := range s {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// isEntry reports whether dir/name is provably a cache entry: named by a
+// key, a regular file, ending in the entry magic.
+func isEntry(dir string, d fs.DirEntry) bool {
+	name := d.Name()
+	key, ok := strings.CutSuffix(name, ".frag")
+	if !ok || len(key) != 64 || !isHex(key) || !d.Type().IsRegular() || !strings.HasPrefix(key, filepath.Base(dir)) {
+		return false
+	}
+	f, err := safeio.OpenRegular(filepath.Join(dir, name))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || fi.Size() < 16 {
+		return false
+	}
+	var magic [8]byte
+	_, err = f.ReadAt(magic[:], fi.Size()-8)
+	return err == nil && string(magic[:]) == entryMagic
 }
 
 // Dir returns the cache's directory.
@@ -101,7 +169,7 @@ func (b *builder) openFragment(p nixstore.PathInfo) *fragment {
 // readEntry opens a cache entry and its index, or returns nils for a
 // missing or malformed one.
 func readEntry(file, storePath string) (*os.File, *entryIndex) {
-	fh, err := os.Open(file)
+	fh, err := safeio.OpenRegular(file) // never blocks on a FIFO
 	if err != nil {
 		return nil, nil
 	}
@@ -172,10 +240,37 @@ func (f *fragment) match(i, ulen int, ucrc uint32) *chunkIndex {
 	return &f.idx.Chunks[i]
 }
 
-// readCached returns chunk i's member from the old entry if its bytes are
-// intact. The slice is valid until the next call.
-func (f *fragment) readCached(i int) ([]byte, bool) {
+// readCached reads chunk i's member from the old entry into out and
+// reports whether it is proven to stand for data: its bytes match the
+// index's CRC-32 (a cheap first check), its header claims its own length,
+// and it is exactly one gzip member that inflates, with matching CRC-32
+// and size, to data byte for byte (scratch holds the inflated bytes).
+// Called from the compression workers, concurrently for several chunks.
+func (f *fragment) readCached(i int, data []byte, out *bytes.Buffer, scratch []byte) bool {
 	ci := f.idx.Chunks[i]
+	if ci.C > maxMember {
+		return false
+	}
+	out.Grow(ci.C)
+	buf := out.AvailableBuffer()[:ci.C]
+	if _, err := f.old.ReadAt(buf, ci.off); err != nil || crc(buf) != ci.CC || memberLength(buf) != len(buf) {
+		return false
+	}
+	got, err := inflateMember(buf, scratch)
+	if err != nil || !bytes.Equal(got, data) {
+		return false
+	}
+	out.Write(buf)
+	return true
+}
+
+// readOld returns chunk i's member bytes from the old entry, to copy into
+// a rewritten entry (they were proven when this build used them).
+func (f *fragment) readOld(i int) ([]byte, bool) {
+	ci := f.idx.Chunks[i]
+	if ci.C > maxMember {
+		return nil, false
+	}
 	if cap(f.readBuf) < ci.C {
 		f.readBuf = make([]byte, ci.C)
 	}
@@ -210,7 +305,7 @@ func (b *builder) record(c *chunk, payload []byte, fromCache bool) {
 func (f *fragment) rewrite(n int) {
 	f.w = newEntryWriter(f.file, f.path)
 	for j := 0; j < n && f.w != nil; j++ {
-		old, ok := f.readCached(j)
+		old, ok := f.readOld(j)
 		if !ok {
 			f.w.abort()
 			f.w = nil
@@ -310,7 +405,11 @@ type GCResult struct {
 }
 
 // GC removes the least recently used entries until the cache holds at most
-// maxBytes, and leftovers of interrupted writes older than an hour.
+// maxBytes, and leftovers of interrupted writes older than an hour. It
+// removes only what is provably the cache's own: regular files in the
+// two-hex-digit subdirectories, named by a key and ending in the entry
+// magic, or named as its temporary files; never anything else, never
+// through a symlink.
 func (c *Cache) GC(maxBytes int64) (GCResult, error) {
 	type ent struct {
 		path string
@@ -319,28 +418,38 @@ func (c *Cache) GC(maxBytes int64) (GCResult, error) {
 	}
 	var ents []ent
 	var res GCResult
-	err := filepath.WalkDir(c.dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return nil
-		}
-		if strings.HasPrefix(d.Name(), ".tmp-") {
-			if time.Since(fi.ModTime()) > time.Hour {
-				os.Remove(p)
-			}
-			return nil
-		}
-		if strings.HasSuffix(d.Name(), ".frag") {
-			ents = append(ents, ent{p, fi.Size(), fi.ModTime()})
-			res.Bytes += fi.Size()
-		}
-		return nil
-	})
+	if _, err := OpenCache(c.dir); err != nil {
+		return res, err
+	}
+	subs, err := os.ReadDir(c.dir)
 	if err != nil {
 		return res, fmt.Errorf("reading cache %s: %w", c.dir, err)
+	}
+	for _, s := range subs {
+		if !s.IsDir() || !isEntryDir(s.Name()) {
+			continue
+		}
+		dir := filepath.Join(c.dir, s.Name())
+		files, err := os.ReadDir(dir)
+		if err != nil {
+			return res, fmt.Errorf("reading cache %s: %w", c.dir, err)
+		}
+		for _, d := range files {
+			fi, err := d.Info()
+			if err != nil || !d.Type().IsRegular() {
+				continue
+			}
+			p := filepath.Join(dir, d.Name())
+			switch {
+			case strings.HasPrefix(d.Name(), ".tmp-"):
+				if time.Since(fi.ModTime()) > time.Hour {
+					os.Remove(p)
+				}
+			case isEntry(dir, d):
+				ents = append(ents, ent{p, fi.Size(), fi.ModTime()})
+				res.Bytes += fi.Size()
+			}
+		}
 	}
 	res.Entries = len(ents)
 	sort.Slice(ents, func(i, j int) bool { return ents[i].used.Before(ents[j].used) })

@@ -251,6 +251,7 @@ type chunk struct {
 	frag   *fragment   // nil for chunks that are not cached (header, trailer, thin)
 	index  int         // within frag
 	cached *chunkIndex // compressed bytes may be taken from the cache
+	hit    bool        // out holds the cached member, proven to inflate to data
 	ulen   int         // len(data), kept after data returns to the pool
 	ucrc   uint32      // CRC-32 of data, for cacheable chunks
 	out    *bytes.Buffer
@@ -312,11 +313,30 @@ func (b *builder) hash(h io.Writer) int64 {
 	return n
 }
 
+// compressLoop compresses chunks, or proves that a chunk's cached member
+// inflates to exactly the chunk's bytes and takes that instead. Either
+// way what reaches the image is a member whose contents are the bytes
+// the image ID is hashed from: a cache entry altered in any way (member,
+// index, lengths, CRCs) can cost a recompression, never a wrong image.
 func (b *builder) compressLoop() error {
 	z := compressor{cfg: b.cfg}
+	var scratch []byte
 	for c := range b.work {
 		buf := b.getOut()
-		err := z.compress(buf, c.data)
+		var err error
+		if c.cached != nil {
+			if scratch == nil {
+				scratch = make([]byte, 0, ChunkSize)
+			}
+			c.hit = c.frag.readCached(c.index, c.data, buf, scratch)
+			if !c.hit {
+				c.frag.dirty.Store(true)
+				buf.Reset()
+			}
+		}
+		if !c.hit {
+			err = z.compress(buf, c.data)
+		}
 		c.out = buf
 		b.release(c)
 		close(c.done)
@@ -411,7 +431,7 @@ func (b *builder) releaseSink(c *chunk) {
 		b.putOut(c.out)
 		c.out = nil
 	}
-	if c.cached != nil || b.cfg.compression == None {
+	if b.cfg.compression == None {
 		b.release(c) // the sink held the data for these
 	}
 }
@@ -421,22 +441,6 @@ func (b *builder) sinkChunk(c *chunk) error {
 	switch {
 	case b.cfg.compression == None:
 		payload = c.data
-	case c.cached != nil:
-		p, ok := c.frag.readCached(c.index)
-		if ok {
-			payload = p
-			break
-		}
-		// The cache entry is damaged: compress this chunk here, and
-		// rewrite the entry from what this build produces.
-		c.frag.dirty.Store(true)
-		buf := b.getOut()
-		z := compressor{cfg: b.cfg}
-		if err := z.compress(buf, c.data); err != nil {
-			return err
-		}
-		c.out = buf
-		payload = buf.Bytes()
 	default:
 		<-c.done
 		if c.out == nil {
@@ -448,7 +452,7 @@ func (b *builder) sinkChunk(c *chunk) error {
 		return fmt.Errorf("writing archive: %w", err)
 	}
 	if c.frag != nil {
-		b.record(c, payload, c.cached != nil && c.out == nil)
+		b.record(c, payload, c.hit)
 	}
 	return nil
 }
@@ -569,7 +573,7 @@ func (cw *chunker) emit() error {
 		return context.Cause(b.ctx)
 	}
 	b.hashQ <- c
-	if c.cached == nil && b.cfg.compression != None {
+	if b.cfg.compression != None {
 		c.done = make(chan struct{})
 		b.work <- c
 	}
