@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path"
 	"strconv"
 	"strings"
@@ -18,6 +17,8 @@ import (
 	appcaci "github.com/appc/spec/aci"
 	"github.com/appc/spec/schema"
 	"github.com/xi2/xz"
+
+	"github.com/nix2aci/nix2aci/internal/safeio"
 )
 
 // Info describes an ACI read back by Inspect.
@@ -69,10 +70,15 @@ func quote(s string) string {
 	return strconv.Quote(s)
 }
 
-// InspectFile is Inspect on the file at path.
+// InspectFile is Inspect on the file at path, which must be a regular
+// file (it is opened without blocking, so a FIFO is an error at once).
 func InspectFile(p string) (*Info, error) {
-	f, err := os.Open(p)
+	f, err := safeio.OpenRegular(p)
 	if err != nil {
+		var nr *safeio.NotRegularError
+		if errors.As(err, &nr) {
+			return nil, invalid("%v", err)
+		}
 		return nil, err
 	}
 	defer f.Close()
