@@ -18,7 +18,11 @@
 // Every tar header is written here, never copied from the file system:
 // uid and gid 0, no user or group names, mode and mtime as the store holds
 // them (the farm and the fixed directories take the build time), entries in
-// depth-first order with each directory's children sorted by name.
+// depth-first order with each directory's children sorted by name. Within a
+// store path, a file whose contents and mode equal an earlier file's is
+// written as a hard link to it, whatever the inodes on disk say: the bytes
+// are a function of the store's contents, the same whether or not
+// nix-store --optimise has linked identical files.
 //
 // # Compression and the fragment cache
 //

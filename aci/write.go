@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/hex"
 	"errors"
@@ -15,7 +16,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/appc/spec/schema"
@@ -60,7 +60,7 @@ const maxInFlight = 12
 
 // formatVersion changes whenever the bytes Write produces for a store path
 // change; it is part of every cache key.
-const formatVersion = "nix2aci-fragment-2"
+const formatVersion = "nix2aci-fragment-3"
 
 // Image is what Write puts into an archive.
 type Image struct {
@@ -641,89 +641,189 @@ func writeMountTarget(tw *tar.Writer, p string) error {
 }
 
 // writeTree writes store path p and everything below it, depth first,
-// children sorted by name. Hard links are kept between files of this store
-// path only, so the path's bytes never depend on any other.
+// children sorted by name.
+//
+// The bytes depend on the store path's contents alone, never on how its
+// files happen to be linked on disk (nix-store --optimise, or
+// auto-optimise-store, hard-links identical files across the store): a
+// regular file whose contents and mode equal those of a file earlier in
+// the walk is written as a hard link to that file, whatever the inodes
+// say; every other file is written whole. Links never leave the store
+// path, so its bytes never depend on any other.
 func writeTree(tw *tar.Writer, p string, copyBuf []byte) error {
-	type inode struct{ dev, ino uint64 }
-	links := map[inode]string{}
+	ents, err := walkStorePath(p)
+	if err != nil {
+		return err
+	}
+	same, err := identicalFiles(ents)
+	if err != nil {
+		return err
+	}
+	for i, e := range ents {
+		hdr := &tar.Header{
+			Name:    e.name,
+			Mode:    tarMode(e.fi),
+			ModTime: e.fi.ModTime().Truncate(time.Second),
+			Format:  tar.FormatPAX,
+		}
+		switch {
+		case e.fi.IsDir():
+			hdr.Typeflag = tar.TypeDir
+			hdr.Name += "/"
+			if err := tw.WriteHeader(hdr); err != nil {
+				return err
+			}
+		case e.fi.Mode()&os.ModeSymlink != 0:
+			hdr.Typeflag = tar.TypeSymlink
+			if hdr.Linkname, err = os.Readlink(e.src); err != nil {
+				return fmt.Errorf("reading store: %w", err)
+			}
+			if err := tw.WriteHeader(hdr); err != nil {
+				return err
+			}
+		case same[i] >= 0:
+			hdr.Typeflag = tar.TypeLink
+			hdr.Linkname = ents[same[i]].name
+			if err := tw.WriteHeader(hdr); err != nil {
+				return err
+			}
+		default:
+			if err := writeFile(tw, hdr, e, copyBuf); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// storeEntry is one file, directory or symlink of a store path.
+type storeEntry struct {
+	src, name string // path on disk, name in the archive
+	fi        os.FileInfo
+}
+
+// walkStorePath lists p and everything below it in archive order.
+func walkStorePath(p string) ([]storeEntry, error) {
+	var out []storeEntry
 	var walk func(src, name string) error
 	walk = func(src, name string) error {
 		fi, err := os.Lstat(src)
 		if err != nil {
 			return fmt.Errorf("reading store: %w", err)
 		}
-		hdr := &tar.Header{
-			Name:    name,
-			Mode:    int64(fi.Mode().Perm()),
-			ModTime: fi.ModTime().Truncate(time.Second),
-			Format:  tar.FormatPAX,
-		}
-		if fi.Mode()&os.ModeSetuid != 0 {
-			hdr.Mode |= 0o4000
-		}
-		if fi.Mode()&os.ModeSetgid != 0 {
-			hdr.Mode |= 0o2000
-		}
-		if fi.Mode()&os.ModeSticky != 0 {
-			hdr.Mode |= 0o1000
-		}
 		switch {
-		case fi.IsDir():
-			hdr.Typeflag = tar.TypeDir
-			hdr.Name += "/"
-			if err := tw.WriteHeader(hdr); err != nil {
-				return err
-			}
-			ents, err := os.ReadDir(src) // sorted by name
-			if err != nil {
-				return fmt.Errorf("reading store: %w", err)
-			}
-			for _, e := range ents {
-				if err := walk(src+"/"+e.Name(), name+"/"+e.Name()); err != nil {
-					return err
-				}
-			}
-			return nil
-		case fi.Mode()&os.ModeSymlink != 0:
-			hdr.Typeflag = tar.TypeSymlink
-			if hdr.Linkname, err = os.Readlink(src); err != nil {
-				return fmt.Errorf("reading store: %w", err)
-			}
-			return tw.WriteHeader(hdr)
-		case fi.Mode().IsRegular():
-			if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
-				key := inode{uint64(st.Dev), uint64(st.Ino)}
-				if first, ok := links[key]; ok {
-					hdr.Typeflag = tar.TypeLink
-					hdr.Linkname = first
-					return tw.WriteHeader(hdr)
-				}
-				links[key] = name
-			}
-			hdr.Typeflag = tar.TypeReg
-			hdr.Size = fi.Size()
-			if err := tw.WriteHeader(hdr); err != nil {
-				return err
-			}
-			f, err := os.Open(src)
-			if err != nil {
-				return fmt.Errorf("reading store: %w", err)
-			}
-			defer f.Close()
-			// One buffer for every file (io.CopyN would allocate one each);
-			// the struct hides tar.Writer's ReadFrom, which would too.
-			n, err := io.CopyBuffer(struct{ io.Writer }{tw}, io.LimitReader(f, fi.Size()), copyBuf)
-			if err == nil && n != fi.Size() {
-				err = io.ErrUnexpectedEOF
-			}
-			if err != nil {
-				return fmt.Errorf("reading %s: %w", src, err)
-			}
+		case fi.IsDir(), fi.Mode()&os.ModeSymlink != 0, fi.Mode().IsRegular():
+		default:
+			return fmt.Errorf("%s is a %s, which a Nix store path cannot hold", src, fi.Mode().Type())
+		}
+		out = append(out, storeEntry{src: src, name: name, fi: fi})
+		if !fi.IsDir() {
 			return nil
 		}
-		return fmt.Errorf("%s is a %s, which a Nix store path cannot hold", src, fi.Mode().Type())
+		children, err := os.ReadDir(src) // sorted by name
+		if err != nil {
+			return fmt.Errorf("reading store: %w", err)
+		}
+		for _, c := range children {
+			if err := walk(src+"/"+c.Name(), name+"/"+c.Name()); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
-	return walk(p, "rootfs"+p)
+	return out, walk(p, "rootfs"+p)
+}
+
+// identicalFiles returns, for each entry, the index of the first earlier
+// regular file with the same mode, size and contents, or -1. Only files
+// that share a size and mode with another are read to compare.
+func identicalFiles(ents []storeEntry) ([]int, error) {
+	same := make([]int, len(ents))
+	type shape struct {
+		size int64
+		mode int64
+	}
+	groups := map[shape][]int{}
+	for i, e := range ents {
+		same[i] = -1
+		if e.fi.Mode().IsRegular() && e.fi.Size() > 0 {
+			k := shape{e.fi.Size(), tarMode(e.fi)}
+			groups[k] = append(groups[k], i)
+		}
+	}
+	for _, idx := range groups { // each group is decided alone: order does not matter
+		if len(idx) < 2 {
+			continue
+		}
+		first := map[[sha256.Size]byte]int{}
+		for _, i := range idx { // in walk order
+			sum, err := hashFile(ents[i].src)
+			if err != nil {
+				return nil, err
+			}
+			if j, ok := first[sum]; ok {
+				same[i] = j
+			} else {
+				first[sum] = i
+			}
+		}
+	}
+	return same, nil
+}
+
+func hashFile(p string) ([sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
+	f, err := os.Open(p)
+	if err != nil {
+		return sum, fmt.Errorf("reading store: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return sum, fmt.Errorf("reading %s: %w", p, err)
+	}
+	copy(sum[:], h.Sum(nil))
+	return sum, nil
+}
+
+// tarMode is the mode a store entry is written with: permissions and the
+// setuid, setgid and sticky bits.
+func tarMode(fi os.FileInfo) int64 {
+	m := int64(fi.Mode().Perm())
+	if fi.Mode()&os.ModeSetuid != 0 {
+		m |= 0o4000
+	}
+	if fi.Mode()&os.ModeSetgid != 0 {
+		m |= 0o2000
+	}
+	if fi.Mode()&os.ModeSticky != 0 {
+		m |= 0o1000
+	}
+	return m
+}
+
+// writeFile writes a regular file's header and contents.
+func writeFile(tw *tar.Writer, hdr *tar.Header, e storeEntry, copyBuf []byte) error {
+	hdr.Typeflag = tar.TypeReg
+	hdr.Size = e.fi.Size()
+	if err := tw.WriteHeader(hdr); err != nil {
+		return err
+	}
+	f, err := os.Open(e.src)
+	if err != nil {
+		return fmt.Errorf("reading store: %w", err)
+	}
+	defer f.Close()
+	// One buffer for every file (io.CopyN would allocate one each); the
+	// struct hides tar.Writer's ReadFrom, which would too.
+	n, err := io.CopyBuffer(struct{ io.Writer }{tw}, io.LimitReader(f, e.fi.Size()), copyBuf)
+	if err == nil && n != e.fi.Size() {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", e.src, err)
+	}
+	return nil
 }
 
 // crc is the checksum used to match chunks with cache entries.
