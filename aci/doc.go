@@ -31,9 +31,9 @@
 // sequence of independent members: one for the header (manifest and early
 // farm), one per chunk of at most ChunkSize bytes of each store path's tar
 // fragment, and one for the trailer. A store path's fragment never refers to
-// bytes outside itself (hard links to files in other store paths are written
-// as plain files), so its compressed members depend only on the store path's
-// contents and the compression settings. That buys three things at once:
+// bytes outside itself (its hard links never leave it), so its compressed
+// members depend only on the store path's contents and the compression
+// settings. That buys three things at once:
 // chunks compress in parallel on every core with deterministic output; a
 // store path's members can be cached and reused by a later build (see Cache);
 // and a cold build and a cached build of the same closure are byte-identical.
