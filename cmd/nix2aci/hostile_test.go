@@ -253,3 +253,44 @@ func TestNixErrorsAreKeptButBounded(t *testing.T) {
 		t.Errorf("Nix's message was cut:\n%s", b)
 	}
 }
+
+// Builds running at once in one directory share no temporary name: all
+// succeed, and what is left is one consistent image, signature and link.
+func TestConcurrentBuildsInOneDirectory(t *testing.T) {
+	bin := binary(t)
+	dir := t.TempDir()
+	keygen := exec.Command(bin, "key", "generate", "--name", "C", "--email", "c@example.com", "--no-passphrase", "--out", "k.asc", "--public", "p.asc")
+	keygen.Dir = dir
+	if b, err := keygen.CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, b)
+	}
+	errs := make(chan error, 4)
+	for i := 0; i < 4; i++ {
+		go func() {
+			cmd := exec.Command(bin, "build", "busybox", "--sign", "--key", "k.asc")
+			cmd.Dir = dir
+			cmd.Env = append(os.Environ(), "XDG_CACHE_HOME="+filepath.Join(dir, "cache"), "NIX_PATH=")
+			b, err := cmd.CombinedOutput()
+			if err != nil {
+				err = fmt.Errorf("%v\n%s", err, b)
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < 4; i++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	verify := exec.Command(bin, "verify", "result.aci", "--keyring", "p.asc")
+	verify.Dir = dir
+	if b, err := verify.CombinedOutput(); err != nil {
+		t.Errorf("after concurrent builds, result.aci does not verify: %v\n%s", err, b)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "*tmp*")); len(m) != 0 {
+		t.Errorf("temporary files left: %v", m)
+	}
+	if stagesIn(filepath.Join(dir, "ACIs")) != 0 {
+		t.Error("staging directories left")
+	}
+}
