@@ -2,15 +2,12 @@ package aci
 
 import (
 	"bufio"
-	"bytes"
 	stdgzip "compress/gzip"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"runtime"
 	"sync"
-
-	"github.com/klauspost/compress/gzip"
 )
 
 // Every gzip member Write produces says how long it is, in an extra field
@@ -52,7 +49,9 @@ func patchMemberLength(member []byte) {
 // memberLength returns the length a member header claims, or 0 when the
 // header makes no claim (not our format).
 func memberLength(h []byte) int {
-	if len(h) < lengthOffset+4 || h[0] != 0x1f || h[1] != 0x8b || h[2] != 8 || h[3]&0x04 == 0 {
+	// Exactly Write's header: deflate, FEXTRA and no other flag (no name,
+	// comment or header CRC that two parsers could treat differently).
+	if len(h) < lengthOffset+4 || h[0] != 0x1f || h[1] != 0x8b || h[2] != 8 || h[3] != 0x04 {
 		return 0
 	}
 	if binary.LittleEndian.Uint16(h[10:]) < 8 || h[12] != 'N' || h[13] != '2' || binary.LittleEndian.Uint16(h[14:]) != 4 {
@@ -97,11 +96,15 @@ type member struct {
 	done chan struct{}
 }
 
+// chunkBuffers recycles the inflated members' memory.
+var chunkBuffers = sync.Pool{New: func() any { return make([]byte, ChunkSize) }}
+
 type parallelGunzip struct {
 	futures chan *member
 	stop    chan struct{}
 	once    sync.Once
 	cur     []byte
+	buf     []byte // the buffer cur is in, returned once read
 	rest    io.Reader
 	err     error
 }
@@ -149,7 +152,7 @@ func (p *parallelGunzip) dispatch(r *bufio.Reader, workers int) {
 		at := off
 		go func() {
 			defer func() { <-sem; close(m.done) }()
-			m.data, m.err = inflateMember(m.data, nil)
+			m.data, m.err = inflateMember(m.data, chunkBuffers.Get().([]byte))
 			if m.err != nil {
 				m.err = &MemberError{Offset: at, Reason: m.err.Error()}
 			}
@@ -170,35 +173,12 @@ func (p *parallelGunzip) send(m *member) bool {
 	}
 }
 
-// inflateMember proves that c is exactly one gzip member inflating to at
-// most ChunkSize bytes, and returns those bytes (appended to dst). The
-// member's own CRC-32 and ISIZE are checked by the gzip reader; every byte
-// of c must be used by the member, none left over.
-func inflateMember(c, dst []byte) ([]byte, error) {
-	br := bytes.NewReader(c)
-	zr, err := gzip.NewReader(br)
-	if err != nil {
-		return nil, fmt.Errorf("bad header: %v", err)
-	}
-	zr.Multistream(false)
-	out := bytes.NewBuffer(dst[:0])
-	if cap(dst) == 0 {
-		out = bytes.NewBuffer(make([]byte, 0, min(int(binary.LittleEndian.Uint32(c[len(c)-4:])), ChunkSize)))
-	}
-	n, err := out.ReadFrom(io.LimitReader(zr, ChunkSize+1))
-	switch {
-	case err != nil:
-		return nil, fmt.Errorf("inflating: %v", err)
-	case n > ChunkSize:
-		return nil, fmt.Errorf("inflates to more than %d bytes, more than any member of an ACI written by nix2aci", ChunkSize)
-	case br.Len() != 0:
-		return nil, fmt.Errorf("its claimed length has %d bytes after the member's end (a hidden second member or garbage)", br.Len())
-	}
-	return out.Bytes(), nil
-}
-
 func (p *parallelGunzip) Read(b []byte) (int, error) {
 	for len(p.cur) == 0 {
+		if p.buf != nil {
+			chunkBuffers.Put(p.buf[:cap(p.buf)])
+			p.buf = nil
+		}
 		if p.err != nil {
 			return 0, p.err
 		}
@@ -217,7 +197,7 @@ func (p *parallelGunzip) Read(b []byte) (int, error) {
 		case m.rest != nil:
 			p.rest = m.rest
 		default:
-			p.cur = m.data
+			p.cur, p.buf = m.data, m.data
 		}
 	}
 	n := copy(b, p.cur)
