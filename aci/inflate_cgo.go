@@ -21,7 +21,9 @@ import (
 // stream, CRC-32 and ISIZE checked, and the number of bytes the member
 // used reported). FuzzGunzipMatchesCompressGzip holds it to compress/gzip.
 
-type libdeflate struct{ d *C.struct_libdeflate_decompressor }
+type libdeflate struct {
+	d *C.struct_libdeflate_decompressor
+}
 
 var decompressors = sync.Pool{New: func() any {
 	z := &libdeflate{d: C.libdeflate_alloc_decompressor()}
