@@ -51,7 +51,9 @@
 // byte, whose CRC-32 and size match and which inflates to at most
 // ChunkSize bytes; otherwise the read fails. The fast path thus yields
 // exactly what compress/gzip yields, or an error (a differential fuzz
-// target checks it). Memory is bounded by design: at most 16 members of
+// target checks it). Only members whose header is exactly Write's (FEXTRA
+// and no other flag) are taken on the fast path; members are inflated by
+// libdeflate in cgo builds, by klauspost/compress otherwise. Memory is bounded by design: at most 16 members of
 // at most ChunkSize*9/8 compressed and ChunkSize inflated bytes are held,
 // whatever the core count; the manifest is capped at MaxManifestSize from
 // its tar header, before it is read; xz dictionaries at 64 MiB; the names
