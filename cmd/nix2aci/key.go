@@ -156,6 +156,10 @@ func loadSigningKey(c *cli.Context) (*openpgp.Entity, error) {
 		if data, err = readKeyFile(source); err != nil {
 			return nil, &sign.KeyError{Msg: fmt.Sprintf("reading signing key: %v", err)}
 		}
+		if fi, err := os.Stat(source); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			// As ssh warns of a private key others can read.
+			fmt.Fprintf(c.App.ErrWriter, "nix2aci: warning: the private key %s can be read by others (mode %04o); chmod 600 %s\n", source, fi.Mode().Perm(), source)
+		}
 	} else if env := os.Getenv("NIX2ACI_SIGNING_KEY"); env != "" {
 		data, source = []byte(env), "NIX2ACI_SIGNING_KEY"
 	} else {
