@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"path"
-	"strconv"
 	"strings"
 
 	appcaci "github.com/appc/spec/aci"
@@ -63,12 +62,7 @@ func invalid(format string, args ...any) error {
 
 // quote shows a name from an archive in an error: quoted, so that control
 // characters cannot reach a terminal, and cut to a few hundred bytes.
-func quote(s string) string {
-	if len(s) > 200 {
-		return strconv.Quote(s[:200]) + fmt.Sprintf("… (%d bytes)", len(s))
-	}
-	return strconv.Quote(s)
-}
+var quote = safeio.QuoteAlways
 
 // InspectFile is Inspect on the file at path, which must be a regular
 // file (it is opened without blocking, so a FIFO is an error at once).

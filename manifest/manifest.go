@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -14,6 +13,8 @@ import (
 	"github.com/appc/spec/schema"
 	"github.com/appc/spec/schema/types"
 	"github.com/coreos/go-semver/semver"
+
+	"github.com/nix2aci/nix2aci/internal/safeio"
 )
 
 // ACVersion is the appc spec version written into every manifest.
@@ -316,14 +317,8 @@ func FileName(im *schema.ImageManifest) (string, error) {
 	return name, nil
 }
 
-// quote shows a label from a recipe in an error: short, control
-// characters escaped.
-func quote(s string) string {
-	if len(s) > 100 {
-		s = s[:100] + "…"
-	}
-	return strconv.Quote(s)
-}
+// quote shows a value from a recipe in an error: quoted and bounded.
+var quote = safeio.QuoteAlways
 
 func lastComponent(s string) string { return s[strings.LastIndex(s, "/")+1:] }
 

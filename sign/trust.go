@@ -105,11 +105,7 @@ func sortedFingerprints(m map[string]*openpgp.Entity) []string {
 type PrefixError struct{ Prefix string }
 
 func (e *PrefixError) Error() string {
-	p := e.Prefix
-	if len(p) > 200 {
-		p = p[:200] + "…"
-	}
-	return fmt.Sprintf("prefix %q is not an AC Identifier (lower-case letters, digits and -._~, components joined by single /, no \"..\", no trailing /)", p)
+	return fmt.Sprintf("prefix %s is not an AC Identifier (lower-case letters, digits and -._~, components joined by single /, no \"..\", no trailing /)", safeio.QuoteAlways(e.Prefix))
 }
 
 // checkPrefix checks a prefix against the whole AC Identifier grammar, as

@@ -116,6 +116,19 @@ func Quote(s string) string {
 	return strconv.Quote(s) + cut
 }
 
+// QuoteAlways returns s Go-quoted, always (so that it stands out in a
+// message as the value it is), cut to MaxQuoted bytes with the full length.
+func QuoteAlways(s string) string {
+	if len(s) > MaxQuoted {
+		cut := s[:MaxQuoted]
+		for len(cut) > 0 && !utf8.ValidString(cut) {
+			cut = cut[:len(cut)-1]
+		}
+		return strconv.Quote(cut) + fmt.Sprintf("… (%d bytes)", len(s))
+	}
+	return strconv.Quote(s)
+}
+
 func printable(s string) bool {
 	if !utf8.ValidString(s) {
 		return false
