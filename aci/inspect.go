@@ -5,6 +5,7 @@ import (
 	"bufio"
 	"bytes"
 	"compress/bzip2"
+	"compress/gzip"
 	"crypto/sha512"
 	"encoding/hex"
 	"errors"
@@ -89,6 +90,13 @@ func InspectFile(p string) (*Info, error) {
 // exactly as compress/gzip reads it (see gunzip); xz with a dictionary of
 // at most 64 MiB. Close the reader to stop decompressing ahead.
 func Decompress(r io.Reader) (io.ReadCloser, string, error) {
+	return decompress(r, false)
+}
+
+// decompress is Decompress; sequential reads gzip with compress/gzip
+// itself, one member after another with nothing inflated ahead (for a
+// reader that stops early).
+func decompress(r io.Reader, sequential bool) (io.ReadCloser, string, error) {
 	br := bufio.NewReaderSize(r, 1<<16)
 	magic, err := br.Peek(6)
 	if len(magic) == 0 {
@@ -98,6 +106,12 @@ func Decompress(r io.Reader) (io.ReadCloser, string, error) {
 		return nil, "", invalid("the file is empty")
 	}
 	switch {
+	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}) && sequential:
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, "", invalid("bad gzip header: %v", err)
+		}
+		return zr, "gzip", nil
 	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
 		zr, err := gunzip(br)
 		if err != nil {

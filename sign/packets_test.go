@@ -54,8 +54,24 @@ func signWith(t testing.TB, key *openpgp.Entity, data []byte, cfg *packet.Config
 	return sig.Bytes()
 }
 
-func verify(img, sig []byte, tr *sign.Trust) (*sign.Verified, error) {
-	return sign.Verify(bytes.NewReader(img), bytes.NewReader(sig), tr, time.Time{})
+// verify verifies in both modes, which must judge the packets alike,
+// and returns the full mode's result.
+func verify(t testing.TB, img, sig []byte, tr *sign.Trust) (*sign.Verified, error) {
+	t.Helper()
+	v, err := sign.Verify(bytes.NewReader(img), bytes.NewReader(sig), tr, time.Time{})
+	fast, fastErr := sign.VerifyWith(bytes.NewReader(img), bytes.NewReader(sig), tr, sign.VerifyOptions{})
+	var ve, fe *sign.VerifyError
+	errors.As(err, &ve)
+	errors.As(fastErr, &fe)
+	switch {
+	case (err == nil) != (fastErr == nil):
+		t.Errorf("full verify: %v; fast verify: %v", err, fastErr)
+	case err != nil && (ve == nil || fe == nil || ve.Reason != fe.Reason):
+		t.Errorf("full verify: %v; fast verify: %v (another reason)", err, fastErr)
+	case err == nil && (fast.Fingerprint != v.Fingerprint || fast.SubkeyID != v.SubkeyID || fast.Full || fast.ImageID != ""):
+		t.Errorf("fast verify accepted %+v, full %+v", fast, v)
+	}
+	return v, err
 }
 
 func wantReason(t *testing.T, name string, err error, r sign.Reason, msg string) {
@@ -106,7 +122,7 @@ func TestForgedPacketCannotLaunderAWeakSignature(t *testing.T) {
 	}
 	forged = bytes.ReplaceAll(forged, id[:], encID[:])
 
-	_, err = verify(img, joined(t, forged, sha1Sig), rootTrust(key))
+	_, err = verify(t, img, joined(t, forged, sha1Sig), rootTrust(key))
 	wantReason(t, "forged SHA-512 before real SHA-1", err, sign.ReasonWeakHash, "SHA-1")
 }
 
@@ -122,7 +138,7 @@ func TestAnyTrustedSignatureCounts(t *testing.T) {
 		name string
 		sig  []byte
 	}{{"untrusted first", joined(t, strangers, good)}, {"trusted first", joined(t, good, strangers)}} {
-		v, err := verify(img, tc.sig, rootTrust(trusted))
+		v, err := verify(t, img, tc.sig, rootTrust(trusted))
 		if err != nil {
 			t.Errorf("%s: %v", tc.name, err)
 			continue
@@ -134,7 +150,7 @@ func TestAnyTrustedSignatureCounts(t *testing.T) {
 	// A good signature by a stranger and a bad one by the trusted key:
 	// the trusted key's failure is the one reported.
 	bad := body(t, signBytes(t, trusted, makeACI(t, "example.com/app", "other bytes")))
-	_, err := verify(img, joined(t, strangers, bad), rootTrust(trusted))
+	_, err := verify(t, img, joined(t, strangers, bad), rootTrust(trusted))
 	wantReason(t, "stranger's good and trusted's bad", err, sign.ReasonBadSignature, "does not match the image")
 }
 
@@ -160,7 +176,7 @@ func TestSigningSubkeyExpiredOrRevoked(t *testing.T) {
 
 	expiring := mk(2 * time.Hour)
 	sig := signWith(t, expiring, img, at(past.Add(90*time.Minute)))
-	if v, err := verify(img, joined(t, sig), rootTrust(expiring)); err == nil {
+	if v, err := verify(t, img, joined(t, sig), rootTrust(expiring)); err == nil {
 		t.Errorf("a signature by an expired subkey was accepted: %+v", v)
 	} else {
 		wantReason(t, "expired subkey", err, sign.ReasonExpired, "expired")
@@ -168,13 +184,13 @@ func TestSigningSubkeyExpiredOrRevoked(t *testing.T) {
 
 	revoking := mk(0)
 	sig = signWith(t, revoking, img, at(past.Add(90*time.Minute)))
-	if _, err := verify(img, joined(t, sig), rootTrust(revoking)); err != nil {
+	if _, err := verify(t, img, joined(t, sig), rootTrust(revoking)); err != nil {
 		t.Fatalf("before revocation: %v", err)
 	}
 	if err := revoking.RevokeSubkey(&revoking.Subkeys[len(revoking.Subkeys)-1], packet.KeyCompromised, "test", nil); err != nil {
 		t.Fatal(err)
 	}
-	_, err := verify(img, joined(t, sig), rootTrust(revoking))
+	_, err := verify(t, img, joined(t, sig), rootTrust(revoking))
 	wantReason(t, "revoked subkey", err, sign.ReasonRevoked, "revoked")
 }
 
@@ -184,15 +200,15 @@ func TestCriticalNotationAndFutureDate(t *testing.T) {
 	img := makeACI(t, "example.com/app", "the image")
 	key := testKey(t)
 	crit := signWith(t, key, img, &packet.Config{DefaultHash: crypto.SHA512, SignatureNotations: []*packet.Notation{{Name: "policy@example.com", Value: []byte("x"), IsCritical: true, IsHumanReadable: true}}})
-	_, err := verify(img, joined(t, crit), rootTrust(key))
+	_, err := verify(t, img, joined(t, crit), rootTrust(key))
 	wantReason(t, "critical notation", err, sign.ReasonCriticalNotation, `critical notation policy@example.com`)
 
 	future := signBytes(t, key, img, sign.WithTime(time.Now().Add(time.Hour)))
-	_, err = verify(img, future, rootTrust(key))
+	_, err = verify(t, img, future, rootTrust(key))
 	wantReason(t, "future", err, sign.ReasonFutureSignature, "in the future; check the signing machine's clock")
 
 	soon := signBytes(t, key, img, sign.WithTime(time.Now().Add(time.Minute)))
-	if _, err := verify(img, soon, rootTrust(key)); err != nil {
+	if _, err := verify(t, img, soon, rootTrust(key)); err != nil {
 		t.Errorf("a minute of clock skew is refused: %v", err)
 	}
 }
