@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,28 +17,17 @@ import (
 	"golang.org/x/term"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
-	"github.com/nix2aci/nix2aci/outdir"
-	"github.com/nix2aci/nix2aci/pkgs"
+	"github.com/nix2aci/nix2aci/pipeline"
 )
 
 type buildOptions struct {
-	target      string
-	thin        bool
-	outDir      string
-	name        string
-	json        bool
-	recipes     string
-	compression aci.Compression
-	level       int
-	jobs        int
-	cacheDir    string // "" disables the cache
-	cacheMax    int64
-	link        bool
-	execCheck   bool
-	created     time.Time
-	progress    bool
+	pipeline.Request
+	json     bool
+	link     bool
+	progress bool
 }
 
 func buildCommand() *cli.Command {
@@ -53,6 +41,10 @@ func buildCommand() *cli.Command {
 --fat (the default) puts the whole closure into the image. --thin puts in
 only a mount point per store path and writes <image>.rkt-args beside it:
   sudo rkt run $(cat ACIs/X.rkt-args) ACIs/X.aci
+--layered writes each of the closure's most shared store paths as a layer
+image of its own (the same file whichever app needs it) and an app image
+that lists them as dependencies, with <image>.deps naming them in order:
+  (cd ACIs && sudo rkt fetch $(cat X.deps)) && sudo rkt run ACIs/X.aci
 
 Without nixpkgs in NIX_PATH, recipes use nix2aci's offline package set,
 which has busybox and busybox-static (from the host's busybox-static).
@@ -60,6 +52,9 @@ SOURCE_DATE_EPOCH, if set, is the image's "created" time.`,
 		Flags: append([]cli.Flag{
 			&cli.BoolFlag{Name: "fat", Usage: "put every store path of the closure into the image (default)"},
 			&cli.BoolFlag{Name: "thin", Usage: "mount store paths from the host instead (writes .rkt-args)"},
+			&cli.BoolFlag{Name: "layered", Usage: "put the most shared store paths into layer images the app image depends on (writes .deps)"},
+			&cli.IntFlag{Name: "max-layers", Usage: "with --layered, at most `N` layer images (default 100)"},
+			&cli.StringFlag{Name: "layer-prefix", Usage: "with --layered, name layers `PREFIX`/<store path name> (default: the app name's host + /nix)"},
 			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Value: "ACIs", Usage: "output `DIR`"},
 			&cli.StringFlag{Name: "name", Usage: "image name (an AC Identifier, e.g. example.com/busybox)"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object describing what was built"},
@@ -85,21 +80,52 @@ func runBuild(c *cli.Context) error {
 	}
 	// Load (and unlock) any signing key before the long part, so a wrong
 	// passphrase fails at once.
-	signer, err := buildSigner(c)
-	if err != nil {
+	if o.Signer, err = buildSigner(c); err != nil {
 		return err
 	}
-	out, err := build(c, o, signer)
+	stderr := c.App.ErrWriter
+	o.Warn = func(msg string) { fmt.Fprintf(stderr, "nix2aci: warning: %s\n", safeio.Terminal(msg, 300, 2000)) }
+	var bar *progressBar
+	if o.progress {
+		bar = newProgressBar(stderr)
+		o.Progress = bar.update
+	}
+	out, err := pipeline.Build(c.Context, o.Request)
+	bar.done()
 	if err != nil {
+		if pipeline.IsUsage(err) {
+			return usagef("%v", err)
+		}
 		return err
+	}
+	result := ""
+	if o.link {
+		if err := linkResults(out); err != nil {
+			return err
+		}
+		result = resultLink
 	}
 	if o.json {
-		return printJSON(c.App.Writer, out)
+		return printJSON(c.App.Writer, struct {
+			*pipeline.Result
+			Link string `json:"result,omitempty"`
+		}{out, result})
 	}
 	fmt.Fprintln(c.App.Writer, out.ACI)
-	fmt.Fprintln(c.App.ErrWriter, out.ImageID)
+	fmt.Fprintln(stderr, out.ImageID)
 	if out.RktArgs != "" {
-		fmt.Fprintf(c.App.ErrWriter, "run it with: sudo rkt run $(cat %s) %s\n", out.RktArgs, out.ACI)
+		fmt.Fprintf(stderr, "run it with: sudo rkt run $(cat %s) %s\n", out.RktArgs, out.ACI)
+	}
+	if out.Deps != "" {
+		reused := 0
+		for _, l := range out.Layers {
+			if l.Reused {
+				reused++
+			}
+		}
+		fmt.Fprintf(stderr, "%d layers (%d reused), listed in rendering order in %s\n", len(out.Layers), reused, out.Deps)
+		fmt.Fprintf(stderr, "run it with: (cd %s && sudo rkt fetch $(cat %s)) && sudo rkt run %s\n", filepath.Dir(out.Deps), filepath.Base(out.Deps), out.ACI)
+		fmt.Fprintf(stderr, "or publish it: nix2aci publish --out SITE --base-url URL %s\n", filepath.Dir(out.ACI))
 	}
 	return nil
 }
@@ -108,8 +134,28 @@ func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
 	if c.NArg() != 1 || c.Args().First() == "" {
 		return nil, usagef("build takes one TARGET (got %d): e.g. nix2aci build busybox --fat", c.NArg())
 	}
-	if c.Bool("fat") && c.Bool("thin") {
-		return nil, usagef("--fat and --thin exclude each other: choose one")
+	kind := pipeline.Fat
+	n := 0
+	for _, k := range []string{pipeline.Fat, pipeline.Thin, pipeline.Layered} {
+		if c.Bool(k) {
+			kind = k
+			n++
+		}
+	}
+	if n > 1 {
+		if c.Bool("layered") && c.Bool("thin") {
+			return nil, usagef("--layered and --thin exclude each other: a layered image holds its store paths in layer images, a thin one mounts them from the host; choose one")
+		}
+		return nil, usagef("--fat, --thin and --layered exclude each other: choose one")
+	}
+	if c.IsSet("max-layers") && kind != pipeline.Layered {
+		return nil, usagef("--max-layers applies to --layered builds only")
+	}
+	if c.IsSet("layer-prefix") && kind != pipeline.Layered {
+		return nil, usagef("--layer-prefix applies to --layered builds only")
+	}
+	if c.IsSet("max-layers") && c.Int("max-layers") < 1 {
+		return nil, usagef("--max-layers %d: give at least 1", c.Int("max-layers"))
 	}
 	comp, err := aci.ParseCompression(c.String("compression"))
 	if err != nil {
@@ -123,28 +169,37 @@ func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
 		return nil, usagef("--cache-max-size: %v", err)
 	}
 	o := &buildOptions{
-		target:      c.Args().First(),
-		thin:        c.Bool("thin"),
-		outDir:      c.String("out"),
-		name:        c.String("name"),
-		json:        c.Bool("json"),
-		recipes:     c.String("pkgs"),
-		compression: comp,
-		level:       c.Int("level"),
-		jobs:        c.Int("jobs"),
-		cacheMax:    maxSize,
-		link:        !c.Bool("no-link"),
-		execCheck:   !c.Bool("no-exec-check"),
-		progress:    !c.Bool("json") && isTerminal(c.App.ErrWriter),
+		Request: pipeline.Request{
+			Target:      c.Args().First(),
+			Kind:        kind,
+			MaxLayers:   c.Int("max-layers"),
+			LayerPrefix: c.String("layer-prefix"),
+			OutDir:      c.String("out"),
+			Name:        c.String("name"),
+			Recipes:     c.String("pkgs"),
+			Compression: comp,
+			Level:       c.Int("level"),
+			Jobs:        c.Int("jobs"),
+			CacheMax:    maxSize,
+			NoExecCheck: c.Bool("no-exec-check"),
+		},
+		json:     c.Bool("json"),
+		link:     !c.Bool("no-link"),
+		progress: !c.Bool("json") && isTerminal(c.App.ErrWriter),
 	}
-	if !c.Bool("no-cache") && !o.thin {
-		if o.cacheDir = c.String("cache-dir"); o.cacheDir == "" {
-			o.cacheDir = defaultCacheDir()
+	if !c.Bool("no-cache") && kind != pipeline.Thin {
+		if o.CacheDir = c.String("cache-dir"); o.CacheDir == "" {
+			o.CacheDir = defaultCacheDir()
 		}
 	}
-	if o.name != "" {
-		if err := manifest.CheckIdentifier(o.name); err != nil {
+	if o.Name != "" {
+		if err := manifest.CheckIdentifier(o.Name); err != nil {
 			return nil, usagef("--name: %v", err)
+		}
+	}
+	if o.LayerPrefix != "" {
+		if err := manifest.CheckIdentifier(o.LayerPrefix); err != nil {
+			return nil, usagef("--layer-prefix: %v", err)
 		}
 	}
 	if sde := os.Getenv("SOURCE_DATE_EPOCH"); sde != "" {
@@ -152,225 +207,9 @@ func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
 		if err != nil {
 			return nil, usagef("SOURCE_DATE_EPOCH=%q is not a number of seconds since 1970", sde)
 		}
-		o.created = time.Unix(secs, 0).UTC()
+		o.Created = time.Unix(secs, 0).UTC()
 	}
 	return o, nil
-}
-
-// buildOutput is what build prints with --json.
-type buildOutput struct {
-	ACI         string         `json:"aci"`
-	RktArgs     string         `json:"rktArgs,omitempty"`
-	Signature   string         `json:"signature,omitempty"`
-	GCRoots     []string       `json:"gcRoots"`
-	Result      string         `json:"result,omitempty"`
-	Name        string         `json:"name"`
-	Version     string         `json:"version"`
-	OS          string         `json:"os"`
-	Arch        string         `json:"arch"`
-	Kind        string         `json:"kind"`
-	ImageID     string         `json:"imageID"`
-	StorePaths  int            `json:"storePaths"`
-	CachedPaths int            `json:"cachedPaths"`
-	Size        int64          `json:"size"`
-	Offline     bool           `json:"offline"`
-	Conflicts   []aci.Conflict `json:"conflicts,omitempty"`
-}
-
-// build is the pipeline: recipe -> packages -> closure -> manifest ->
-// archive -> signature. Everything is written into a staging directory
-// inside the output directory and moved into place only when all of it is
-// there (see package outdir): a failed or interrupted build leaves the
-// previous image, its signature, its .rkt-args and its GC roots as they
-// were.
-func build(c *cli.Context, o *buildOptions, signer imageSigner) (*buildOutput, error) {
-	ctx := c.Context
-	stderr := c.App.ErrWriter
-	var popts []pkgs.Option
-	if o.recipes != "" {
-		popts = append(popts, pkgs.WithUserRecipes(o.recipes))
-	}
-	t, err := pkgs.Resolve(ctx, o.target, popts...)
-	if err != nil {
-		return nil, err
-	}
-	if o.name != "" {
-		t.Spec.Name = o.name
-	} else if t.Spec.Name != "" {
-		// A name typed into a recipe is never rewritten either; names
-		// taken from package names are made valid.
-		if err := manifest.CheckIdentifier(t.Spec.Name); err != nil {
-			return nil, fmt.Errorf("the recipe's name: %w", err)
-		}
-	}
-	// Name the outputs before building, to place the GC roots beside them.
-	first := t.Packages[0]
-	spec := t.Spec
-	spec.Name = orDefault(spec.Name, first.PName)
-	spec.Version = orDefault(spec.Version, first.Version)
-	spec.System = orDefault(spec.System, first.System)
-	spec.Exec = []string{"/placeholder"}
-	probe, err := manifest.New(spec)
-	if err != nil {
-		return nil, err
-	}
-	fileName, err := manifest.FileName(probe)
-	if err != nil {
-		return nil, err
-	}
-	base := strings.TrimSuffix(fileName, ".aci")
-	st, err := outdir.Begin(o.outDir)
-	if err != nil {
-		return nil, err
-	}
-	committed := false
-	defer func() {
-		if !committed {
-			st.Abort()
-		}
-	}()
-	// Roots inside the staging directory keep the packages alive while
-	// the image is written; the final roots replace the old ones only
-	// when the new image replaces the old image.
-	if err := t.Realise(ctx, st.Path("gcroot")); err != nil {
-		return nil, err
-	}
-	if err := t.Finish(); err != nil {
-		return nil, err
-	}
-	g, err := nixstore.Closure(ctx, t.StorePaths())
-	if err != nil {
-		return nil, err
-	}
-	spec = t.Spec
-	spec.Created = o.created
-	spec.Kind = map[bool]string{false: "fat", true: "thin"}[o.thin]
-	if o.thin {
-		spec.Mounts = append(spec.Mounts, manifest.StoreMounts(g.StorePaths())...)
-	}
-	im, err := manifest.New(spec)
-	if err != nil {
-		return nil, err
-	}
-
-	img := aci.Image{Manifest: im, Closure: g, Packages: t.StorePaths(), Thin: o.thin}
-	if o.execCheck {
-		if err := aci.CheckExec(img); err != nil {
-			return nil, err
-		}
-	}
-
-	opts := []aci.Option{aci.WithCompression(o.compression, o.level), aci.WithModTime(o.created)}
-	if o.jobs > 0 {
-		opts = append(opts, aci.WithJobs(o.jobs))
-	}
-	var cache *aci.Cache
-	if o.cacheDir != "" {
-		if cache, err = aci.OpenCache(o.cacheDir); err != nil {
-			fmt.Fprintf(stderr, "nix2aci: warning: %v; building without the cache\n", err)
-		} else {
-			opts = append(opts, aci.WithCache(cache))
-		}
-	}
-	var bar *progressBar
-	if o.progress {
-		bar = newProgressBar(stderr, fileName)
-		opts = append(opts, aci.WithProgress(bar.update))
-	}
-	res, err := aci.WriteFile(ctx, st.Path(fileName), img, opts...)
-	bar.done()
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("build of %s interrupted; nothing was written: %w", fileName, context.Cause(ctx))
-		}
-		return nil, fmt.Errorf("writing %s: %w", st.Final(fileName), err)
-	}
-	for _, cf := range res.Conflicts {
-		fmt.Fprintf(stderr, "nix2aci: warning: two packages provide %s\n", cf)
-	}
-	names, stale := []string{fileName}, []string(nil)
-	argsName := base + ".rkt-args"
-	if o.thin {
-		if err := os.WriteFile(st.Path(argsName), []byte(manifest.RktVolumeArgs(g.StorePaths())), 0o644); err != nil {
-			return nil, fmt.Errorf("writing %s: %w", st.Final(argsName), err)
-		}
-		names = append(names, argsName)
-	} else {
-		stale = append(stale, argsName)
-	}
-	ascName := fileName + ".asc"
-	if signer != nil {
-		if err := signer(ctx, st.Path(fileName), st.Path(ascName)); err != nil {
-			return nil, err
-		}
-		names = append(names, ascName)
-	} else {
-		stale = append(stale, ascName) // it would sign the old image
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("build of %s interrupted; nothing was written: %w", fileName, context.Cause(ctx))
-	}
-	gcroot := st.Final(base + ".gcroot")
-	committed = true
-	err = st.Commit(names, stale, func() error {
-		// The new image is in place: point its roots at its packages. The
-		// staging roots still hold them until this is done.
-		if err := t.Realise(context.WithoutCancel(ctx), gcroot); err != nil {
-			return fmt.Errorf("%s is written, but registering its GC roots failed (a garbage collection may remove what it needs; build again): %w", st.Final(fileName), err)
-		}
-		removeStaleRoots(gcroot, len(t.Packages))
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	out := &buildOutput{
-		ACI: st.Final(fileName), Name: im.Name.String(), Kind: map[bool]string{false: "fat", true: "thin"}[o.thin],
-		ImageID: res.ImageID, StorePaths: res.StorePaths, CachedPaths: res.CachedPaths, Size: res.Size,
-		Offline: t.Offline, Conflicts: res.Conflicts, GCRoots: gcRoots(gcroot, len(t.Packages)),
-	}
-	out.Version, _ = im.Labels.Get("version")
-	out.OS, _ = im.Labels.Get("os")
-	out.Arch, _ = im.Labels.Get("arch")
-	if o.thin {
-		out.RktArgs = st.Final(argsName)
-	}
-	if signer != nil {
-		out.Signature = st.Final(ascName)
-	}
-	if o.link {
-		if err := linkResults(out); err != nil {
-			return nil, err
-		}
-		out.Result = resultLink
-	}
-	if cache != nil && o.cacheMax > 0 {
-		if _, err := cache.GC(o.cacheMax); err != nil {
-			fmt.Fprintf(stderr, "nix2aci: warning: trimming cache: %v\n", err)
-		}
-	}
-	return out, nil
-}
-
-func gcRoots(gcroot string, n int) []string {
-	roots := []string{gcroot}
-	for i := 2; i <= n; i++ {
-		roots = append(roots, fmt.Sprintf("%s-%d", gcroot, i))
-	}
-	return roots
-}
-
-// removeStaleRoots removes the roots gcroot-N, N > n, that a previous
-// build with more packages left.
-func removeStaleRoots(gcroot string, n int) {
-	for i := max(n+1, 2); ; i++ {
-		r := fmt.Sprintf("%s-%d", gcroot, i)
-		fi, err := os.Lstat(r)
-		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
-			return
-		}
-		os.Remove(r)
-	}
 }
 
 // The links a build leaves in the working directory, named so that rkt
@@ -385,7 +224,7 @@ const (
 // linkResults points result.aci (and result.aci.asc, result.rkt-args) at
 // what the build wrote, and removes a link of the previous build that
 // would now lie (a signature or volume list of another image).
-func linkResults(out *buildOutput) error {
+func linkResults(out *pipeline.Result) error {
 	for _, l := range []struct{ link, target string }{{resultLink, out.ACI}, {resultSig, out.Signature}, {resultArgs, out.RktArgs}} {
 		if l.target == "" {
 			if fi, err := os.Lstat(l.link); err == nil && fi.Mode()&os.ModeSymlink != 0 {
@@ -427,35 +266,18 @@ func replaceSymlink(target, link string) error {
 	}
 }
 
-// writeFileAtomic writes data to path with perm through a temporary file
-// in the same directory, so that path never holds half a file. With
-// replace unset, an existing path is an error and is left alone.
+// writeFileAtomic writes data to path with perm atomically (see
+// safeio.WriteFileAtomic); with replace unset an existing path is a usage
+// error and is left alone.
 func writeFileAtomic(path string, data []byte, perm os.FileMode, replace bool) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Chmod(perm)
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
 	if replace {
-		return os.Rename(tmp.Name(), path)
+		return safeio.WriteFileAtomic(path, data, perm)
 	}
-	if err := os.Link(tmp.Name(), path); err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return usagef("%s exists; not overwriting it", path)
-		}
-		return err
+	err := safeio.CreateFileAtomic(path, data, perm)
+	if errors.Is(err, os.ErrExist) {
+		return usagef("%s exists; not overwriting it", path)
 	}
-	return nil
+	return err
 }
 
 func defaultCacheDir() string {
@@ -483,13 +305,6 @@ func parseSize(s string) (int64, error) {
 	return n * mult, nil
 }
 
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
-}
-
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -506,22 +321,21 @@ func isTerminal(w io.Writer) bool {
 // does nothing.
 type progressBar struct {
 	w     io.Writer
-	name  string
 	last  time.Time
 	shown bool
 }
 
-func newProgressBar(w io.Writer, name string) *progressBar {
-	return &progressBar{w: w, name: name, last: time.Now()}
+func newProgressBar(w io.Writer) *progressBar {
+	return &progressBar{w: w, last: time.Now()}
 }
 
-func (b *progressBar) update(p aci.Progress) {
+func (b *progressBar) update(name string, p aci.Progress) {
 	if time.Since(b.last) < 100*time.Millisecond && p.StorePaths < p.TotalStorePaths {
 		return
 	}
 	b.last = time.Now()
 	b.shown = true
-	fmt.Fprintf(b.w, "\r%s: %d/%d store paths, %d/%d MB ", b.name, p.StorePaths, p.TotalStorePaths, p.Bytes>>20, p.TotalBytes>>20)
+	fmt.Fprintf(b.w, "\r\033[K%s: %d/%d store paths, %d/%d MB ", name, p.StorePaths, p.TotalStorePaths, p.Bytes>>20, p.TotalBytes>>20)
 }
 
 func (b *progressBar) done() {

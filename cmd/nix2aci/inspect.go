@@ -9,6 +9,7 @@ import (
 	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
+	"github.com/nix2aci/nix2aci/pipeline"
 )
 
 func inspectCommand() *cli.Command {
@@ -26,7 +27,7 @@ func inspectCommand() *cli.Command {
 				return usagef("inspect takes one IMAGE.aci (got %d)", c.NArg())
 			}
 			path := c.Args().First()
-			f, err := openImage(path)
+			f, err := pipeline.OpenImage(path)
 			if err != nil {
 				return err
 			}

@@ -3,20 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/sha512"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
-	"github.com/ProtonMail/go-crypto/openpgp"
-
 	"github.com/urfave/cli/v2"
 
-	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
+	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/sign"
 )
 
@@ -47,7 +43,7 @@ func signCommand() *cli.Command {
 				}
 				asc = real + ".asc"
 			}
-			if err := signImage(c.Context, key, path, asc); err != nil {
+			if err := pipeline.SignFile(c.Context, key, path, asc); err != nil {
 				return err
 			}
 			if linkErr == nil {
@@ -61,59 +57,6 @@ func signCommand() *cli.Command {
 	}
 }
 
-// imageSigner signs the image at path, writing the signature to asc.
-type imageSigner func(ctx context.Context, path, asc string) error
-
-// openImage opens an image file named by the user: a regular file only,
-// without blocking on a FIFO.
-func openImage(path string) (*os.File, error) {
-	f, err := safeio.OpenRegular(path)
-	var nr *safeio.NotRegularError
-	if errors.As(err, &nr) {
-		return nil, &aci.InvalidError{Reason: err.Error() + "; give the path of an .aci file"}
-	}
-	return f, err
-}
-
-// signImage checks that path is a valid ACI and signs it, recording its
-// name and image ID in the signature, and writes the signature to asc
-// atomically. The file is read twice (to validate it, then to sign it);
-// the raw bytes of both readings are hashed and must be the same, so what
-// is signed is what was validated.
-func signImage(ctx context.Context, key *openpgp.Entity, path, asc string) error {
-	f, err := openImage(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	validated, signed := sha512.New(), sha512.New()
-	info, err := aci.Inspect(io.TeeReader(safeio.WithContext(ctx, f), validated))
-	if err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("signing %s interrupted; nothing was written: %w", path, context.Cause(ctx))
-		}
-		return fmt.Errorf("inspecting %s: %w", path, err)
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
-	var sig bytes.Buffer
-	err = sign.Detached(&sig, key, io.TeeReader(safeio.WithContext(ctx, f), signed), sign.WithImage(info.Manifest.Name.String(), info.ImageID))
-	if ctx.Err() != nil {
-		return fmt.Errorf("signing %s interrupted; nothing was written: %w", path, context.Cause(ctx))
-	}
-	if err != nil {
-		return err
-	}
-	if !bytes.Equal(validated.Sum(nil), signed.Sum(nil)) {
-		return fmt.Errorf("%s changed while it was being signed; nothing was written: sign it again once nothing writes to it", path)
-	}
-	if err := writeFileAtomic(asc, sig.Bytes(), 0o644, true); err != nil {
-		return fmt.Errorf("writing %s: %w", asc, err)
-	}
-	return nil
-}
-
 // buildSignFlags are build's signing flags.
 func buildSignFlags() []cli.Flag {
 	return append([]cli.Flag{&cli.BoolFlag{Name: "sign", Usage: "sign the image (needs --key or NIX2ACI_SIGNING_KEY)"}}, signingKeyFlags()...)
@@ -122,7 +65,7 @@ func buildSignFlags() []cli.Flag {
 // buildSigner returns the function that signs a built image, or nil
 // without --sign. It loads the key at once, so that a wrong passphrase
 // fails before the build.
-func buildSigner(c *cli.Context) (imageSigner, error) {
+func buildSigner(c *cli.Context) (*pipeline.Signer, error) {
 	if !c.Bool("sign") {
 		if c.String("key") != "" {
 			return nil, usagef("--key is given without --sign: add --sign to sign the image")
@@ -133,7 +76,7 @@ func buildSigner(c *cli.Context) (imageSigner, error) {
 	if err != nil {
 		return nil, err
 	}
-	return func(ctx context.Context, path, asc string) error { return signImage(ctx, key, path, asc) }, nil
+	return pipeline.KeySigner(key), nil
 }
 
 func verifyCommand() *cli.Command {
@@ -208,7 +151,7 @@ func runVerify(c *cli.Context) error {
 		return &sign.VerifyError{Reason: sign.ReasonMalformed, Msg: fmt.Sprintf("cannot read the signature: %v", err)}
 	}
 	defer sigFile.Close()
-	f, err := openImage(image)
+	f, err := pipeline.OpenImage(image)
 	if err != nil {
 		return err
 	}

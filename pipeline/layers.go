@@ -1,0 +1,271 @@
+package pipeline
+
+import (
+	"encoding/json"
+	"errors"
+	"math/bits"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/nix2aci/nix2aci/internal/safeio"
+	"github.com/nix2aci/nix2aci/manifest"
+	"github.com/nix2aci/nix2aci/nixstore"
+)
+
+// DefaultMaxLayers is the layer budget when a request sets none: as many
+// dependencies as nixpkgs' buildLayeredImage makes layers by default.
+const DefaultMaxLayers = 100
+
+// PlanLayers chooses the store paths of g that become layers: at most
+// maxLayers of them, never one of keep (the target's own packages), the
+// most popular first (see the package doc). It returns the layers' paths
+// and the paths that stay in the app image, both sorted by path.
+func PlanLayers(g *nixstore.Graph, keep []string, maxLayers int) (layers, rest []nixstore.PathInfo) {
+	pop := popularity(g)
+	kept := map[string]bool{}
+	for _, k := range keep {
+		kept[k] = true
+	}
+	var cands []int
+	for i, p := range g.Paths {
+		if !kept[p.Path] {
+			cands = append(cands, i)
+		}
+	}
+	sort.SliceStable(cands, func(a, b int) bool {
+		pa, pb := g.Paths[cands[a]], g.Paths[cands[b]]
+		if pop[cands[a]] != pop[cands[b]] {
+			return pop[cands[a]] > pop[cands[b]]
+		}
+		if pa.NarSize != pb.NarSize {
+			return pa.NarSize > pb.NarSize
+		}
+		return pa.Path < pb.Path
+	})
+	chosen := map[int]bool{}
+	for _, i := range cands[:min(len(cands), max(maxLayers, 0))] {
+		chosen[i] = true
+	}
+	for i, p := range g.Paths {
+		if chosen[i] {
+			layers = append(layers, p)
+		} else {
+			rest = append(rest, p)
+		}
+	}
+	return layers, rest
+}
+
+// popularity returns, for each path of g, how many paths of g reach it by
+// references (itself included). Reachability sets are bitsets, filled in
+// one pass over the paths in reverse topological order; a graph too large
+// for them (more than 20,000 paths: 50 MB of bits) falls back to counting
+// direct referrers.
+func popularity(g *nixstore.Graph) []int {
+	n := len(g.Paths)
+	index := make(map[string]int, n)
+	for i, p := range g.Paths {
+		index[p.Path] = i
+	}
+	refs := make([][]int, n)
+	for i, p := range g.Paths {
+		for _, r := range p.References {
+			if j, ok := index[r]; ok && j != i {
+				refs[i] = append(refs[i], j)
+			}
+		}
+	}
+	pop := make([]int, n)
+	if n > 20000 {
+		for i := range refs {
+			pop[i]++
+			for _, j := range refs[i] {
+				pop[j]++
+			}
+		}
+		return pop
+	}
+	// reach[i] is the set of paths that reach i. A path's reachers are
+	// its referrers and theirs: visit referrers before what they refer to.
+	words := (n + 63) / 64
+	reach := make([]uint64, n*words)
+	referrers := make([][]int, n)
+	indeg := make([]int, n)
+	for i := range refs {
+		for _, j := range refs[i] {
+			referrers[j] = append(referrers[j], i)
+			indeg[j]++
+		}
+	}
+	queue := []int{}
+	for i := range indeg {
+		if indeg[i] == 0 {
+			queue = append(queue, i)
+		}
+	}
+	for len(queue) > 0 {
+		i := queue[0]
+		queue = queue[1:]
+		set := reach[i*words : (i+1)*words]
+		set[i/64] |= 1 << (i % 64)
+		for _, j := range refs[i] {
+			dst := reach[j*words : (j+1)*words]
+			for w := range dst {
+				dst[w] |= set[w]
+			}
+			if indeg[j]--; indeg[j] == 0 {
+				queue = append(queue, j)
+			}
+		}
+	}
+	for i := range pop {
+		set := reach[i*words : (i+1)*words]
+		set[i/64] |= 1 << (i % 64) // a path in a cycle was never queued
+		for _, w := range set {
+			pop[i] += bits.OnesCount64(w)
+		}
+	}
+	return pop
+}
+
+// LayerName returns the image name of the layer holding storePath under
+// prefix: PREFIX/<the path's name as an AC Identifier>. The store hash is
+// the layer's version label.
+func LayerName(prefix, storePath string) (string, error) {
+	part := nixstore.NamePart(storePath)
+	id, err := manifest.Identifier(part)
+	if err != nil {
+		id = "path"
+	}
+	name := prefix + "/" + string(id)
+	return name, manifest.CheckIdentifier(name)
+}
+
+// DefaultLayerPrefix is where an app's layers are named when the request
+// names no prefix: the app name's first component (its host, for
+// discovery) followed by /nix.
+func DefaultLayerPrefix(appName string) string {
+	host, _, _ := strings.Cut(appName, "/")
+	return host + "/nix"
+}
+
+// indexFile records, in an output directory, the layer files a build
+// wrote there, so that a later build can reuse them unread.
+const indexFile = ".nix2aci-layers.json"
+
+// maxIndexSize bounds what is read of the index.
+const maxIndexSize = 16 << 20
+
+type layerIndex struct {
+	Layers map[string]indexEntry `json:"layers"`
+}
+
+// indexEntry is what was true of a layer file (and its signature) right
+// after a build moved it into place.
+type indexEntry struct {
+	ImageID  string   `json:"imageID"`
+	Size     int64    `json:"size"`
+	File     fileStat `json:"file"`
+	SignedBy string   `json:"signedBy,omitempty"` // the signing key's fingerprint
+	Sig      fileStat `json:"sig,omitempty"`
+}
+
+type fileStat struct {
+	Size  int64  `json:"size"`
+	Ino   uint64 `json:"ino"`
+	Dev   uint64 `json:"dev"`
+	Mtime int64  `json:"mtime"`
+	Ctime int64  `json:"ctime"`
+}
+
+func statOf(path string) (fileStat, bool) {
+	fi, err := os.Lstat(path)
+	if err != nil || !fi.Mode().IsRegular() {
+		return fileStat{}, false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileStat{}, false
+	}
+	return fileStat{Size: fi.Size(), Ino: st.Ino, Dev: uint64(st.Dev), Mtime: st.Mtim.Nano(), Ctime: st.Ctim.Nano()}, true
+}
+
+// readIndex reads dir's layer index; a missing, damaged or hostile one
+// reads as empty (every layer is then written again).
+func readIndex(dir string) *layerIndex {
+	idx := &layerIndex{Layers: map[string]indexEntry{}}
+	data, err := safeio.ReadFile(filepath.Join(dir, indexFile), maxIndexSize)
+	if err != nil {
+		return idx
+	}
+	var got layerIndex
+	if json.Unmarshal(data, &got) != nil {
+		return idx
+	}
+	for name, e := range got.Layers {
+		if isPlainACIName(name) && strings.HasPrefix(e.ImageID, "sha512-") && len(e.ImageID) == 7+128 {
+			idx.Layers[name] = e
+		}
+	}
+	return idx
+}
+
+func isPlainACIName(name string) bool {
+	return name != "" && filepath.Base(name) == name && filepath.IsLocal(name) && !strings.HasPrefix(name, ".") && strings.HasSuffix(name, ".aci")
+}
+
+// reusable returns the image ID of dir/name if the index vouches for the
+// file as it is now (and, when signer is not empty, for a signature of it
+// by that key).
+func (idx *layerIndex) reusable(dir, name, signer string) (indexEntry, bool) {
+	e, ok := idx.Layers[name]
+	if !ok {
+		return e, false
+	}
+	if st, ok := statOf(filepath.Join(dir, name)); !ok || st != e.File {
+		return e, false
+	}
+	if signer != "" {
+		if e.SignedBy != signer {
+			return e, false
+		}
+		if st, ok := statOf(filepath.Join(dir, name+".asc")); !ok || st != e.Sig {
+			return e, false
+		}
+	}
+	return e, true
+}
+
+// record notes the files just moved into dir, re-reading the index on
+// disk first (another build may have added to it) and replacing it
+// atomically. The caller holds dir's lock.
+func recordLayers(dir string, written map[string]indexEntry) error {
+	idx := readIndex(dir)
+	for name, e := range written {
+		st, ok := statOf(filepath.Join(dir, name))
+		if !ok {
+			continue
+		}
+		e.File = st
+		if e.SignedBy != "" {
+			if e.Sig, ok = statOf(filepath.Join(dir, name+".asc")); !ok {
+				e.SignedBy = ""
+			}
+		}
+		idx.Layers[name] = e
+	}
+	// Forget files that are gone.
+	for name := range idx.Layers {
+		if _, err := os.Lstat(filepath.Join(dir, name)); errors.Is(err, os.ErrNotExist) {
+			delete(idx.Layers, name)
+		}
+	}
+	data, err := json.MarshalIndent(idx, "", " ")
+	if err != nil {
+		return err
+	}
+	return safeio.WriteFileAtomic(filepath.Join(dir, indexFile), data, 0o644)
+}

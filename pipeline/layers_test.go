@@ -1,0 +1,145 @@
+package pipeline
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/nix2aci/nix2aci/nixstore"
+)
+
+func sp(name string) string { return "/nix/store/" + strings.Repeat(name[:1], 32) + "-" + name }
+
+// graph builds a closure from "path: references" pairs.
+func graph(edges map[string][]string, sizes map[string]int64) *nixstore.Graph {
+	g := &nixstore.Graph{}
+	for p, refs := range edges {
+		info := nixstore.PathInfo{Path: sp(p), NarSize: sizes[p]}
+		for _, r := range refs {
+			info.References = append(info.References, sp(r))
+		}
+		g.Paths = append(g.Paths, info)
+	}
+	sortPaths(g)
+	return g
+}
+
+func sortPaths(g *nixstore.Graph) {
+	for i := range g.Paths {
+		for j := i + 1; j < len(g.Paths); j++ {
+			if g.Paths[j].Path < g.Paths[i].Path {
+				g.Paths[i], g.Paths[j] = g.Paths[j], g.Paths[i]
+			}
+		}
+	}
+}
+
+func names(ps []nixstore.PathInfo) string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, nixstore.NamePart(p.Path))
+	}
+	return strings.Join(out, " ")
+}
+
+func TestPlanLayersPrefersDeepPaths(t *testing.T) {
+	// app -> web -> ssl -> libc, app -> libc, app -> zlib -> libc
+	edges := map[string][]string{"app": {"web", "libc", "zlib"}, "web": {"ssl"}, "ssl": {"libc"}, "zlib": {"libc"}, "libc": {"libc"}}
+	sizes := map[string]int64{"web": 10, "ssl": 30, "zlib": 20, "libc": 5}
+	g := graph(edges, sizes)
+	pop := popularity(g)
+	want := map[string]int{"app": 1, "web": 2, "ssl": 3, "zlib": 2, "libc": 5}
+	for i, p := range g.Paths {
+		if n := nixstore.NamePart(p.Path); pop[i] != want[n] {
+			t.Errorf("popularity of %s: %d, want %d", n, pop[i], want[n])
+		}
+	}
+	for _, tc := range []struct {
+		budget      int
+		layers, app string
+	}{
+		{1, "libc", "app ssl web zlib"},
+		{2, "libc ssl", "app web zlib"},
+		{3, "libc ssl zlib", "app web"}, // zlib and web tie; zlib is larger
+		{10, "libc ssl web zlib", "app"},
+	} {
+		layers, rest := PlanLayers(g, []string{sp("app")}, tc.budget)
+		if got := names(layers); got != tc.layers {
+			t.Errorf("budget %d: layers %q, want %q", tc.budget, got, tc.layers)
+		}
+		if got := names(rest); got != tc.app {
+			t.Errorf("budget %d: app image %q, want %q", tc.budget, got, tc.app)
+		}
+	}
+	// Another app on the same libraries: libc comes first whatever sits
+	// above it.
+	other := graph(map[string][]string{"cli": {"libc", "zlib"}, "zlib": {"libc"}, "libc": nil}, nil)
+	if layers, _ := PlanLayers(other, []string{sp("cli")}, 1); names(layers) != "libc" {
+		t.Errorf("other app's first layer: %s", names(layers))
+	}
+}
+
+func TestLayerNames(t *testing.T) {
+	for in, want := range map[string]string{
+		"/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-glibc-2.36":          "example.com/nix/glibc-2.36",
+		"/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-Foo_Bar+baz-1.0":     "example.com/nix/foo_bar-baz-1.0",
+		"/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-python3.11-requests": "example.com/nix/python3.11-requests",
+	} {
+		if got, err := LayerName("example.com/nix", in); err != nil || got != want {
+			t.Errorf("LayerName(%s) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	if DefaultLayerPrefix("example.com/app") != "example.com/nix" || DefaultLayerPrefix("busybox") != "busybox/nix" {
+		t.Error("default layer prefix")
+	}
+}
+
+// The layer index is read as hostile input: names that are not plain
+// .aci file names, damaged JSON, a huge file or a FIFO make it empty (so
+// layers are written again), never a path outside the directory.
+func TestLayerIndexIsUntrusted(t *testing.T) {
+	dir := t.TempDir()
+	id := "sha512-" + strings.Repeat("0", 128)
+	write := func(s string) {
+		os.Remove(filepath.Join(dir, indexFile))
+		if err := os.WriteFile(filepath.Join(dir, indexFile), []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`{"layers":{"../evil.aci":{"imageID":"` + id + `"},"/etc/x.aci":{"imageID":"` + id + `"},"ok.aci":{"imageID":"` + id + `"},"bad.aci":{"imageID":"md5-1"}}}`)
+	idx := readIndex(dir)
+	if len(idx.Layers) != 1 || idx.Layers["ok.aci"].ImageID != id {
+		t.Errorf("index kept %v", idx.Layers)
+	}
+	for _, s := range []string{"{", strings.Repeat(" ", maxIndexSize+1)} {
+		write(s)
+		if len(readIndex(dir).Layers) != 0 {
+			t.Errorf("a damaged or huge index was read")
+		}
+	}
+	os.Remove(filepath.Join(dir, indexFile))
+	if err := syscall.Mkfifo(filepath.Join(dir, indexFile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if len(readIndex(dir).Layers) != 0 { // and it returned: no blocking
+		t.Error("a FIFO index was read")
+	}
+	// A recorded file that changed is not reused.
+	os.Remove(filepath.Join(dir, indexFile))
+	os.WriteFile(filepath.Join(dir, "l.aci"), []byte("layer"), 0o644)
+	if err := recordLayers(dir, map[string]indexEntry{"l.aci": {ImageID: id, Size: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := readIndex(dir).reusable(dir, "l.aci", ""); !ok {
+		t.Fatal("an untouched layer is not reused")
+	}
+	if _, ok := readIndex(dir).reusable(dir, "l.aci", "FINGERPRINT"); ok {
+		t.Error("an unsigned layer was reused for a signed build")
+	}
+	os.WriteFile(filepath.Join(dir, "l.aci"), []byte("LAYER"), 0o644)
+	if _, ok := readIndex(dir).reusable(dir, "l.aci", ""); ok {
+		t.Error("a rewritten layer was reused")
+	}
+}
