@@ -39,7 +39,8 @@ type Request struct {
 	// Name overrides the recipe's image name; it must be an AC Identifier.
 	Name string
 	// Recipes is a directory of recipes overriding the built-in ones.
-	Recipes     string
+	Recipes string
+	// Compression is gzip when empty.
 	Compression aci.Compression
 	Level, Jobs int
 	// CacheDir is the cache of compressed store paths ("" for none);
@@ -109,6 +110,9 @@ func Build(ctx context.Context, r Request) (*Result, error) {
 	}
 	if b.OutDir == "" {
 		b.OutDir = "ACIs"
+	}
+	if b.Compression == "" {
+		b.Compression = aci.Gzip
 	}
 	if b.Warn == nil {
 		b.Warn = func(string) {}

@@ -123,7 +123,7 @@ func runBuild(c *cli.Context) error {
 				reused++
 			}
 		}
-		fmt.Fprintf(stderr, "%d layers (%d reused), listed in rendering order in %s\n", len(out.Layers), reused, out.Deps)
+		fmt.Fprintf(stderr, "%d %s (%d reused), listed in rendering order in %s\n", len(out.Layers), plural(len(out.Layers), "layer", "layers"), reused, out.Deps)
 		fmt.Fprintf(stderr, "run it with: (cd %s && sudo rkt fetch $(cat %s)) && sudo rkt run %s\n", filepath.Dir(out.Deps), filepath.Base(out.Deps), out.ACI)
 		fmt.Fprintf(stderr, "or publish it: nix2aci publish --out SITE --base-url URL %s\n", filepath.Dir(out.ACI))
 	}
@@ -342,4 +342,11 @@ func (b *progressBar) done() {
 	if b != nil && b.shown {
 		fmt.Fprint(b.w, "\r\033[K")
 	}
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }

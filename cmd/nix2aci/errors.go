@@ -9,6 +9,8 @@ import (
 	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
+	"github.com/nix2aci/nix2aci/pipeline"
+	"github.com/nix2aci/nix2aci/publish"
 	"github.com/nix2aci/nix2aci/sign"
 )
 
@@ -32,6 +34,8 @@ var exitCodes = []struct {
 	{func(err error) bool { var i interrupted; return errors.As(err, &i) }, exitInterrupted},
 	{func(err error) bool { var u usageError; return errors.As(err, &u) }, exitUsage},
 	{func(err error) bool { var n *manifest.NameError; return errors.As(err, &n) }, exitUsage},
+	{func(err error) bool { var u *pipeline.UsageError; return errors.As(err, &u) }, exitUsage},
+	{func(err error) bool { var u *publish.UsageError; return errors.As(err, &u) }, exitUsage},
 	{func(err error) bool { var r *manifest.RktArgsError; return errors.As(err, &r) }, exitVerify},
 	{func(err error) bool { var p *sign.PrefixError; return errors.As(err, &p) }, exitUsage},
 	{func(err error) bool { var v *sign.VerifyError; return errors.As(err, &v) }, exitVerify},

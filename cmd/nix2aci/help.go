@@ -62,7 +62,11 @@ var commandDocs = map[string]struct {
 	"sign":         {[]string{"nix2aci sign result.aci --key key.asc", "NIX2ACI_SIGNING_KEY=\"$(cat key.asc)\" nix2aci sign ACIs/app-1.0-linux-amd64.aci"}, []string{"NIX2ACI_SIGNING_KEY", "NIX2ACI_KEY_PASSPHRASE"}},
 	"verify":       {[]string{"nix2aci verify result.aci --trust-dir /etc/rkt/trustedkeys", "nix2aci verify X.aci --keyring pub.asc --json", "nix2aci verify X.aci --trust-dir trust --rkt-args X.rkt-args"}, nil},
 	"trust":        {[]string{"nix2aci trust --prefix example.com pub.asc --trust-dir trust", "sudo nix2aci trust --root pub.asc"}, nil},
-	"version":      {[]string{"nix2aci version", "nix2aci --version"}, nil},
+	"publish": {[]string{
+		"nix2aci publish --out site --base-url https://example.com/acis --key key.asc ACIs",
+		"nix2aci publish --out site --base-url https://example.com/acis --public-key pub.asc signed/*.aci",
+	}, []string{"NIX2ACI_SIGNING_KEY", "NIX2ACI_KEY_PASSPHRASE"}},
+	"version": {[]string{"nix2aci version", "nix2aci --version"}, nil},
 	"completion": {[]string{
 		"source <(nix2aci completion bash)            # in ~/.bashrc",
 		"nix2aci completion zsh > ~/.zsh/nix2aci.zsh  # source it from ~/.zshrc",

@@ -94,6 +94,7 @@ func newApp() *cli.App {
 			signCommand(),
 			verifyCommand(),
 			trustCommand(),
+			publishCommand(),
 			versionCommand(),
 			completionCommand(),
 			manCommand(),

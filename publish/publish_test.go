@@ -1,0 +1,253 @@
+package publish_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/ProtonMail/go-crypto/openpgp"
+	"github.com/appc/spec/discovery"
+	"github.com/appc/spec/schema/types"
+
+	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/pipeline"
+	"github.com/nix2aci/nix2aci/publish"
+	"github.com/nix2aci/nix2aci/sign"
+)
+
+// server serves dir on a loopback port of its own, as a static web server
+// or object store would.
+func server(t *testing.T, dir string) (base string, port uint) {
+	srv := httptest.NewServer(http.FileServer(http.Dir(dir)))
+	t.Cleanup(srv.Close)
+	_, p, _ := net.SplitHostPort(strings.TrimPrefix(srv.URL, "http://"))
+	n, _ := strconv.Atoi(p)
+	return srv.URL, uint(n)
+}
+
+func build(t *testing.T, app, out string, signer *pipeline.Signer) *pipeline.Result {
+	t.Helper()
+	if _, err := exec.LookPath("nix-build"); err != nil {
+		t.Fatal("nix-build not found: run the tests with scripts/test, which installs what they need")
+	}
+	target, _ := filepath.Abs(filepath.Join("testdata", app+".nix"))
+	res, err := pipeline.Build(context.Background(), pipeline.Request{Target: target, Kind: pipeline.Layered, Name: "127.0.0.1/" + app, OutDir: out, Signer: signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+func get(t *testing.T, url string) []byte {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// fetch does what rkt fetch NAME does with appc's own discovery client:
+// discover the image's endpoints, download image and signature, check the
+// signature against the keys trust holds, then fetch every dependency the
+// same way by its name and labels and check it is the image ID the
+// manifest pins. It returns the files, written into dir.
+func fetch(t *testing.T, port uint, name string, labels map[types.ACIdentifier]string, trust *sign.Trust, dir string, pinned string) {
+	t.Helper()
+	app, err := discovery.NewApp(name, labels)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps, attempts, err := discovery.DiscoverACIEndpoints(*app, nil, discovery.InsecureHTTP, port)
+	if err != nil || len(eps) == 0 {
+		t.Fatalf("discovering %s: %v %v", name, err, attempts)
+	}
+	img, sig := get(t, eps[0].ACI), get(t, eps[0].ASC)
+	v, err := sign.VerifyWith(bytes.NewReader(img), bytes.NewReader(sig), trust, sign.VerifyOptions{Full: true})
+	if err != nil {
+		t.Fatalf("%s from %s: %v", name, eps[0].ACI, err)
+	}
+	if pinned != "" && v.ImageID != pinned {
+		t.Fatalf("dependency %s: fetched image ID %s, the app pins %s", name, v.ImageID, pinned)
+	}
+	if err := os.WriteFile(filepath.Join(dir, filepath.Base(eps[0].ACI)), img, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range v.Manifest.Dependencies {
+		l := map[types.ACIdentifier]string{}
+		for _, lb := range d.Labels {
+			l[lb.Name] = lb.Value
+		}
+		fetch(t, port, d.ImageName.String(), l, trust, dir, d.ImageID.String())
+	}
+}
+
+func keyOf(t *testing.T) *openpgp.Entity {
+	key, err := sign.GenerateKey(sign.KeyOptions{Name: "Publisher", Email: "pub@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+func TestPublishedTreeIsDiscoverable(t *testing.T) {
+	work := t.TempDir()
+	site := filepath.Join(work, "site")
+	os.MkdirAll(site, 0o755)
+	baseURL, port := server(t, site)
+	key := keyOf(t)
+
+	// Built unsigned, signed while published.
+	out1 := filepath.Join(work, "out1")
+	res := build(t, "app1", out1, nil)
+	rep, err := publish.Publish(context.Background(), mustExpand(t, out1), publish.Options{Site: site, BaseURL: baseURL + "/acis", Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Images) != 1+len(res.Layers) || len(rep.Prefixes) != 1 || rep.Prefixes[0] != "127.0.0.1" {
+		t.Fatalf("published %+v", rep)
+	}
+
+	// rkt trust --prefix: the key is found by discovery.
+	app, _ := discovery.NewAppFromString("127.0.0.1/app1")
+	keys, _, err := discovery.DiscoverPublicKeys(*app, nil, discovery.InsecureHTTP, port)
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("public keys: %v %v", keys, err)
+	}
+	found, err := sign.ReadKey(bytes.NewReader(get(t, keys[0])))
+	if err != nil || sign.Fingerprint(found) != sign.Fingerprint(key) {
+		t.Fatalf("discovered key: %v", err)
+	}
+	trust := sign.NewTrust()
+	trust.AddPrefix("127.0.0.1", found)
+
+	// rkt fetch 127.0.0.1/app1:1.0, with its layers.
+	got := filepath.Join(work, "fetched")
+	os.MkdirAll(got, 0o755)
+	fetch(t, port, "127.0.0.1/app1", map[types.ACIdentifier]string{"version": "1.0", "os": "linux", "arch": "amd64"}, trust, got, "")
+	ents, _ := os.ReadDir(got)
+	if len(ents) != 3 {
+		t.Errorf("fetched %d images, want the app and 2 layers", len(ents))
+	}
+	// Rendered as rkt renders them, they run.
+	runApp(t, got, filepath.Join(got, "app1-1.0-linux-amd64.aci"), "app1 1.0 reads: foo data")
+
+	// Publishing again adds: app2, built and signed elsewhere, published
+	// with the public key only; app1 stays as it was.
+	out2 := filepath.Join(work, "out2")
+	build(t, "app2", out2, pipeline.KeySigner(key))
+	if _, err := publish.Publish(context.Background(), mustExpand(t, out2), publish.Options{Site: site, BaseURL: baseURL + "/acis", PublicKey: found}); err != nil {
+		t.Fatal(err)
+	}
+	got2 := filepath.Join(work, "fetched2")
+	os.MkdirAll(got2, 0o755)
+	fetch(t, port, "127.0.0.1/app2", map[types.ACIdentifier]string{"version": "1.0", "os": "linux", "arch": "amd64"}, trust, got2, "")
+	fetch(t, port, "127.0.0.1/app1", map[types.ACIdentifier]string{"version": "1.0", "os": "linux", "arch": "amd64"}, trust, got2, "")
+	page := string(get(t, baseURL+"/"))
+	for _, want := range []string{"127.0.0.1/app1:1.0", "127.0.0.1/app2:1.0", `name="ac-discovery-pubkeys"`} {
+		if !strings.Contains(page, want) {
+			t.Errorf("index.html lacks %s", want)
+		}
+	}
+}
+
+func runApp(t *testing.T, deps, image, want string) {
+	t.Helper()
+	run, _ := filepath.Abs("../scripts/bwrap-run")
+	out, err := exec.Command(run, "--deps", deps, image).CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != want {
+		t.Fatalf("running %s: %v\n%s", image, err, out)
+	}
+}
+
+func mustExpand(t *testing.T, args ...string) []string {
+	imgs, err := publish.Expand(args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return imgs
+}
+
+// Bad requests fail before anything is written.
+func TestPublishRefuses(t *testing.T) {
+	work := t.TempDir()
+	key := keyOf(t)
+	out := filepath.Join(work, "out")
+	build(t, "app1", out, nil)
+	imgs := mustExpand(t, out)
+	for _, tc := range []struct {
+		name, base string
+		o          func(*publish.Options)
+		want       string
+	}{
+		{"ftp base URL", "ftp://example.com/acis", nil, "not an http(s) URL"},
+		{"query", "https://example.com/acis?x=1", nil, "has a query"},
+		{"dot-dot", "https://example.com/a/../acis", nil, "not canonical"},
+		{"no key", "https://example.com/acis", func(o *publish.Options) { o.Key = nil }, "needs the key rkt will trust"},
+		{"unsigned with a public key only", "https://example.com/acis", func(o *publish.Options) { o.Key, o.PublicKey = nil, key }, "is not signed"},
+	} {
+		site := filepath.Join(work, "site-"+strings.ReplaceAll(tc.name, " ", "-"))
+		o := publish.Options{Site: site, BaseURL: tc.base, Key: key}
+		if tc.o != nil {
+			tc.o(&o)
+		}
+		_, err := publish.Publish(context.Background(), imgs, o)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v; want %q", tc.name, err, tc.want)
+		}
+		if ents, _ := os.ReadDir(site); len(ents) != 0 {
+			t.Errorf("%s: the site holds %d files", tc.name, len(ents))
+		}
+	}
+	// A signature that does not verify with the published key.
+	other := keyOf(t)
+	signed := filepath.Join(work, "signed")
+	build(t, "app1", signed, pipeline.KeySigner(other))
+	_, err := publish.Publish(context.Background(), mustExpand(t, signed), publish.Options{Site: filepath.Join(work, "s2"), BaseURL: "https://example.com/acis", PublicKey: key})
+	if err == nil || !strings.Contains(err.Error(), "does not verify with the published key") {
+		t.Errorf("a signature by another key: %v", err)
+	}
+	// An altered image: refused whatever its signature says.
+	victim := imgs[0]
+	data, _ := os.ReadFile(victim)
+	if err := os.WriteFile(victim, append(data, "tail"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = publish.Publish(context.Background(), imgs, publish.Options{Site: filepath.Join(work, "s3"), BaseURL: "https://example.com/acis", Key: key})
+	if !aci.IsInvalid(err) {
+		t.Errorf("an altered image: %v", err)
+	}
+	// A site that publishes the prefix elsewhere already.
+	site := filepath.Join(work, "s4")
+	imgs = mustExpand(t, filepath.Join(work, "signed"))
+	if _, err := publish.Publish(context.Background(), imgs, publish.Options{Site: site, BaseURL: "https://example.com/acis", Key: key}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = publish.Publish(context.Background(), imgs, publish.Options{Site: site, BaseURL: "https://example.com/other", Key: key})
+	if err == nil || !strings.Contains(err.Error(), "publishes 127.0.0.1 at https://example.com/acis/") {
+		t.Errorf("another base URL for one prefix: %v", err)
+	}
+	// An unwritable site (as root, a path under a file).
+	os.WriteFile(filepath.Join(work, "file"), nil, 0o644)
+	_, err = publish.Publish(context.Background(), imgs, publish.Options{Site: filepath.Join(work, "file", "site"), BaseURL: "https://example.com/acis", Key: key})
+	if err == nil || !strings.Contains(err.Error(), "creating the site") {
+		t.Errorf("an unwritable site: %v", err)
+	}
+}

@@ -1,0 +1,1 @@
+import ./common.nix { app = "app2"; }
