@@ -12,6 +12,7 @@ require (
 	github.com/urfave/cli/v2 v2.27.5
 	github.com/xi2/xz v0.0.0-20171230120015-48954b6210f8
 	golang.org/x/crypto v0.58.0
+	golang.org/x/sync v0.19.0
 	golang.org/x/term v0.47.0
 )
 

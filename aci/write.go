@@ -207,9 +207,6 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 		out:   &countWriter{w: w},
 		total: Progress{TotalStorePaths: len(img.Closure.Paths), TotalBytes: img.Closure.NarSize()},
 	}
-	for i := 0; i < cap(b.free); i++ {
-		b.free <- make([]byte, 0, ChunkSize)
-	}
 
 	var wg sync.WaitGroup
 	fail := func(err error) {
@@ -231,6 +228,7 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 	close(b.sinkQ)
 	fail(perr)
 	wg.Wait()
+	b.recycle()
 	if err := context.Cause(ctx); err != nil {
 		return nil, err
 	}
@@ -275,6 +273,34 @@ type builder struct {
 	out         *countWriter
 	total       Progress
 	cachedPaths atomic.Int32
+	// allocated counts the chunk buffers taken from the pool, at most
+	// cap(free); only the producer touches it.
+	allocated int
+}
+
+// Buffers outlive a Write in these pools, so that many small images in a
+// row (the layers of a layered build) cost no more than one large one.
+var (
+	chunkPool = sync.Pool{New: func() any { b := make([]byte, 0, ChunkSize); return &b }}
+	outPool   = sync.Pool{New: func() any { return bytes.NewBuffer(make([]byte, 0, ChunkSize+ChunkSize/8)) }}
+	gzipPools [10]sync.Pool // by level
+)
+
+func getChunkBuf() []byte  { return (*chunkPool.Get().(*[]byte))[:0] }
+func putChunkBuf(b []byte) { b = b[:0]; chunkPool.Put(&b) }
+
+// recycle returns the buffers of a finished Write to the pools.
+func (b *builder) recycle() {
+	for {
+		select {
+		case buf := <-b.free:
+			putChunkBuf(buf)
+		case buf := <-b.outs:
+			outPool.Put(buf)
+		default:
+			return
+		}
+	}
 }
 
 // getOut returns an output buffer. Buffers live as long as the build, so
@@ -285,7 +311,9 @@ func (b *builder) getOut() *bytes.Buffer {
 		buf.Reset()
 		return buf
 	default:
-		return bytes.NewBuffer(make([]byte, 0, ChunkSize+ChunkSize/8))
+		buf := outPool.Get().(*bytes.Buffer)
+		buf.Reset()
+		return buf
 	}
 }
 
@@ -320,13 +348,15 @@ func (b *builder) hash(h io.Writer) int64 {
 // index, lengths, CRCs) can cost a recompression, never a wrong image.
 func (b *builder) compressLoop() error {
 	z := compressor{cfg: b.cfg}
+	defer z.release()
 	var scratch []byte
 	for c := range b.work {
 		buf := b.getOut()
 		var err error
 		if c.cached != nil {
 			if scratch == nil {
-				scratch = make([]byte, 0, ChunkSize)
+				scratch = getChunkBuf()
+				defer putChunkBuf(scratch)
 			}
 			c.hit = c.frag.readCached(c.index, c.data, buf, scratch)
 			if !c.hit {
@@ -353,13 +383,27 @@ type compressor struct {
 	gz  *gzip.Writer
 }
 
+// release returns the gzip state to its pool.
+func (z *compressor) release() {
+	if z.gz != nil {
+		z.gz.Reset(io.Discard)
+		gzipPools[z.cfg.level].Put(z.gz)
+		z.gz = nil
+	}
+}
+
 func (z *compressor) compress(buf *bytes.Buffer, data []byte) error {
 	switch z.cfg.compression {
 	case Gzip:
 		if z.gz == nil {
-			var err error
-			if z.gz, err = gzip.NewWriterLevel(buf, z.cfg.level); err != nil {
-				return err
+			if w, ok := gzipPools[z.cfg.level].Get().(*gzip.Writer); ok {
+				z.gz = w
+				z.gz.Reset(buf)
+			} else {
+				var err error
+				if z.gz, err = gzip.NewWriterLevel(buf, z.cfg.level); err != nil {
+					return err
+				}
 			}
 		} else {
 			z.gz.Reset(buf)
@@ -541,8 +585,17 @@ func (cw *chunker) Write(p []byte) (int, error) {
 		if cw.buf == nil {
 			select {
 			case cw.buf = <-cw.b.free:
-			case <-cw.b.ctx.Done():
-				return 0, context.Cause(cw.b.ctx)
+			default:
+				if cw.b.allocated < cap(cw.b.free) {
+					cw.b.allocated++
+					cw.buf = getChunkBuf()
+					break
+				}
+				select {
+				case cw.buf = <-cw.b.free:
+				case <-cw.b.ctx.Done():
+					return 0, context.Cause(cw.b.ctx)
+				}
 			}
 		}
 		k := copy(cw.buf[len(cw.buf):cap(cw.buf)], p)

@@ -5,8 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
+	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/manifest"
@@ -154,6 +158,8 @@ type build struct {
 	names, stale  []string
 	layersWritten map[string]indexEntry
 	index         *layerIndex
+	// mu guards the fields above and Progress, for layers written at once.
+	mu sync.Mutex
 }
 
 func (b *build) run(ctx context.Context) (*Result, error) {
@@ -250,15 +256,28 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 			prefix = DefaultLayerPrefix(im.Name.String())
 		}
 		layerPaths, rest := PlanLayers(g, t.StorePaths(), b.MaxLayers)
-		var deps []manifest.Dependency
-		var files []string
-		for _, p := range layerPaths {
-			l, dep, err := b.layer(ctx, prefix, spec.System, g, p)
-			if err != nil {
-				return nil, err
+		// Layers are written a few at a time: most are small, and one
+		// image's compression would leave cores idle.
+		images := make([]*Image, len(layerPaths))
+		deps := make([]manifest.Dependency, len(layerPaths))
+		eg, lctx := errgroup.WithContext(ctx)
+		eg.SetLimit(max(2, min(4, runtime.GOMAXPROCS(0))))
+		for i, paths := range layerPaths {
+			eg.Go(func() error {
+				var err error
+				images[i], deps[i], err = b.layer(lctx, prefix, spec.System, paths)
+				return err
+			})
+		}
+		if err := eg.Wait(); err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("build of %s interrupted; nothing was written: %w", fileName, context.Cause(ctx))
 			}
+			return nil, err
+		}
+		var files []string
+		for _, l := range images {
 			out.Layers = append(out.Layers, *l)
-			deps = append(deps, dep)
 			files = append(files, l.ACI)
 		}
 		if err := manifest.AddDependencies(im, deps); err != nil {
@@ -355,7 +374,11 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 func (b *build) write(ctx context.Context, name string, img aci.Image, created time.Time) (*aci.Result, error) {
 	opts := append(b.opts[:len(b.opts):len(b.opts)], aci.WithModTime(created))
 	if b.Progress != nil {
-		opts = append(opts, aci.WithProgress(func(p aci.Progress) { b.Progress(name, p) }))
+		opts = append(opts, aci.WithProgress(func(p aci.Progress) {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			b.Progress(name, p)
+		}))
 	}
 	res, err := aci.WriteFile(ctx, b.st.Path(name), img, opts...)
 	if err != nil {
@@ -364,7 +387,9 @@ func (b *build) write(ctx context.Context, name string, img aci.Image, created t
 		}
 		return nil, fmt.Errorf("writing %s: %w", b.st.Final(name), err)
 	}
+	b.mu.Lock()
 	b.names = append(b.names, name)
+	b.mu.Unlock()
 	return res, nil
 }
 
@@ -372,26 +397,30 @@ func (b *build) write(ctx context.Context, name string, img aci.Image, created t
 // whether it did); otherwise an old signature of name is stale.
 func (b *build) sign(ctx context.Context, name string) (bool, error) {
 	asc := name + ".asc"
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.Signer == nil {
 		b.stale = append(b.stale, asc) // it would sign the old image
 		return false, nil
 	}
-	if err := b.Signer.Sign(ctx, b.st.Path(name), b.st.Path(asc)); err != nil {
+	b.mu.Unlock()
+	err := b.Signer.Sign(ctx, b.st.Path(name), b.st.Path(asc))
+	b.mu.Lock()
+	if err != nil {
 		return false, err
 	}
 	b.names = append(b.names, asc)
 	return true, nil
 }
 
-// layer writes (or reuses) the layer image of store path p, returning it
+// layer writes (or reuses) the layer image of paths, returning it
 // (its files relative to the output directory) and the dependency that
 // names it.
-func (b *build) layer(ctx context.Context, prefix, system string, g *nixstore.Graph, p nixstore.PathInfo) (*Image, manifest.Dependency, error) {
-	name, err := LayerName(prefix, p.Path)
+func (b *build) layer(ctx context.Context, prefix, system string, paths []nixstore.PathInfo) (*Image, manifest.Dependency, error) {
+	name, version, err := LayerName(prefix, paths)
 	if err != nil {
-		return nil, manifest.Dependency{}, fmt.Errorf("layer of %s: %w", p.Path, err)
+		return nil, manifest.Dependency{}, fmt.Errorf("layer of %s: %w", paths[0].Path, err)
 	}
-	version := nixstore.HashPart(p.Path)
 	lm, err := manifest.NewLayer(name, version, system)
 	if err != nil {
 		return nil, manifest.Dependency{}, err
@@ -400,24 +429,25 @@ func (b *build) layer(ctx context.Context, prefix, system string, g *nixstore.Gr
 	if err != nil {
 		return nil, manifest.Dependency{}, err
 	}
-	l := &Image{ACI: file, Name: name, Version: version, StorePaths: 1}
+	l := &Image{ACI: file, Name: name, Version: version, StorePaths: len(paths)}
 	signer := ""
 	if b.Signer != nil {
 		signer = b.Signer.Fingerprint
 	}
-	if b.layersWritten == nil {
-		b.layersWritten = map[string]indexEntry{}
-	}
-	if prev, ok := b.layersWritten[file]; ok { // two paths, one file: impossible by hash
-		return nil, manifest.Dependency{}, fmt.Errorf("two layers would be written to %s (%s)", file, prev.ImageID)
-	}
-	if e, ok := readIndexOnce(b).reusable(b.OutDir, file, signer); ok {
+	b.mu.Lock()
+	e, reuse := readIndexOnce(b).reusable(b.OutDir, file, signer)
+	b.mu.Unlock()
+	if reuse {
 		l.ImageID, l.Size, l.Reused = e.ImageID, e.Size, true
 		if signer != "" {
 			l.Signature = file + ".asc"
 		}
 	} else {
-		res, err := b.write(ctx, file, aci.Image{Manifest: lm, Closure: &nixstore.Graph{Roots: []string{p.Path}, Paths: []nixstore.PathInfo{p}}}, time.Unix(0, 0))
+		roots := make([]string, len(paths))
+		for i, p := range paths {
+			roots[i] = p.Path
+		}
+		res, err := b.write(ctx, file, aci.Image{Manifest: lm, Closure: &nixstore.Graph{Roots: roots, Paths: paths}}, time.Unix(0, 0))
 		if err != nil {
 			return nil, manifest.Dependency{}, err
 		}
@@ -431,7 +461,12 @@ func (b *build) layer(ctx context.Context, prefix, system string, g *nixstore.Gr
 			l.Signature = file + ".asc"
 			e.SignedBy = signer
 		}
+		b.mu.Lock()
+		if b.layersWritten == nil {
+			b.layersWritten = map[string]indexEntry{}
+		}
 		b.layersWritten[file] = e
+		b.mu.Unlock()
 	}
 	labels := map[string]string{"version": version}
 	for _, k := range []string{"os", "arch"} {

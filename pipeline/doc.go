@@ -17,7 +17,7 @@
 //
 // # Layers
 //
-// A layer is one store path, written as an image of its own:
+// A layer is, as a rule, one store path, written as an image of its own:
 //
 //	name     PREFIX/<store path name, as an AC Identifier>
 //	labels   version=<store hash>, os, arch, kind=layer
@@ -27,17 +27,19 @@
 // only on that store path and the compression options: whichever app asks
 // for glibc, its layer is the same file with the same image ID, and a
 // registry, a build farm or rkt's store keeps it once. One path per layer
-// also makes the grouping stable without a model of which apps exist: a
-// rebuild after the app's own path changed rewrites only the app image.
+// also makes the grouping stable without a model of which apps exist.
 //
-// When the closure has more paths (besides the target's own packages) than
-// the layer budget (MaxLayers), the paths that become layers are the most
-// popular ones, as nixpkgs' buildLayeredImage ranks them: popularity is
-// how many paths of the closure reach a path (itself included), so deep
-// paths such as libc and shared libraries, which every app reaches through
-// many routes, are chosen first whatever the app; ties go to the larger
-// path, then to the store path's name. The rest stays in the app image
-// with the target's own packages and the symlink farm.
+// The app image keeps only the target's own packages and the symlink farm,
+// so a rebuild after the app's own path changed rewrites that small image
+// and nothing else. When the closure has more paths besides those than the
+// layer budget (MaxLayers), the MaxLayers-1 most popular get a layer each
+// and the rest share the last layer, PREFIX/group, whose version is a hash
+// of its store paths: it too depends only on its contents. Popularity is
+// ranked as nixpkgs' buildLayeredImage ranks it: how many paths of the
+// closure reach a path (itself included), so deep paths such as libc and
+// shared libraries, which every app reaches through many routes, get
+// layers of their own first whatever the app; ties go to the larger path,
+// then to the store path's name.
 //
 // A later build into the same output directory reuses a layer file it
 // wrote before, without reading it, when the file's size, inode, mtime

@@ -1,8 +1,11 @@
 package pipeline
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"io"
 	"math/bits"
 	"os"
 	"path/filepath"
@@ -19,11 +22,13 @@ import (
 // dependencies as nixpkgs' buildLayeredImage makes layers by default.
 const DefaultMaxLayers = 100
 
-// PlanLayers chooses the store paths of g that become layers: at most
-// maxLayers of them, never one of keep (the target's own packages), the
-// most popular first (see the package doc). It returns the layers' paths
-// and the paths that stay in the app image, both sorted by path.
-func PlanLayers(g *nixstore.Graph, keep []string, maxLayers int) (layers, rest []nixstore.PathInfo) {
+// PlanLayers groups the store paths of g, but keep (the target's own
+// packages), into at most maxLayers layers: when they fit, one layer per
+// path; otherwise the maxLayers-1 most popular paths (see the package doc)
+// get a layer each and the rest share the last one. It returns the layers
+// (single paths first, each sorted by path) and the paths that stay in the
+// app image (those of keep).
+func PlanLayers(g *nixstore.Graph, keep []string, maxLayers int) (layers [][]nixstore.PathInfo, rest []nixstore.PathInfo) {
 	pop := popularity(g)
 	kept := map[string]bool{}
 	for _, k := range keep {
@@ -31,9 +36,14 @@ func PlanLayers(g *nixstore.Graph, keep []string, maxLayers int) (layers, rest [
 	}
 	var cands []int
 	for i, p := range g.Paths {
-		if !kept[p.Path] {
+		if kept[p.Path] {
+			rest = append(rest, p)
+		} else {
 			cands = append(cands, i)
 		}
+	}
+	if maxLayers < 1 || len(cands) == 0 {
+		return nil, g.Paths
 	}
 	sort.SliceStable(cands, func(a, b int) bool {
 		pa, pb := g.Paths[cands[a]], g.Paths[cands[b]]
@@ -45,16 +55,22 @@ func PlanLayers(g *nixstore.Graph, keep []string, maxLayers int) (layers, rest [
 		}
 		return pa.Path < pb.Path
 	})
-	chosen := map[int]bool{}
-	for _, i := range cands[:min(len(cands), max(maxLayers, 0))] {
-		chosen[i] = true
+	singles := cands
+	var grouped []int
+	if len(cands) > maxLayers {
+		singles, grouped = cands[:maxLayers-1], cands[maxLayers-1:]
 	}
-	for i, p := range g.Paths {
-		if chosen[i] {
-			layers = append(layers, p)
-		} else {
-			rest = append(rest, p)
+	sort.Ints(singles)
+	for _, i := range singles {
+		layers = append(layers, []nixstore.PathInfo{g.Paths[i]})
+	}
+	if len(grouped) > 0 {
+		sort.Ints(grouped)
+		var group []nixstore.PathInfo
+		for _, i := range grouped {
+			group = append(group, g.Paths[i])
 		}
+		layers = append(layers, group)
 	}
 	return layers, rest
 }
@@ -131,17 +147,28 @@ func popularity(g *nixstore.Graph) []int {
 	return pop
 }
 
-// LayerName returns the image name of the layer holding storePath under
-// prefix: PREFIX/<the path's name as an AC Identifier>. The store hash is
-// the layer's version label.
-func LayerName(prefix, storePath string) (string, error) {
-	part := nixstore.NamePart(storePath)
-	id, err := manifest.Identifier(part)
-	if err != nil {
-		id = "path"
+// LayerName returns the image name and version of the layer holding
+// paths under prefix. A one-path layer is PREFIX/<the path's name as an AC
+// Identifier>, version its store hash; a group is PREFIX/group, version
+// the first 32 hex digits of the SHA-256 of its sorted store paths, one
+// per line. Either way they depend on nothing but the paths.
+func LayerName(prefix string, paths []nixstore.PathInfo) (name, version string, err error) {
+	if len(paths) == 1 {
+		id, err := manifest.Identifier(nixstore.NamePart(paths[0].Path))
+		if err != nil {
+			id = "path"
+		}
+		name = prefix + "/" + string(id)
+		version = nixstore.HashPart(paths[0].Path)
+	} else {
+		h := sha256.New()
+		for _, p := range paths {
+			io.WriteString(h, p.Path+"\n")
+		}
+		name = prefix + "/group"
+		version = hex.EncodeToString(h.Sum(nil))[:32]
 	}
-	name := prefix + "/" + string(id)
-	return name, manifest.CheckIdentifier(name)
+	return name, version, manifest.CheckIdentifier(name)
 }
 
 // DefaultLayerPrefix is where an app's layers are named when the request

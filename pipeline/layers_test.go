@@ -57,28 +57,44 @@ func TestPlanLayersPrefersDeepPaths(t *testing.T) {
 		}
 	}
 	for _, tc := range []struct {
-		budget      int
-		layers, app string
+		budget int
+		layers string
 	}{
-		{1, "libc", "app ssl web zlib"},
-		{2, "libc ssl", "app web zlib"},
-		{3, "libc ssl zlib", "app web"}, // zlib and web tie; zlib is larger
-		{10, "libc ssl web zlib", "app"},
+		{1, "[libc ssl web zlib]"},
+		{2, "libc [ssl web zlib]"},
+		{3, "libc ssl [web zlib]"}, // zlib and web tie; zlib is larger, but two are left
+		{4, "libc ssl web zlib"},
+		{10, "libc ssl web zlib"},
 	} {
 		layers, rest := PlanLayers(g, []string{sp("app")}, tc.budget)
-		if got := names(layers); got != tc.layers {
+		if got := layerNames(layers); got != tc.layers {
 			t.Errorf("budget %d: layers %q, want %q", tc.budget, got, tc.layers)
 		}
-		if got := names(rest); got != tc.app {
-			t.Errorf("budget %d: app image %q, want %q", tc.budget, got, tc.app)
+		if got := names(rest); got != "app" {
+			t.Errorf("budget %d: app image %q, want app", tc.budget, got)
 		}
 	}
 	// Another app on the same libraries: libc comes first whatever sits
 	// above it.
 	other := graph(map[string][]string{"cli": {"libc", "zlib"}, "zlib": {"libc"}, "libc": nil}, nil)
-	if layers, _ := PlanLayers(other, []string{sp("cli")}, 1); names(layers) != "libc" {
-		t.Errorf("other app's first layer: %s", names(layers))
+	if layers, _ := PlanLayers(other, []string{sp("cli")}, 2); layerNames(layers) != "libc zlib" {
+		t.Errorf("other app's layers: %s", layerNames(layers))
 	}
+	if layers, _ := PlanLayers(g, []string{sp("app")}, 3); layers[0][0].Path != sp("libc") || layers[1][0].Path != sp("ssl") {
+		t.Errorf("the most popular paths get layers of their own: %s", layerNames(layers))
+	}
+}
+
+func layerNames(ls [][]nixstore.PathInfo) string {
+	var out []string
+	for _, l := range ls {
+		if len(l) == 1 {
+			out = append(out, names(l))
+		} else {
+			out = append(out, "["+names(l)+"]")
+		}
+	}
+	return strings.Join(out, " ")
 }
 
 func TestLayerNames(t *testing.T) {
@@ -87,9 +103,18 @@ func TestLayerNames(t *testing.T) {
 		"/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-Foo_Bar+baz-1.0":     "example.com/nix/foo_bar-baz-1.0",
 		"/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-python3.11-requests": "example.com/nix/python3.11-requests",
 	} {
-		if got, err := LayerName("example.com/nix", in); err != nil || got != want {
-			t.Errorf("LayerName(%s) = %q, %v; want %q", in, got, err, want)
+		got, version, err := LayerName("example.com/nix", []nixstore.PathInfo{{Path: in}})
+		if err != nil || got != want || version != strings.Repeat("a", 32) {
+			t.Errorf("LayerName(%s) = %q, %q, %v; want %q", in, got, version, err, want)
 		}
+	}
+	group := []nixstore.PathInfo{{Path: sp("libc")}, {Path: sp("zlib")}}
+	name, v1, err := LayerName("example.com/nix", group)
+	if err != nil || name != "example.com/nix/group" || len(v1) != 32 {
+		t.Errorf("group layer: %q %q %v", name, v1, err)
+	}
+	if _, v2, _ := LayerName("example.com/nix", group[:1]); v2 == v1 {
+		t.Error("a group's version does not depend on its paths")
 	}
 	if DefaultLayerPrefix("example.com/app") != "example.com/nix" || DefaultLayerPrefix("busybox") != "busybox/nix" {
 		t.Error("default layer prefix")
