@@ -41,6 +41,7 @@ import (
 	"strings"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
+	"github.com/appc/spec/schema/types"
 
 	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/internal/safeio"
@@ -188,17 +189,18 @@ func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 	if pub == nil {
 		return nil, &UsageError{"publishing needs the key rkt will trust: --key KEY to sign the images, or --public-key PUB.asc for images signed already"}
 	}
-	if err := os.MkdirAll(o.Site, 0o755); err != nil {
-		return nil, fmt.Errorf("creating the site: %w", err)
-	}
-	root, err := os.OpenRoot(o.Site)
-	if err != nil {
-		return nil, fmt.Errorf("opening the site: %w", err)
-	}
-	defer root.Close()
-	st, err := readState(root)
-	if err != nil {
-		return nil, err
+	// An existing site's record is read now; a new site is created only
+	// once everything has been checked.
+	st := &site{Prefixes: map[string]*prefixState{}, Images: map[string]Published{}}
+	var root *os.Root
+	if fi, err := os.Stat(o.Site); err == nil && fi.IsDir() {
+		if root, err = os.OpenRoot(o.Site); err != nil {
+			return nil, fmt.Errorf("opening the site: %w", err)
+		}
+		defer root.Close()
+		if st, err = readState(root); err != nil {
+			return nil, err
+		}
 	}
 	dir := strings.TrimPrefix(base.Path, "/") // the image directory in the tree
 	fp := sign.Fingerprint(pub)
@@ -212,6 +214,7 @@ func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 	type job struct {
 		src, asc string
 		p        Published
+		deps     types.Dependencies
 	}
 	var jobs []job
 	for _, img := range images {
@@ -243,7 +246,7 @@ func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 		if ps, ok := st.Prefixes[host]; ok && ps.Template != tmpl {
 			return nil, &UsageError{fmt.Sprintf("the site publishes %s at %s already; publish with that base URL, or into another site", host, ps.Template)}
 		}
-		j := job{src: img, p: p}
+		j := job{src: img, p: p, deps: im.Dependencies}
 		if o.Key == nil {
 			j.asc = img + ".asc"
 			f, err := pipeline.OpenImage(img)
@@ -264,8 +267,25 @@ func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 		}
 		jobs = append(jobs, j)
 	}
+	var ps []Published
+	var deps []types.Dependencies
+	for _, j := range jobs {
+		ps, deps = append(ps, j.p), append(deps, j.deps)
+	}
+	if err := checkDependencies(ps, deps, st); err != nil {
+		return nil, err
+	}
 
 	// Write: images and signatures, the key, then the index.
+	if root == nil {
+		if err := os.MkdirAll(o.Site, 0o755); err != nil {
+			return nil, fmt.Errorf("creating the site: %w", err)
+		}
+		if root, err = os.OpenRoot(o.Site); err != nil {
+			return nil, fmt.Errorf("opening the site: %w", err)
+		}
+		defer root.Close()
+	}
 	var rep Report
 	stage, err := os.MkdirTemp(o.Site, ".nix2aci-publish-*")
 	if err != nil {
@@ -337,6 +357,39 @@ func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 	}
 	sort.Strings(rep.Prefixes)
 	return &rep, nil
+}
+
+// checkDependencies makes sure that every dependency of an image being
+// published is in the tree afterwards, as rkt will look for it: by name
+// and labels through the template, and then by image ID. A dependency
+// missing, or published with other bytes, would make rkt fetch fail.
+func checkDependencies(ps []Published, deps []types.Dependencies, st *site) error {
+	key := func(name, version, os, arch string) string {
+		return name + "\x00" + version + "\x00" + os + "\x00" + arch
+	}
+	have := map[string]string{}
+	for _, p := range st.Images {
+		have[key(p.Name, p.Version, p.OS, p.Arch)] = p.ImageID
+	}
+	for _, p := range ps {
+		have[key(p.Name, p.Version, p.OS, p.Arch)] = p.ImageID
+	}
+	for i, p := range ps {
+		for _, d := range deps[i] {
+			labels := map[string]string{"os": p.OS, "arch": p.Arch}
+			for _, l := range d.Labels {
+				labels[l.Name.String()] = l.Value
+			}
+			id, ok := have[key(d.ImageName.String(), labels["version"], labels["os"], labels["arch"])]
+			if !ok {
+				return fmt.Errorf("%s depends on %s (version %s), which is neither being published nor in the site; publish its layers too (the build's .deps file lists them, or give the build's output directory)", p.Name, safeio.Quote(d.ImageName.String()), safeio.Quote(labels["version"]))
+			}
+			if d.ImageID != nil && d.ImageID.String() != id {
+				return fmt.Errorf("%s depends on %s with image ID %s, but the one published has %s; publish the layers of the same build", p.Name, d.ImageName, d.ImageID, id)
+			}
+		}
+	}
+	return nil
 }
 
 func contains(list []string, s string) bool {

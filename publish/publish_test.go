@@ -244,6 +244,19 @@ func TestPublishRefuses(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "publishes 127.0.0.1 at https://example.com/acis/") {
 		t.Errorf("another base URL for one prefix: %v", err)
 	}
+	// A dependency published with other bytes than the app pins.
+	state := filepath.Join(site, ".nix2aci-site.json")
+	data, _ = os.ReadFile(state)
+	var layerID string
+	for _, l := range build(t, "app1", filepath.Join(work, "signed"), pipeline.KeySigner(other)).Layers {
+		layerID = l.ImageID
+	}
+	os.WriteFile(state, bytes.Replace(data, []byte(layerID), []byte("sha512-"+strings.Repeat("0", 128)), 1), 0o644)
+	app := filepath.Join(work, "signed", "app1-1.0-linux-amd64.aci")
+	_, err = publish.Publish(context.Background(), []string{app}, publish.Options{Site: site, BaseURL: "https://example.com/acis", Key: key})
+	if err == nil || !strings.Contains(err.Error(), "but the one published has sha512-000") {
+		t.Errorf("a dependency with another image ID: %v", err)
+	}
 	// An unwritable site (as root, a path under a file).
 	os.WriteFile(filepath.Join(work, "file"), nil, 0o644)
 	_, err = publish.Publish(context.Background(), imgs, publish.Options{Site: filepath.Join(work, "file", "site"), BaseURL: "https://example.com/acis", Key: key})

@@ -82,6 +82,6 @@ func runPublish(c *cli.Context) error {
 	for _, im := range rep.Images {
 		fmt.Fprintln(c.App.Writer, im.URL)
 	}
-	fmt.Fprintf(c.App.ErrWriter, "published %d images into %s for %v; trust the key with: sudo rkt trust --prefix %s\n", len(rep.Images), o.Site, rep.Prefixes, rep.Prefixes[0])
+	fmt.Fprintf(c.App.ErrWriter, "published %d %s into %s for %v; trust the key with: sudo rkt trust --prefix %s\n", len(rep.Images), plural(len(rep.Images), "image", "images"), o.Site, rep.Prefixes, rep.Prefixes[0])
 	return nil
 }
