@@ -294,3 +294,49 @@ func TestConcurrentBuildsInOneDirectory(t *testing.T) {
 		t.Error("staging directories left")
 	}
 }
+
+// A file the user may not read (an image, a signature, a key, a trust
+// store entry) is a clear error naming it, exit 1 or the command's own
+// code, never a hang or a crash. Run as nobody: root reads everything.
+func TestUnreadableFiles(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to become another user")
+	}
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("setpriv (util-linux) not found")
+	}
+	bin := binary(t)
+	dir, err := os.MkdirTemp("", "nix2aci-unreadable-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o777)
+	for _, name := range []string{"image.aci", "image.aci.asc", "key.asc", "pub.asc"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("secret"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	readable := filepath.Join(dir, "ok.aci")
+	os.WriteFile(readable, []byte("x"), 0o644)
+	os.WriteFile(readable+".asc", []byte("x"), 0o644)
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"inspect", "image.aci"}, 1, "image.aci: permission denied"},
+		{[]string{"verify", "image.aci", "--keyring", "pub.asc"}, 5, "pub.asc: permission denied"},
+		{[]string{"sign", "ok.aci", "--key", "key.asc"}, 5, "key.asc: permission denied"},
+		{[]string{"trust", "--prefix", "example.com", "pub.asc", "--trust-dir", "t"}, 5, "pub.asc: permission denied"},
+		{[]string{"publish", "--out", "site", "--base-url", "https://example.com/a", "--key", "key.asc", "ok.aci"}, 5, "key.asc: permission denied"},
+	} {
+		cmd := exec.Command("setpriv", append([]string{"--reuid=65534", "--regid=65534", "--clear-groups", bin}, tc.args...)...)
+		cmd.Dir = dir
+		cmd.Env = []string{"HOME=" + dir, "PATH=" + os.Getenv("PATH")}
+		out, _ := cmd.CombinedOutput()
+		if code := cmd.ProcessState.ExitCode(); code != tc.code || !strings.Contains(string(out), tc.want) {
+			t.Errorf("%v: exit %d, %q; want exit %d and %q", tc.args, code, out, tc.code, tc.want)
+		}
+	}
+}
