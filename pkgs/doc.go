@@ -1,9 +1,11 @@
 // Package pkgs resolves what `nix2aci build TARGET` names into packages and
 // image settings.
 //
-// A target is, in this order: a store path (or a link to one, like a
-// nix-build "result"); a .nix file; the name of a recipe; or a nixpkgs
-// attribute. A recipe is a Nix file, a function of { pkgs } returning an
+// A target is, in this order: a flake output (.#app, path:/dir#pkg,
+// github:owner/repo#pkg: anything with a "#", built with nix build as it
+// resolves it, flakes enabled for the call); a store path (or a link to
+// one, like a nix-build "result"); a .nix file; the name of a recipe; or a
+// nixpkgs attribute. A recipe is a Nix file, a function of { pkgs } returning an
 // attribute set:
 //
 //	{ pkgs }: {

@@ -36,7 +36,7 @@ type Package struct {
 
 // Target is a resolved build target: its packages and image settings.
 type Target struct {
-	// Kind is "store-path", "file", "recipe" or "attr".
+	// Kind is "store-path", "file", "recipe", "attr" or "flake".
 	Kind string `json:"kind"`
 	// Offline is true when the offline package set stood in for nixpkgs.
 	Offline  bool          `json:"offline"`
@@ -93,6 +93,9 @@ func Resolve(ctx context.Context, target string, opts ...Option) (*Target, error
 	o := newOptions(opts)
 	if target == "" {
 		return nil, &NotFoundError{Target: target, Reason: "no target given: name a recipe (nix2aci pkgs list), a nixpkgs attribute, a /nix/store path or a .nix file"}
+	}
+	if IsFlakeRef(target) {
+		return o.flake(ctx, target)
 	}
 	// A store path, or a link into the store such as ./result.
 	if strings.HasPrefix(target, nixstore.StoreDir+"/") || isStoreLink(target) {
