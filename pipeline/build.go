@@ -42,6 +42,9 @@ type Request struct {
 	OutDir string
 	// Name overrides the recipe's image name; it must be an AC Identifier.
 	Name string
+	// Overrides set manifest fields over the recipe's (exec, user,
+	// environment, labels, annotations, ports, mount points).
+	Overrides manifest.Overrides
 	// Recipes is a directory of recipes overriding the built-in ones.
 	Recipes string
 	// Compression is gzip when empty.
@@ -171,6 +174,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	b.Overrides.Apply(&t.Spec)
 	if b.Name != "" {
 		t.Spec.Name = b.Name
 	} else if t.Spec.Name != "" {

@@ -58,6 +58,14 @@ SOURCE_DATE_EPOCH, if set, is the image's "created" time.`,
 			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Value: "ACIs", Usage: "output `DIR`"},
 			&cli.StringFlag{Name: "name", Usage: "image name (an AC Identifier, e.g. example.com/busybox)"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object describing what was built"},
+			&cli.StringFlag{Name: "exec", Usage: "the app's command, `\"PROGRAM [ARG...]\"` (quoted as in a shell), over the recipe's"},
+			&cli.StringFlag{Name: "user", Usage: "run the app as `USER` (a name in the image's /etc/passwd, or a uid)"},
+			&cli.StringFlag{Name: "group", Usage: "run the app as `GROUP` (a name in the image's /etc/group, or a gid)"},
+			&cli.StringSliceFlag{Name: "env", Usage: "set `K=V` in the app's environment (repeatable)"},
+			&cli.StringSliceFlag{Name: "label", Usage: "add the image label `K=V` (repeatable)"},
+			&cli.StringSliceFlag{Name: "annotation", Usage: "add the annotation `K=V` (repeatable)"},
+			&cli.StringSliceFlag{Name: "port", Usage: "declare the port `NAME:[PROTOCOL:]PORT`, e.g. http:8080 (repeatable; rkt run --port NAME:HOSTPORT)"},
+			&cli.StringSliceFlag{Name: "mount", Usage: "declare the mount point `NAME:/PATH[:ro]` (repeatable; rkt run --volume NAME,kind=host,source=DIR)"},
 			&cli.StringFlag{Name: "pkgs", EnvVars: []string{"NIX2ACI_PKGS"}, Usage: "`DIR` of recipes overriding the built-in ones"},
 			&cli.StringFlag{Name: "compression", Value: "gzip", Usage: "gzip, xz or none"},
 			&cli.IntFlag{Name: "level", Usage: "gzip level 1 (fastest) to 9 (smallest) (default 6)"},
@@ -196,6 +204,9 @@ func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
 		if err := manifest.CheckIdentifier(o.Name); err != nil {
 			return nil, usagef("--name: %v", err)
 		}
+	}
+	if o.Overrides, err = overridesFrom(c); err != nil {
+		return nil, err
 	}
 	if o.LayerPrefix != "" {
 		if err := manifest.CheckIdentifier(o.LayerPrefix); err != nil {
@@ -349,4 +360,46 @@ func plural(n int, one, many string) string {
 		return one
 	}
 	return many
+}
+
+// overridesFrom reads the flags that set manifest fields for one build.
+func overridesFrom(c *cli.Context) (manifest.Overrides, error) {
+	o := manifest.Overrides{User: c.String("user"), Group: c.String("group")}
+	if e := c.String("exec"); e != "" {
+		words, err := manifest.SplitCommand(e)
+		if err != nil || len(words) == 0 || !strings.HasPrefix(words[0], "/") {
+			return o, usagef("--exec %s: give the program's absolute path in the image, then its arguments, e.g. --exec '/bin/app --port 80'", safeio.QuoteAlways(e))
+		}
+		o.Exec = words
+	}
+	for _, kv := range []struct {
+		flag string
+		dst  *map[string]string
+	}{{"env", &o.Env}, {"label", &o.Labels}, {"annotation", &o.Annotations}} {
+		for _, s := range c.StringSlice(kv.flag) {
+			k, v, err := manifest.ParseKeyValue("--"+kv.flag, s)
+			if err != nil {
+				return o, usagef("%v", err)
+			}
+			if *kv.dst == nil {
+				*kv.dst = map[string]string{}
+			}
+			(*kv.dst)[k] = v
+		}
+	}
+	for _, s := range c.StringSlice("port") {
+		p, err := manifest.ParsePort(s)
+		if err != nil {
+			return o, usagef("--port: %v", err)
+		}
+		o.Ports = append(o.Ports, p)
+	}
+	for _, s := range c.StringSlice("mount") {
+		m, err := manifest.ParseMount(s)
+		if err != nil {
+			return o, usagef("--mount: %v", err)
+		}
+		o.Mounts = append(o.Mounts, m)
+	}
+	return o, nil
 }
