@@ -11,6 +11,7 @@ import (
 	"path"
 	"strings"
 
+	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/nixstore"
 )
 
@@ -42,9 +43,17 @@ func CheckExec(img Image) error {
 	if !path.IsAbs(exe) {
 		return nil // looked up in $PATH at run time; nothing to check here
 	}
-	farm, _, err := buildFarm(img.Packages)
+	fsys, err := newImageFS(img)
 	if err != nil {
 		return err
+	}
+	return fsys.checkProgram(exe, "", 0)
+}
+
+func newImageFS(img Image) (*imageFS, error) {
+	farm, _, err := imageFarm(img)
+	if err != nil {
+		return nil, err
 	}
 	fsys := &imageFS{farm: map[string]farmEntry{}, closure: map[string]bool{}}
 	for _, e := range farm {
@@ -53,7 +62,36 @@ func CheckExec(img Image) error {
 	for _, p := range img.Closure.Paths {
 		fsys.closure[p.Base()] = true
 	}
-	return fsys.checkProgram(exe, "", 0)
+	return fsys, nil
+}
+
+// ImageFile is how a program reading the image's root finds the file at
+// p: its contents (at most max bytes), and whether the image holds it as
+// a regular file at that very path (links is false) or reaches it through
+// symlinks. An error says it is not in the image.
+func ImageFile(img Image, p string, max int64) (data []byte, links bool, err error) {
+	fsys, err := newImageFS(img)
+	if err != nil {
+		return nil, false, err
+	}
+	rel := strings.Trim(path.Clean("/"+p), "/")
+	if e, ok := fsys.farm[rel]; ok && e.file {
+		return e.data, false, nil
+	}
+	host, err := fsys.resolve(p)
+	if err != nil {
+		return nil, false, err
+	}
+	if host == "" {
+		for rel, e := range fsys.farm { // a generated file reached by a link
+			if e.file && path.Clean("/"+rel) == path.Clean(p) {
+				return e.data, true, nil
+			}
+		}
+		return nil, false, fmt.Errorf("%s is not in the image", p)
+	}
+	data, err = safeio.ReadFile(host, max)
+	return data, true, err
 }
 
 // maxInterpreterDepth is how many "#!" interpreters Linux follows.
@@ -176,6 +214,8 @@ func (f *imageFS) lstat(p string) (k kind, target, host string) {
 	switch {
 	case !ok:
 		return missing, "", ""
+	case e.file:
+		return file, "", ""
 	case e.target == "":
 		return dir, "", ""
 	}

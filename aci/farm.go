@@ -3,6 +3,7 @@ package aci
 import (
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -14,7 +15,68 @@ import (
 // directory, or a symlink to a file or directory of a package.
 type farmEntry struct {
 	rel    string // path below rootfs, e.g. "bin/busybox"
-	target string // symlink target; empty for a directory
+	target string // symlink target; empty for a directory or a file
+	// Entries from Image.Extra: a regular file with data, or a
+	// directory with mode (0 means 0755).
+	file bool
+	data []byte
+	mode int64
+}
+
+// Extra is a file or directory an image gets at its root unless its
+// packages provide that path (or a link above it): the /etc skeleton.
+type Extra struct {
+	Path string // below the root, e.g. "etc/passwd"
+	Dir  bool
+	Mode int64 // e.g. 0o644, 0o1777
+	Data []byte
+}
+
+// imageFarm is the farm of img's packages with img.Extra merged in: an
+// extra whose path a package provides, or that would sit below a link a
+// package provides, is left out (the packages win).
+func imageFarm(img Image) ([]farmEntry, []Conflict, error) {
+	farm, conflicts, err := buildFarm(img.Packages)
+	if err != nil || len(img.Extra) == 0 {
+		return farm, conflicts, err
+	}
+	have := make(map[string]*farmEntry, len(farm))
+	for i := range farm {
+		have[farm[i].rel] = &farm[i]
+	}
+	var added []farmEntry
+	for _, x := range img.Extra {
+		rel := strings.Trim(path.Clean("/"+x.Path), "/")
+		if rel == "" || rel == "nix" || strings.HasPrefix(rel, "nix/") {
+			continue
+		}
+		blocked := false
+		parts := strings.Split(rel, "/")
+		for i := 1; i < len(parts) && !blocked; i++ {
+			if e, ok := have[strings.Join(parts[:i], "/")]; ok && (e.target != "" || e.file) {
+				blocked = true
+			}
+		}
+		if _, ok := have[rel]; ok || blocked {
+			continue
+		}
+		for i := 1; i < len(parts); i++ {
+			dir := strings.Join(parts[:i], "/")
+			if _, ok := have[dir]; !ok {
+				added = append(added, farmEntry{rel: dir})
+				have[dir] = &added[len(added)-1]
+			}
+		}
+		e := farmEntry{rel: rel, mode: x.Mode}
+		if !x.Dir {
+			e.file, e.data = true, x.Data
+		}
+		added = append(added, e)
+		have[rel] = &added[len(added)-1]
+	}
+	farm = append(farm, added...)
+	sort.Slice(farm, func(i, j int) bool { return pathLess(farm[i].rel, farm[j].rel) })
+	return farm, conflicts, nil
 }
 
 // Conflict is a farm path two packages both provide; the first package

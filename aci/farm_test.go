@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nix2aci/nix2aci/nixstore"
 	"github.com/nix2aci/nix2aci/nixstore/nixtest"
 )
 
@@ -45,5 +46,47 @@ in mk "farm-to-store-1.0" "ln -s ${real} $out"`)
 	}
 	if len(farm) != 2 || farm[1].rel != "bin/tool" || !strings.HasPrefix(farm[1].target, "/nix/store/") {
 		t.Errorf("a link to another store path gave the farm %v", farm)
+	}
+}
+
+// Extras (the /etc skeleton) fill in only what packages leave: a path a
+// package provides, or one below a link a package provides, stays theirs,
+// and ImageFile says when a file is reached through links.
+func TestExtrasYieldToPackages(t *testing.T) {
+	pkg := nixtest.Build(t, `mk "etc-provider-1.0" "mkdir -p $out/etc $out/bin; echo 'app:x:5:5::/:/bin/false' > $out/etc/passwd; touch $out/bin/app"`)
+	extras := []Extra{
+		{Path: "etc/passwd", Mode: 0o644, Data: []byte("root:x:0:0::/:/bin/sh\n")},
+		{Path: "etc/group", Mode: 0o644, Data: []byte("root:x:0:\n")},
+		{Path: "bin/app/inside", Data: []byte("x")},
+		{Path: "tmp", Dir: true, Mode: 0o1777},
+	}
+	img := Image{Packages: []string{pkg}, Closure: &nixstore.Graph{Paths: []nixstore.PathInfo{{Path: pkg}}}, Extra: extras}
+	farm, _, err := imageFarm(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]farmEntry{}
+	for _, e := range farm {
+		got[e.rel] = e
+	}
+	if e := got["etc/passwd"]; e.file || e.target == "" {
+		t.Errorf("the package's etc/passwd was replaced: %+v", e)
+	}
+	if e := got["etc/group"]; !e.file || string(e.data) != "root:x:0:\n" {
+		t.Errorf("etc/group: %+v", e)
+	}
+	if _, ok := got["bin/app/inside"]; ok {
+		t.Error("an extra was put below a package's file")
+	}
+	if e := got["tmp"]; e.mode != 0o1777 || e.target != "" {
+		t.Errorf("tmp: %+v", e)
+	}
+	data, links, err := ImageFile(img, "/etc/passwd", 1<<10)
+	if err != nil || !links || !strings.HasPrefix(string(data), "app:x:5") {
+		t.Errorf("ImageFile(/etc/passwd) = %q, %v, %v", data, links, err)
+	}
+	data, links, err = ImageFile(img, "/etc/group", 1<<10)
+	if err != nil || links || string(data) != "root:x:0:\n" {
+		t.Errorf("ImageFile(/etc/group) = %q, %v, %v", data, links, err)
 	}
 }

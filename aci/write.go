@@ -72,6 +72,9 @@ type Image struct {
 	// Thin images hold no store contents, only a mount target per store
 	// path; the manifest should carry a mount point for each (ThinMounts).
 	Thin bool
+	// Extra are files and directories the image gets at its root unless
+	// its packages provide those paths.
+	Extra []Extra
 }
 
 // Result says what Write wrote.
@@ -186,7 +189,7 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 			return nil, &nixstore.InvalidPathError{Path: p.Path, Reason: "it is in the closure but missing from the store; rebuild it (nix-store --realise) or repair the store (nix-store --verify --repair)"}
 		}
 	}
-	farm, conflicts, err := buildFarm(img.Packages)
+	farm, conflicts, err := imageFarm(img)
 	if err != nil {
 		return nil, err
 	}
@@ -671,7 +674,21 @@ func writeDir(tw *tar.Writer, name string, mt time.Time) error {
 }
 
 func writeFarmEntry(tw *tar.Writer, e farmEntry, mt time.Time) error {
+	if e.file {
+		mode := e.mode
+		if mode == 0 {
+			mode = 0o644
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: "rootfs/" + e.rel, Typeflag: tar.TypeReg, Mode: mode, Size: int64(len(e.data)), ModTime: mt, Format: tar.FormatPAX}); err != nil {
+			return err
+		}
+		_, err := tw.Write(e.data)
+		return err
+	}
 	if e.target == "" {
+		if e.mode != 0 {
+			return tw.WriteHeader(&tar.Header{Name: "rootfs/" + e.rel + "/", Typeflag: tar.TypeDir, Mode: e.mode, ModTime: mt, Format: tar.FormatPAX})
+		}
 		return writeDir(tw, "rootfs/"+e.rel+"/", mt)
 	}
 	return tw.WriteHeader(&tar.Header{Name: "rootfs/" + e.rel, Typeflag: tar.TypeSymlink, Linkname: e.target, Mode: 0o777, ModTime: mt, Format: tar.FormatPAX})

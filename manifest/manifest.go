@@ -65,6 +65,30 @@ type Spec struct {
 	// Created is written as the "created" annotation; zero means the Unix
 	// epoch, so that output does not depend on when it was built.
 	Created time.Time `json:"-"`
+
+	// Users and Groups are written to the image's /etc/passwd and
+	// /etc/group, after root and nobody; NoSkeleton leaves out the /etc and
+	// /tmp skeleton (see package pipeline). Not part of the manifest.
+	Users      []User  `json:"users,omitempty"`
+	Groups     []Group `json:"groups,omitempty"`
+	NoSkeleton bool    `json:"noSkeleton,omitempty"`
+}
+
+// User is a user a recipe declares.
+type User struct {
+	Name  string `json:"name"`
+	UID   int    `json:"uid"`
+	Group string `json:"group,omitempty"` // default: a group named like the user
+	GID   *int   `json:"gid,omitempty"`   // default: the group's, else the uid
+	Home  string `json:"home,omitempty"`  // default: /var/empty
+	Shell string `json:"shell,omitempty"` // default: /bin/false
+}
+
+// Group is a group a recipe declares.
+type Group struct {
+	Name    string   `json:"name"`
+	GID     int      `json:"gid"`
+	Members []string `json:"members,omitempty"`
 }
 
 // KindLabel is the label that says whether an image holds its store paths

@@ -232,9 +232,16 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	whole := aci.Image{Manifest: im, Closure: g, Packages: t.StorePaths(), Thin: b.Kind == Thin}
+	extra, err := Skeleton(spec)
+	if err != nil {
+		return nil, err
+	}
+	whole := aci.Image{Manifest: im, Closure: g, Packages: t.StorePaths(), Thin: b.Kind == Thin, Extra: extra}
 	if !b.NoExecCheck {
 		if err := aci.CheckExec(whole); err != nil {
+			return nil, err
+		}
+		if err := checkUserGroup(whole, im.App.User, im.App.Group); err != nil {
 			return nil, err
 		}
 	}

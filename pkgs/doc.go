@@ -18,7 +18,10 @@
 //	  mountsRo = { config = "/etc/app"; };   # read-only mount points
 //	  isolators = [ { name = "resource/memory"; value = { limit = "1G"; }; } ];
 //	  labels = { }; annotations = { };
-//	  user = "0"; group = "0"; workingDirectory = "/";
+//	  user = "0"; group = "0"; workingDirectory = "/";  # names or numbers
+//	  users = [ { name = "web"; uid = 1000; group = "web"; home = "/var/lib/web"; } ];
+//	  groups = [ { name = "audit"; gid = 2000; members = [ "web" ]; } ];
+//	  skeleton = true;                    # false: no /etc and /tmp skeleton
 //	}
 //
 // Recipes ship inside the binary (recipes/*.nix) and a user directory of

@@ -53,4 +53,7 @@ in
     isolators = recipe.isolators or [ ];
     labels = recipe.labels or { };
     annotations = recipe.annotations or { };
+    users = recipe.users or [ ];
+    groups = recipe.groups or [ ];
+    noSkeleton = !(recipe.skeleton or true);
   }
