@@ -22,6 +22,7 @@
 //	  users = [ { name = "web"; uid = 1000; group = "web"; home = "/var/lib/web"; } ];
 //	  groups = [ { name = "audit"; gid = 2000; members = [ "web" ]; } ];
 //	  skeleton = true;                    # false: no /etc and /tmp skeleton
+//	  certs = true;   # pkgs.cacert: /etc/ssl/certs/ca-certificates.crt, SSL_CERT_FILE
 //	}
 //
 // Recipes ship inside the binary (recipes/*.nix) and a user directory of

@@ -33,6 +33,10 @@ let
       storePath = p.outPath;
       system = p.system or builtins.currentSystem;
     };
+  # certs = true: the CA bundle (pkgs.cacert) and SSL_CERT_FILE naming it.
+  certs = recipe.certs or false;
+  certFile = "/etc/ssl/certs/ca-certificates.crt";
+  packages = recipe.packages ++ (if certs then [ pkgs.cacert ] else [ ]);
   mounts = ro: set: map (n: { name = n; path = set.${n}; readOnly = ro; }) (builtins.attrNames set);
   str = s: if s == null then "" else toString s;
 in
@@ -40,14 +44,14 @@ in
     throw "${target} is neither a derivation nor a recipe (an attribute set with `packages`)"
   else {
     offline = !hasNixpkgs;
-    packages = map pkg recipe.packages;
+    packages = map pkg packages;
     name = str (recipe.name or null);
     version = str (recipe.version or null);
     exec = recipe.exec or [ ];
     user = str (recipe.user or null);
     group = str (recipe.group or null);
     workingDirectory = str (recipe.workingDirectory or null);
-    environment = recipe.environment or { };
+    environment = (if certs then { SSL_CERT_FILE = certFile; NIX_SSL_CERT_FILE = certFile; } else { }) // (recipe.environment or { });
     ports = recipe.ports or [ ];
     mountPoints = mounts false (recipe.mounts or { }) ++ mounts true (recipe.mountsRo or { });
     isolators = recipe.isolators or [ ];

@@ -1,7 +1,8 @@
 # nix2aci's offline package set: used when no <nixpkgs> is in NIX_PATH.
 # It imports the host's statically linked busybox (Debian: busybox-static)
 # into the store, so that images build on a machine with no nixpkgs and no
-# network. Anything else asks for nixpkgs, by name.
+# network, and the host's CA certificate bundle as cacert. Anything else
+# asks for nixpkgs, by name.
 { hostBusybox, hostBusyboxVersion }:
 let
   needNixpkgs = name: throw "${name} is not in nix2aci's offline package set (it has busybox and busybox-static only): put nixpkgs in NIX_PATH (NIX_PATH=nixpkgs=/path/to/nixpkgs) to build it";
@@ -27,6 +28,22 @@ let
       done
     '' ];
   };
+  # CA certificates: the host's bundle (Debian: ca-certificates), laid out
+  # as nixpkgs' cacert lays it out.
+  hostCerts = /etc/ssl/certs/ca-certificates.crt;
+  cacert =
+    if !(builtins.pathExists hostCerts)
+    then throw "the offline package set's cacert imports the host's /etc/ssl/certs/ca-certificates.crt, which is missing: apt-get install ca-certificates (or put nixpkgs in NIX_PATH)"
+    else derivation {
+      name = "cacert-host";
+      pname = "cacert";
+      version = "host";
+      system = builtins.currentSystem;
+      builder = "/bin/sh";
+      PATH = "/usr/bin:/bin";
+      bundle = builtins.path { path = hostCerts; name = "ca-certificates.crt"; };
+      args = [ "-c" "mkdir -p $out/etc/ssl/certs && cp $bundle $out/etc/ssl/certs/ca-bundle.crt && ln -s ca-bundle.crt $out/etc/ssl/certs/ca-certificates.crt" ];
+    };
   lib = {
     splitString = sep: s: builtins.filter builtins.isString (builtins.split "\\${sep}" s);
     attrByPath = path: default: set:
@@ -36,7 +53,7 @@ let
       else default;
   };
 in {
-  inherit busybox lib;
+  inherit busybox cacert lib;
   busybox-static = busybox;
   pkgsStatic = { inherit busybox; };
   bash = needNixpkgs "bash";
