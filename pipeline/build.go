@@ -1,11 +1,13 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
 	"github.com/nix2aci/nix2aci/outdir"
@@ -58,6 +61,12 @@ type Request struct {
 	NoExecCheck bool
 	// Created is the app image's "created" time (zero: the Unix epoch).
 	Created time.Time
+	// ClosureGraphs, when set, are the closure of the target as Nix's
+	// exportReferencesGraph writes it, for builds inside a Nix derivation
+	// (see buildACI in nix/build-aci.nix), where there is no nix-store to
+	// ask: the target must then be a store path, nothing is realised, no
+	// GC root is made and no cache is used.
+	ClosureGraphs []string
 	// Signer, if set, signs every image written.
 	Signer *Signer
 	// Progress, if set, is told how writing each file goes.
@@ -131,6 +140,12 @@ func Build(ctx context.Context, r Request) (*Result, error) {
 	}
 	if b.Kind == Thin {
 		b.CacheDir = "" // nothing is compressed but the skeleton
+	}
+	if len(b.ClosureGraphs) > 0 {
+		b.CacheDir = "" // the graph has no NAR hashes to key entries by
+		if !nixstore.IsStorePath(b.Target) {
+			return nil, &UsageError{fmt.Sprintf("with a closure graph, the target must be a store path, not %q", b.Target)}
+		}
 	}
 	if b.MaxLayers == 0 {
 		b.MaxLayers = DefaultMaxLayers
@@ -212,13 +227,21 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	// Roots inside the staging directory keep the packages alive while
 	// the images are written; the final roots replace the old ones only
 	// when the new image replaces the old image.
-	if err := t.Realise(ctx, b.st.Path("gcroot")); err != nil {
-		return nil, err
+	inNix := len(b.ClosureGraphs) > 0
+	if !inNix {
+		if err := t.Realise(ctx, b.st.Path("gcroot")); err != nil {
+			return nil, err
+		}
 	}
 	if err := t.Finish(); err != nil {
 		return nil, err
 	}
-	g, err := nixstore.Closure(ctx, t.StorePaths())
+	var g *nixstore.Graph
+	if inNix {
+		g, err = graphFromFiles(b.ClosureGraphs, t.StorePaths())
+	} else {
+		g, err = nixstore.Closure(ctx, t.StorePaths())
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -342,12 +365,15 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	committed = true
 	err = b.st.Commit(b.names, b.stale, func() error {
 		// The new image is in place: point its roots at its packages. The
-		// staging roots still hold them until this is done.
-		if err := t.Realise(context.WithoutCancel(ctx), gcroot); err != nil {
-			return fmt.Errorf("%s is written, but registering its GC roots failed (a garbage collection may remove what it needs; build again): %w", b.st.Final(fileName), err)
+		// staging roots still hold them until this is done. (Inside a Nix
+		// build, the derivation's references are its roots.)
+		if !inNix {
+			if err := t.Realise(context.WithoutCancel(ctx), gcroot); err != nil {
+				return fmt.Errorf("%s is written, but registering its GC roots failed (a garbage collection may remove what it needs; build again): %w", b.st.Final(fileName), err)
+			}
+			removeStaleRoots(gcroot, len(t.Packages))
 		}
-		removeStaleRoots(gcroot, len(t.Packages))
-		if len(b.layersWritten) > 0 {
+		if len(b.layersWritten) > 0 && !inNix { // stat data would make a derivation's output differ
 			if err := recordLayers(b.OutDir, b.layersWritten); err != nil {
 				b.Warn(fmt.Sprintf("recording the layers written (the next build writes them again): %v", err))
 			}
@@ -360,7 +386,9 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	out.ACI = b.st.Final(fileName)
 	out.ImageID, out.StorePaths, out.CachedPaths, out.Size = res.ImageID, res.StorePaths, res.CachedPaths, res.Size
 	out.Conflicts = res.Conflicts
-	out.GCRoots = gcRoots(gcroot, len(t.Packages))
+	if !inNix {
+		out.GCRoots = gcRoots(gcroot, len(t.Packages))
+	}
 	out.Version, _ = im.Labels.Get("version")
 	out.OS, _ = im.Labels.Get("os")
 	out.Arch, _ = im.Labels.Get("arch")
@@ -527,4 +555,43 @@ func orDefault(s, def string) string {
 func IsUsage(err error) bool {
 	var u *UsageError
 	return errors.As(err, &u)
+}
+
+// graphFromFiles reads exportReferencesGraph files (bounded: they are
+// input) and returns the closure of roots they describe.
+func graphFromFiles(files, roots []string) (*nixstore.Graph, error) {
+	byPath := map[string]nixstore.PathInfo{}
+	for _, f := range files {
+		data, err := safeio.ReadFile(f, 256<<20)
+		if err != nil {
+			return nil, fmt.Errorf("reading the closure graph: %w", err)
+		}
+		g, err := nixstore.ReadGraph(bytes.NewReader(data))
+		if err != nil {
+			return nil, fmt.Errorf("closure graph %s: %w", f, err)
+		}
+		for _, p := range g.Paths {
+			byPath[p.Path] = p
+		}
+	}
+	// Only what the roots reach, and all of it.
+	seen := map[string]bool{}
+	var out []nixstore.PathInfo
+	todo := append([]string(nil), roots...)
+	for len(todo) > 0 {
+		p := todo[len(todo)-1]
+		todo = todo[:len(todo)-1]
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		info, ok := byPath[p]
+		if !ok {
+			return nil, fmt.Errorf("the closure graph lacks %s: export the references graph of every package (exportReferencesGraph)", p)
+		}
+		out = append(out, info)
+		todo = append(todo, info.References...)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return &nixstore.Graph{Roots: roots, Paths: out}, nil
 }
