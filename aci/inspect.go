@@ -144,15 +144,12 @@ func Inspect(r io.Reader) (*Info, error) { return InspectLimited(r, 0) }
 // An uncompressed stream of more than maxSize bytes (when maxSize > 0) is
 // refused. Memory stays bounded whatever the input.
 func InspectLimited(r io.Reader, maxSize int64) (*Info, error) {
-	d, comp, err := Decompress(r)
+	d, comp, err := decompress(r, false)
 	if err != nil {
 		return nil, err
 	}
 	defer d.Close()
-	var src io.Reader = d
-	if maxSize > 0 {
-		src = &limitReader{r: d, left: maxSize}
-	}
+	src := limited(d, maxSize)
 	h := sha512.New()
 	pr, pw := io.Pipe()
 	validated := make(chan error, 1)
@@ -365,6 +362,14 @@ func (c *countingReader) Read(p []byte) (int, error) {
 }
 
 var errTooLarge = errors.New("over the size limit")
+
+// limited is r failing past maxSize bytes (r itself when maxSize <= 0).
+func limited(r io.Reader, maxSize int64) io.Reader {
+	if maxSize <= 0 {
+		return r
+	}
+	return &limitReader{r: r, left: maxSize}
+}
 
 // limitReader fails, rather than ending, past its limit.
 type limitReader struct {

@@ -23,11 +23,7 @@ func ReadManifest(r io.Reader, maxSize int64) (*schema.ImageManifest, error) {
 		return nil, err
 	}
 	defer d.Close()
-	var src io.Reader = d
-	if maxSize > 0 {
-		src = &limitReader{r: d, left: maxSize}
-	}
-	tr := tar.NewReader(src)
+	tr := tar.NewReader(limited(d, maxSize))
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {

@@ -33,10 +33,10 @@ func (o Overrides) Apply(s *Spec) {
 	s.Labels = merge(s.Labels, o.Labels)
 	s.Annotations = merge(s.Annotations, o.Annotations)
 	for _, p := range o.Ports {
-		s.Ports = replacePort(s.Ports, p)
+		s.Ports = replaceNamed(s.Ports, p, func(p Port) string { return p.Name })
 	}
 	for _, m := range o.Mounts {
-		s.Mounts = replaceMount(s.Mounts, m)
+		s.Mounts = replaceNamed(s.Mounts, m, func(m Mount) string { return m.Name })
 	}
 }
 
@@ -54,24 +54,15 @@ func merge(a, b map[string]string) map[string]string {
 	return out
 }
 
-func replacePort(ps []Port, p Port) []Port {
-	for i := range ps {
-		if ps[i].Name == p.Name {
-			ps[i] = p
-			return ps
+// replaceNamed replaces the element of xs named like x, or appends x.
+func replaceNamed[T any](xs []T, x T, name func(T) string) []T {
+	for i := range xs {
+		if name(xs[i]) == name(x) {
+			xs[i] = x
+			return xs
 		}
 	}
-	return append(ps, p)
-}
-
-func replaceMount(ms []Mount, m Mount) []Mount {
-	for i := range ms {
-		if ms[i].Name == m.Name {
-			ms[i] = m
-			return ms
-		}
-	}
-	return append(ms, m)
+	return append(xs, x)
 }
 
 // ParseKeyValue parses K=V (an environment variable, a label, an
