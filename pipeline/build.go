@@ -332,7 +332,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 			}
 		}
 	} else {
-		b.stale = append(b.stale, depsName)
+		b.add("", depsName)
 	}
 
 	res, err := b.write(ctx, fileName, img, b.Created)
@@ -343,16 +343,16 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		b.Warn(fmt.Sprintf("two packages provide %s", cf))
 	}
 	if b.Kind == Layered {
-		b.names = append(b.names, depsName)
+		b.add(depsName, "")
 	}
 	argsName := base + ".rkt-args"
 	if b.Kind == Thin {
 		if err := os.WriteFile(b.st.Path(argsName), []byte(manifest.RktVolumeArgs(g.StorePaths())), 0o644); err != nil {
 			return nil, fmt.Errorf("writing %s: %w", b.st.Final(argsName), err)
 		}
-		b.names = append(b.names, argsName)
+		b.add(argsName, "")
 	} else {
-		b.stale = append(b.stale, argsName)
+		b.add("", argsName)
 	}
 	signed, err := b.sign(ctx, fileName)
 	if err != nil {
@@ -426,9 +426,7 @@ func (b *build) write(ctx context.Context, name string, img aci.Image, created t
 		}
 		return nil, fmt.Errorf("writing %s: %w", b.st.Final(name), err)
 	}
-	b.mu.Lock()
-	b.names = append(b.names, name)
-	b.mu.Unlock()
+	b.add(name, "")
 	return res, nil
 }
 
@@ -436,20 +434,28 @@ func (b *build) write(ctx context.Context, name string, img aci.Image, created t
 // whether it did); otherwise an old signature of name is stale.
 func (b *build) sign(ctx context.Context, name string) (bool, error) {
 	asc := name + ".asc"
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.Signer == nil {
-		b.stale = append(b.stale, asc) // it would sign the old image
+		b.add("", asc) // it would sign the old image
 		return false, nil
 	}
-	b.mu.Unlock()
-	err := b.Signer.Sign(ctx, b.st.Path(name), b.st.Path(asc))
-	b.mu.Lock()
-	if err != nil {
+	if err := b.Signer.Sign(ctx, b.st.Path(name), b.st.Path(asc)); err != nil {
 		return false, err
 	}
-	b.names = append(b.names, asc)
+	b.add(asc, "")
 	return true, nil
+}
+
+// add notes a staged file to move into place and an old one to remove
+// ("" for none), safely from the goroutines writing layers.
+func (b *build) add(name, stale string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if name != "" {
+		b.names = append(b.names, name)
+	}
+	if stale != "" {
+		b.stale = append(b.stale, stale)
+	}
 }
 
 // layer writes (or reuses) the layer image of paths, returning it
