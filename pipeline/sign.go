@@ -24,11 +24,14 @@ type Signer struct {
 	Sign        func(ctx context.Context, path, asc string) error
 }
 
-// KeySigner signs with key (see SignFile).
+// KeySigner signs with key (see SignImage).
 func KeySigner(key *openpgp.Entity) *Signer {
 	return &Signer{
 		Fingerprint: sign.Fingerprint(key),
-		Sign:        func(ctx context.Context, path, asc string) error { return SignFile(ctx, key, path, asc) },
+		Sign: func(ctx context.Context, path, asc string) error {
+			_, err := SignImage(ctx, key, path, asc)
+			return err
+		},
 	}
 }
 
@@ -43,40 +46,40 @@ func OpenImage(path string) (*os.File, error) {
 	return f, err
 }
 
-// SignFile signs the ACI at path with key into asc, written atomically.
-// It signs only a valid ACI (aci.Inspect), and only the bytes it
-// validated: the file is read twice, and a file that changed between the
-// two reads is not signed.
-func SignFile(ctx context.Context, key *openpgp.Entity, path, asc string) error {
+// SignImage signs the ACI at path with key into asc, written atomically,
+// and returns what aci.Inspect found in it. It signs only a valid ACI, and
+// only the bytes it validated: the file is read twice, and a file that
+// changed between the two reads is not signed.
+func SignImage(ctx context.Context, key *openpgp.Entity, path, asc string) (*aci.Info, error) {
 	f, err := OpenImage(path)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer f.Close()
 	validated, signed := sha512.New(), sha512.New()
 	info, err := aci.Inspect(io.TeeReader(safeio.WithContext(ctx, f), validated))
 	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("signing %s interrupted; nothing was written: %w", path, context.Cause(ctx))
+			return nil, fmt.Errorf("signing %s interrupted; nothing was written: %w", path, context.Cause(ctx))
 		}
-		return fmt.Errorf("inspecting %s: %w", path, err)
+		return nil, fmt.Errorf("inspecting %s: %w", path, err)
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return err
+		return nil, err
 	}
 	var sig bytes.Buffer
 	err = sign.Detached(&sig, key, io.TeeReader(safeio.WithContext(ctx, f), signed), sign.WithImage(info.Manifest.Name.String(), info.ImageID))
 	if ctx.Err() != nil {
-		return fmt.Errorf("signing %s interrupted; nothing was written: %w", path, context.Cause(ctx))
+		return nil, fmt.Errorf("signing %s interrupted; nothing was written: %w", path, context.Cause(ctx))
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !bytes.Equal(validated.Sum(nil), signed.Sum(nil)) {
-		return fmt.Errorf("%s changed while it was being signed; nothing was written: sign it again once nothing writes to it", path)
+		return nil, fmt.Errorf("%s changed while it was being signed; nothing was written: sign it again once nothing writes to it", path)
 	}
 	if err := safeio.WriteFileAtomic(asc, sig.Bytes(), 0o644); err != nil {
-		return fmt.Errorf("writing %s: %w", asc, err)
+		return nil, fmt.Errorf("writing %s: %w", asc, err)
 	}
-	return nil
+	return info, nil
 }

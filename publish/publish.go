@@ -41,6 +41,7 @@ import (
 	"strings"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
+	"github.com/appc/spec/schema"
 	"github.com/appc/spec/schema/types"
 
 	"github.com/nix2aci/nix2aci/aci"
@@ -218,11 +219,30 @@ func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 	}
 	var jobs []job
 	for _, img := range images {
-		info, err := aci.InspectFile(img)
-		if err != nil {
-			return nil, err
+		// Validated, and with no key to sign with, its signature checked:
+		// one reading either way.
+		var im *schema.ImageManifest
+		var id, asc string
+		if o.Key != nil {
+			info, err := aci.InspectFile(img)
+			if err != nil {
+				return nil, err
+			}
+			im, id = info.Manifest, info.ImageID
+		} else {
+			asc = img + ".asc"
+			if _, err := os.Lstat(asc); err != nil {
+				return nil, fmt.Errorf("%s is not signed (%v): sign it (nix2aci sign, build --sign), or publish with --key", img, err)
+			}
+			v, err := verifyFiles(ctx, img, asc, trust)
+			if err != nil {
+				if aci.IsInvalid(err) {
+					return nil, err
+				}
+				return nil, fmt.Errorf("%s: its signature does not verify with the published key %s: %w", img, fp, err)
+			}
+			im, id = v.Manifest, v.ImageID
 		}
-		im := info.Manifest
 		name := im.Name.String()
 		labels := map[string]string{}
 		for _, k := range []string{"version", "os", "arch"} {
@@ -240,32 +260,13 @@ func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 		if !filepath.IsLocal(rel) {
 			return nil, fmt.Errorf("%s: %s is not a path inside the site", img, safeio.Quote(rel))
 		}
-		p := Published{Name: name, Version: labels["version"], OS: labels["os"], Arch: labels["arch"], ImageID: info.ImageID, Path: rel,
+		p := Published{Name: name, Version: labels["version"], OS: labels["os"], Arch: labels["arch"], ImageID: id, Path: rel,
 			URL: strings.NewReplacer("{name}", name, "{version}", labels["version"], "{os}", labels["os"], "{arch}", labels["arch"], "{ext}", "aci").Replace(tmpl)}
 		host, _, _ := strings.Cut(name, "/")
 		if ps, ok := st.Prefixes[host]; ok && ps.Template != tmpl {
 			return nil, &UsageError{fmt.Sprintf("the site publishes %s at %s already; publish with that base URL, or into another site", host, ps.Template)}
 		}
-		j := job{src: img, p: p, deps: im.Dependencies}
-		if o.Key == nil {
-			j.asc = img + ".asc"
-			f, err := pipeline.OpenImage(img)
-			if err != nil {
-				return nil, err
-			}
-			sig, err := safeio.OpenRegular(j.asc)
-			if err != nil {
-				f.Close()
-				return nil, fmt.Errorf("%s is not signed (%v): sign it (nix2aci sign, build --sign), or publish with --key", img, err)
-			}
-			_, err = sign.VerifyWith(safeio.WithContext(ctx, f), sig, trust, sign.VerifyOptions{})
-			f.Close()
-			sig.Close()
-			if err != nil {
-				return nil, fmt.Errorf("%s: its signature does not verify with the published key %s: %w", img, fp, err)
-			}
-		}
-		jobs = append(jobs, j)
+		jobs = append(jobs, job{src: img, asc: asc, p: p, deps: im.Dependencies})
 	}
 	var ps []Published
 	var deps []types.Dependencies
@@ -300,16 +301,27 @@ func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 		if err := copyFile(j.src, tmp); err != nil {
 			return nil, err
 		}
+		// What is published is the copy, read once more: signed (and
+		// validated) now, or validated with its signature checked, and
+		// still the image checked above.
+		var id string
 		if o.Key != nil {
-			if err := pipeline.SignFile(ctx, o.Key, tmp, tmp+".asc"); err != nil {
+			info, err := pipeline.SignImage(ctx, o.Key, tmp, tmp+".asc")
+			if err != nil {
 				return nil, err
 			}
-		} else if err := copyFile(j.asc, tmp+".asc"); err != nil {
-			return nil, err
+			id = info.ImageID
+		} else {
+			if err := copyFile(j.asc, tmp+".asc"); err != nil {
+				return nil, err
+			}
+			v, err := verifyFiles(ctx, tmp, tmp+".asc", trust)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", j.src, err)
+			}
+			id = v.ImageID
 		}
-		// The copy must still be the image checked above.
-		info, err := aci.InspectFile(tmp)
-		if err != nil || info.ImageID != j.p.ImageID {
+		if id != j.p.ImageID {
 			return nil, fmt.Errorf("%s changed while it was being published; publish it again", j.src)
 		}
 		if err := root.MkdirAll(path.Dir(j.p.Path), 0o755); err != nil {
@@ -390,6 +402,22 @@ func checkDependencies(ps []Published, deps []types.Dependencies, st *site) erro
 		}
 	}
 	return nil
+}
+
+// verifyFiles checks the signature asc of the image at path with trust,
+// reading the whole image (sign.VerifyWith with Full).
+func verifyFiles(ctx context.Context, path, asc string, trust *sign.Trust) (*sign.Verified, error) {
+	f, err := pipeline.OpenImage(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	sig, err := safeio.OpenRegular(asc)
+	if err != nil {
+		return nil, err
+	}
+	defer sig.Close()
+	return sign.VerifyWith(safeio.WithContext(ctx, f), sig, trust, sign.VerifyOptions{Full: true})
 }
 
 func contains(list []string, s string) bool {

@@ -43,7 +43,7 @@ func signCommand() *cli.Command {
 				}
 				asc = real + ".asc"
 			}
-			if err := pipeline.SignFile(c.Context, key, path, asc); err != nil {
+			if _, err := pipeline.SignImage(c.Context, key, path, asc); err != nil {
 				return err
 			}
 			if linkErr == nil {
