@@ -39,6 +39,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/appc/spec/schema"
@@ -434,7 +435,8 @@ func contains(list []string, s string) bool {
 // is not what nix2aci wrote.
 func readState(root *os.Root) (*site, error) {
 	st := &site{Prefixes: map[string]*prefixState{}, Images: map[string]Published{}}
-	f, err := root.Open(stateFile)
+	// Without blocking: a FIFO in its place must not hang the publish.
+	f, err := root.OpenFile(stateFile, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return st, nil
 	}

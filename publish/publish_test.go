@@ -12,7 +12,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/appc/spec/discovery"
@@ -262,5 +264,51 @@ func TestPublishRefuses(t *testing.T) {
 	_, err = publish.Publish(context.Background(), imgs, publish.Options{Site: filepath.Join(work, "file", "site"), BaseURL: "https://example.com/acis", Key: key})
 	if err == nil || !strings.Contains(err.Error(), "creating the site") {
 		t.Errorf("an unwritable site: %v", err)
+	}
+}
+
+// The site's record is input too: damaged, hostile or not a file, it is
+// an error naming it, at once, and nothing is written.
+func TestSiteRecordIsUntrusted(t *testing.T) {
+	work := t.TempDir()
+	key := keyOf(t)
+	out := filepath.Join(work, "out")
+	build(t, "app1", out, nil)
+	imgs := mustExpand(t, out)
+	for _, tc := range []struct {
+		name  string
+		write func(string) error
+		want  string
+	}{
+		{"damaged", func(p string) error { return os.WriteFile(p, []byte("{"), 0o644) }, "is damaged"},
+		{"huge", func(p string) error { return os.WriteFile(p, bytes.Repeat([]byte(" "), 16<<20+1), 0o644) }, "is damaged"},
+		{"path outside", func(p string) error {
+			return os.WriteFile(p, []byte(`{"images":{"../../etc/x.aci":{}}}`), 0o644)
+		}, "outside the site"},
+		{"bad prefix", func(p string) error { return os.WriteFile(p, []byte(`{"prefixes":{"../x":{}}}`), 0o644) }, "not an AC Identifier"},
+		{"fifo", func(p string) error { return syscall.Mkfifo(p, 0o644) }, "not a regular file"},
+		{"directory", func(p string) error { return os.Mkdir(p, 0o755) }, "not a regular file"},
+	} {
+		site := filepath.Join(work, "site-"+strings.ReplaceAll(tc.name, " ", "-"))
+		os.MkdirAll(site, 0o755)
+		if err := tc.write(filepath.Join(site, ".nix2aci-site.json")); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := publish.Publish(context.Background(), imgs, publish.Options{Site: site, BaseURL: "https://example.com/acis", Key: key})
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("%s: %v; want %q", tc.name, err, tc.want)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s: publish hangs", tc.name)
+		}
+		if ents, _ := os.ReadDir(site); len(ents) != 1 {
+			t.Errorf("%s: the site holds %d entries", tc.name, len(ents))
+		}
 	}
 }
