@@ -187,13 +187,18 @@ func mustExpand(t *testing.T, args ...string) []string {
 	return imgs
 }
 
-// Bad requests fail before anything is written.
-func TestPublishRefuses(t *testing.T) {
-	work := t.TempDir()
-	key := keyOf(t)
+// unsignedApp1 builds app1 layered and unsigned in a new work directory,
+// and returns that directory, a key and the images.
+func unsignedApp1(t *testing.T) (work string, key *openpgp.Entity, imgs []string) {
+	work = t.TempDir()
 	out := filepath.Join(work, "out")
 	build(t, "app1", out, nil)
-	imgs := mustExpand(t, out)
+	return work, keyOf(t), mustExpand(t, out)
+}
+
+// Bad requests fail before anything is written.
+func TestPublishRefuses(t *testing.T) {
+	work, key, imgs := unsignedApp1(t)
 	for _, tc := range []struct {
 		name, base string
 		o          func(*publish.Options)
@@ -270,11 +275,7 @@ func TestPublishRefuses(t *testing.T) {
 // The site's record is input too: damaged, hostile or not a file, it is
 // an error naming it, at once, and nothing is written.
 func TestSiteRecordIsUntrusted(t *testing.T) {
-	work := t.TempDir()
-	key := keyOf(t)
-	out := filepath.Join(work, "out")
-	build(t, "app1", out, nil)
-	imgs := mustExpand(t, out)
+	work, key, imgs := unsignedApp1(t)
 	for _, tc := range []struct {
 		name  string
 		write func(string) error
