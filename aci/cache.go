@@ -2,6 +2,7 @@ package aci
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -32,14 +33,30 @@ import (
 //	       compressed length and CRC-32 of each chunk)
 //	footer: index length (8 bytes, little endian) and the magic "N2ACIFR1"
 //
-// Nothing is trusted: a build regenerates each chunk's uncompressed bytes
-// anyway (for the image ID), and takes a cached member only when that
-// chunk's length and CRC-32 match the index and the member's own bytes match
-// their CRC-32. A truncated, corrupt or mismatched entry is compressed
-// afresh and rewritten. Entries are written to a temporary file and renamed,
-// so concurrent builds never see half an entry.
+// Nothing in an entry is trusted. A build regenerates each chunk's
+// uncompressed bytes anyway (for the image ID), and takes a cached member
+// only when that chunk's length and CRC-32 match the index, the member's
+// own bytes match their CRC-32, and the member is proven to inflate to the
+// chunk, in one of two ways:
+//
+//   - with a cache key (LoadKey), each member carries a tag, HMAC-SHA256
+//     under the key of the entry's name, the chunk's index, length and
+//     CRC-32 and the member's bytes. A tag that verifies proves that this
+//     key's holder compressed that member from a chunk of that length and
+//     CRC-32 for that store path, so the member is taken without being
+//     inflated. Whoever can write the cache but cannot read the key can
+//     forge no tag.
+//   - otherwise (no key, no tag, a tag that does not verify), the member
+//     is inflated and compared with the chunk byte for byte.
+//
+// A truncated, corrupt or mismatched entry is compressed afresh and
+// rewritten; an entry proven by inflation alone is rewritten with tags
+// when a key is loaded and it has none. Entries are written to a
+// temporary file and renamed, so concurrent builds never see half an
+// entry.
 type Cache struct {
 	dir string
+	key []byte // nil: no tags made or trusted
 }
 
 // cacheTag marks a directory as a nix2aci cache: the standard
@@ -125,6 +142,7 @@ type chunkIndex struct {
 	UC  uint32 `json:"uc"`
 	C   int    `json:"c"`
 	CC  uint32 `json:"cc"`
+	T   string `json:"t,omitempty"` // the member's tag, hex; "" when written without a key
 	off int64
 }
 
@@ -153,6 +171,8 @@ type fragment struct {
 	narSize  int64 // for progress
 	cacheHit bool
 	readBuf  []byte
+	key      []byte      // the cache's key, nil for none
+	retag    atomic.Bool // a member had no tag: rewrite the entry with tags
 }
 
 func (b *builder) openFragment(p nixstore.PathInfo) *fragment {
@@ -161,6 +181,7 @@ func (b *builder) openFragment(p nixstore.PathInfo) *fragment {
 		return f
 	}
 	f.file = b.cfg.cache.path(b.cfg, p)
+	f.key = b.cfg.cache.key
 	f.old, f.idx = readEntry(f.file, p.Path)
 	f.matched = f.idx != nil
 	return f
@@ -241,27 +262,60 @@ func (f *fragment) match(i, ulen int, ucrc uint32) *chunkIndex {
 }
 
 // readCached reads chunk i's member from the old entry into out and
-// reports whether it is proven to stand for data: its bytes match the
-// index's CRC-32 (a cheap first check), its header claims its own length,
-// and it is exactly one gzip member that inflates, with matching CRC-32
-// and size, to data byte for byte (scratch holds the inflated bytes).
-// Called from the compression workers, concurrently for several chunks.
-func (f *fragment) readCached(i int, data []byte, out *bytes.Buffer, scratch []byte) bool {
+// reports whether it is proven to stand for data (whose length and CRC-32
+// match the index: see match). Its bytes must match the index's CRC-32 (a
+// cheap first check) and its header must claim its own length; then
+// either its tag verifies under the cache's key, or it is exactly one gzip
+// member that inflates, with matching CRC-32 and size, to data byte for
+// byte (scratch holds the inflated bytes). It returns the member's tag
+// when the cache has a key. Called from the compression workers,
+// concurrently for several chunks.
+func (f *fragment) readCached(i int, data []byte, out *bytes.Buffer, scratch []byte) (tag []byte, ok bool) {
 	ci := f.idx.Chunks[i]
 	if ci.C > maxMember {
-		return false
+		return nil, false
 	}
 	out.Grow(ci.C)
 	buf := out.AvailableBuffer()[:ci.C]
 	if _, err := f.old.ReadAt(buf, ci.off); err != nil || crc(buf) != ci.CC || memberLength(buf) != len(buf) {
-		return false
+		return nil, false
 	}
+	if f.key != nil {
+		tag = f.tag(i, ci.U, ci.UC, buf)
+		if got, err := hex.DecodeString(ci.T); err == nil && len(ci.T) == 2*sha256.Size && hmac.Equal(got, tag) {
+			out.Write(buf)
+			return tag, true
+		}
+	}
+	inflateProofs.Add(1)
 	got, err := inflateMember(buf, scratch)
 	if err != nil || !bytes.Equal(got, data) {
-		return false
+		return nil, false
+	}
+	if f.key != nil && ci.T == "" {
+		f.retag.Store(true)
 	}
 	out.Write(buf)
-	return true
+	return tag, true
+}
+
+// inflateProofs counts the members proven by inflating them (for tests).
+var inflateProofs atomic.Int64
+
+// tag is the tag of chunk i's member, of a chunk of u bytes with CRC-32
+// uc: HMAC-SHA256 under the cache's key, bound to this entry's name (the
+// format, compression, store path and NAR hash) and the chunk's place.
+func (f *fragment) tag(i, u int, uc uint32, member []byte) []byte {
+	m := hmac.New(sha256.New, f.key)
+	var head [20]byte
+	binary.LittleEndian.PutUint64(head[0:], uint64(i))
+	binary.LittleEndian.PutUint64(head[8:], uint64(u))
+	binary.LittleEndian.PutUint32(head[16:], uc)
+	io.WriteString(m, "nix2aci cache member 1\x00")
+	io.WriteString(m, filepath.Base(f.file))
+	m.Write(head[:])
+	m.Write(member)
+	return m.Sum(nil)
 }
 
 // readOld returns chunk i's member bytes from the old entry, to copy into
@@ -296,7 +350,7 @@ func (b *builder) record(c *chunk, payload []byte, fromCache bool) {
 		f.rewrite(c.index)
 	}
 	if f.w != nil {
-		f.w.add(c.ulen, c.ucrc, payload)
+		f.w.add(c.ulen, c.ucrc, payload, c.tag)
 	}
 }
 
@@ -311,7 +365,12 @@ func (f *fragment) rewrite(n int) {
 			f.w = nil
 			return
 		}
-		f.w.add(f.idx.Chunks[j].U, f.idx.Chunks[j].UC, old)
+		ci := f.idx.Chunks[j]
+		var tag []byte
+		if f.key != nil {
+			tag = f.tag(j, ci.U, ci.UC, old)
+		}
+		f.w.add(ci.U, ci.UC, old, tag)
 	}
 }
 
@@ -322,8 +381,12 @@ func (f *fragment) end() {
 	}
 	if f.w == nil && f.idx != nil && f.matched && f.chunks == len(f.idx.Chunks) && !f.dirty.Load() {
 		f.cacheHit = true
-		now := time.Now()
-		os.Chtimes(f.file, now, now) // for least-recently-used collection
+		if f.retag.Load() {
+			f.rewrite(f.chunks) // with tags, the next build inflates nothing
+		} else {
+			now := time.Now()
+			os.Chtimes(f.file, now, now) // for least-recently-used collection
+		}
 	} else if f.w == nil && f.idx != nil && f.matched && !f.dirty.Load() {
 		// The old entry is longer than the fragment now is; rewrite it.
 		f.rewrite(f.chunks)
@@ -361,12 +424,12 @@ func newEntryWriter(final, storePath string) *entryWriter {
 	return &entryWriter{final: final, tmp: tmp, idx: entryIndex{StorePath: storePath}}
 }
 
-func (w *entryWriter) add(u int, uc uint32, member []byte) {
+func (w *entryWriter) add(u int, uc uint32, member, tag []byte) {
 	if w.err != nil {
 		return
 	}
 	if _, w.err = w.tmp.Write(member); w.err == nil {
-		w.idx.Chunks = append(w.idx.Chunks, chunkIndex{U: u, UC: uc, C: len(member), CC: crc(member)})
+		w.idx.Chunks = append(w.idx.Chunks, chunkIndex{U: u, UC: uc, C: len(member), CC: crc(member), T: hex.EncodeToString(tag)})
 	}
 }
 

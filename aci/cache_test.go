@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,14 +26,71 @@ import (
 // passes every check a cheaper cache would make; it must still never
 // reach an image, and the image ID a build reports is always that of the
 // file it wrote.
+//
+// With a cache key the forger keeps the member's tag, which no longer
+// verifies; without one there is no tag. Either way the member must be
+// inflated, and found out.
 func TestCacheEntryWithOtherDeflateDataNeverReachesAnImage(t *testing.T) {
 	root := nixtest.Build(t, `mk "evil-cache-1.0" "mkdir -p $out/share; seq 1 300000 > $out/share/numbers"`)
 	img := image(t, root, false)
 	cold, coldRes := write(t, img)
+	for _, withKey := range []bool{false, true} {
+		t.Run(fmt.Sprintf("key=%v", withKey), func(t *testing.T) {
+			cache := openCache(t, withKey)
+			forgeFirstMember(t, img, cache, cold, coldRes, withKey)
+		})
+	}
+}
+
+// openCache opens a new cache, with a key of its own when withKey.
+func openCache(t *testing.T, withKey bool) *aci.Cache {
+	t.Helper()
 	cache, err := aci.OpenCache(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
+	if withKey {
+		if _, err := cache.LoadKey(filepath.Join(t.TempDir(), "key")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return cache
+}
+
+// entryIndex is a cache entry's index, as the cache writes it.
+type entryIndex struct {
+	StorePath string `json:"storePath"`
+	Chunks    []struct {
+		U  int    `json:"u"`
+		UC uint32 `json:"uc"`
+		C  int    `json:"c"`
+		CC uint32 `json:"cc"`
+		T  string `json:"t,omitempty"`
+	} `json:"chunks"`
+}
+
+// splitEntry takes an entry apart: its members' bytes and its index.
+func splitEntry(t *testing.T, raw []byte) ([]byte, entryIndex) {
+	t.Helper()
+	n := int(binary.LittleEndian.Uint64(raw[len(raw)-16:]))
+	var idx entryIndex
+	if err := json.Unmarshal(raw[len(raw)-16-n:len(raw)-16], &idx); err != nil {
+		t.Fatal(err)
+	}
+	return raw[:len(raw)-16-n], idx
+}
+
+// joinEntry puts an entry together again.
+func joinEntry(members []byte, idx entryIndex) []byte {
+	raw, _ := json.Marshal(idx)
+	out := append(bytes.Clone(members), raw...)
+	var foot [16]byte
+	binary.LittleEndian.PutUint64(foot[:8], uint64(len(raw)))
+	copy(foot[8:], "N2ACIFR1")
+	return append(out, foot[:]...)
+}
+
+func forgeFirstMember(t *testing.T, img aci.Image, cache *aci.Cache, cold []byte, coldRes *aci.Result, withKey bool) {
 	write(t, img, aci.WithCache(cache))
 	entry := cacheEntries(t, cache)[0]
 	raw, err := os.ReadFile(entry)
@@ -39,21 +98,8 @@ func TestCacheEntryWithOtherDeflateDataNeverReachesAnImage(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Take the entry apart: members, JSON index, footer.
-	n := int(binary.LittleEndian.Uint64(raw[len(raw)-16:]))
-	var idx struct {
-		StorePath string `json:"storePath"`
-		Chunks    []struct {
-			U  int    `json:"u"`
-			UC uint32 `json:"uc"`
-			C  int    `json:"c"`
-			CC uint32 `json:"cc"`
-		} `json:"chunks"`
-	}
-	if err := json.Unmarshal(raw[len(raw)-16-n:len(raw)-16], &idx); err != nil {
-		t.Fatal(err)
-	}
-	first := raw[:idx.Chunks[0].C]
+	members, idx := splitEntry(t, raw)
+	first := members[:idx.Chunks[0].C]
 	zr, err := gzip.NewReader(bytes.NewReader(first))
 	if err != nil {
 		t.Fatal(err)
@@ -71,16 +117,8 @@ func TestCacheEntryWithOtherDeflateDataNeverReachesAnImage(t *testing.T) {
 	zw.Close()
 	binary.LittleEndian.PutUint32(evil.Bytes()[16:], uint32(evil.Len()))
 	idx.Chunks[0].C, idx.Chunks[0].CC = evil.Len(), crc32.ChecksumIEEE(evil.Bytes())
-	newIdx, _ := json.Marshal(idx)
-	var forged bytes.Buffer
-	forged.Write(evil.Bytes())
-	forged.Write(raw[len(first) : len(raw)-16-n])
-	forged.Write(newIdx)
-	var foot [16]byte
-	binary.LittleEndian.PutUint64(foot[:8], uint64(len(newIdx)))
-	copy(foot[8:], raw[len(raw)-8:])
-	forged.Write(foot[:])
-	if err := os.WriteFile(entry, forged.Bytes(), 0o644); err != nil {
+	forged := joinEntry(append(bytes.Clone(evil.Bytes()), members[len(first):]...), idx)
+	if err := os.WriteFile(entry, forged, 0o644); err != nil {
 		t.Fatal(err)
 	}
 
@@ -95,9 +133,14 @@ func TestCacheEntryWithOtherDeflateDataNeverReachesAnImage(t *testing.T) {
 	if res.CachedPaths != 0 {
 		t.Error("the forged entry counted as a cache hit")
 	}
-	// The entry was rewritten from this build: the next build hits it.
+	// The entry was rewritten from this build: the next build hits it,
+	// with every tag verifying when there is a key.
+	before := aci.InflateProofs()
 	if _, res := write(t, img, aci.WithCache(cache)); res.CachedPaths != 1 {
 		t.Errorf("after the rewrite: %d cached paths, want 1", res.CachedPaths)
+	}
+	if proofs := aci.InflateProofs() - before; withKey && proofs != 0 {
+		t.Errorf("after the rewrite: %d members inflated, want 0 (tags)", proofs)
 	}
 }
 
@@ -150,5 +193,156 @@ func TestCacheGCRemovesOnlyItsOwnEntries(t *testing.T) {
 		if _, err := os.Lstat(s); err != nil {
 			t.Errorf("GC removed %s", s)
 		}
+	}
+}
+
+// With a key, a warm build takes its own entries without inflating a
+// member; an entry written without a key is proven by inflation once and
+// rewritten with tags; tags made under another key are not trusted.
+// Every build's archive is the cold one, byte for byte.
+func TestCacheTagsSpareInflation(t *testing.T) {
+	root := nixtest.Build(t, `mk "tagged-1.0" "mkdir -p $out/share; seq 1 400000 > $out/share/numbers; seq 5 500000 > $out/share/more"`)
+	img := image(t, root, false)
+	cold, _ := write(t, img)
+	build := func(cache *aci.Cache) (proofs int64, hits int) {
+		t.Helper()
+		before := aci.InflateProofs()
+		got, res := write(t, img, aci.WithCache(cache))
+		if !bytes.Equal(got, cold) {
+			t.Fatal("a cached build differs from the cold one")
+		}
+		return aci.InflateProofs() - before, res.CachedPaths
+	}
+
+	keyed := openCache(t, true)
+	build(keyed)
+	if proofs, hits := build(keyed); proofs != 0 || hits != 1 {
+		t.Errorf("warm build with a key: %d members inflated, %d hits; want 0 and 1", proofs, hits)
+	}
+
+	// A cache filled without a key, then used with one.
+	dir := t.TempDir()
+	plain, _ := aci.OpenCache(dir)
+	build(plain)
+	if proofs, _ := build(plain); proofs == 0 {
+		t.Error("without a key, cached members were taken unproven")
+	}
+	upgraded, _ := aci.OpenCache(dir)
+	if _, err := upgraded.LoadKey(filepath.Join(t.TempDir(), "key")); err != nil {
+		t.Fatal(err)
+	}
+	if proofs, hits := build(upgraded); proofs == 0 || hits != 1 {
+		t.Errorf("untagged entry under a key: %d members inflated, %d hits; want inflation and a hit", proofs, hits)
+	}
+	if proofs, _ := build(upgraded); proofs != 0 {
+		t.Errorf("the untagged entry was not rewritten with tags: %d members inflated", proofs)
+	}
+
+	// The same entries under another key: proven by inflation, and left
+	// as they are (a cache shared by two keys does not flip-flop).
+	other, _ := aci.OpenCache(dir)
+	if _, err := other.LoadKey(filepath.Join(t.TempDir(), "key")); err != nil {
+		t.Fatal(err)
+	}
+	entry := cacheEntries(t, other)[0]
+	before, _ := os.ReadFile(entry)
+	if proofs, hits := build(other); proofs == 0 || hits != 1 {
+		t.Errorf("another key's tags: %d members inflated, %d hits; want inflation and a hit", proofs, hits)
+	}
+	if after, _ := os.ReadFile(entry); !bytes.Equal(before, after) {
+		t.Error("an entry tagged under another key was rewritten")
+	}
+}
+
+// A tag binds its member to its place: members swapped between chunks,
+// with their lengths, CRCs and tags, are tags that do not verify, and
+// inflation finds the swap out.
+func TestCacheTagsBindTheirChunk(t *testing.T) {
+	root := nixtest.Build(t, `mk "swapped-1.0" "mkdir -p $out/share; seq 1 600000 > $out/share/numbers"`)
+	img := image(t, root, false)
+	cold, _ := write(t, img)
+	cache := openCache(t, true)
+	write(t, img, aci.WithCache(cache))
+	entry := cacheEntries(t, cache)[0]
+	raw, _ := os.ReadFile(entry)
+	members, idx := splitEntry(t, raw)
+	if len(idx.Chunks) < 2 {
+		t.Fatalf("want an entry of 2 chunks or more, have %d", len(idx.Chunks))
+	}
+	a, b := idx.Chunks[0], idx.Chunks[1]
+	ma, mb := members[:a.C], members[a.C:a.C+b.C]
+	var swapped []byte
+	swapped = append(swapped, mb...)
+	swapped = append(swapped, ma...)
+	swapped = append(swapped, members[a.C+b.C:]...)
+	// The attacker keeps what the regenerated chunks must match (u, uc)
+	// and moves the rest.
+	idx.Chunks[0].C, idx.Chunks[0].CC, idx.Chunks[0].T = b.C, b.CC, b.T
+	idx.Chunks[1].C, idx.Chunks[1].CC, idx.Chunks[1].T = a.C, a.CC, a.T
+	if err := os.WriteFile(entry, joinEntry(swapped, idx), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, res := write(t, img, aci.WithCache(cache))
+	if !bytes.Equal(got, cold) || res.CachedPaths != 0 {
+		t.Fatalf("swapped members: archive identical %v, %d hits", bytes.Equal(got, cold), res.CachedPaths)
+	}
+}
+
+// The key must stay out of reach of whoever can write the cache: it is
+// made private, never read from inside the cache, nor when others can
+// read it, nor when it is no key; a FIFO is refused at once.
+func TestCacheKeyFile(t *testing.T) {
+	cache, _ := aci.OpenCache(t.TempDir())
+	dir := filepath.Join(t.TempDir(), "config", "nix2aci")
+	file := filepath.Join(dir, "cache-key")
+	created, err := cache.LoadKey(file)
+	if err != nil || !created {
+		t.Fatalf("a new key: created %v, %v", created, err)
+	}
+	fi, _ := os.Stat(file)
+	di, _ := os.Stat(dir)
+	if fi.Mode().Perm() != 0o600 || di.Mode().Perm() != 0o700 || fi.Size() != 65 {
+		t.Errorf("key %v (%d bytes) in directory %v; want 0600, 65 bytes, 0700", fi.Mode(), fi.Size(), di.Mode())
+	}
+	first, _ := os.ReadFile(file)
+	if created, err := cache.LoadKey(file); err != nil || created {
+		t.Fatalf("the key again: created %v, %v", created, err)
+	}
+	if again, _ := os.ReadFile(file); !bytes.Equal(first, again) {
+		t.Error("loading the key changed it")
+	}
+
+	refuse := func(name, path, want string) {
+		t.Helper()
+		_, err := cache.LoadKey(path)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: got %v, want an error saying %q", name, err, want)
+		}
+	}
+	refuse("inside the cache", filepath.Join(cache.Dir(), "key"), "inside the cache directory")
+	if _, err := os.Stat(filepath.Join(cache.Dir(), "key")); err == nil {
+		t.Error("a key was made inside the cache")
+	}
+	os.Chmod(file, 0o640)
+	refuse("group-readable", file, "chmod 600")
+	os.Chmod(file, 0o600)
+	bad := filepath.Join(t.TempDir(), "bad")
+	os.WriteFile(bad, []byte("not a key\n"), 0o600)
+	refuse("garbage", bad, "hex digits")
+	os.WriteFile(bad, append(bytes.Clone(first), first...), 0o600)
+	refuse("too long", bad, "hex digits")
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := cache.LoadKey(fifo); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("FIFO: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("LoadKey blocks on a FIFO")
 	}
 }

@@ -73,5 +73,7 @@
 //
 // The image ID is the SHA-512 of the uncompressed tar stream, computed while
 // writing. A cached build still regenerates each store path's uncompressed
-// fragment to hash it (reading the store is cheap; compressing is not).
+// fragment to hash it (reading the store is cheap; compressing is not), and
+// takes a cached member only once it is proven to inflate to that fragment:
+// by its tag under the cache's key (Cache.LoadKey), or else by inflating it.
 package aci

@@ -253,6 +253,7 @@ type chunk struct {
 	index  int         // within frag
 	cached *chunkIndex // compressed bytes may be taken from the cache
 	hit    bool        // out holds the cached member, proven to inflate to data
+	tag    []byte      // the member's tag, when the cache has a key
 	ulen   int         // len(data), kept after data returns to the pool
 	ucrc   uint32      // CRC-32 of data, for cacheable chunks
 	out    *bytes.Buffer
@@ -361,7 +362,7 @@ func (b *builder) compressLoop() error {
 				scratch = getChunkBuf()
 				defer putChunkBuf(scratch)
 			}
-			c.hit = c.frag.readCached(c.index, c.data, buf, scratch)
+			c.tag, c.hit = c.frag.readCached(c.index, c.data, buf, scratch)
 			if !c.hit {
 				c.frag.dirty.Store(true)
 				buf.Reset()
@@ -369,6 +370,9 @@ func (b *builder) compressLoop() error {
 		}
 		if !c.hit {
 			err = z.compress(buf, c.data)
+			if err == nil && c.frag != nil && c.frag.key != nil {
+				c.tag = c.frag.tag(c.index, c.ulen, c.ucrc, buf.Bytes())
+			}
 		}
 		c.out = buf
 		b.release(c)

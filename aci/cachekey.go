@@ -1,0 +1,110 @@
+package aci
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/nix2aci/nix2aci/internal/safeio"
+)
+
+// CacheKeySize is the size of a cache key in bytes; its file holds it as
+// hex digits and a newline.
+const CacheKeySize = 32
+
+// LoadKey makes the cache tag the members it writes, and take a member
+// whose tag verifies without inflating it (see Cache), with the key in
+// file. When file does not exist, a new random key is written there
+// (0600, its directory made 0700) and created is true.
+//
+// The key is what an attacker who can write the cache must not read, so
+// it is refused when it lies inside the cache directory, when it is not a
+// regular file owned by this user, or when others may read it; the cache
+// then works as without a key.
+func (c *Cache) LoadKey(file string) (created bool, err error) {
+	abs, err := filepath.Abs(file)
+	if err != nil {
+		return false, err
+	}
+	dir, err := filepath.Abs(c.dir)
+	if err != nil {
+		return false, err
+	}
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
+	}
+	if realParent, err := filepath.EvalSymlinks(filepath.Dir(abs)); err == nil {
+		abs = filepath.Join(realParent, filepath.Base(abs))
+	}
+	if rel, err := filepath.Rel(dir, abs); err == nil && filepath.IsLocal(rel) {
+		return false, fmt.Errorf("the cache key %s is inside the cache directory %s, where whoever can write the cache could read or replace it: keep it elsewhere (--cache-key)", safeio.Quote(file), safeio.Quote(c.dir))
+	}
+	key, err := readKey(file)
+	if errors.Is(err, fs.ErrNotExist) {
+		if key, err = createKey(file); err != nil {
+			return false, fmt.Errorf("creating the cache key %s: %w", safeio.Quote(file), err)
+		}
+		created = true
+	}
+	if err != nil {
+		return false, err
+	}
+	c.key = key
+	return created, nil
+}
+
+// readKey reads and checks a key file.
+func readKey(file string) ([]byte, error) {
+	f, err := safeio.OpenRegular(file)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("the cache key: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return nil, fmt.Errorf("the cache key %s belongs to uid %d, not to this user (uid %d): whoever owns it can forge cache entries; use a key of your own (--cache-key)", safeio.Quote(file), st.Uid, os.Geteuid())
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("the cache key %s can be read or written by others (mode %04o): run chmod 600 %s", safeio.Quote(file), fi.Mode().Perm(), safeio.Quote(file))
+	}
+	buf := make([]byte, 2*CacheKeySize+2)
+	n, _ := f.Read(buf)
+	text := bytes.TrimRight(buf[:n], "\n")
+	key := make([]byte, CacheKeySize)
+	if len(text) != 2*CacheKeySize || fi.Size() > int64(len(text)+1) {
+		return nil, fmt.Errorf("the cache key %s is not %d hex digits: remove it, and the next build makes a new one", safeio.Quote(file), 2*CacheKeySize)
+	}
+	if _, err := hex.Decode(key, text); err != nil {
+		return nil, fmt.Errorf("the cache key %s is not %d hex digits: remove it, and the next build makes a new one", safeio.Quote(file), 2*CacheKeySize)
+	}
+	return key, nil
+}
+
+// createKey writes a new random key to file, unless another build got
+// there first: then that build's key is the one read and used.
+func createKey(file string) ([]byte, error) {
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		return nil, err
+	}
+	key := make([]byte, CacheKeySize)
+	rand.Read(key)
+	if err := safeio.CreateFileAtomic(file, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return readKey(file)
+		}
+		return nil, err
+	}
+	return key, nil
+}
