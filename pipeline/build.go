@@ -57,6 +57,11 @@ type Request struct {
 	// CacheMax, when > 0, is the size it is trimmed to afterwards.
 	CacheDir string
 	CacheMax int64
+	// CacheKey is the file of the key that tags cache entries, so that a
+	// warm build takes its own entries without inflating them (see
+	// aci.Cache); it is created when missing. "" for none: every cached
+	// member is then proven by inflating it.
+	CacheKey string
 	// NoExecCheck builds even if the app's program cannot start.
 	NoExecCheck bool
 	// Created is the app image's "created" time (zero: the Unix epoch).
@@ -277,6 +282,11 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		if b.cache, err = aci.OpenCache(b.CacheDir); err != nil {
 			b.Warn(fmt.Sprintf("%v; building without the cache", err))
 		} else {
+			if b.CacheKey != "" {
+				if _, err := b.cache.LoadKey(b.CacheKey); err != nil {
+					b.Warn(fmt.Sprintf("%v; until then, cached members are proven by inflating them (slower)", err))
+				}
+			}
 			b.opts = append(b.opts, aci.WithCache(b.cache))
 		}
 	}
