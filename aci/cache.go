@@ -264,7 +264,8 @@ func (f *fragment) match(i, ulen int, ucrc uint32) *chunkIndex {
 // readCached reads chunk i's member from the old entry into out and
 // reports whether it is proven to stand for data (whose length and CRC-32
 // match the index: see match). Its bytes must match the index's CRC-32 (a
-// cheap first check) and its header must claim its own length; then
+// cheap first check), its header must claim its own length and its
+// trailer the chunk's CRC-32 and size; then
 // either its tag verifies under the cache's key, or it is exactly one gzip
 // member that inflates, with matching CRC-32 and size, to data byte for
 // byte (scratch holds the inflated bytes). It returns the member's tag
@@ -278,6 +279,10 @@ func (f *fragment) readCached(i int, data []byte, out *bytes.Buffer, scratch []b
 	out.Grow(ci.C)
 	buf := out.AvailableBuffer()[:ci.C]
 	if _, err := f.old.ReadAt(buf, ci.off); err != nil || crc(buf) != ci.CC || memberLength(buf) != len(buf) {
+		return nil, false
+	}
+	// The gzip trailer must name the chunk: its CRC-32 and size.
+	if len(buf) < 8 || binary.LittleEndian.Uint32(buf[len(buf)-8:]) != ci.UC || binary.LittleEndian.Uint32(buf[len(buf)-4:]) != uint32(ci.U) {
 		return nil, false
 	}
 	if f.key != nil {

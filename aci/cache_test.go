@@ -346,3 +346,16 @@ func TestCacheKeyFile(t *testing.T) {
 		t.Fatal("LoadKey blocks on a FIFO")
 	}
 }
+
+// Only gzip builds use the cache: an xz build neither fills it nor
+// rewrites it on every run.
+func TestCacheServesGzipOnly(t *testing.T) {
+	img := image(t, nixtest.Hello(t), false)
+	cache := openCache(t, false)
+	for i := 0; i < 2; i++ {
+		write(t, img, aci.WithCache(cache), aci.WithCompression(aci.Xz, 0))
+	}
+	if files, _ := filepath.Glob(filepath.Join(cache.Dir(), "*", "*.frag")); len(files) != 0 {
+		t.Errorf("xz builds wrote %d cache entries", len(files))
+	}
+}

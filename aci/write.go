@@ -172,8 +172,12 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 	}
 	// More jobs than chunks in flight would only hold more compressors.
 	cfg.jobs = max(1, min(cfg.jobs, maxInFlight))
-	if cfg.compression == None {
-		cfg.cache = nil // nothing to save
+	if cfg.compression != Gzip {
+		// Only gzip members are cached: without compression there is
+		// nothing to save, and readCached takes only members in Write's
+		// gzip format, so an xz build would rewrite its entries every
+		// time and use none.
+		cfg.cache = nil
 	}
 	if img.Manifest == nil || img.Closure == nil {
 		return nil, errors.New("image needs a manifest and a closure")
