@@ -29,8 +29,8 @@ import (
 // compression settings, the store path and its NAR hash:
 //
 //	member bytes of every chunk, in order
-//	index: JSON {storePath, chunks: [{u, uc, c, cc}]} (uncompressed and
-//	       compressed length and CRC-32 of each chunk)
+//	index: JSON {storePath, chunks: [{u, uc, c, cc, t}]} (uncompressed and
+//	       compressed length and CRC-32 of each chunk, and its member's tag)
 //	footer: index length (8 bytes, little endian) and the magic "N2ACIFR1"
 //
 // Nothing in an entry is trusted. A build regenerates each chunk's
@@ -173,6 +173,17 @@ type fragment struct {
 	readBuf  []byte
 	key      []byte      // the cache's key, nil for none
 	retag    atomic.Bool // a member had no tag: rewrite the entry with tags
+	// proven is, for each chunk the sink has recorded, whether its member
+	// came proven from the old entry, and its tag then: a rewrite copies
+	// only those members, and only if they still have that tag (the old
+	// file may have changed since they were proven).
+	proven []provenMember
+	gaveUp bool // writing a new entry failed: no more tries this build
+}
+
+type provenMember struct {
+	ok  bool
+	tag []byte
 }
 
 func (b *builder) openFragment(p nixstore.PathInfo) *fragment {
@@ -324,7 +335,7 @@ func (f *fragment) tag(i, u int, uc uint32, member []byte) []byte {
 }
 
 // readOld returns chunk i's member bytes from the old entry, to copy into
-// a rewritten entry (they were proven when this build used them).
+// a rewritten entry; the caller checks they are the bytes it proved.
 func (f *fragment) readOld(i int) ([]byte, bool) {
 	ci := f.idx.Chunks[i]
 	if ci.C > maxMember {
@@ -344,14 +355,17 @@ func (f *fragment) readOld(i int) ([]byte, bool) {
 // entry unless the whole fragment comes intact from the old one.
 func (b *builder) record(c *chunk, payload []byte, fromCache bool) {
 	f := c.frag
-	if f.file == "" {
+	if f.file == "" || f.gaveUp {
 		return
+	}
+	if len(f.proven) == c.index {
+		f.proven = append(f.proven, provenMember{ok: fromCache, tag: c.tag})
 	}
 	if f.w == nil && fromCache && !f.dirty.Load() {
 		return
 	}
 	if f.w == nil {
-		// Chunks before this one came intact from the old entry.
+		// Chunks before this one came proven from the old entry.
 		f.rewrite(c.index)
 	}
 	if f.w != nil {
@@ -360,20 +374,32 @@ func (b *builder) record(c *chunk, payload []byte, fromCache bool) {
 }
 
 // rewrite starts a new entry holding the old entry's first n chunks, which
-// matched this build's; on any failure the fragment is just not cached.
+// this build took from it proven; on any failure the fragment is not
+// cached this build. The members are read again, so each must still have
+// the tag it had when proven: without a key there are no tags, and the new
+// entry's members will be proven by inflation as any untagged member is.
 func (f *fragment) rewrite(n int) {
-	f.w = newEntryWriter(f.file, f.path)
-	for j := 0; j < n && f.w != nil; j++ {
+	if n > len(f.proven) {
+		f.gaveUp = true
+		return
+	}
+	if f.w = newEntryWriter(f.file, f.path); f.w == nil {
+		f.gaveUp = true
+		return
+	}
+	for j := 0; j < n; j++ {
 		old, ok := f.readOld(j)
-		if !ok {
-			f.w.abort()
-			f.w = nil
-			return
-		}
 		ci := f.idx.Chunks[j]
 		var tag []byte
-		if f.key != nil {
+		if ok && f.key != nil {
 			tag = f.tag(j, ci.U, ci.UC, old)
+			ok = hmac.Equal(tag, f.proven[j].tag)
+		}
+		if !ok || !f.proven[j].ok {
+			f.w.abort()
+			f.w = nil
+			f.gaveUp = true
+			return
 		}
 		f.w.add(ci.U, ci.UC, old, tag)
 	}

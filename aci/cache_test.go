@@ -320,6 +320,17 @@ func TestCacheKeyFile(t *testing.T) {
 		}
 	}
 	refuse("inside the cache", filepath.Join(cache.Dir(), "key"), "inside the cache directory")
+	// Through symlinks: the key file itself, or a directory on its way
+	// whose rest does not exist yet.
+	links := t.TempDir()
+	os.WriteFile(filepath.Join(cache.Dir(), "planted"), first, 0o600)
+	os.Symlink(filepath.Join(cache.Dir(), "planted"), filepath.Join(links, "key"))
+	refuse("a symlink into the cache", filepath.Join(links, "key"), "inside the cache directory")
+	os.Symlink(cache.Dir(), filepath.Join(links, "dir"))
+	refuse("a new key under a symlink to the cache", filepath.Join(links, "dir", "sub", "key"), "inside the cache directory")
+	if _, err := os.Stat(filepath.Join(cache.Dir(), "sub")); err == nil {
+		t.Error("a key directory was made inside the cache")
+	}
 	if _, err := os.Stat(filepath.Join(cache.Dir(), "key")); err == nil {
 		t.Error("a key was made inside the cache")
 	}
@@ -357,5 +368,135 @@ func TestCacheServesGzipOnly(t *testing.T) {
 	}
 	if files, _ := filepath.Glob(filepath.Join(cache.Dir(), "*", "*.frag")); len(files) != 0 {
 		t.Errorf("xz builds wrote %d cache entries", len(files))
+	}
+}
+
+// A rewritten entry copies only the members this build proved, as it
+// proved them. The attacker owns an untagged entry whose first member is
+// genuine, and keeps flipping 8 of its bytes to others that leave every
+// CRC-32 and length as they were: the build under a key proves the member
+// by inflation and then retags the entry, reading the member again. What
+// it tags must be what it proved, or the next build would take a forged
+// member on its tag alone.
+func TestCacheRewriteNeverTagsWhatItDidNotProve(t *testing.T) {
+	root := nixtest.Build(t, `mk "launder-1.0" "mkdir -p $out/share; seq 1 400000 > $out/share/numbers"`)
+	img := image(t, root, false)
+	_, coldRes := write(t, img)
+	cache := openCache(t, true)
+	write(t, img, aci.WithCache(cache))
+	entry := cacheEntries(t, cache)[0]
+	raw, _ := os.ReadFile(entry)
+	members, idx := splitEntry(t, raw)
+	c0 := idx.Chunks[0]
+	zr, err := gzip.NewReader(bytes.NewReader(members[:c0.C]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr.Multistream(false)
+	data, _ := io.ReadAll(zr)
+
+	// The genuine member stores chunk 0 uncompressed, so the forged one
+	// differs from it in the same 8 bytes as its data does.
+	var buf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.NoCompression)
+	zw.Header.Extra = []byte{'N', '2', 4, 0, 0, 0, 0, 0}
+	zw.Write(data)
+	zw.Close()
+	good := buf.Bytes()
+	binary.LittleEndian.PutUint32(good[16:], uint32(len(good)))
+	q := len(data) * 2 / 3
+	forgedData := bytes.Clone(data)
+	copy(forgedData[q:], "EVIL")
+	keepCRC(forgedData, q+4, c0.UC)
+	at := bytes.Index(good, data[q-16:q+24]) + 16
+	if at < 16 {
+		t.Fatal("the window crosses a stored block's header")
+	}
+	goodBytes, forgedBytes := bytes.Clone(good[at:at+8]), forgedData[q:q+8]
+	forged := bytes.Clone(good)
+	copy(forged[at:], forgedBytes)
+	if crc32.ChecksumIEEE(forged) != crc32.ChecksumIEEE(good) {
+		t.Fatal("the forged member's CRC-32 differs")
+	}
+
+	for attempt := 0; attempt < 40; attempt++ {
+		idx.Chunks[0].C, idx.Chunks[0].CC, idx.Chunks[0].T = len(good), crc32.ChecksumIEEE(good), ""
+		os.Remove(entry)
+		if err := os.WriteFile(entry, joinEntry(append(bytes.Clone(good), members[c0.C:]...), idx), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		fh, err := os.OpenFile(entry, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		flipped := make(chan struct{})
+		go func() {
+			defer close(flipped)
+			for {
+				select {
+				case <-stop:
+					fh.WriteAt(goodBytes, int64(at))
+					return
+				default:
+					fh.WriteAt(forgedBytes, int64(at))
+					fh.WriteAt(goodBytes, int64(at))
+				}
+			}
+		}()
+		// write fails the test if the file's image ID is not the one the
+		// build reports.
+		_, res := write(t, img, aci.WithCache(cache))
+		close(stop)
+		<-flipped
+		fh.Close()
+		if res.ImageID != coldRes.ImageID {
+			t.Fatalf("attempt %d: the racing build made another image", attempt)
+		}
+		// Whatever the entry holds now, the next build makes the cold
+		// image (the genuine stored member may stand in for the
+		// compressed one: same image, other bytes).
+		if _, res := write(t, img, aci.WithCache(cache)); res.ImageID != coldRes.ImageID {
+			t.Fatalf("attempt %d: a forged member was tagged and reached the next image", attempt)
+		}
+	}
+}
+
+// keepCRC sets b[p:p+4] so that b's CRC-32 is want: CRC-32 is linear, so
+// flipping bit k changes the CRC by a fixed vector; solve for the flips.
+func keepCRC(b []byte, p int, want uint32) {
+	base := crc32.ChecksumIEEE(b)
+	type vec struct{ crc, flips uint32 }
+	var pivots [32]*vec
+	for k := 0; k < 32; k++ {
+		b[p+k/8] ^= 1 << (k % 8)
+		v := vec{crc32.ChecksumIEEE(b) ^ base, 1 << k}
+		b[p+k/8] ^= 1 << (k % 8)
+		for bit := 31; bit >= 0 && v.crc != 0; bit-- {
+			if v.crc>>bit&1 == 0 {
+				continue
+			}
+			if pivots[bit] == nil {
+				pivots[bit] = &v
+				break
+			}
+			v.crc ^= pivots[bit].crc
+			v.flips ^= pivots[bit].flips
+		}
+	}
+	need, flips := base^want, uint32(0)
+	for bit := 31; bit >= 0; bit-- {
+		if need>>bit&1 == 1 {
+			need ^= pivots[bit].crc
+			flips ^= pivots[bit].flips
+		}
+	}
+	for k := 0; k < 32; k++ {
+		if flips>>k&1 == 1 {
+			b[p+k/8] ^= 1 << (k % 8)
+		}
+	}
+	if crc32.ChecksumIEEE(b) != want {
+		panic("keepCRC: no solution")
 	}
 }

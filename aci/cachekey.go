@@ -36,13 +36,7 @@ func (c *Cache) LoadKey(file string) (created bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	if real, err := filepath.EvalSymlinks(dir); err == nil {
-		dir = real
-	}
-	if realParent, err := filepath.EvalSymlinks(filepath.Dir(abs)); err == nil {
-		abs = filepath.Join(realParent, filepath.Base(abs))
-	}
-	if rel, err := filepath.Rel(dir, abs); err == nil && filepath.IsLocal(rel) {
+	if rel, err := filepath.Rel(resolved(dir), resolved(abs)); err == nil && filepath.IsLocal(rel) {
 		return false, fmt.Errorf("the cache key %s is inside the cache directory %s, where whoever can write the cache could read or replace it: keep it elsewhere (--cache-key)", safeio.Quote(file), safeio.Quote(c.dir))
 	}
 	key, err := readKey(file)
@@ -57,6 +51,24 @@ func (c *Cache) LoadKey(file string) (created bool, err error) {
 	}
 	c.key = key
 	return created, nil
+}
+
+// resolved returns the absolute path p with the symlinks of its longest
+// existing part resolved (the file itself, if it exists), as the file
+// system will resolve them when p is opened or created.
+func resolved(p string) string {
+	rest := ""
+	for {
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			return filepath.Join(r, rest)
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return filepath.Join(p, rest)
+		}
+		rest = filepath.Join(filepath.Base(p), rest)
+		p = parent
+	}
 }
 
 // readKey reads and checks a key file.
