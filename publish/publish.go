@@ -65,6 +65,12 @@ type Options struct {
 	// PublicKey is the published key when Key is not set: every image must
 	// then have a signature beside it (IMAGE.aci.asc) that it verifies.
 	PublicKey *openpgp.Entity
+	// Replace lets an image take the place of a published one with the
+	// same name, version, os and arch but another image ID. Without it
+	// that is refused: rkt fetch NAME:VERSION would get other bytes than
+	// before. Even with it, an image that another published image pins
+	// by ID is not replaced unless that one is published again too.
+	Replace bool
 }
 
 // Published is one image in the tree.
@@ -77,6 +83,8 @@ type Published struct {
 	// Path is the image's path in the tree, URL its address.
 	Path string `json:"path"`
 	URL  string `json:"url"`
+	// Depends are the image IDs its dependencies are pinned to.
+	Depends []string `json:"depends,omitempty"`
 }
 
 // Report is what Publish did.
@@ -263,6 +271,11 @@ func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 		}
 		p := Published{Name: name, Version: labels["version"], OS: labels["os"], Arch: labels["arch"], ImageID: id, Path: rel,
 			URL: strings.NewReplacer("{name}", name, "{version}", labels["version"], "{os}", labels["os"], "{arch}", labels["arch"], "{ext}", "aci").Replace(tmpl)}
+		for _, d := range im.Dependencies {
+			if d.ImageID != nil {
+				p.Depends = append(p.Depends, d.ImageID.String())
+			}
+		}
 		host, _, _ := strings.Cut(name, "/")
 		if ps, ok := st.Prefixes[host]; ok && ps.Template != tmpl {
 			return nil, &UsageError{fmt.Sprintf("the site publishes %s at %s already; publish with that base URL, or into another site", host, ps.Template)}
@@ -275,6 +288,9 @@ func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 		ps, deps = append(ps, j.p), append(deps, j.deps)
 	}
 	if err := checkDependencies(ps, deps, st); err != nil {
+		return nil, err
+	}
+	if err := checkReplacements(ps, st, o.Replace); err != nil {
 		return nil, err
 	}
 
@@ -405,6 +421,33 @@ func checkDependencies(ps []Published, deps []types.Dependencies, st *site) erro
 	return nil
 }
 
+// checkReplacements refuses to put an image where the site has one of the
+// same name, version, os and arch (the same path) but another image ID,
+// unless replace; and even then when an image that stays published pins
+// the old one by ID: rkt fetch of that one would then fail.
+func checkReplacements(ps []Published, st *site, replace bool) error {
+	republished := map[string]bool{}
+	for _, p := range ps {
+		republished[p.Path] = true
+	}
+	for _, p := range ps {
+		old, ok := st.Images[p.Path]
+		if !ok || old.ImageID == p.ImageID {
+			continue
+		}
+		if !replace {
+			return &UsageError{fmt.Sprintf("%s version %s (%s/%s) is published already with image ID %s, and this one's is %s: rkt fetch %s:%s would get other bytes than before. Publish it as a new version, or pass --replace", p.Name, safeio.Quote(p.Version), p.OS, p.Arch, old.ImageID, p.ImageID, p.Name, p.Version)}
+		}
+		for _, q := range st.Images {
+			if republished[q.Path] || !contains(q.Depends, old.ImageID) {
+				continue
+			}
+			return &UsageError{fmt.Sprintf("%s version %s pins %s version %s by its image ID %s: replacing that would break rkt fetch of %s. Publish %s again too, built on the new one, or publish the new one as a new version", q.Name, safeio.Quote(q.Version), p.Name, safeio.Quote(p.Version), old.ImageID, q.Name, q.Name)}
+		}
+	}
+	return nil
+}
+
 // verifyFiles checks the signature asc of the image at path with trust,
 // reading the whole image (sign.VerifyWith with Full).
 func verifyFiles(ctx context.Context, path, asc string, trust *sign.Trust) (*sign.Verified, error) {
@@ -465,9 +508,14 @@ func readState(root *os.Root) (*site, error) {
 			return nil, fmt.Errorf("the site's %s names the prefix %s, which is not an AC Identifier", stateFile, safeio.Quote(p))
 		}
 	}
-	for p := range st.Images {
+	for p, img := range st.Images {
 		if !filepath.IsLocal(p) {
 			return nil, fmt.Errorf("the site's %s names %s, outside the site", stateFile, safeio.Quote(p))
+		}
+		for _, id := range append([]string{img.ImageID}, img.Depends...) {
+			if _, err := types.NewHash(id); err != nil {
+				return nil, fmt.Errorf("the site's %s gives %s the image ID %s, which is not one; publish into a new site, or remove the file to start the record afresh", stateFile, safeio.Quote(p), safeio.Quote(id))
+			}
 		}
 	}
 	return st, nil

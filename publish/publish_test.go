@@ -21,6 +21,7 @@ import (
 	"github.com/appc/spec/schema/types"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/publish"
 	"github.com/nix2aci/nix2aci/sign"
@@ -258,7 +259,7 @@ func TestPublishRefuses(t *testing.T) {
 	for _, l := range build(t, "app1", filepath.Join(work, "signed"), pipeline.KeySigner(other)).Layers {
 		layerID = l.ImageID
 	}
-	os.WriteFile(state, bytes.Replace(data, []byte(layerID), []byte("sha512-"+strings.Repeat("0", 128)), 1), 0o644)
+	os.WriteFile(state, bytes.Replace(data, []byte(`"imageID": "`+layerID), []byte(`"imageID": "sha512-`+strings.Repeat("0", 128)), 1), 0o644)
 	app := filepath.Join(work, "signed", "app1-1.0-linux-amd64.aci")
 	_, err = publish.Publish(context.Background(), []string{app}, publish.Options{Site: site, BaseURL: "https://example.com/acis", Key: key})
 	if err == nil || !strings.Contains(err.Error(), "but the one published has sha512-000") {
@@ -311,5 +312,87 @@ func TestSiteRecordIsUntrusted(t *testing.T) {
 		if ents, _ := os.ReadDir(site); len(ents) != 1 {
 			t.Errorf("%s: the site holds %d entries", tc.name, len(ents))
 		}
+	}
+}
+
+// A published version keeps its bytes: an image with the same name,
+// version, os and arch but another image ID is refused, unless Replace;
+// and even then not while another published image pins the old one by
+// its ID, unless that one is published again too.
+func TestRepublishingOtherContents(t *testing.T) {
+	work, key, imgs := unsignedApp1(t)
+	site := filepath.Join(work, "site")
+	o := publish.Options{Site: site, BaseURL: "https://example.com/acis", Key: key}
+	first, err := publish.Publish(context.Background(), imgs, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var oldApp publish.Published
+	for _, p := range first.Images {
+		if p.Name == "127.0.0.1/app1" {
+			oldApp = p
+		}
+	}
+	if len(oldApp.Depends) != len(first.Images)-1 {
+		t.Fatalf("the app's record pins %d layers, want %d", len(oldApp.Depends), len(first.Images)-1)
+	}
+
+	// The same app, version 1.0, with another environment.
+	target, _ := filepath.Abs(filepath.Join("testdata", "app1.nix"))
+	other := filepath.Join(work, "other")
+	res, err := pipeline.Build(context.Background(), pipeline.Request{Target: target, Kind: pipeline.Layered, Name: "127.0.0.1/app1", OutDir: other,
+		Overrides: manifest.Overrides{Env: map[string]string{"CHANGED": "1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newApp := []string{res.ACI}
+	published := filepath.Join(site, filepath.FromSlash(oldApp.Path))
+	before, _ := os.ReadFile(published)
+	_, err = publish.Publish(context.Background(), newApp, o)
+	if err == nil || !strings.Contains(err.Error(), "published already with image ID "+oldApp.ImageID) || !strings.Contains(err.Error(), "--replace") {
+		t.Fatalf("other contents under a published version: %v", err)
+	}
+	if after, _ := os.ReadFile(published); !bytes.Equal(before, after) {
+		t.Fatal("the refused publish changed the published image")
+	}
+
+	// Pinned by another published image (the record says a layer pins
+	// the app): refused even with Replace, unless that one comes too.
+	state := filepath.Join(site, ".nix2aci-site.json")
+	raw, _ := os.ReadFile(state)
+	layer := first.Images[0]
+	if layer.Name == oldApp.Name {
+		layer = first.Images[1]
+	}
+	forged := bytes.Replace(raw, []byte(`"url": "`+layer.URL+`"`), []byte(`"url": "`+layer.URL+`", "depends": ["`+oldApp.ImageID+`"]`), 1)
+	if bytes.Equal(forged, raw) {
+		t.Fatal("could not edit the site's record")
+	}
+	os.WriteFile(state, forged, 0o644)
+	o.Replace = true
+	_, err = publish.Publish(context.Background(), newApp, o)
+	if err == nil || !strings.Contains(err.Error(), layer.Name+" version") || !strings.Contains(err.Error(), "pins 127.0.0.1/app1") {
+		t.Fatalf("replacing a pinned image: %v", err)
+	}
+	var layerFile string
+	for _, f := range imgs {
+		if !strings.HasPrefix(filepath.Base(f), "app1-") && strings.HasSuffix(f, filepath.Base(layer.Path)) {
+			layerFile = f
+		}
+	}
+	rep, err := publish.Publish(context.Background(), append(newApp, layerFile), o)
+	if err != nil {
+		t.Fatalf("replacing with the pinning image published again: %v", err)
+	}
+	info, err := aci.InspectFile(published)
+	if err != nil || info.ImageID != res.ImageID || len(rep.Images) != 2 {
+		t.Fatalf("the site now serves %v (%v), want %s", info, err, res.ImageID)
+	}
+
+	// A record whose IDs are not image IDs is refused.
+	raw, _ = os.ReadFile(state)
+	os.WriteFile(state, bytes.Replace(raw, []byte(`"imageID": "sha512-`), []byte(`"imageID": "../x-`), 1), 0o644)
+	if _, err := publish.Publish(context.Background(), newApp, o); err == nil || !strings.Contains(err.Error(), "not one") {
+		t.Errorf("a record with a bad image ID: %v", err)
 	}
 }

@@ -27,11 +27,14 @@ names start with; then:
 
 With --key every image is signed as it is published; with --public-key
 every image must have a signature beside it that the key verifies.
-Publishing again into a tree adds to it.`,
+Publishing again into a tree adds to it; an image whose name, version, os
+and arch are published already with other contents is refused, unless
+--replace (and never while another published image pins it by ID).`,
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "the tree's `DIR`", Required: true},
 			&cli.StringFlag{Name: "base-url", Usage: "where the tree's image directory is served, e.g. https://example.com/acis", Required: true},
 			&cli.StringFlag{Name: "public-key", Usage: "publish the public key in `FILE` (images already signed)"},
+			&cli.BoolFlag{Name: "replace", Usage: "let an image replace a published one of the same name, version, os and arch but other contents (refused while another published image pins it)"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object"},
 		}, signingKeyFlags()...),
 		BashComplete: completeImages,
@@ -46,7 +49,7 @@ func runPublish(c *cli.Context) error {
 	if _, err := publish.ParseBaseURL(c.String("base-url")); err != nil {
 		return err
 	}
-	o := publish.Options{Site: c.String("out"), BaseURL: c.String("base-url")}
+	o := publish.Options{Site: c.String("out"), BaseURL: c.String("base-url"), Replace: c.Bool("replace")}
 	if c.String("key") == "" && c.String("public-key") == "" && os.Getenv("NIX2ACI_SIGNING_KEY") == "" {
 		return usagef("publish needs the key rkt will trust: --key KEY.asc to sign every image (or the key in NIX2ACI_SIGNING_KEY), or --public-key PUB.asc for images signed already")
 	}
