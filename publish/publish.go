@@ -427,7 +427,12 @@ func checkDependencies(ps []Published, deps []types.Dependencies, st *site) erro
 // the old one by ID: rkt fetch of that one would then fail.
 func checkReplacements(ps []Published, st *site, replace bool) error {
 	republished := map[string]bool{}
+	ids := map[string]string{}
 	for _, p := range ps {
+		if id, ok := ids[p.Path]; ok && id != p.ImageID {
+			return &UsageError{fmt.Sprintf("two of the images are %s version %s (%s/%s), with image IDs %s and %s: publish one of them, or give the other a new version", p.Name, safeio.Quote(p.Version), p.OS, p.Arch, id, p.ImageID)}
+		}
+		ids[p.Path] = p.ImageID
 		republished[p.Path] = true
 	}
 	for _, p := range ps {

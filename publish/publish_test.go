@@ -347,6 +347,17 @@ func TestRepublishingOtherContents(t *testing.T) {
 	}
 	newApp := []string{res.ACI}
 	published := filepath.Join(site, filepath.FromSlash(oldApp.Path))
+	// Both at once, into a new site: one would silently win.
+	var oldAppFile string
+	for _, f := range imgs {
+		if strings.HasPrefix(filepath.Base(f), "app1-") {
+			oldAppFile = f
+		}
+	}
+	_, err = publish.Publish(context.Background(), append(append([]string(nil), imgs...), res.ACI), publish.Options{Site: filepath.Join(work, "both"), BaseURL: o.BaseURL, Key: key})
+	if err == nil || !strings.Contains(err.Error(), "two of the images are 127.0.0.1/app1") {
+		t.Fatalf("two contents for one version in one publish (%s and %s): %v", oldAppFile, res.ACI, err)
+	}
 	before, _ := os.ReadFile(published)
 	_, err = publish.Publish(context.Background(), newApp, o)
 	if err == nil || !strings.Contains(err.Error(), "published already with image ID "+oldApp.ImageID) || !strings.Contains(err.Error(), "--replace") {
