@@ -290,7 +290,7 @@ func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 	if err := checkDependencies(ps, deps, st); err != nil {
 		return nil, err
 	}
-	if err := checkReplacements(ps, st, o.Replace); err != nil {
+	if err := checkReplacements(root, ps, st, o.Replace); err != nil {
 		return nil, err
 	}
 
@@ -421,36 +421,123 @@ func checkDependencies(ps []Published, deps []types.Dependencies, st *site) erro
 	return nil
 }
 
-// checkReplacements refuses to put an image where the site has one of the
-// same name, version, os and arch (the same path) but another image ID,
-// unless replace; and even then when an image that stays published pins
-// the old one by ID: rkt fetch of that one would then fail.
-func checkReplacements(ps []Published, st *site, replace bool) error {
-	republished := map[string]bool{}
-	ids := map[string]string{}
+// checkReplacements refuses to put an image where the site serves one of
+// the same name, version, os and arch (the same path) but another image
+// ID, unless replace; and even then when an image that stays published
+// pins the old one by ID: rkt fetch of that one would then fail. Two
+// names whose files the template puts at one path are refused outright.
+func checkReplacements(root *os.Root, ps []Published, st *site, replace bool) error {
+	republished := map[string]Published{}
 	for _, p := range ps {
-		if id, ok := ids[p.Path]; ok && id != p.ImageID {
-			return &UsageError{fmt.Sprintf("two of the images are %s version %s (%s/%s), with image IDs %s and %s: publish one of them, or give the other a new version", p.Name, safeio.Quote(p.Version), p.OS, p.Arch, id, p.ImageID)}
+		if q, ok := republished[p.Path]; ok && describe(q) != describe(p) {
+			return &UsageError{fmt.Sprintf("two of the images, %s and %s, would both be published as %s (the template %s): give one of them another version", describe(q), describe(p), p.Path, fileTemplate)}
+		} else if ok && q.ImageID != p.ImageID {
+			return &UsageError{fmt.Sprintf("two of the images are %s, with image IDs %s and %s: publish one of them, or give the other a new version", describe(p), q.ImageID, p.ImageID)}
 		}
-		ids[p.Path] = p.ImageID
-		republished[p.Path] = true
+		republished[p.Path] = p
 	}
 	for _, p := range ps {
-		old, ok := st.Images[p.Path]
-		if !ok || old.ImageID == p.ImageID {
+		old, ok, err := publishedAt(root, st, p.Path)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		if old.Name != p.Name || old.Version != p.Version || old.OS != p.OS || old.Arch != p.Arch {
+			return &UsageError{fmt.Sprintf("%s would be published as %s, where the site serves %s: the template %s gives both that file; give one of them another version", describe(p), p.Path, describe(old), fileTemplate)}
+		}
+		if old.ImageID == p.ImageID {
 			continue
 		}
 		if !replace {
-			return &UsageError{fmt.Sprintf("%s version %s (%s/%s) is published already with image ID %s, and this one's is %s: rkt fetch %s:%s would get other bytes than before. Publish it as a new version, or pass --replace", p.Name, safeio.Quote(p.Version), p.OS, p.Arch, old.ImageID, p.ImageID, p.Name, p.Version)}
+			return &UsageError{fmt.Sprintf("%s is published already with image ID %s, and this one's is %s: rkt fetch %s:%s would get other bytes than before. Publish it as a new version, or pass --replace", describe(p), old.ImageID, p.ImageID, p.Name, safeio.Quote(p.Version))}
 		}
 		for _, q := range st.Images {
-			if republished[q.Path] || !contains(q.Depends, old.ImageID) {
+			if _, ok := republished[q.Path]; ok || !contains(pins(root, q), old.ImageID) {
 				continue
 			}
-			return &UsageError{fmt.Sprintf("%s version %s pins %s version %s by its image ID %s: replacing that would break rkt fetch of %s. Publish %s again too, built on the new one, or publish the new one as a new version", q.Name, safeio.Quote(q.Version), p.Name, safeio.Quote(p.Version), old.ImageID, q.Name, q.Name)}
+			return &UsageError{fmt.Sprintf("%s pins %s by its image ID %s: replacing that would break rkt fetch of %s. Publish %s again too, built on the new one, or publish the new one as a new version", describe(q), describe(p), old.ImageID, q.Name, q.Name)}
 		}
 	}
 	return nil
+}
+
+// describe names a published image as an error message does.
+func describe(p Published) string {
+	return fmt.Sprintf("%s version %s (%s/%s)", p.Name, safeio.Quote(p.Version), p.OS, p.Arch)
+}
+
+// publishedAt returns what the site serves at path: as its record lists
+// it, or, for a file there that the record does not list (a record lost
+// or from elsewhere), as the file says.
+func publishedAt(root *os.Root, st *site, p string) (Published, bool, error) {
+	if rec, ok := st.Images[p]; ok {
+		return rec, true, nil
+	}
+	if root == nil {
+		return Published{}, false, nil
+	}
+	f, err := openIn(root, p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Published{}, false, nil
+	}
+	if err != nil {
+		return Published{}, false, err
+	}
+	defer f.Close()
+	info, err := aci.Inspect(f)
+	if err != nil {
+		return Published{}, false, fmt.Errorf("the site holds %s, which its record does not list and which is not a valid image (%v): remove it, or publish into another site", safeio.Quote(p), err)
+	}
+	rec := Published{Name: info.Manifest.Name.String(), ImageID: info.ImageID, Path: p}
+	rec.Version, _ = info.Manifest.Labels.Get("version")
+	rec.OS, _ = info.Manifest.Labels.Get("os")
+	rec.Arch, _ = info.Manifest.Labels.Get("arch")
+	return rec, true, nil
+}
+
+// pins returns the image IDs a published image pins its dependencies to,
+// as the image in the site says (records from before they listed them
+// say nothing), or as the record says when the file cannot be read.
+func pins(root *os.Root, q Published) []string {
+	if root == nil {
+		return q.Depends
+	}
+	f, err := openIn(root, q.Path)
+	if err != nil {
+		return q.Depends
+	}
+	defer f.Close()
+	im, err := aci.ReadManifest(f, maxManifestRead)
+	if err != nil {
+		return q.Depends
+	}
+	var ids []string
+	for _, d := range im.Dependencies {
+		if d.ImageID != nil {
+			ids = append(ids, d.ImageID.String())
+		}
+	}
+	return ids
+}
+
+// maxManifestRead bounds what reading a published image's manifest may
+// inflate (it is the first entry of every image nix2aci writes).
+const maxManifestRead = 64 << 20
+
+// openIn opens the regular file p of the site, without blocking and
+// without leaving it.
+func openIn(root *os.Root, p string) (*os.File, error) {
+	f, err := root.OpenFile(filepath.FromSlash(p), os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("the site's %s is not a regular file: remove it, or publish into another site", safeio.Quote(p))
+	}
+	return f, nil
 }
 
 // verifyFiles checks the signature asc of the image at path with trust,
@@ -500,7 +587,7 @@ func readState(root *os.Root) (*site, error) {
 		return nil, err
 	}
 	if len(data) > maxStateSize || json.Unmarshal(data, st) != nil {
-		return nil, fmt.Errorf("the site's %s is damaged (or over %d bytes); publish into a new site, or remove the file to start the record afresh", stateFile, maxStateSize)
+		return nil, fmt.Errorf("the site's %s is damaged (or over %d bytes); publish everything into a new site, or restore the file", stateFile, maxStateSize)
 	}
 	if st.Prefixes == nil {
 		st.Prefixes = map[string]*prefixState{}
@@ -519,7 +606,7 @@ func readState(root *os.Root) (*site, error) {
 		}
 		for _, id := range append([]string{img.ImageID}, img.Depends...) {
 			if _, err := types.NewHash(id); err != nil {
-				return nil, fmt.Errorf("the site's %s gives %s the image ID %s, which is not one; publish into a new site, or remove the file to start the record afresh", stateFile, safeio.Quote(p), safeio.Quote(id))
+				return nil, fmt.Errorf("the site's %s gives %s the image ID %s, which is not one; publish everything into a new site, or restore the file", stateFile, safeio.Quote(p), safeio.Quote(id))
 			}
 		}
 	}

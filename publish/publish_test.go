@@ -1,8 +1,11 @@
 package publish_test
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -18,6 +21,7 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/appc/spec/discovery"
+	"github.com/appc/spec/schema"
 	"github.com/appc/spec/schema/types"
 
 	"github.com/nix2aci/nix2aci/aci"
@@ -367,43 +371,97 @@ func TestRepublishingOtherContents(t *testing.T) {
 		t.Fatal("the refused publish changed the published image")
 	}
 
-	// Pinned by another published image (the record says a layer pins
-	// the app): refused even with Replace, unless that one comes too.
-	state := filepath.Join(site, ".nix2aci-site.json")
-	raw, _ := os.ReadFile(state)
-	layer := first.Images[0]
-	if layer.Name == oldApp.Name {
-		layer = first.Images[1]
-	}
-	forged := bytes.Replace(raw, []byte(`"url": "`+layer.URL+`"`), []byte(`"url": "`+layer.URL+`", "depends": ["`+oldApp.ImageID+`"]`), 1)
-	if bytes.Equal(forged, raw) {
-		t.Fatal("could not edit the site's record")
-	}
-	os.WriteFile(state, forged, 0o644)
+	// With Replace: nothing pins the app, so it is replaced.
 	o.Replace = true
-	_, err = publish.Publish(context.Background(), newApp, o)
-	if err == nil || !strings.Contains(err.Error(), layer.Name+" version") || !strings.Contains(err.Error(), "pins 127.0.0.1/app1") {
-		t.Fatalf("replacing a pinned image: %v", err)
+	if _, err := publish.Publish(context.Background(), newApp, o); err != nil {
+		t.Fatalf("replacing with --replace: %v", err)
+	}
+	if info, err := aci.InspectFile(published); err != nil || info.ImageID != res.ImageID {
+		t.Fatalf("the site serves %v (%v), want %s", info, err, res.ImageID)
+	}
+
+	// A layer with other contents under its name and version: the app
+	// the site serves pins the old one, so even Replace refuses.
+	var layer publish.Published
+	for _, p := range first.Images {
+		if p.Name != oldApp.Name {
+			layer = p
+		}
 	}
 	var layerFile string
 	for _, f := range imgs {
-		if !strings.HasPrefix(filepath.Base(f), "app1-") && strings.HasSuffix(f, filepath.Base(layer.Path)) {
+		if filepath.Base(f) == filepath.Base(layer.Path) {
 			layerFile = f
 		}
 	}
-	rep, err := publish.Publish(context.Background(), append(newApp, layerFile), o)
-	if err != nil {
-		t.Fatalf("replacing with the pinning image published again: %v", err)
+	changed := filepath.Join(work, "changed", filepath.Base(layerFile))
+	annotate(t, layerFile, changed)
+	_, err = publish.Publish(context.Background(), []string{changed}, o)
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.1/app1 version 1.0 (linux/amd64) pins "+layer.Name) {
+		t.Fatalf("replacing a pinned layer: %v", err)
 	}
-	info, err := aci.InspectFile(published)
-	if err != nil || info.ImageID != res.ImageID || len(rep.Images) != 2 {
-		t.Fatalf("the site now serves %v (%v), want %s", info, err, res.ImageID)
+
+	// The record lost: the file the site serves still says what is
+	// published there.
+	state := filepath.Join(site, ".nix2aci-site.json")
+	os.Remove(state)
+	_, err = publish.Publish(context.Background(), imgs, publish.Options{Site: site, BaseURL: o.BaseURL, Key: key})
+	if err == nil || !strings.Contains(err.Error(), "published already with image ID "+res.ImageID) {
+		t.Fatalf("other contents, the record lost: %v", err)
+	}
+	if _, err := publish.Publish(context.Background(), imgs, o); err != nil {
+		t.Fatal(err)
 	}
 
 	// A record whose IDs are not image IDs is refused.
-	raw, _ = os.ReadFile(state)
+	raw, _ := os.ReadFile(state)
 	os.WriteFile(state, bytes.Replace(raw, []byte(`"imageID": "sha512-`), []byte(`"imageID": "../x-`), 1), 0o644)
 	if _, err := publish.Publish(context.Background(), newApp, o); err == nil || !strings.Contains(err.Error(), "not one") {
 		t.Errorf("a record with a bad image ID: %v", err)
+	}
+}
+
+// annotate copies the image src to dst with an annotation added to its
+// manifest: the same name and labels, another image ID.
+func annotate(t *testing.T, src, dst string) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	zr, err := gzip.NewReader(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	zw := gzip.NewWriter(&out)
+	tr, tw := tar.NewReader(zr), tar.NewWriter(zw)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(tr)
+		if h.Name == "manifest" {
+			var im schema.ImageManifest
+			if err := json.Unmarshal(body, &im); err != nil {
+				t.Fatal(err)
+			}
+			im.Annotations.Set("changed", "yes")
+			body, _ = json.Marshal(im)
+			h.Size = int64(len(body))
+		}
+		tw.WriteHeader(h)
+		tw.Write(body)
+	}
+	tw.Close()
+	zw.Close()
+	os.MkdirAll(filepath.Dir(dst), 0o755)
+	if err := os.WriteFile(dst, out.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
