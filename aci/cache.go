@@ -427,6 +427,7 @@ func (f *fragment) end() {
 		f.w = nil
 	}
 	f.closeOld()
+	f.readBuf, f.proven = nil, nil // Write keeps its fragments until it returns
 }
 
 func (f *fragment) closeOld() {

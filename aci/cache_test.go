@@ -2,6 +2,7 @@ package aci_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -498,5 +499,46 @@ func keepCRC(b []byte, p int, want uint32) {
 	}
 	if crc32.ChecksumIEEE(b) != want {
 		panic("keepCRC: no solution")
+	}
+}
+
+// A write that fails half-way (here: cancelled) leaves no half-written
+// cache entry and no open file behind.
+func TestCacheFailedWriteLeavesNothingOpen(t *testing.T) {
+	root := nixtest.Build(t, `let
+  a = mk "failing-a" "mkdir -p $out; seq 1 700000 > $out/n";
+  b = mk "failing-b" "mkdir -p $out; seq 3 700000 > $out/n";
+in mk "failing-1.0" "mkdir -p $out; echo ${a} ${b} > $out/refs"`)
+	img := image(t, root, false)
+	cache := openCache(t, true)
+	write(t, img, aci.WithCache(cache))
+	// Each entry's second member damaged: the next build proves the
+	// first, recompresses the second, and so starts a new entry.
+	for _, e := range cacheEntries(t, cache) {
+		raw, _ := os.ReadFile(e)
+		members, idx := splitEntry(t, raw)
+		if len(idx.Chunks) > 1 {
+			idx.Chunks[1].CC ^= 1
+			os.WriteFile(e, joinEntry(members, idx), 0o644)
+		}
+	}
+	fds := func() int { ents, _ := os.ReadDir("/proc/self/fd"); return len(ents) }
+	before := fds()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, err := aci.WriteFile(ctx, filepath.Join(t.TempDir(), "x.aci"), img, aci.WithCache(cache), aci.WithJobs(1),
+		aci.WithProgress(func(p aci.Progress) {
+			if p.StorePaths > 0 {
+				cancel()
+			}
+		}))
+	if err == nil {
+		t.Fatal("the cancelled write succeeded")
+	}
+	if tmp, _ := filepath.Glob(filepath.Join(cache.Dir(), "*", ".tmp-*")); len(tmp) != 0 {
+		t.Errorf("the failed write left %v", tmp)
+	}
+	if after := fds(); after > before {
+		t.Errorf("%d files open before the write, %d after", before, after)
 	}
 }

@@ -235,6 +235,13 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 	close(b.sinkQ)
 	fail(perr)
 	wg.Wait()
+	for _, f := range b.frags {
+		if f.w != nil {
+			f.w.abort()
+			f.w = nil
+		}
+		f.closeOld()
+	}
 	b.recycle()
 	if err := context.Cause(ctx); err != nil {
 		return nil, err
@@ -284,6 +291,9 @@ type builder struct {
 	// allocated counts the chunk buffers taken from the pool, at most
 	// cap(free); only the producer touches it.
 	allocated int
+	// frags are the fragments opened, to close what a failed write left
+	// open (old entries, half-written new ones).
+	frags []*fragment
 }
 
 // Buffers outlive a Write in these pools, so that many small images in a
@@ -557,6 +567,7 @@ func (b *builder) produce(img Image, mjson []byte, farm []farmEntry) error {
 		copyBuf := make([]byte, 256<<10)
 		for _, p := range img.Closure.Paths {
 			f := b.openFragment(p)
+			b.frags = append(b.frags, f)
 			tw = tar.NewWriter(cw)
 			cw.frag = f
 			err := writeTree(tw, p.Path, copyBuf)
