@@ -58,6 +58,30 @@ func openCache(t *testing.T, withKey bool) *aci.Cache {
 	return cache
 }
 
+// entryFixture is an image of one store path, written cold, and its
+// entry in a new cache with a key, taken apart.
+type entryFixture struct {
+	img     aci.Image
+	cold    []byte
+	coldRes *aci.Result
+	cache   *aci.Cache
+	entry   string
+	members []byte
+	idx     entryIndex
+}
+
+// keyedEntry builds the Nix expression expr and makes its entryFixture.
+func keyedEntry(t *testing.T, expr string) entryFixture {
+	t.Helper()
+	fx := entryFixture{img: image(t, nixtest.Build(t, expr), false), cache: openCache(t, true)}
+	fx.cold, fx.coldRes = write(t, fx.img)
+	write(t, fx.img, aci.WithCache(fx.cache))
+	fx.entry = cacheEntries(t, fx.cache)[0]
+	raw, _ := os.ReadFile(fx.entry)
+	fx.members, fx.idx = splitEntry(t, raw)
+	return fx
+}
+
 // entryIndex is a cache entry's index, as the cache writes it.
 type entryIndex struct {
 	StorePath string `json:"storePath"`
@@ -259,14 +283,8 @@ func TestCacheTagsSpareInflation(t *testing.T) {
 // with their lengths, CRCs and tags, are tags that do not verify, and
 // inflation finds the swap out.
 func TestCacheTagsBindTheirChunk(t *testing.T) {
-	root := nixtest.Build(t, `mk "swapped-1.0" "mkdir -p $out/share; seq 1 600000 > $out/share/numbers"`)
-	img := image(t, root, false)
-	cold, _ := write(t, img)
-	cache := openCache(t, true)
-	write(t, img, aci.WithCache(cache))
-	entry := cacheEntries(t, cache)[0]
-	raw, _ := os.ReadFile(entry)
-	members, idx := splitEntry(t, raw)
+	fx := keyedEntry(t, `mk "swapped-1.0" "mkdir -p $out/share; seq 1 600000 > $out/share/numbers"`)
+	img, cold, cache, entry, members, idx := fx.img, fx.cold, fx.cache, fx.entry, fx.members, fx.idx
 	if len(idx.Chunks) < 2 {
 		t.Fatalf("want an entry of 2 chunks or more, have %d", len(idx.Chunks))
 	}
@@ -380,14 +398,8 @@ func TestCacheServesGzipOnly(t *testing.T) {
 // it tags must be what it proved, or the next build would take a forged
 // member on its tag alone.
 func TestCacheRewriteNeverTagsWhatItDidNotProve(t *testing.T) {
-	root := nixtest.Build(t, `mk "launder-1.0" "mkdir -p $out/share; seq 1 400000 > $out/share/numbers"`)
-	img := image(t, root, false)
-	_, coldRes := write(t, img)
-	cache := openCache(t, true)
-	write(t, img, aci.WithCache(cache))
-	entry := cacheEntries(t, cache)[0]
-	raw, _ := os.ReadFile(entry)
-	members, idx := splitEntry(t, raw)
+	fx := keyedEntry(t, `mk "launder-1.0" "mkdir -p $out/share; seq 1 400000 > $out/share/numbers"`)
+	img, coldRes, cache, entry, members, idx := fx.img, fx.coldRes, fx.cache, fx.entry, fx.members, fx.idx
 	c0 := idx.Chunks[0]
 	zr, err := gzip.NewReader(bytes.NewReader(members[:c0.C]))
 	if err != nil {
