@@ -320,7 +320,20 @@ const maxFileName = 255 - 24
 // long or unprintable, is an error naming the label, never a path that
 // leads outside the output directory.
 func FileName(im *schema.ImageManifest) (string, error) {
-	parts := []string{lastComponent(im.Name.String())}
+	return fileName(im, lastComponent(im.Name.String()))
+}
+
+// FlatFileName is FileName with the whole name, each "/" made "_", in
+// place of its last component: <host>_<path>-<version>-<os>-<arch>.aci.
+// No AC Identifier holds a "_", so two names never share a flat file
+// name; an output directory holding images of several hosts (layers of
+// apps under different names) keeps them apart.
+func FlatFileName(im *schema.ImageManifest) (string, error) {
+	return fileName(im, strings.ReplaceAll(im.Name.String(), "/", "_"))
+}
+
+func fileName(im *schema.ImageManifest, first string) (string, error) {
+	parts := []string{first}
 	for _, l := range []string{"version", "os", "arch"} {
 		v, ok := im.Labels.Get(l)
 		if !ok || v == "" {

@@ -480,7 +480,7 @@ func (b *build) layer(ctx context.Context, prefix, system string, paths []nixsto
 	if err != nil {
 		return nil, manifest.Dependency{}, err
 	}
-	file, err := manifest.FileName(lm)
+	file, err := manifest.FlatFileName(lm)
 	if err != nil {
 		return nil, manifest.Dependency{}, err
 	}
