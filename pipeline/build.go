@@ -384,7 +384,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 			removeStaleRoots(gcroot, len(t.Packages))
 		}
 		if len(b.layersWritten) > 0 && !inNix { // stat data would make a derivation's output differ
-			if err := recordLayers(b.OutDir, b.layersWritten); err != nil {
+			if err := recordLayers(b.OutDir, b.layersWritten, b.cache); err != nil {
 				b.Warn(fmt.Sprintf("recording the layers written (the next build writes them again): %v", err))
 			}
 		}
@@ -489,8 +489,11 @@ func (b *build) layer(ctx context.Context, prefix, system string, paths []nixsto
 	if b.Signer != nil {
 		signer = b.Signer.Fingerprint
 	}
+	want := indexEntry{Name: name, Version: version, Inputs: layerInputs(string(b.Compression), b.Level, paths)}
+	want.OS, _ = lm.Labels.Get("os")
+	want.Arch, _ = lm.Labels.Get("arch")
 	b.mu.Lock()
-	e, reuse := readIndexOnce(b).reusable(b.OutDir, file, signer)
+	e, reuse := readIndexOnce(b).reusable(b.OutDir, file, want, signer, b.cache)
 	b.mu.Unlock()
 	if reuse {
 		l.ImageID, l.Size, l.Reused = e.ImageID, e.Size, true
@@ -511,7 +514,8 @@ func (b *build) layer(ctx context.Context, prefix, system string, paths []nixsto
 		if err != nil {
 			return nil, manifest.Dependency{}, err
 		}
-		e := indexEntry{ImageID: res.ImageID, Size: res.Size}
+		e := want
+		e.ImageID, e.Size = res.ImageID, res.Size
 		if signed {
 			l.Signature = file + ".asc"
 			e.SignedBy = signer

@@ -1,10 +1,12 @@
 package pipeline
 
 import (
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math/bits"
 	"os"
@@ -13,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
@@ -181,6 +184,18 @@ func DefaultLayerPrefix(appName string) string {
 
 // indexFile records, in an output directory, the layer files a build
 // wrote there, so that a later build can reuse them unread.
+//
+// The index is input like any file in the output directory: whoever can
+// write the directory can edit it. Each entry therefore carries a tag
+// under the cache key (aci.Cache.TagRecord) over everything it claims:
+// the file's name and stat data, the layer's name and labels, a digest of
+// what determines its bytes (its store paths with their NAR hashes, the
+// compression and level), its image ID and size, and its signature's
+// signer and stat data. A file is reused only when its entry's tag
+// verifies, the entry names exactly the layer this build would write, and
+// the file (and signature) still has the stat data recorded; a file
+// changed in any way gets a new inode or ctime, which no user can set.
+// Without a key nothing is recorded and every layer is written again.
 const indexFile = ".nix2aci-layers.json"
 
 // maxIndexSize bounds what is read of the index.
@@ -193,11 +208,43 @@ type layerIndex struct {
 // indexEntry is what was true of a layer file (and its signature) right
 // after a build moved it into place.
 type indexEntry struct {
+	Name     string   `json:"name"`
+	Version  string   `json:"version"`
+	OS       string   `json:"os"`
+	Arch     string   `json:"arch"`
+	Inputs   string   `json:"inputs"` // layerInputs of what it was written from
 	ImageID  string   `json:"imageID"`
 	Size     int64    `json:"size"`
 	File     fileStat `json:"file"`
 	SignedBy string   `json:"signedBy,omitempty"` // the signing key's fingerprint
 	Sig      fileStat `json:"sig,omitempty"`
+	Tag      string   `json:"tag"` // hex HMAC under the cache key of file and the rest
+}
+
+// recordTagKind names the layer index's tags (aci.Cache.TagRecord).
+const recordTagKind = "layer index"
+
+// message is what an entry's tag covers: the file's name and every field
+// but the tag.
+func (e indexEntry) message(file string) []byte {
+	e.Tag = ""
+	data, _ := json.Marshal(struct {
+		File  string     `json:"f"`
+		Entry indexEntry `json:"e"`
+	}{file, e})
+	return data
+}
+
+// layerInputs is a digest of what a layer's bytes depend on beyond its
+// name and labels: its store paths and their NAR hashes, in order, and
+// the compression and level.
+func layerInputs(compression string, level int, paths []nixstore.PathInfo) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%d\x00", compression, level)
+	for _, p := range paths {
+		fmt.Fprintf(h, "%s\x00%s\x00", p.Path, p.NarHash)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 type fileStat struct {
@@ -221,7 +268,9 @@ func statOf(path string) (fileStat, bool) {
 }
 
 // readIndex reads dir's layer index; a missing, damaged or hostile one
-// reads as empty (every layer is then written again).
+// reads as empty (every layer is then written again). Entries are kept
+// only with a plain file name and a well-formed image ID and tag; whether
+// a tag verifies is for reusable to say.
 func readIndex(dir string) *layerIndex {
 	idx := &layerIndex{Layers: map[string]indexEntry{}}
 	data, err := safeio.ReadFile(filepath.Join(dir, indexFile), maxIndexSize)
@@ -233,26 +282,44 @@ func readIndex(dir string) *layerIndex {
 		return idx
 	}
 	for name, e := range got.Layers {
-		if isPlainACIName(name) && strings.HasPrefix(e.ImageID, "sha512-") && len(e.ImageID) == 7+128 {
+		if isPlainACIName(name) && isImageID(e.ImageID) && len(e.Tag) == 2*sha256.Size {
 			idx.Layers[name] = e
 		}
 	}
 	return idx
 }
 
+func isImageID(s string) bool {
+	hexPart, ok := strings.CutPrefix(s, "sha512-")
+	if !ok || len(hexPart) != 128 {
+		return false
+	}
+	_, err := hex.DecodeString(hexPart)
+	return err == nil
+}
+
 func isPlainACIName(name string) bool {
 	return name != "" && filepath.Base(name) == name && filepath.IsLocal(name) && !strings.HasPrefix(name, ".") && strings.HasSuffix(name, ".aci")
 }
 
-// reusable returns the image ID of dir/name if the index vouches for the
-// file as it is now (and, when signer is not empty, for a signature of it
-// by that key).
-func (idx *layerIndex) reusable(dir, name, signer string) (indexEntry, bool) {
+// reusable returns the entry of dir/name if the index vouches for the
+// file as it is now, as the layer want describes (its name, labels and
+// inputs), and, when signer is not empty, for a signature of it by that
+// key. The entry's tag must verify under cache's key: without a key,
+// nothing is reusable.
+func (idx *layerIndex) reusable(dir, name string, want indexEntry, signer string, cache *aci.Cache) (indexEntry, bool) {
 	e, ok := idx.Layers[name]
 	if !ok {
 		return e, false
 	}
-	if st, ok := statOf(filepath.Join(dir, name)); !ok || st != e.File {
+	if e.Name != want.Name || e.Version != want.Version || e.OS != want.OS || e.Arch != want.Arch || e.Inputs != want.Inputs {
+		return e, false
+	}
+	tag, ok := cache.TagRecord(recordTagKind, e.message(name))
+	if got, err := hex.DecodeString(e.Tag); !ok || err != nil || !hmac.Equal(got, tag) {
+		return e, false
+	}
+	if st, ok := statOf(filepath.Join(dir, name)); !ok || st != e.File || st.Size != e.Size {
 		return e, false
 	}
 	if signer != "" {
@@ -266,14 +333,19 @@ func (idx *layerIndex) reusable(dir, name, signer string) (indexEntry, bool) {
 	return e, true
 }
 
-// record notes the files just moved into dir, re-reading the index on
-// disk first (another build may have added to it) and replacing it
-// atomically. The caller holds dir's lock.
-func recordLayers(dir string, written map[string]indexEntry) error {
+// recordLayers notes the files just moved into dir, each entry tagged
+// under cache's key, re-reading the index on disk first (another build
+// may have added to it) and replacing it atomically. Without a key it
+// records nothing. The caller holds dir's lock.
+func recordLayers(dir string, written map[string]indexEntry, cache *aci.Cache) error {
+	if _, ok := cache.TagRecord(recordTagKind, nil); !ok {
+		return nil
+	}
 	idx := readIndex(dir)
 	for name, e := range written {
 		st, ok := statOf(filepath.Join(dir, name))
 		if !ok {
+			delete(idx.Layers, name)
 			continue
 		}
 		e.File = st
@@ -282,6 +354,8 @@ func recordLayers(dir string, written map[string]indexEntry) error {
 				e.SignedBy = ""
 			}
 		}
+		tag, _ := cache.TagRecord(recordTagKind, e.message(name))
+		e.Tag = hex.EncodeToString(tag)
 		idx.Layers[name] = e
 	}
 	// Forget files that are gone.

@@ -1,12 +1,14 @@
 package pipeline
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/nixstore"
 )
 
@@ -121,19 +123,34 @@ func TestLayerNames(t *testing.T) {
 	}
 }
 
+// keyedCache returns a cache whose key tags layer index entries.
+func keyedCache(t testing.TB) *aci.Cache {
+	t.Helper()
+	c, err := aci.OpenCache(filepath.Join(t.TempDir(), "cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.LoadKey(filepath.Join(t.TempDir(), "key")); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // The layer index is read as hostile input: names that are not plain
 // .aci file names, damaged JSON, a huge file or a FIFO make it empty (so
 // layers are written again), never a path outside the directory.
 func TestLayerIndexIsUntrusted(t *testing.T) {
 	dir := t.TempDir()
 	id := "sha512-" + strings.Repeat("0", 128)
+	tag := strings.Repeat("ab", 32)
 	write := func(s string) {
 		os.Remove(filepath.Join(dir, indexFile))
 		if err := os.WriteFile(filepath.Join(dir, indexFile), []byte(s), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write(`{"layers":{"../evil.aci":{"imageID":"` + id + `"},"/etc/x.aci":{"imageID":"` + id + `"},"ok.aci":{"imageID":"` + id + `"},"bad.aci":{"imageID":"md5-1"}}}`)
+	entry := `{"imageID":"` + id + `","tag":"` + tag + `"}`
+	write(`{"layers":{"../evil.aci":` + entry + `,"/etc/x.aci":` + entry + `,"ok.aci":` + entry + `,"bad.aci":{"imageID":"md5-1","tag":"` + tag + `"},"untagged.aci":{"imageID":"` + id + `"}}}`)
 	idx := readIndex(dir)
 	if len(idx.Layers) != 1 || idx.Layers["ok.aci"].ImageID != id {
 		t.Errorf("index kept %v", idx.Layers)
@@ -151,20 +168,103 @@ func TestLayerIndexIsUntrusted(t *testing.T) {
 	if len(readIndex(dir).Layers) != 0 { // and it returned: no blocking
 		t.Error("a FIFO index was read")
 	}
-	// A recorded file that changed is not reused.
-	os.Remove(filepath.Join(dir, indexFile))
-	os.WriteFile(filepath.Join(dir, "l.aci"), []byte("layer"), 0o644)
-	if err := recordLayers(dir, map[string]indexEntry{"l.aci": {ImageID: id, Size: 5}}); err != nil {
-		t.Fatal(err)
+}
+
+// An entry is believed only as its key's holder wrote it, for the very
+// layer asked for, while the file is as it was.
+func TestLayerIndexEntriesAreProven(t *testing.T) {
+	dir := t.TempDir()
+	id := "sha512-" + strings.Repeat("0", 128)
+	cache := keyedCache(t)
+	want := indexEntry{Name: "example.com/nix/l", Version: "v", OS: "linux", Arch: "amd64", Inputs: layerInputs("gzip", 6, []nixstore.PathInfo{{Path: sp("l"), NarHash: "00"}})}
+	record := func(c *aci.Cache) {
+		os.Remove(filepath.Join(dir, indexFile))
+		e := want
+		e.ImageID, e.Size = id, 5
+		if err := recordLayers(dir, map[string]indexEntry{"l.aci": e}, c); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if _, ok := readIndex(dir).reusable(dir, "l.aci", ""); !ok {
+	reusable := func(w indexEntry, signer string, c *aci.Cache) bool {
+		_, ok := readIndex(dir).reusable(dir, "l.aci", w, signer, c)
+		return ok
+	}
+	os.WriteFile(filepath.Join(dir, "l.aci"), []byte("layer"), 0o644)
+	record(cache)
+	if !reusable(want, "", cache) {
 		t.Fatal("an untouched layer is not reused")
 	}
-	if _, ok := readIndex(dir).reusable(dir, "l.aci", "FINGERPRINT"); ok {
+	if reusable(want, "FINGERPRINT", cache) {
 		t.Error("an unsigned layer was reused for a signed build")
 	}
+	if reusable(want, "", keyedCache(t)) || reusable(want, "", nil) {
+		t.Error("an entry was believed without its key")
+	}
+	for what, w := range map[string]func(*indexEntry){
+		"another name":    func(e *indexEntry) { e.Name = "other.example/nix/l" },
+		"another version": func(e *indexEntry) { e.Version = "w" },
+		"another arch":    func(e *indexEntry) { e.Arch = "aarch64" },
+		"other inputs":    func(e *indexEntry) { e.Inputs = layerInputs("gzip", 9, nil) },
+	} {
+		other := want
+		w(&other)
+		if reusable(other, "", cache) {
+			t.Errorf("a layer recorded for %s was reused", what)
+		}
+	}
+	// An edited entry: the tag no longer covers it.
+	edit := func(f func(map[string]any)) {
+		data, _ := os.ReadFile(filepath.Join(dir, indexFile))
+		var doc map[string]any
+		json.Unmarshal(data, &doc)
+		f(doc["layers"].(map[string]any)["l.aci"].(map[string]any))
+		data, _ = json.Marshal(doc)
+		os.WriteFile(filepath.Join(dir, indexFile), data, 0o644)
+	}
+	edit(func(e map[string]any) { e["imageID"] = "sha512-" + strings.Repeat("1", 128) })
+	if reusable(want, "", cache) {
+		t.Error("an entry whose image ID was edited was reused")
+	}
+	// Without a key nothing is recorded.
+	record(nil)
+	if _, err := os.Stat(filepath.Join(dir, indexFile)); err == nil {
+		t.Error("an index was written without a key to tag it")
+	}
+	record(cache)
 	os.WriteFile(filepath.Join(dir, "l.aci"), []byte("LAYER"), 0o644)
-	if _, ok := readIndex(dir).reusable(dir, "l.aci", ""); ok {
+	if reusable(want, "", cache) {
 		t.Error("a rewritten layer was reused")
 	}
+}
+
+// FuzzLayerIndex: whatever the index holds, it yields only plain .aci
+// names with well-formed image IDs, and nothing in it is reusable unless
+// this key tagged it.
+func FuzzLayerIndex(f *testing.F) {
+	dir := f.TempDir()
+	cache := keyedCache(f)
+	os.WriteFile(filepath.Join(dir, "l.aci"), []byte("layer"), 0o644)
+	id := "sha512-" + strings.Repeat("0", 128)
+	want := indexEntry{Name: "example.com/nix/l", Version: "v", OS: "linux", Arch: "amd64", Inputs: "x"}
+	e := want
+	e.ImageID, e.Size = id, 5
+	recordLayers(dir, map[string]indexEntry{"l.aci": e}, keyedCache(f)) // another key's
+	seed, _ := os.ReadFile(filepath.Join(dir, indexFile))
+	f.Add(seed)
+	f.Add([]byte(`{"layers":{"../x.aci":{"imageID":"` + id + `","tag":"` + strings.Repeat("0", 64) + `"}}}`))
+	f.Add([]byte(`{"layers":null}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if err := os.WriteFile(filepath.Join(dir, indexFile), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		idx := readIndex(dir)
+		for name, e := range idx.Layers {
+			if !isPlainACIName(name) || filepath.Base(name) != name || !isImageID(e.ImageID) {
+				t.Fatalf("index kept %q: %+v", name, e)
+			}
+		}
+		if _, ok := idx.reusable(dir, "l.aci", want, "", cache); ok {
+			t.Fatal("an entry this key did not tag was believed")
+		}
+	})
 }
