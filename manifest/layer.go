@@ -62,3 +62,20 @@ func AddDependencies(im *schema.ImageManifest, deps []Dependency) error {
 	}
 	return nil
 }
+
+// SetLabel sets the label name of im to value, replacing it where im has
+// it already.
+func SetLabel(im *schema.ImageManifest, name, value string) error {
+	id, err := types.NewACIdentifier(name)
+	if err != nil {
+		return err
+	}
+	for i := range im.Labels {
+		if im.Labels[i].Name == *id {
+			im.Labels[i].Value = value
+			return nil
+		}
+	}
+	im.Labels = append(im.Labels, types.Label{Name: *id, Value: value})
+	return nil
+}

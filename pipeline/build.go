@@ -6,13 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
-	"golang.org/x/sync/errgroup"
+	"github.com/appc/spec/schema"
 
 	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/internal/safeio"
@@ -292,68 +291,40 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	}
 
 	out := &Result{Name: im.Name.String(), Kind: b.Kind, Offline: t.Offline}
-	img := whole
+	plan, err := b.plan(g, t, im, whole, spec.System)
+	if err != nil {
+		return nil, err
+	}
+	images, err := b.writePlan(ctx, plan)
+	if err != nil {
+		return nil, err
+	}
+	app := images[plan.Images[len(plan.Images)-1]]
+	if app.ACI != fileName {
+		return nil, fmt.Errorf("internal error: the app image was written as %s, not %s", app.ACI, fileName)
+	}
+	res := app.res
+	for _, cf := range res.Conflicts {
+		b.Warn(fmt.Sprintf("two packages provide %s", cf))
+	}
 	depsName := base + ".deps"
-	if b.Kind == Layered {
-		prefix := b.LayerPrefix
-		if prefix == "" {
-			prefix = DefaultLayerPrefix(im.Name.String())
-		}
-		layerPaths, rest := PlanLayers(g, t.StorePaths(), b.MaxLayers)
-		// Layers are written a few at a time: most are small, and one
-		// image's compression would leave cores idle.
-		images := make([]*Image, len(layerPaths))
-		deps := make([]manifest.Dependency, len(layerPaths))
-		eg, lctx := errgroup.WithContext(ctx)
-		eg.SetLimit(max(2, min(4, runtime.GOMAXPROCS(0))))
-		for i, paths := range layerPaths {
-			eg.Go(func() error {
-				var err error
-				images[i], deps[i], err = b.layer(lctx, prefix, spec.System, paths)
-				return err
-			})
-		}
-		if err := eg.Wait(); err != nil {
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("build of %s interrupted; nothing was written: %w", fileName, context.Cause(ctx))
-			}
-			return nil, err
-		}
-		var files []string
-		for _, l := range images {
-			out.Layers = append(out.Layers, *l)
-			files = append(files, l.ACI)
-		}
-		if err := manifest.AddDependencies(im, deps); err != nil {
-			return nil, err
-		}
-		img.Closure = &nixstore.Graph{Roots: g.Roots, Paths: rest}
+	if below := plan.renderOrder(); len(below) > 0 {
 		var list strings.Builder
-		for _, f := range files {
-			list.WriteString(f + "\n")
+		for _, d := range below {
+			l := images[d].Image
+			list.WriteString(l.ACI + "\n")
+			l.ACI = b.st.Final(l.ACI)
+			if l.Signature != "" {
+				l.Signature = b.st.Final(l.Signature)
+			}
+			out.Layers = append(out.Layers, l)
 		}
 		if err := os.WriteFile(b.st.Path(depsName), []byte(list.String()), 0o644); err != nil {
 			return nil, fmt.Errorf("writing %s: %w", b.st.Final(depsName), err)
 		}
-		for i := range out.Layers {
-			out.Layers[i].ACI = b.st.Final(out.Layers[i].ACI)
-			if out.Layers[i].Signature != "" {
-				out.Layers[i].Signature = b.st.Final(out.Layers[i].Signature)
-			}
-		}
+		b.add(depsName, "")
 	} else {
 		b.add("", depsName)
-	}
-
-	res, err := b.write(ctx, fileName, img, b.Created)
-	if err != nil {
-		return nil, err
-	}
-	for _, cf := range res.Conflicts {
-		b.Warn(fmt.Sprintf("two packages provide %s", cf))
-	}
-	if b.Kind == Layered {
-		b.add(depsName, "")
 	}
 	argsName := base + ".rkt-args"
 	if b.Kind == Thin {
@@ -364,10 +335,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	} else {
 		b.add("", argsName)
 	}
-	signed, err := b.sign(ctx, fileName)
-	if err != nil {
-		return nil, err
-	}
+	signed := app.Signature != ""
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("build of %s interrupted; nothing was written: %w", fileName, context.Cause(ctx))
 	}
@@ -405,7 +373,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if b.Kind == Thin {
 		out.RktArgs = b.st.Final(argsName)
 	}
-	if b.Kind == Layered {
+	if len(out.Layers) > 0 {
 		out.Deps = b.st.Final(depsName)
 	}
 	if signed {
@@ -417,6 +385,22 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		}
 	}
 	return out, nil
+}
+
+// plan decides what the build writes: one image holding the closure
+// (fat, thin), or an app on layers (PlanGroups).
+func (b *build) plan(g *nixstore.Graph, t *pkgs.Target, app *schema.ImageManifest, content aci.Image, system string) (*Plan, error) {
+	if b.Kind != Layered {
+		return planSingle(app, content), nil
+	}
+	prefix := b.LayerPrefix
+	if prefix == "" {
+		prefix = DefaultLayerPrefix(app.Name.String())
+	}
+	return PlanGroups(Layering{
+		Closure: g, App: t.StorePaths(), AppRoots: t.StorePaths(),
+		Prefix: prefix, System: system, Budget: b.MaxLayers, Created: b.Created,
+	}, app, content)
 }
 
 // write writes img into the staging directory as name.
@@ -466,72 +450,6 @@ func (b *build) add(name, stale string) {
 	if stale != "" {
 		b.stale = append(b.stale, stale)
 	}
-}
-
-// layer writes (or reuses) the layer image of paths, returning it
-// (its files relative to the output directory) and the dependency that
-// names it.
-func (b *build) layer(ctx context.Context, prefix, system string, paths []nixstore.PathInfo) (*Image, manifest.Dependency, error) {
-	name, version, err := LayerName(prefix, paths)
-	if err != nil {
-		return nil, manifest.Dependency{}, fmt.Errorf("layer of %s: %w", paths[0].Path, err)
-	}
-	lm, err := manifest.NewLayer(name, version, system)
-	if err != nil {
-		return nil, manifest.Dependency{}, err
-	}
-	file, err := manifest.FlatFileName(lm)
-	if err != nil {
-		return nil, manifest.Dependency{}, err
-	}
-	l := &Image{ACI: file, Name: name, Version: version, StorePaths: len(paths)}
-	signer := ""
-	if b.Signer != nil {
-		signer = b.Signer.Fingerprint
-	}
-	want := indexEntry{Name: name, Version: version, Inputs: layerInputs(string(b.Compression), b.Level, paths)}
-	want.OS, _ = lm.Labels.Get("os")
-	want.Arch, _ = lm.Labels.Get("arch")
-	b.mu.Lock()
-	e, reuse := readIndexOnce(b).reusable(b.OutDir, file, want, signer, b.cache)
-	b.mu.Unlock()
-	if reuse {
-		l.ImageID, l.Size, l.Reused = e.ImageID, e.Size, true
-		if signer != "" {
-			l.Signature = file + ".asc"
-		}
-	} else {
-		roots := make([]string, len(paths))
-		for i, p := range paths {
-			roots[i] = p.Path
-		}
-		res, err := b.write(ctx, file, aci.Image{Manifest: lm, Closure: &nixstore.Graph{Roots: roots, Paths: paths}}, time.Unix(0, 0))
-		if err != nil {
-			return nil, manifest.Dependency{}, err
-		}
-		l.ImageID, l.Size = res.ImageID, res.Size
-		signed, err := b.sign(ctx, file)
-		if err != nil {
-			return nil, manifest.Dependency{}, err
-		}
-		e := want
-		e.ImageID, e.Size = res.ImageID, res.Size
-		if signed {
-			l.Signature = file + ".asc"
-			e.SignedBy = signer
-		}
-		b.mu.Lock()
-		if b.layersWritten == nil {
-			b.layersWritten = map[string]indexEntry{}
-		}
-		b.layersWritten[file] = e
-		b.mu.Unlock()
-	}
-	labels := map[string]string{"version": version}
-	for _, k := range []string{"os", "arch"} {
-		labels[k], _ = lm.Labels.Get(k)
-	}
-	return l, manifest.Dependency{Name: name, ImageID: l.ImageID, Labels: labels}, nil
 }
 
 // readIndexOnce reads the output directory's layer index the first time

@@ -236,13 +236,16 @@ func (e indexEntry) message(file string) []byte {
 }
 
 // layerInputs is a digest of what a layer's bytes depend on beyond its
-// name and labels: its store paths and their NAR hashes, in order, and
-// the compression and level.
-func layerInputs(compression string, level int, paths []nixstore.PathInfo) string {
+// name and labels: its store paths and their NAR hashes, in order, the
+// compression and level, and the image IDs it depends on.
+func layerInputs(compression string, level int, paths []nixstore.PathInfo, deps []string) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%d\x00", compression, level)
 	for _, p := range paths {
 		fmt.Fprintf(h, "%s\x00%s\x00", p.Path, p.NarHash)
+	}
+	for _, d := range deps {
+		fmt.Fprintf(h, "dep\x00%s\x00", d)
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }

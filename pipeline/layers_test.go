@@ -176,7 +176,7 @@ func TestLayerIndexEntriesAreProven(t *testing.T) {
 	dir := t.TempDir()
 	id := "sha512-" + strings.Repeat("0", 128)
 	cache := keyedCache(t)
-	want := indexEntry{Name: "example.com/nix/l", Version: "v", OS: "linux", Arch: "amd64", Inputs: layerInputs("gzip", 6, []nixstore.PathInfo{{Path: sp("l"), NarHash: "00"}})}
+	want := indexEntry{Name: "example.com/nix/l", Version: "v", OS: "linux", Arch: "amd64", Inputs: layerInputs("gzip", 6, []nixstore.PathInfo{{Path: sp("l"), NarHash: "00"}}, nil)}
 	record := func(c *aci.Cache) {
 		os.Remove(filepath.Join(dir, indexFile))
 		e := want
@@ -204,7 +204,7 @@ func TestLayerIndexEntriesAreProven(t *testing.T) {
 		"another name":    func(e *indexEntry) { e.Name = "other.example/nix/l" },
 		"another version": func(e *indexEntry) { e.Version = "w" },
 		"another arch":    func(e *indexEntry) { e.Arch = "aarch64" },
-		"other inputs":    func(e *indexEntry) { e.Inputs = layerInputs("gzip", 9, nil) },
+		"other inputs":    func(e *indexEntry) { e.Inputs = layerInputs("gzip", 9, nil, nil) },
 	} {
 		other := want
 		w(&other)

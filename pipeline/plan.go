@@ -1,0 +1,315 @@
+package pipeline
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/appc/spec/schema"
+
+	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/manifest"
+	"github.com/nix2aci/nix2aci/nixstore"
+)
+
+// A Plan is every image a build writes, decided before any is written:
+// what each image holds, its manifest, and the images it is rendered on.
+// Planners (fat, thin, layered, grouped, on a base) make plans; one
+// writer (build.writePlan) carries out any plan without knowing which
+// planner made it.
+type Plan struct {
+	// Images in an order they can be written in: each after every image
+	// it depends on. The last is the target's image (the app).
+	Images []*PlanImage
+	// Base is an image outside the plan that the lowest planned images
+	// depend on (nil for none): a published base.
+	Base *Base
+}
+
+// PlanImage is one image of a plan.
+type PlanImage struct {
+	// Manifest is the image's manifest without its dependencies on
+	// images of the plan, which the writer adds, by image ID, once they
+	// are written. For a Shared image whose version is VersionFromContents,
+	// the version label is set then too.
+	Manifest *schema.ImageManifest
+	// Content is what the archive holds (its Manifest is set by the
+	// writer).
+	Content aci.Image
+	// DependsOn are the images it is rendered on, in rendering order.
+	DependsOn []*PlanImage
+	// OnBase says it depends on the plan's Base, before DependsOn.
+	OnBase bool
+	// Shared images (layers, groups) are named by their contents, so that
+	// any app's build writes the same file for them: the writer may reuse
+	// one already in the output directory when the layer index proves it.
+	Shared bool
+	// VersionFromContents sets the version label, once the dependencies
+	// are written, to a digest of the image's store paths and the image
+	// IDs it depends on.
+	VersionFromContents bool
+	// HoldsPaths makes the manifest say which store paths the image and
+	// everything below it hold (annotation StorePathsAnnotation), so that
+	// an app can be built on it as a base without its bytes.
+	HoldsPaths bool
+	// Created is the mtime of entries not from the store.
+	Created time.Time
+}
+
+// Base is a published image an app is built on: it holds Paths (itself
+// and its dependencies), and the app depends on it by ImageID.
+type Base struct {
+	// File is the image file, when it is at hand (listed in .deps).
+	File    string
+	Name    string
+	ImageID string
+	Labels  map[string]string
+	// Paths are the store paths it holds, its dependencies included.
+	Paths map[string]bool
+}
+
+// StorePathsAnnotation lists, in a base image's manifest, the store paths
+// the image and its dependencies hold, sorted, one per line.
+const StorePathsAnnotation = "nix2aci/store-paths"
+
+// Group is a named group of packages whose closure (less what lower
+// groups hold) becomes one image of a chain: see PlanGroups.
+type Group struct {
+	Name  string
+	Roots []string
+}
+
+// planSingle is the plan of a fat or thin image: one image with the
+// whole closure.
+func planSingle(app *schema.ImageManifest, content aci.Image) *Plan {
+	return &Plan{Images: []*PlanImage{{Manifest: app, Content: content}}}
+}
+
+// Layering is what a layered plan is made of: the closure, the app's
+// own packages, the named groups (lowest first), a base, and the layer
+// budget for what is left.
+type Layering struct {
+	Closure  *nixstore.Graph // the app's closure and every group's
+	App      []string        // the app's packages (they stay in the app image)
+	Groups   []Group
+	Base     *Base
+	Prefix   string // names the layers and groups
+	System   string
+	Budget   int  // layers by popularity for what is left (0: none)
+	Created  time.Time
+	AppRoots []string // the roots of the app's own closure
+}
+
+// PlanGroups makes the plan of an app built in layers. Each group becomes
+// one image holding the closure of its packages less what the base and
+// the groups below it hold, depending on the group directly below it (the
+// lowest on the base): a chain. Of what is left of the app's closure, the
+// app's own packages stay in the app image and the rest is layered by
+// popularity within the budget (see PlanLayers), or stays with the app
+// when the budget is 0. The app depends on the top of the chain and on
+// its layers. No store path is in two images, by construction; check
+// proves it of the finished plan.
+func PlanGroups(l Layering, app *schema.ImageManifest, content aci.Image) (*Plan, error) {
+	index := make(map[string]nixstore.PathInfo, len(l.Closure.Paths))
+	for _, p := range l.Closure.Paths {
+		index[p.Path] = p
+	}
+	taken := map[string]bool{}
+	if l.Base != nil {
+		for p := range l.Base.Paths {
+			taken[p] = true
+		}
+	}
+	plan := &Plan{Base: l.Base}
+	var below *PlanImage
+	for _, grp := range l.Groups {
+		paths, err := closureOf(index, grp.Roots, taken)
+		if err != nil {
+			return nil, fmt.Errorf("layer group %s: %w", grp.Name, err)
+		}
+		if len(paths) == 0 {
+			return nil, &UsageError{fmt.Sprintf("the layer group %s holds nothing that the base or the groups below it do not: remove it, or move packages into it", grp.Name)}
+		}
+		name := l.Prefix + "/" + grp.Name
+		if err := manifest.CheckIdentifier(name); err != nil {
+			return nil, &UsageError{fmt.Sprintf("layer group %s: %v", grp.Name, err)}
+		}
+		lm, err := manifest.NewLayer(name, "0", l.System)
+		if err != nil {
+			return nil, err
+		}
+		g := &PlanImage{Manifest: lm, Content: aci.Image{Closure: graphOf(paths)}, Shared: true,
+			VersionFromContents: true, HoldsPaths: true, Created: time.Unix(0, 0)}
+		if below != nil {
+			g.DependsOn = []*PlanImage{below}
+		} else {
+			g.OnBase = l.Base != nil
+		}
+		for _, p := range paths {
+			taken[p.Path] = true
+		}
+		plan.Images = append(plan.Images, g)
+		below = g
+	}
+	// What is left of the app's closure.
+	appClosure, err := closureOf(index, l.AppRoots, taken)
+	if err != nil {
+		return nil, err
+	}
+	if l.Base != nil && !l.sharesBase(index) {
+		return nil, &UsageError{fmt.Sprintf("the app shares no store path with the base %s: a base that saves nothing is a mistake (built from another nixpkgs?); build without --base, or on a base built from the same package set", l.Base.Name)}
+	}
+	rest := graphOf(appClosure)
+	var layers []*PlanImage
+	if l.Budget > 0 {
+		layerPaths, kept := PlanLayers(rest, l.App, l.Budget)
+		for _, paths := range layerPaths {
+			name, version, err := LayerName(l.Prefix, paths)
+			if err != nil {
+				return nil, fmt.Errorf("layer of %s: %w", paths[0].Path, err)
+			}
+			lm, err := manifest.NewLayer(name, version, l.System)
+			if err != nil {
+				return nil, err
+			}
+			layers = append(layers, &PlanImage{Manifest: lm, Content: aci.Image{Closure: graphOf(paths)}, Shared: true, Created: time.Unix(0, 0)})
+		}
+		rest = graphOf(kept)
+	}
+	content.Closure = &nixstore.Graph{Roots: l.AppRoots, Paths: rest.Paths}
+	top := &PlanImage{Manifest: app, Content: content, Created: l.Created}
+	if below != nil {
+		top.DependsOn = append(top.DependsOn, below)
+	} else {
+		top.OnBase = l.Base != nil
+	}
+	top.DependsOn = append(top.DependsOn, layers...)
+	plan.Images = append(plan.Images, layers...)
+	plan.Images = append(plan.Images, top)
+	return plan, plan.check()
+}
+
+// sharesBase reports whether the app or a group needs a store path the
+// base holds.
+func (l Layering) sharesBase(index map[string]nixstore.PathInfo) bool {
+	roots := append([]string(nil), l.AppRoots...)
+	for _, g := range l.Groups {
+		roots = append(roots, g.Roots...)
+	}
+	all, _ := closureOf(index, roots, nil)
+	for _, p := range all {
+		if l.Base.Paths[p.Path] {
+			return true
+		}
+	}
+	return false
+}
+
+// closureOf returns the closure of roots in index, less the paths taken
+// (and what only they reach is still included: a path's references are
+// followed whether or not it is taken), sorted by path.
+func closureOf(index map[string]nixstore.PathInfo, roots []string, taken map[string]bool) ([]nixstore.PathInfo, error) {
+	seen := map[string]bool{}
+	var out []nixstore.PathInfo
+	todo := append([]string(nil), roots...)
+	for len(todo) > 0 {
+		p := todo[len(todo)-1]
+		todo = todo[:len(todo)-1]
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		info, ok := index[p]
+		if !ok {
+			return nil, fmt.Errorf("%s is not in the closure", p)
+		}
+		if !taken[p] {
+			out = append(out, info)
+		}
+		todo = append(todo, info.References...)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out, nil
+}
+
+func graphOf(paths []nixstore.PathInfo) *nixstore.Graph {
+	roots := make([]string, len(paths))
+	for i, p := range paths {
+		roots[i] = p.Path
+	}
+	return &nixstore.Graph{Roots: roots, Paths: paths}
+}
+
+// check proves what every plan must hold: images after their
+// dependencies, the target's image last, no store path in two images of
+// the dependency tree (nor in an image and the base), and a tree, not a
+// graph: no image reached twice.
+func (p *Plan) check() error {
+	pos := map[*PlanImage]int{}
+	for i, im := range p.Images {
+		for _, d := range im.DependsOn {
+			if _, ok := pos[d]; !ok {
+				return fmt.Errorf("plan: %s is written before its dependency %s", im.Manifest.Name, d.Manifest.Name)
+			}
+		}
+		pos[im] = i
+	}
+	owner := map[string]string{}
+	if p.Base != nil {
+		for path := range p.Base.Paths {
+			owner[path] = p.Base.Name
+		}
+	}
+	visited := map[*PlanImage]bool{}
+	var walk func(im *PlanImage) error
+	walk = func(im *PlanImage) error {
+		if visited[im] {
+			return fmt.Errorf("plan: %s is reached twice in the dependency tree (rkt would render it twice)", im.Manifest.Name)
+		}
+		visited[im] = true
+		if im.Content.Closure != nil {
+			for _, path := range im.Content.Closure.Paths {
+				if o, ok := owner[path.Path]; ok {
+					return fmt.Errorf("plan: %s is in both %s and %s", path.Path, o, im.Manifest.Name)
+				}
+				owner[path.Path] = im.Manifest.Name.String()
+			}
+		}
+		for _, d := range im.DependsOn {
+			if err := walk(d); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return walk(p.Images[len(p.Images)-1])
+}
+
+// contentVersion is the version of an image named by its contents: the
+// first 32 hex digits of the SHA-256 of its store paths and of the image
+// IDs it depends on, one per line.
+func contentVersion(paths []nixstore.PathInfo, deps []string) string {
+	h := sha256.New()
+	for _, p := range paths {
+		io.WriteString(h, p.Path+"\n")
+	}
+	for _, d := range deps {
+		io.WriteString(h, "dep "+d+"\n")
+	}
+	return hex.EncodeToString(h.Sum(nil))[:32]
+}
+
+// heldPaths is the value of StorePathsAnnotation for an image holding
+// paths on dependencies holding below.
+func heldPaths(paths []nixstore.PathInfo, below []string) (string, []string) {
+	all := append([]string(nil), below...)
+	for _, p := range paths {
+		all = append(all, p.Path)
+	}
+	sort.Strings(all)
+	return strings.Join(all, "\n"), all
+}

@@ -1,0 +1,208 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/manifest"
+	"github.com/nix2aci/nix2aci/nixstore"
+)
+
+// written is what the writer made of one planned image.
+type written struct {
+	Image
+	held []string    // the store paths it and its dependencies hold
+	res  *aci.Result // nil when reused
+	done chan struct{}
+}
+
+// writePlan writes (or reuses) every image of plan into the staging
+// directory, each once the images it depends on are written, a few at a
+// time, and signs each when the request has a signer.
+func (b *build) writePlan(ctx context.Context, plan *Plan) (map[*PlanImage]*written, error) {
+	if err := plan.check(); err != nil {
+		return nil, err
+	}
+	out := make(map[*PlanImage]*written, len(plan.Images))
+	for _, im := range plan.Images {
+		out[im] = &written{done: make(chan struct{})}
+	}
+	// Most layers are small, and one image's compression would leave
+	// cores idle: a few images are written at once.
+	slots := make(chan struct{}, max(2, min(4, runtime.GOMAXPROCS(0))))
+	eg, gctx := errgroup.WithContext(ctx)
+	for _, im := range plan.Images {
+		w := out[im]
+		eg.Go(func() error {
+			defer close(w.done)
+			for _, d := range im.DependsOn {
+				select {
+				case <-out[d].done:
+				case <-gctx.Done():
+					return context.Cause(gctx)
+				}
+			}
+			if err := gctx.Err(); err != nil {
+				return context.Cause(gctx)
+			}
+			select {
+			case slots <- struct{}{}:
+			case <-gctx.Done():
+				return context.Cause(gctx)
+			}
+			defer func() { <-slots }()
+			return b.writeImage(gctx, plan, im, w, out)
+		})
+	}
+	if err := eg.Wait(); err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("build interrupted; nothing was written: %w", context.Cause(ctx))
+		}
+		return nil, err
+	}
+	return out, nil
+}
+
+// writeImage completes im's manifest from the images it depends on (now
+// written) and writes it, or reuses a shared image the output directory
+// holds already.
+func (b *build) writeImage(ctx context.Context, plan *Plan, im *PlanImage, w *written, all map[*PlanImage]*written) error {
+	m := im.Manifest
+	var deps []manifest.Dependency
+	var depIDs, below []string
+	if im.OnBase {
+		deps = append(deps, manifest.Dependency{Name: plan.Base.Name, ImageID: plan.Base.ImageID, Labels: plan.Base.Labels})
+		depIDs = append(depIDs, plan.Base.ImageID)
+		for p := range plan.Base.Paths {
+			below = append(below, p)
+		}
+	}
+	for _, d := range im.DependsOn {
+		dw := all[d]
+		deps = append(deps, manifest.Dependency{Name: dw.Name, ImageID: dw.ImageID, Labels: dependencyLabels(d)})
+		depIDs = append(depIDs, dw.ImageID)
+		below = append(below, dw.held...)
+	}
+	var paths []nixstore.PathInfo
+	if im.Content.Closure != nil {
+		paths = im.Content.Closure.Paths
+	}
+	if im.VersionFromContents {
+		if err := manifest.SetLabel(m, "version", contentVersion(paths, depIDs)); err != nil {
+			return err
+		}
+	}
+	w.held = below
+	if im.HoldsPaths {
+		var value string
+		value, w.held = heldPaths(paths, below)
+		m.Annotations.Set(StorePathsAnnotation, value)
+	}
+	if err := manifest.AddDependencies(m, deps); err != nil {
+		return err
+	}
+	name := m.Name.String()
+	version, _ := m.Labels.Get("version")
+	var file string
+	var err error
+	if im.Shared {
+		file, err = manifest.FlatFileName(m)
+	} else {
+		file, err = manifest.FileName(m)
+	}
+	if err != nil {
+		return err
+	}
+	w.Image = Image{ACI: file, Name: name, Version: version, StorePaths: len(paths)}
+	content := im.Content
+	content.Manifest = m
+	if !im.Shared {
+		res, err := b.write(ctx, file, content, im.Created)
+		if err != nil {
+			return err
+		}
+		w.res = res
+		w.ImageID, w.Size = res.ImageID, res.Size
+		signed, err := b.sign(ctx, file)
+		if signed {
+			w.Signature = file + ".asc"
+		}
+		return err
+	}
+
+	signer := ""
+	if b.Signer != nil {
+		signer = b.Signer.Fingerprint
+	}
+	want := indexEntry{Name: name, Version: version, Inputs: layerInputs(string(b.Compression), b.Level, paths, depIDs)}
+	want.OS, _ = m.Labels.Get("os")
+	want.Arch, _ = m.Labels.Get("arch")
+	b.mu.Lock()
+	e, reuse := readIndexOnce(b).reusable(b.OutDir, file, want, signer, b.cache)
+	b.mu.Unlock()
+	if reuse {
+		w.ImageID, w.Size, w.Reused = e.ImageID, e.Size, true
+		if signer != "" {
+			w.Signature = file + ".asc"
+		}
+		return nil
+	}
+	res, err := b.write(ctx, file, content, time.Unix(0, 0))
+	if err != nil {
+		return err
+	}
+	w.res = res
+	w.ImageID, w.Size = res.ImageID, res.Size
+	signed, err := b.sign(ctx, file)
+	if err != nil {
+		return err
+	}
+	e = want
+	e.ImageID, e.Size = res.ImageID, res.Size
+	if signed {
+		w.Signature = file + ".asc"
+		e.SignedBy = signer
+	}
+	b.mu.Lock()
+	if b.layersWritten == nil {
+		b.layersWritten = map[string]indexEntry{}
+	}
+	b.layersWritten[file] = e
+	b.mu.Unlock()
+	return nil
+}
+
+// dependencyLabels are the labels a dependency on im names it by: its
+// version, os and arch (rkt finds it by name and these, then checks the
+// image ID).
+func dependencyLabels(im *PlanImage) map[string]string {
+	labels := map[string]string{}
+	for _, k := range []string{"version", "os", "arch"} {
+		if v, ok := im.Manifest.Labels.Get(k); ok {
+			labels[k] = v
+		}
+	}
+	return labels
+}
+
+// renderOrder returns the images the target's image depends on, each
+// once, in the order rkt renders them beneath it: for each dependency in
+// the manifest's order, its own dependencies first, then itself (a later
+// one lies above an earlier one).
+func (p *Plan) renderOrder() []*PlanImage {
+	var order []*PlanImage
+	var visit func(im *PlanImage)
+	visit = func(im *PlanImage) {
+		for _, d := range im.DependsOn {
+			visit(d)
+			order = append(order, d)
+		}
+	}
+	visit(p.Images[len(p.Images)-1])
+	return order
+}
