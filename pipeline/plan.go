@@ -99,7 +99,7 @@ type Layering struct {
 	Base     *Base
 	Prefix   string // names the layers and groups
 	System   string
-	Budget   int  // layers by popularity for what is left (0: none)
+	Budget   int // layers by popularity for what is left (0: none)
 	Created  time.Time
 	AppRoots []string // the roots of the app's own closure
 }
