@@ -240,14 +240,26 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if err := t.Finish(); err != nil {
 		return nil, err
 	}
-	var g *nixstore.Graph
+	groups := b.layerGroups(t)
+	roots := t.StorePaths()
+	for _, grp := range groups {
+		roots = append(roots, grp.Roots...)
+	}
+	// full is the closure of the app and its layer groups; g the app's.
+	var full *nixstore.Graph
 	if inNix {
-		g, err = graphFromFiles(b.ClosureGraphs, t.StorePaths())
+		full, err = graphFromFiles(b.ClosureGraphs, roots)
 	} else {
-		g, err = nixstore.Closure(ctx, t.StorePaths())
+		full, err = nixstore.Closure(ctx, roots)
 	}
 	if err != nil {
 		return nil, err
+	}
+	g := full
+	if len(groups) > 0 {
+		if g, err = subgraph(full, t.StorePaths()); err != nil {
+			return nil, err
+		}
 	}
 	spec = t.Spec
 	spec.Created = b.Created
@@ -291,7 +303,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	}
 
 	out := &Result{Name: im.Name.String(), Kind: b.Kind, Offline: t.Offline}
-	plan, err := b.plan(g, t, im, whole, spec.System)
+	plan, err := b.plan(full, groups, t, im, whole, spec.System)
 	if err != nil {
 		return nil, err
 	}
@@ -349,7 +361,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 			if err := t.Realise(context.WithoutCancel(ctx), gcroot); err != nil {
 				return fmt.Errorf("%s is written, but registering its GC roots failed (a garbage collection may remove what it needs; build again): %w", b.st.Final(fileName), err)
 			}
-			removeStaleRoots(gcroot, len(t.Packages))
+			removeStaleRoots(gcroot, len(t.AllPackages()))
 		}
 		if len(b.layersWritten) > 0 && !inNix { // stat data would make a derivation's output differ
 			if err := recordLayers(b.OutDir, b.layersWritten, b.cache); err != nil {
@@ -365,7 +377,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	out.ImageID, out.StorePaths, out.CachedPaths, out.Size = res.ImageID, res.StorePaths, res.CachedPaths, res.Size
 	out.Conflicts = res.Conflicts
 	if !inNix {
-		out.GCRoots = gcRoots(gcroot, len(t.Packages))
+		out.GCRoots = gcRoots(gcroot, len(t.AllPackages()))
 	}
 	out.Version, _ = im.Labels.Get("version")
 	out.OS, _ = im.Labels.Get("os")
@@ -388,8 +400,8 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 }
 
 // plan decides what the build writes: one image holding the closure
-// (fat, thin), or an app on layers (PlanGroups).
-func (b *build) plan(g *nixstore.Graph, t *pkgs.Target, app *schema.ImageManifest, content aci.Image, system string) (*Plan, error) {
+// (fat, thin), or an app on its layer groups and layers (PlanGroups).
+func (b *build) plan(full *nixstore.Graph, groups []Group, t *pkgs.Target, app *schema.ImageManifest, content aci.Image, system string) (*Plan, error) {
 	if b.Kind != Layered {
 		return planSingle(app, content), nil
 	}
@@ -398,9 +410,42 @@ func (b *build) plan(g *nixstore.Graph, t *pkgs.Target, app *schema.ImageManifes
 		prefix = DefaultLayerPrefix(app.Name.String())
 	}
 	return PlanGroups(Layering{
-		Closure: g, App: t.StorePaths(), AppRoots: t.StorePaths(),
-		Prefix: prefix, System: system, Budget: b.MaxLayers, Created: b.Created,
+		Closure: full, App: t.StorePaths(), AppRoots: t.StorePaths(), Groups: groups,
+		Prefix: prefix, System: system, Budget: max(0, b.MaxLayers-len(groups)), Created: b.Created,
 	}, app, content)
+}
+
+// layerGroups are the recipe's layer groups, for a layered build.
+func (b *build) layerGroups(t *pkgs.Target) []Group {
+	if len(t.Layers) == 0 {
+		return nil
+	}
+	if b.Kind != Layered {
+		b.Warn(fmt.Sprintf("the recipe's layer groups apply to --layered builds; this %s image holds them", b.Kind))
+		return nil
+	}
+	var groups []Group
+	for _, l := range t.Layers {
+		grp := Group{Name: l.Name}
+		for _, p := range l.Packages {
+			grp.Roots = append(grp.Roots, p.OutPath)
+		}
+		groups = append(groups, grp)
+	}
+	return groups
+}
+
+// subgraph is the closure of roots within g.
+func subgraph(g *nixstore.Graph, roots []string) (*nixstore.Graph, error) {
+	index := make(map[string]nixstore.PathInfo, len(g.Paths))
+	for _, p := range g.Paths {
+		index[p.Path] = p
+	}
+	paths, err := closureOf(index, roots, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &nixstore.Graph{Roots: roots, Paths: paths}, nil
 }
 
 // write writes img into the staging directory as name.

@@ -12,6 +12,7 @@ import (
 	"github.com/appc/spec/schema"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
 )
@@ -126,7 +127,15 @@ func PlanGroups(l Layering, app *schema.ImageManifest, content aci.Image) (*Plan
 	}
 	plan := &Plan{Base: l.Base}
 	var below *PlanImage
+	named := map[string]bool{}
 	for _, grp := range l.Groups {
+		if named[grp.Name] {
+			return nil, &UsageError{fmt.Sprintf("two layer groups are named %s: name each once", safeio.Quote(grp.Name))}
+		}
+		named[grp.Name] = true
+		if strings.Contains(grp.Name, "/") || manifest.CheckIdentifier(grp.Name) != nil {
+			return nil, &UsageError{fmt.Sprintf("the layer group name %s is not one AC Name (lower case letters, digits, -, ., _ ~): rename it, e.g. \"runtime\"", safeio.Quote(grp.Name))}
+		}
 		paths, err := closureOf(index, grp.Roots, taken)
 		if err != nil {
 			return nil, fmt.Errorf("layer group %s: %w", grp.Name, err)

@@ -39,9 +39,29 @@ type Target struct {
 	// Kind is "store-path", "file", "recipe", "attr" or "flake".
 	Kind string `json:"kind"`
 	// Offline is true when the offline package set stood in for nixpkgs.
-	Offline  bool          `json:"offline"`
-	Packages []Package     `json:"packages"`
-	Spec     manifest.Spec `json:"spec"`
+	Offline  bool      `json:"offline"`
+	Packages []Package `json:"packages"`
+	// Layers are the recipe's named layer groups, lowest first (see
+	// pipeline.PlanGroups): each becomes one image of a chain below the
+	// app.
+	Layers []LayerGroup  `json:"layers,omitempty"`
+	Spec   manifest.Spec `json:"spec"`
+}
+
+// LayerGroup is a named group of packages a recipe layers its image on.
+type LayerGroup struct {
+	Name     string    `json:"name"`
+	Packages []Package `json:"packages"`
+}
+
+// AllPackages are the packages and the layer groups' packages, in order:
+// everything the build realises.
+func (t *Target) AllPackages() []Package {
+	all := append([]Package(nil), t.Packages...)
+	for _, g := range t.Layers {
+		all = append(all, g.Packages...)
+	}
+	return all
 }
 
 // StorePaths returns the packages' output paths, in order.
@@ -257,8 +277,9 @@ func (o options) eval(ctx context.Context, kind, target, shown string) (*Target,
 		return nil, evalError(kind, shown, stderr.String())
 	}
 	var raw struct {
-		Offline  bool      `json:"offline"`
-		Packages []Package `json:"packages"`
+		Offline  bool         `json:"offline"`
+		Packages []Package    `json:"packages"`
+		Layers   []LayerGroup `json:"layerGroups"`
 		manifest.Spec
 	}
 	if err := json.Unmarshal(stdout.Bytes(), &raw); err != nil {
@@ -267,7 +288,12 @@ func (o options) eval(ctx context.Context, kind, target, shown string) (*Target,
 	if len(raw.Packages) == 0 {
 		return nil, &NotFoundError{Target: shown, Reason: "its recipe lists no packages"}
 	}
-	return &Target{Kind: kind, Offline: raw.Offline, Packages: raw.Packages, Spec: raw.Spec}, nil
+	for _, g := range raw.Layers {
+		if len(g.Packages) == 0 {
+			return nil, &NotFoundError{Target: shown, Reason: fmt.Sprintf("its layer group %q lists no packages", g.Name)}
+		}
+	}
+	return &Target{Kind: kind, Offline: raw.Offline, Packages: raw.Packages, Layers: raw.Layers, Spec: raw.Spec}, nil
 }
 
 // evalError keeps what matters of Nix's error: the whole message from its
@@ -313,7 +339,7 @@ func busyboxVersion(ctx context.Context, bin string) string {
 // collection; an empty gcroot builds without roots.
 func (t *Target) Realise(ctx context.Context, gcroot string) error {
 	var args []string
-	for _, p := range t.Packages {
+	for _, p := range t.AllPackages() {
 		if p.DrvPath != "" {
 			args = append(args, p.DrvPath)
 		} else {

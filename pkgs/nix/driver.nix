@@ -60,4 +60,5 @@ in
     users = recipe.users or [ ];
     groups = recipe.groups or [ ];
     noSkeleton = !(recipe.skeleton or true);
+    layerGroups = map (g: { name = g.name; packages = map pkg g.packages; }) (recipe.layers or [ ]);
   }
