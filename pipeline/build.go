@@ -61,6 +61,12 @@ type Request struct {
 	// aci.Cache); it is created when missing. "" for none: every cached
 	// member is then proven by inflating it.
 	CacheKey string
+	// Base is the file of a published base image to build the app on
+	// (see LoadBase): the app depends on it by image ID and holds none of
+	// the store paths it holds. The base and the images it depends on
+	// (found beside it) are linked into the output directory and listed
+	// in the .deps file.
+	Base string
 	// NoExecCheck builds even if the app's program cannot start.
 	NoExecCheck bool
 	// Created is the app image's "created" time (zero: the Unix epoch).
@@ -143,6 +149,9 @@ func Build(ctx context.Context, r Request) (*Result, error) {
 		return nil, &UsageError{fmt.Sprintf("unknown kind %q: fat, thin or layered", b.Kind)}
 	}
 	if b.Kind == Thin {
+		if b.Base != "" {
+			return nil, &UsageError{"--base builds an app on an image holding store paths; a thin image holds none: build --fat or --layered"}
+		}
 		b.CacheDir = "" // nothing is compressed but the skeleton
 	}
 	if len(b.ClosureGraphs) > 0 {
@@ -180,6 +189,7 @@ type build struct {
 	names, stale  []string
 	layersWritten map[string]indexEntry
 	index         *layerIndex
+	base          *Base
 	// mu guards the fields above and Progress, for layers written at once.
 	mu sync.Mutex
 }
@@ -302,6 +312,11 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		}
 	}
 
+	if b.Base != "" {
+		if b.base, err = LoadBase(ctx, b.Base, b.cache); err != nil {
+			return nil, err
+		}
+	}
 	out := &Result{Name: im.Name.String(), Kind: b.Kind, Offline: t.Offline}
 	plan, err := b.plan(full, groups, t, im, whole, spec.System)
 	if err != nil {
@@ -320,8 +335,15 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		b.Warn(fmt.Sprintf("two packages provide %s", cf))
 	}
 	depsName := base + ".deps"
-	if below := plan.renderOrder(); len(below) > 0 {
+	baseFiles, err := b.stageBase(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if below := plan.renderOrder(); len(below) > 0 || len(baseFiles) > 0 {
 		var list strings.Builder
+		for _, f := range baseFiles {
+			list.WriteString(f + "\n")
+		}
 		for _, d := range below {
 			l := images[d].Image
 			list.WriteString(l.ACI + "\n")
@@ -385,7 +407,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if b.Kind == Thin {
 		out.RktArgs = b.st.Final(argsName)
 	}
-	if len(out.Layers) > 0 {
+	if len(out.Layers) > 0 || len(baseFiles) > 0 {
 		out.Deps = b.st.Final(depsName)
 	}
 	if signed {
@@ -402,16 +424,20 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 // plan decides what the build writes: one image holding the closure
 // (fat, thin), or an app on its layer groups and layers (PlanGroups).
 func (b *build) plan(full *nixstore.Graph, groups []Group, t *pkgs.Target, app *schema.ImageManifest, content aci.Image, system string) (*Plan, error) {
-	if b.Kind != Layered {
+	if b.Kind != Layered && b.base == nil {
 		return planSingle(app, content), nil
 	}
 	prefix := b.LayerPrefix
 	if prefix == "" {
 		prefix = DefaultLayerPrefix(app.Name.String())
 	}
+	budget := 0 // a fat app on a base holds the rest itself
+	if b.Kind == Layered {
+		budget = max(0, b.MaxLayers-len(groups))
+	}
 	return PlanGroups(Layering{
-		Closure: full, App: t.StorePaths(), AppRoots: t.StorePaths(), Groups: groups,
-		Prefix: prefix, System: system, Budget: max(0, b.MaxLayers-len(groups)), Created: b.Created,
+		Closure: full, App: t.StorePaths(), AppRoots: t.StorePaths(), Groups: groups, Base: b.base,
+		Prefix: prefix, System: system, Budget: budget, Created: b.Created,
 	}, app, content)
 }
 

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
 )
 
@@ -267,4 +269,54 @@ func FuzzLayerIndex(f *testing.F) {
 			t.Fatal("an entry this key did not tag was believed")
 		}
 	})
+}
+
+// PlanGroups makes a chain: each group holds its closure less what lies
+// below it, the lowest stands on the base, the app on the top group and
+// on its popularity layers; no path is in two images.
+func TestPlanGroups(t *testing.T) {
+	// app -> web -> ssl -> libc, app -> zlib -> libc
+	g := graph(map[string][]string{"app": {"web", "zlib"}, "web": {"ssl"}, "ssl": {"libc"}, "zlib": {"libc"}, "libc": nil}, nil)
+	app, _ := manifest.NewLayer("example.com/app", "1", "x86_64-linux")
+	base := &Base{Name: "example.com/base", ImageID: "sha512-" + strings.Repeat("0", 128), Paths: map[string]bool{sp("libc"): true}}
+	plan, err := PlanGroups(Layering{Closure: g, App: []string{sp("app")}, AppRoots: []string{sp("app")},
+		Groups: []Group{{Name: "tls", Roots: []string{sp("ssl")}}, {Name: "web", Roots: []string{sp("web")}}},
+		Base: base, Prefix: "example.com/nix", System: "x86_64-linux", Budget: 5}, app, aci.Image{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, im := range plan.Images {
+		var paths []string
+		for _, p := range im.Content.Closure.Paths {
+			paths = append(paths, nixstore.NamePart(p.Path))
+		}
+		var deps []string
+		if im.OnBase {
+			deps = append(deps, "base")
+		}
+		for _, d := range im.DependsOn {
+			deps = append(deps, d.Manifest.Name.String())
+		}
+		got = append(got, fmt.Sprintf("%s%v<-%v", im.Manifest.Name, paths, deps))
+	}
+	want := []string{
+		"example.com/nix/tls[ssl]<-[base]",
+		"example.com/nix/web[web]<-[example.com/nix/tls]",
+		"example.com/nix/zlib[zlib]<-[]",
+		"example.com/app[app]<-[example.com/nix/web example.com/nix/zlib]",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("plan:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	// A plan with a path in two images is refused.
+	plan.Images[2].Content.Closure.Paths = append(plan.Images[2].Content.Closure.Paths, nixstore.PathInfo{Path: sp("ssl")})
+	if err := plan.check(); err == nil || !strings.Contains(err.Error(), "is in both") {
+		t.Errorf("a path in two images: %v", err)
+	}
+	// A base the app shares nothing with is refused.
+	base.Paths = map[string]bool{sp("other"): true}
+	if _, err := PlanGroups(Layering{Closure: g, App: []string{sp("app")}, AppRoots: []string{sp("app")}, Base: base, Prefix: "example.com/nix", System: "x86_64-linux"}, app, aci.Image{}); err == nil || !strings.Contains(err.Error(), "shares no store path") {
+		t.Errorf("a base sharing nothing: %v", err)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/appc/spec/schema"
+	"github.com/appc/spec/schema/types"
 
 	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/internal/safeio"
@@ -71,6 +72,8 @@ type Base struct {
 	Labels  map[string]string
 	// Paths are the store paths it holds, its dependencies included.
 	Paths map[string]bool
+	// Dependencies are the images it is rendered on.
+	Dependencies types.Dependencies
 }
 
 // StorePathsAnnotation lists, in a base image's manifest, the store paths

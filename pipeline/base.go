@@ -1,0 +1,255 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/hmac"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/appc/spec/schema"
+	"github.com/appc/spec/schema/types"
+
+	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/internal/safeio"
+	"github.com/nix2aci/nix2aci/manifest"
+	"github.com/nix2aci/nix2aci/nixstore"
+)
+
+// BaseError is a base image an app cannot be built on.
+type BaseError struct{ Msg string }
+
+func (e *BaseError) Error() string { return e.Msg }
+
+// maxBasePaths bounds the store paths a base may say it holds.
+const maxBasePaths = 100000
+
+// LoadBase reads the base image in file: its manifest, which must say
+// which store paths it holds (StorePathsAnnotation), and its image ID.
+// The ID is taken from the layer index beside the file when an entry
+// there is proven (its tag verifies under cache's key and the file is as
+// recorded: the image was written by this key's holder); otherwise the
+// whole archive is read, validated and hashed.
+func LoadBase(ctx context.Context, file string, cache *aci.Cache) (*Base, error) {
+	l, err := loadImage(ctx, file, cache)
+	if err != nil {
+		return nil, fmt.Errorf("the base %s: %w", safeio.Quote(file), err)
+	}
+	b, err := baseOf(l.m, l.id)
+	if err != nil {
+		return nil, fmt.Errorf("the base %s: %w", safeio.Quote(file), err)
+	}
+	b.File = file
+	return b, nil
+}
+
+// baseOf is the base described by the manifest m of the image id.
+func baseOf(m *schema.ImageManifest, id string) (*Base, error) {
+	held, ok := m.Annotations.Get(StorePathsAnnotation)
+	if !ok {
+		return nil, &BaseError{fmt.Sprintf("%s does not say which store paths it holds (no %s annotation), so an app cannot be built on it without its bytes: use a layer group image that nix2aci built (a recipe's layers), or build without --base", safeio.Quote(m.Name.String()), StorePathsAnnotation)}
+	}
+	b := &Base{Name: m.Name.String(), ImageID: id, Labels: map[string]string{}, Paths: map[string]bool{}, Dependencies: m.Dependencies}
+	for _, k := range []string{"version", "os", "arch"} {
+		v, ok := m.Labels.Get(k)
+		if !ok || v == "" {
+			return nil, &BaseError{fmt.Sprintf("%s has no %s label, which rkt needs to find it by name: rebuild it with one", safeio.Quote(b.Name), k)}
+		}
+		b.Labels[k] = v
+	}
+	for _, p := range strings.Split(held, "\n") {
+		if !nixstore.IsStorePath(p) || strings.Contains(strings.TrimPrefix(p, nixstore.StoreDir+"/"), "/") {
+			return nil, &BaseError{fmt.Sprintf("%s: its %s annotation holds %s, which is not a store path", safeio.Quote(b.Name), StorePathsAnnotation, safeio.Quote(p))}
+		}
+		if len(b.Paths) == maxBasePaths {
+			return nil, &BaseError{fmt.Sprintf("%s says it holds more than %d store paths", safeio.Quote(b.Name), maxBasePaths)}
+		}
+		b.Paths[p] = true
+	}
+	return b, nil
+}
+
+// sameImage reports whether the index entry e is of the image whose
+// manifest is m: same name and labels.
+func sameImage(e indexEntry, m *schema.ImageManifest) bool {
+	v, _ := m.Labels.Get("version")
+	o, _ := m.Labels.Get("os")
+	a, _ := m.Labels.Get("arch")
+	return e.Name == m.Name.String() && e.Version == v && e.OS == o && e.Arch == a
+}
+
+// proven returns the entry of dir/name when its tag verifies under
+// cache's key and the file is as recorded, whatever it was written from.
+func (idx *layerIndex) proven(dir, name string, cache *aci.Cache) (indexEntry, bool) {
+	e, ok := idx.Layers[name]
+	if !ok {
+		return e, false
+	}
+	tag, ok := cache.TagRecord(recordTagKind, e.message(name))
+	if got, err := hex.DecodeString(e.Tag); !ok || err != nil || !hmac.Equal(got, tag) {
+		return e, false
+	}
+	if st, ok := statOf(filepath.Join(dir, name)); !ok || st != e.File || st.Size != e.Size {
+		return e, false
+	}
+	return e, true
+}
+
+// stageBase links the base image and the images it depends on (found
+// beside it by their flat file names, each proven to have the image ID
+// its dependent pins), with their signatures, into the staging
+// directory, unless the output directory holds them already; it returns
+// their names in the output directory in rendering order.
+func (b *build) stageBase(ctx context.Context) ([]string, error) {
+	if b.base == nil || b.base.File == "" {
+		return nil, nil
+	}
+	dir := filepath.Dir(b.base.File)
+	var names []string
+	seen := map[string]bool{}
+	var visit func(file string, deps types.Dependencies, depth int) error
+	visit = func(file string, deps types.Dependencies, depth int) error {
+		if depth > maxDepDepth {
+			return &BaseError{fmt.Sprintf("the base's dependencies nest more than %d deep (a cycle?)", maxDepDepth)}
+		}
+		for _, d := range deps {
+			dm := schema.ImageManifest{Name: d.ImageName, Labels: d.Labels}
+			flat, err := manifest.FlatFileName(&dm)
+			if err != nil {
+				return fmt.Errorf("the base's dependency %s: %w", d.ImageName, err)
+			}
+			depFile := filepath.Join(dir, flat)
+			dep, err := loadImage(ctx, depFile, b.cache)
+			if err != nil {
+				b.Warn(fmt.Sprintf("the base's dependency %s is not beside it (%v); it is left out of the .deps file, and rkt fetches it by name", d.ImageName, err))
+				continue
+			}
+			if d.ImageID == nil || dep.id != d.ImageID.String() {
+				return &BaseError{fmt.Sprintf("%s is not the image the base pins as its dependency %s (image ID %s): fetch the base and its dependencies again", safeio.Quote(depFile), d.ImageName, short(dep.id))}
+			}
+			if err := visit(depFile, dep.m.Dependencies, depth+1); err != nil {
+				return err
+			}
+		}
+		if seen[file] {
+			return &BaseError{fmt.Sprintf("the base reaches %s twice: rkt would render it twice; rebuild the base as a chain", safeio.Quote(file))}
+		}
+		seen[file] = true
+		name, err := b.linkIn(file)
+		if err != nil {
+			return err
+		}
+		names = append(names, name)
+		return nil
+	}
+	return names, visit(b.base.File, b.base.Dependencies, 0)
+}
+
+// maxDepDepth bounds how deep dependencies may nest.
+const maxDepDepth = 32
+
+// linkIn puts file (and its signature) into the output directory under
+// its flat name, unless it is there already, and returns that name.
+func (b *build) linkIn(file string) (string, error) {
+	abs, err := filepath.Abs(file)
+	if err != nil {
+		return "", err
+	}
+	out, err := filepath.Abs(b.OutDir)
+	if err != nil {
+		return "", err
+	}
+	if filepath.Dir(abs) == out {
+		return filepath.Base(abs), nil
+	}
+	f, err := OpenImage(file)
+	if err != nil {
+		return "", err
+	}
+	m, err := aci.ReadManifest(f, 0)
+	f.Close()
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", safeio.Quote(file), err)
+	}
+	name, err := manifest.FlatFileName(m)
+	if err != nil {
+		return "", err
+	}
+	if err := linkOrCopy(file, b.st.Path(name)); err != nil {
+		return "", fmt.Errorf("linking %s into %s: %w", safeio.Quote(file), b.OutDir, err)
+	}
+	b.add(name, "")
+	if linkOrCopy(file+".asc", b.st.Path(name+".asc")) == nil {
+		b.add(name+".asc", "")
+	} else {
+		b.add("", name+".asc")
+	}
+	return name, nil
+}
+
+// linkOrCopy hard-links src to dst, or copies it where a link cannot be
+// made (another file system); src must be a regular file.
+func linkOrCopy(src, dst string) error {
+	in, err := safeio.OpenRegular(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	if os.Link(src, dst) == nil {
+		return nil
+	}
+	outf, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(outf, in); err != nil {
+		outf.Close()
+		return err
+	}
+	return outf.Close()
+}
+
+// loaded is an image file read for its manifest and image ID.
+type loaded struct {
+	m  *schema.ImageManifest
+	id string
+}
+
+// loadImage reads file's manifest and image ID: the ID from a proven
+// layer index entry beside it, else by reading the whole archive.
+func loadImage(ctx context.Context, file string, cache *aci.Cache) (*loaded, error) {
+	f, err := OpenImage(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	untrustedManifest, err := aci.ReadManifest(safeio.WithContext(ctx, f), 0)
+	if err != nil {
+		return nil, err
+	}
+	dir, name := filepath.Split(file)
+	if dir == "" {
+		dir = "."
+	}
+	if e, ok := readIndex(dir).proven(dir, name, cache); ok && sameImage(e, untrustedManifest) {
+		return &loaded{untrustedManifest, e.ImageID}, nil
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	info, err := aci.Inspect(safeio.WithContext(ctx, f))
+	if err != nil {
+		return nil, err
+	}
+	return &loaded{info.Manifest, info.ImageID}, nil
+}
+
+func short(id string) string {
+	if len(id) > 19 {
+		return id[:19] + "…"
+	}
+	return id
+}
