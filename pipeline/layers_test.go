@@ -281,7 +281,7 @@ func TestPlanGroups(t *testing.T) {
 	base := &Base{Name: "example.com/base", ImageID: "sha512-" + strings.Repeat("0", 128), Paths: map[string]bool{sp("libc"): true}}
 	plan, err := PlanGroups(Layering{Closure: g, App: []string{sp("app")}, AppRoots: []string{sp("app")},
 		Groups: []Group{{Name: "tls", Roots: []string{sp("ssl")}}, {Name: "web", Roots: []string{sp("web")}}},
-		Base: base, Prefix: "example.com/nix", System: "x86_64-linux", Budget: 5}, app, aci.Image{})
+		Base:   base, Prefix: "example.com/nix", System: "x86_64-linux", Budget: 5}, app, aci.Image{})
 	if err != nil {
 		t.Fatal(err)
 	}
