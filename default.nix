@@ -1,4 +1,6 @@
-# nix2aci's Nix entry point without flakes: import ./. to get lib.buildACI.
+# nix2aci's Nix entry point without flakes: import ./. to get lib.buildACI
+# and lib.buildLayer.
 {
   lib.buildACI = import ./nix/build-aci.nix;
+  lib.buildLayer = import ./nix/build-layer.nix;
 }

@@ -17,11 +17,14 @@
 #     environment = { LANG = "C.UTF-8"; };         # optional
 #     labels = { }; annotations = { };             # optional
 #     extraArgs = [ ];                             # more nix2aci build flags
+#     base = libs;                                 # optional: a buildLayer to build on
 #   }
 #
 # The output is a directory holding the image file(s): <name>-<version>-
 # <os>-<arch>.aci, and for thin images its .rkt-args, for layered ones the
-# layer images and the .deps list.
+# layer images and the .deps list. With `base` (see build-layer.nix), the
+# app depends on that layer group image by image ID and holds none of its
+# store paths; .deps names the base's files where they are in the store.
 { nix2aci
 , package
 , kind ? "fat"
@@ -33,6 +36,7 @@
 , labels ? { }
 , annotations ? { }
 , extraArgs ? [ ]
+, base ? null
 , system ? package.system or builtins.currentSystem
 }:
 let
@@ -41,6 +45,7 @@ let
   opt = flag: v: if v == null then [ ] else [ flag (toString v) ];
 in
 assert builtins.elem kind [ "fat" "thin" "layered" ];
+assert base == null || kind != "thin";
 derivation {
   name = "${package.pname or (builtins.parseDrvName package.name).name}-aci";
   inherit system;
@@ -57,5 +62,6 @@ derivation {
   ++ kv "--env" environment
   ++ kv "--label" labels
   ++ kv "--annotation" annotations
+  ++ (if base == null then [ ] else [ "--base" "${base}" ])
   ++ extraArgs;
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/hmac"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/appc/spec/schema"
@@ -34,6 +36,17 @@ const maxBasePaths = 100000
 // recorded: the image was written by this key's holder); otherwise the
 // whole archive is read, validated and hashed.
 func LoadBase(ctx context.Context, file string, cache *aci.Cache) (*Base, error) {
+	var near []string
+	if fi, err := os.Stat(file); err == nil && fi.IsDir() {
+		// A buildLayer output: its one image, and the files of the
+		// images below it that its description names.
+		d, err := readDescription(filepath.Join(file, DescriptionFile))
+		if err != nil {
+			return nil, fmt.Errorf("the base %s: %w", safeio.Quote(file), err)
+		}
+		near = d.Below
+		file = filepath.Join(file, d.File)
+	}
 	l, err := loadImage(ctx, file, cache)
 	if err != nil {
 		return nil, fmt.Errorf("the base %s: %w", safeio.Quote(file), err)
@@ -42,8 +55,48 @@ func LoadBase(ctx context.Context, file string, cache *aci.Cache) (*Base, error)
 	if err != nil {
 		return nil, fmt.Errorf("the base %s: %w", safeio.Quote(file), err)
 	}
-	b.File = file
+	b.File, b.near = file, near
 	return b, nil
+}
+
+// DescriptionFile is the description a group-only build writes beside
+// its image (Request.Describe), as buildLayer does.
+const DescriptionFile = "layer.json"
+
+// Description says what a layer group image is: its file (in the same
+// directory), name, version, image ID and the store paths it and the
+// images below it hold; Below are the files of those images, in
+// rendering order, wherever they are.
+type Description struct {
+	File       string   `json:"file"`
+	Name       string   `json:"name"`
+	Version    string   `json:"version"`
+	ImageID    string   `json:"imageID"`
+	StorePaths []string `json:"storePaths"`
+	Below      []string `json:"below,omitempty"`
+}
+
+// readDescription reads a description; it is input: bounded, and its
+// file must be one plain .aci name (what it says of the image is checked
+// against the image itself).
+func readDescription(path string) (*Description, error) {
+	data, err := safeio.ReadFile(path, 16<<20)
+	if err != nil {
+		return nil, fmt.Errorf("reading its description: %w", err)
+	}
+	var d Description
+	if err := json.Unmarshal(data, &d); err != nil {
+		return nil, fmt.Errorf("its description %s: %w", safeio.Quote(path), err)
+	}
+	if !isPlainACIName(d.File) {
+		return nil, fmt.Errorf("its description %s names %s, not one .aci file beside it", safeio.Quote(path), safeio.Quote(d.File))
+	}
+	for _, f := range d.Below {
+		if !filepath.IsAbs(f) || !strings.HasSuffix(f, ".aci") || len(d.Below) > maxDepDepth*4 {
+			return nil, fmt.Errorf("its description %s names %s below it, not an absolute .aci path", safeio.Quote(path), safeio.Quote(f))
+		}
+	}
+	return &d, nil
 }
 
 // baseOf is the base described by the manifest m of the image id.
@@ -59,6 +112,12 @@ func baseOf(m *schema.ImageManifest, id string) (*Base, error) {
 			return nil, &BaseError{fmt.Sprintf("%s has no %s label, which rkt needs to find it by name: rebuild it with one", safeio.Quote(b.Name), k)}
 		}
 		b.Labels[k] = v
+	}
+	b.Images = 1 + len(m.Dependencies)
+	if n, ok := m.Annotations.Get(ImagesAnnotation); ok {
+		if v, err := strconv.Atoi(n); err == nil && v >= b.Images && v <= maxBasePaths {
+			b.Images = v
+		}
 	}
 	for _, p := range strings.Split(held, "\n") {
 		if !nixstore.IsStorePath(p) || strings.Contains(strings.TrimPrefix(p, nixstore.StoreDir+"/"), "/") {
@@ -107,6 +166,10 @@ func (b *build) stageBase(ctx context.Context) ([]string, error) {
 	if b.base == nil || b.base.File == "" {
 		return nil, nil
 	}
+	if b.baseStaged {
+		return b.baseFiles, nil
+	}
+	b.baseStaged = true
 	dir := filepath.Dir(b.base.File)
 	var names []string
 	seen := map[string]bool{}
@@ -122,6 +185,11 @@ func (b *build) stageBase(ctx context.Context) ([]string, error) {
 				return fmt.Errorf("the base's dependency %s: %w", d.ImageName, err)
 			}
 			depFile := filepath.Join(dir, flat)
+			for _, f := range b.base.near {
+				if filepath.Base(f) == flat {
+					depFile = f
+				}
+			}
 			dep, err := loadImage(ctx, depFile, b.cache)
 			if err != nil {
 				b.Warn(fmt.Sprintf("the base's dependency %s is not beside it (%v); it is left out of the .deps file, and rkt fetches it by name", d.ImageName, err))
@@ -145,7 +213,9 @@ func (b *build) stageBase(ctx context.Context) ([]string, error) {
 		names = append(names, name)
 		return nil
 	}
-	return names, visit(b.base.File, b.base.Dependencies, 0)
+	err := visit(b.base.File, b.base.Dependencies, 0)
+	b.baseFiles = names
+	return names, err
 }
 
 // maxDepDepth bounds how deep dependencies may nest.
@@ -164,6 +234,11 @@ func (b *build) linkIn(file string) (string, error) {
 	}
 	if filepath.Dir(abs) == out {
 		return filepath.Base(abs), nil
+	}
+	if len(b.ClosureGraphs) > 0 {
+		// Inside a Nix build the base is another derivation's output:
+		// named where it is, not copied.
+		return abs, nil
 	}
 	f, err := OpenImage(file)
 	if err != nil {

@@ -3,9 +3,11 @@ package pipeline
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -61,6 +63,18 @@ type Request struct {
 	// aci.Cache); it is created when missing. "" for none: every cached
 	// member is then proven by inflating it.
 	CacheKey string
+	// GroupOnly, when set, writes no app: only the layer group image of
+	// that name holding the target's closure less the base's, the image
+	// a recipe's layer group of that name on that base makes (a base
+	// built once, e.g. by lib.buildLayer, for many apps).
+	GroupOnly string
+	// Describe, with GroupOnly, also writes a Description of the image
+	// into the output directory under this name (DescriptionFile for
+	// buildLayer).
+	Describe string
+	// GroupPackages are more store paths the group holds the closure of,
+	// beside the target's (GroupOnly only).
+	GroupPackages []string
 	// Base is the file of a published base image to build the app on
 	// (see LoadBase): the app depends on it by image ID and holds none of
 	// the store paths it holds. The base and the images it depends on
@@ -160,6 +174,17 @@ func Build(ctx context.Context, r Request) (*Result, error) {
 			return nil, &UsageError{fmt.Sprintf("with a closure graph, the target must be a store path, not %q", b.Target)}
 		}
 	}
+	for _, p := range b.GroupPackages {
+		if b.GroupOnly == "" || !nixstore.IsStorePath(p) {
+			return nil, &UsageError{fmt.Sprintf("more packages (%s) go with --layer-group, as store paths", safeio.Quote(p))}
+		}
+	}
+	if b.GroupOnly != "" {
+		if b.Kind != Fat && b.Kind != Layered {
+			return nil, &UsageError{fmt.Sprintf("a layer group image holds store paths; it cannot be %s", b.Kind)}
+		}
+		b.Kind = Layered
+	}
 	if b.MaxLayers == 0 {
 		b.MaxLayers = DefaultMaxLayers
 	}
@@ -190,6 +215,8 @@ type build struct {
 	layersWritten map[string]indexEntry
 	index         *layerIndex
 	base          *Base
+	baseStaged    bool
+	baseFiles     []string // the base's files in the output directory (stageBase)
 	// mu guards the fields above and Progress, for layers written at once.
 	mu sync.Mutex
 }
@@ -247,6 +274,9 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 	}
+	if b.GroupOnly != "" && len(t.Spec.Exec) == 0 {
+		t.Spec.Exec = []string{"/"} // no app: nothing runs
+	}
 	if err := t.Finish(); err != nil {
 		return nil, err
 	}
@@ -286,7 +316,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	whole := aci.Image{Manifest: im, Closure: g, Packages: t.StorePaths(), Thin: b.Kind == Thin, Extra: extra}
-	if !b.NoExecCheck {
+	if !b.NoExecCheck && b.GroupOnly == "" {
 		if err := aci.CheckExec(whole); err != nil {
 			return nil, err
 		}
@@ -327,6 +357,16 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	app := images[plan.Images[len(plan.Images)-1]]
+	if b.GroupOnly != "" {
+		fileName = app.ACI
+		base = strings.TrimSuffix(fileName, ".aci")
+		out.Name, out.Kind = app.Name, manifest.LayerKind
+		if b.Describe != "" {
+			if err := b.describe(app); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if app.ACI != fileName {
 		return nil, fmt.Errorf("internal error: the app image was written as %s, not %s", app.ACI, fileName)
 	}
@@ -404,6 +444,9 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	out.Version, _ = im.Labels.Get("version")
 	out.OS, _ = im.Labels.Get("os")
 	out.Arch, _ = im.Labels.Get("arch")
+	if b.GroupOnly != "" {
+		out.Version = app.Version
+	}
 	if b.Kind == Thin {
 		out.RktArgs = b.st.Final(argsName)
 	}
@@ -433,16 +476,22 @@ func (b *build) plan(full *nixstore.Graph, groups []Group, t *pkgs.Target, app *
 	}
 	budget := 0 // a fat app on a base holds the rest itself
 	if b.Kind == Layered {
-		budget = max(0, b.MaxLayers-len(groups))
+		budget = b.MaxLayers
 	}
 	return PlanGroups(Layering{
 		Closure: full, App: t.StorePaths(), AppRoots: t.StorePaths(), Groups: groups, Base: b.base,
-		Prefix: prefix, System: system, Budget: budget, Created: b.Created,
+		Prefix: prefix, System: system, Budget: budget, Created: b.Created, GroupOnly: b.GroupOnly != "",
 	}, app, content)
 }
 
 // layerGroups are the recipe's layer groups, for a layered build.
 func (b *build) layerGroups(t *pkgs.Target) []Group {
+	if b.GroupOnly != "" {
+		if len(t.Layers) > 0 {
+			b.Warn("the recipe's layer groups are left out of a --layer-group build: it writes the target's closure as one group")
+		}
+		return []Group{{Name: b.GroupOnly, Roots: append(t.StorePaths(), b.GroupPackages...)}}
+	}
 	if len(t.Layers) == 0 {
 		return nil
 	}
@@ -459,6 +508,41 @@ func (b *build) layerGroups(t *pkgs.Target) []Group {
 		groups = append(groups, grp)
 	}
 	return groups
+}
+
+// describe writes the Description of the group image w.
+func (b *build) describe(w *written) error {
+	if !isPlainName(b.Describe) {
+		return &UsageError{fmt.Sprintf("--describe takes a plain file name, not %s", safeio.Quote(b.Describe))}
+	}
+	d := Description{File: w.ACI, Name: w.Name, Version: w.Version, ImageID: w.ImageID, StorePaths: w.held}
+	if b.base != nil {
+		below, err := b.stageBase(context.Background())
+		if err != nil {
+			return err
+		}
+		for _, f := range below {
+			if !filepath.IsAbs(f) {
+				if f, err = filepath.Abs(b.st.Final(f)); err != nil {
+					return err
+				}
+			}
+			d.Below = append(d.Below, f)
+		}
+	}
+	data, err := json.MarshalIndent(d, "", " ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(b.st.Path(b.Describe), append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	b.add(b.Describe, "")
+	return nil
+}
+
+func isPlainName(name string) bool {
+	return name != "" && filepath.Base(name) == name && filepath.IsLocal(name) && !strings.HasPrefix(name, ".")
 }
 
 // subgraph is the closure of roots within g.

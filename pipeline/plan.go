@@ -74,11 +74,20 @@ type Base struct {
 	Paths map[string]bool
 	// Dependencies are the images it is rendered on.
 	Dependencies types.Dependencies
+	// Images is how many images its tree holds, itself included.
+	Images int
+	// near are files where the images below it may be (a description's).
+	near []string
 }
 
 // StorePathsAnnotation lists, in a base image's manifest, the store paths
-// the image and its dependencies hold, sorted, one per line.
-const StorePathsAnnotation = "nix2aci/store-paths"
+// the image and its dependencies hold, sorted, one per line;
+// ImagesAnnotation says how many images that is (a decimal number), so
+// that an app built on it knows what is left of its layer budget.
+const (
+	StorePathsAnnotation = "nix2aci/store-paths"
+	ImagesAnnotation     = "nix2aci/images"
+)
 
 // Group is a named group of packages whose closure (less what lower
 // groups hold) becomes one image of a chain: see PlanGroups.
@@ -97,15 +106,17 @@ func planSingle(app *schema.ImageManifest, content aci.Image) *Plan {
 // own packages, the named groups (lowest first), a base, and the layer
 // budget for what is left.
 type Layering struct {
-	Closure  *nixstore.Graph // the app's closure and every group's
-	App      []string        // the app's packages (they stay in the app image)
-	Groups   []Group
-	Base     *Base
-	Prefix   string // names the layers and groups
-	System   string
-	Budget   int // layers by popularity for what is left (0: none)
-	Created  time.Time
-	AppRoots []string // the roots of the app's own closure
+	Closure *nixstore.Graph // the app's closure and every group's
+	App     []string        // the app's packages (they stay in the app image)
+	Groups  []Group
+	Base    *Base
+	Prefix  string // names the layers and groups
+	System  string
+	Budget  int // images below the app at most: the base's, the groups, then layers by popularity
+	// GroupOnly plans the groups alone, the top one last, and no app.
+	GroupOnly bool
+	Created   time.Time
+	AppRoots  []string // the roots of the app's own closure
 }
 
 // PlanGroups makes the plan of an app built in layers. Each group becomes
@@ -167,6 +178,12 @@ func PlanGroups(l Layering, app *schema.ImageManifest, content aci.Image) (*Plan
 		plan.Images = append(plan.Images, g)
 		below = g
 	}
+	if l.GroupOnly {
+		if below == nil {
+			return nil, &UsageError{"a group-only build needs a group"}
+		}
+		return plan, plan.check()
+	}
 	// What is left of the app's closure.
 	appClosure, err := closureOf(index, l.AppRoots, taken)
 	if err != nil {
@@ -177,8 +194,12 @@ func PlanGroups(l Layering, app *schema.ImageManifest, content aci.Image) (*Plan
 	}
 	rest := graphOf(appClosure)
 	var layers []*PlanImage
-	if l.Budget > 0 {
-		layerPaths, kept := PlanLayers(rest, l.App, l.Budget)
+	left := l.Budget - len(l.Groups)
+	if l.Base != nil {
+		left -= max(1, l.Base.Images)
+	}
+	if left > 0 {
+		layerPaths, kept := PlanLayers(rest, l.App, left)
 		for _, paths := range layerPaths {
 			name, version, err := LayerName(l.Prefix, paths)
 			if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"strconv"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -16,9 +17,10 @@ import (
 // written is what the writer made of one planned image.
 type written struct {
 	Image
-	held []string    // the store paths it and its dependencies hold
-	res  *aci.Result // nil when reused
-	done chan struct{}
+	held   []string    // the store paths it and its dependencies hold
+	images int         // how many images its tree holds
+	res    *aci.Result // nil when reused
+	done   chan struct{}
 }
 
 // writePlan writes (or reuses) every image of plan into the staging
@@ -75,7 +77,9 @@ func (b *build) writeImage(ctx context.Context, plan *Plan, im *PlanImage, w *wr
 	m := im.Manifest
 	var deps []manifest.Dependency
 	var depIDs, below []string
+	images := 1
 	if im.OnBase {
+		images += max(1, plan.Base.Images)
 		deps = append(deps, manifest.Dependency{Name: plan.Base.Name, ImageID: plan.Base.ImageID, Labels: plan.Base.Labels})
 		depIDs = append(depIDs, plan.Base.ImageID)
 		for p := range plan.Base.Paths {
@@ -87,6 +91,7 @@ func (b *build) writeImage(ctx context.Context, plan *Plan, im *PlanImage, w *wr
 		deps = append(deps, manifest.Dependency{Name: dw.Name, ImageID: dw.ImageID, Labels: dependencyLabels(d)})
 		depIDs = append(depIDs, dw.ImageID)
 		below = append(below, dw.held...)
+		images += dw.images
 	}
 	var paths []nixstore.PathInfo
 	if im.Content.Closure != nil {
@@ -102,7 +107,9 @@ func (b *build) writeImage(ctx context.Context, plan *Plan, im *PlanImage, w *wr
 		var value string
 		value, w.held = heldPaths(paths, below)
 		m.Annotations.Set(StorePathsAnnotation, value)
+		m.Annotations.Set(ImagesAnnotation, strconv.Itoa(images))
 	}
+	w.images = images
 	if err := manifest.AddDependencies(m, deps); err != nil {
 		return err
 	}

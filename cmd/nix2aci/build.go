@@ -55,6 +55,8 @@ SOURCE_DATE_EPOCH, if set, is the image's "created" time.`,
 			&cli.BoolFlag{Name: "layered", Usage: "put the most shared store paths into layer images the app image depends on (writes .deps)"},
 			&cli.IntFlag{Name: "max-layers", Usage: "with --layered, at most `N` layer images (default 100)"},
 			&cli.StringFlag{Name: "layer-prefix", Usage: "with --layered, name layers `PREFIX`/<store path name> (default: the app name's host + /nix)"},
+			&cli.StringFlag{Name: "layer-group", Usage: "write no app: only the layer group image `NAME` (PREFIX/NAME) holding the target's closure less --base's, as a recipe's layer group NAME would"},
+			&cli.StringFlag{Name: "describe", Usage: "with --group, also write a description of the image (name, version, image ID, store paths, the files below it) as `FILE` in --out (buildLayer's layer.json)"},
 			&cli.StringFlag{Name: "base", Usage: "build the app on the base image `FILE` (a layer group image): it depends on it by image ID and holds none of its store paths"},
 			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Value: "ACIs", Usage: "output `DIR`"},
 			&cli.StringFlag{Name: "name", Usage: "image name (an AC Identifier, e.g. example.com/busybox)"},
@@ -142,7 +144,9 @@ func runBuild(c *cli.Context) error {
 }
 
 func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
-	if c.NArg() != 1 || c.Args().First() == "" {
+	if c.NArg() > 1 && c.String("layer-group") != "" {
+		// A layer group of several packages: store paths only.
+	} else if c.NArg() != 1 || c.Args().First() == "" {
 		return nil, usagef("build takes one TARGET (got %d): e.g. nix2aci build busybox --fat", c.NArg())
 	}
 	kind := pipeline.Fat
@@ -158,6 +162,15 @@ func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
 			return nil, usagef("--layered and --thin exclude each other: a layered image holds its store paths in layer images, a thin one mounts them from the host; choose one")
 		}
 		return nil, usagef("--fat, --thin and --layered exclude each other: choose one")
+	}
+	if c.IsSet("layer-group") {
+		if c.Bool(pipeline.Thin) {
+			return nil, usagef("--layer-group writes a layer group image, which holds store paths: it does not go with --thin")
+		}
+		kind = pipeline.Layered
+	}
+	if c.IsSet("describe") && !c.IsSet("layer-group") {
+		return nil, usagef("--describe goes with --layer-group")
 	}
 	if c.IsSet("max-layers") && kind != pipeline.Layered {
 		return nil, usagef("--max-layers applies to --layered builds only")
@@ -195,6 +208,9 @@ func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
 			NoExecCheck:   c.Bool("no-exec-check"),
 			ClosureGraphs: c.StringSlice("closure-graph"),
 			Base:          c.String("base"),
+			GroupOnly:     c.String("layer-group"),
+			Describe:      c.String("describe"),
+			GroupPackages: c.Args().Tail(),
 		},
 		json:     c.Bool("json"),
 		link:     !c.Bool("no-link"),

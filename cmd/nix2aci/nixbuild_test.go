@@ -107,3 +107,98 @@ in sh {
 		}
 	}
 }
+
+// buildLayer (nix/build-layer.nix) makes one layer group image as a
+// derivation of its own, on another as its base, and buildACI builds an
+// app on the top one: each image is byte for byte the one `nix2aci build
+// --layered` writes for a recipe with the same layer groups.
+func TestBuildLayerInsideNixMatchesTheCLI(t *testing.T) {
+	t.Setenv("NIX_CONFIG", "substituters =")
+	repo, _ := filepath.Abs("../..")
+	work := t.TempDir()
+	bin := filepath.Join(work, "nix2aci-static", "bin", "nix2aci")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	out, err := exec.Command("nix-store", "--add", filepath.Dir(filepath.Dir(bin))).Output()
+	if err != nil {
+		t.Fatalf("nix-store --add: %v", err)
+	}
+	storeBin := strings.TrimSpace(string(out))
+	pkgs := filepath.Join(work, "pkgs.nix")
+	os.WriteFile(pkgs, []byte(`rec {
+  sh = args: derivation ({ system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; } // args);
+  base = sh { name = "chainbase-1.0"; args = [ "-c" "mkdir -p $out/bin; cp /bin/busybox $out/bin/busybox" ]; };
+  lib = sh { name = "chainlib-2.0"; inherit base; args = [ "-c" "mkdir -p $out/share; echo lib data > $out/share/data; echo $base > $out/share/base" ]; };
+  app = sh {
+    name = "chainapp-0.3";
+    inherit base lib;
+    args = [ "-c" "mkdir -p $out/bin; printf '#!%s/bin/busybox sh\\n%s/bin/busybox cat %s/share/data\\n' $base $base $lib > $out/bin/chainapp; chmod +x $out/bin/chainapp" ];
+  };
+}
+`), 0o644)
+	recipe := filepath.Join(work, "recipe.nix")
+	os.WriteFile(recipe, []byte(`let p = import `+pkgs+`; in {
+  packages = [ p.app ];
+  layers = [ { name = "runtime"; packages = [ p.base ]; } { name = "libs"; packages = [ p.lib ]; } ];
+}
+`), 0o644)
+	cli := filepath.Join(work, "cli")
+	cmd := exec.Command(binary(t), "build", recipe, "--layered", "--name", "example.com/chainapp", "--no-link", "--no-cache", "--out", cli)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nix2aci build: %v\n%s", err, b)
+	}
+
+	expr := filepath.Join(work, "chain.nix")
+	os.WriteFile(expr, []byte(`let
+  n = import `+repo+`;
+  p = import `+pkgs+`;
+  nix2aci = builtins.storePath "`+storeBin+`";
+  runtime = n.lib.buildLayer { inherit nix2aci; name = "runtime"; packages = [ p.base ]; prefix = "example.com/nix"; };
+  libs = n.lib.buildLayer { inherit nix2aci; name = "libs"; packages = [ p.lib ]; prefix = "example.com/nix"; base = runtime; };
+in [ runtime libs (n.lib.buildACI { inherit nix2aci; package = p.app; kind = "layered"; name = "example.com/chainapp"; base = libs; }) ]
+`), 0o644)
+	res, err := exec.Command("nix-build", "--no-out-link", expr).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nix-build: %v\n%s", err, res)
+	}
+	lines := strings.Split(strings.TrimSpace(string(res)), "\n")
+	outs := lines[len(lines)-3:]
+	var compared int
+	for _, dir := range outs {
+		files, _ := filepath.Glob(filepath.Join(dir, "*.aci"))
+		for _, f := range files {
+			a, err := os.ReadFile(filepath.Join(cli, filepath.Base(f)))
+			b, _ := os.ReadFile(f)
+			if err != nil || !bytes.Equal(a, b) {
+				t.Errorf("%s differs between the Nix functions and nix2aci build (%v)", filepath.Base(f), err)
+			}
+			compared++
+		}
+	}
+	if compared != 3 {
+		t.Errorf("compared %d images, want 3 (runtime, libs, app)", compared)
+	}
+	desc, err := os.ReadFile(filepath.Join(outs[1], "layer.json"))
+	if err != nil || !strings.Contains(string(desc), `"name": "example.com/nix/libs"`) || !strings.Contains(string(desc), outs[0]) {
+		t.Errorf("libs' layer.json does not describe it on runtime: %v\n%s", err, desc)
+	}
+	// The app renders on its chain, as rkt renders it, and runs.
+	deps := t.TempDir()
+	for _, dir := range outs[:2] {
+		files, _ := filepath.Glob(filepath.Join(dir, "*.aci"))
+		for _, f := range files {
+			os.Symlink(f, filepath.Join(deps, filepath.Base(f)))
+		}
+	}
+	run, _ := filepath.Abs("../../scripts/bwrap-run")
+	app, _ := filepath.Glob(filepath.Join(outs[2], "chainapp-*.aci"))
+	if len(app) != 1 {
+		t.Fatalf("no app image in %s", outs[2])
+	}
+	if b, err := exec.Command(run, "--deps", deps, app[0]).CombinedOutput(); err != nil || strings.TrimSpace(string(b)) != "lib data" {
+		t.Errorf("running the app on its chain: %v\n%s", err, b)
+	}
+}
