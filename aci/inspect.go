@@ -19,6 +19,7 @@ import (
 	"github.com/xi2/xz"
 
 	"github.com/nix2aci/nix2aci/internal/safeio"
+	"github.com/nix2aci/nix2aci/manifest"
 )
 
 // Info describes an ACI read back by Inspect.
@@ -38,9 +39,9 @@ type Info struct {
 // Limits on what Inspect reads, whatever the file claims.
 const (
 	// MaxManifestSize is the largest manifest Inspect reads, checked from
-	// its tar header before a byte of it is read. A thin image of 20,000
-	// store paths has a manifest of about 3 MiB.
-	MaxManifestSize = 4 << 20
+	// its tar header before a byte of it is read: manifest.MaxSize, the
+	// largest that Write (manifest.Marshal) writes.
+	MaxManifestSize = manifest.MaxSize
 	// maxNameBytes and maxEntries bound the names Inspect remembers to
 	// find duplicates and entries written through links.
 	maxNameBytes = 64 << 20

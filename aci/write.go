@@ -100,6 +100,9 @@ type config struct {
 	cache       *Cache
 	modTime     time.Time
 	progress    func(Progress)
+	// maxEntries and maxNameBytes are what Inspect reads (tests lower
+	// them).
+	maxEntries, maxNameBytes int
 }
 
 // Option sets how Write works.
@@ -160,7 +163,7 @@ func WriteFile(ctx context.Context, path string, img Image, opts ...Option) (res
 // Write writes the image as an ACI to w: one pass over the store, chunks
 // compressed in parallel, the image ID hashed on the way.
 func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result, error) {
-	cfg := config{compression: Gzip, level: DefaultLevel, jobs: runtime.GOMAXPROCS(0), modTime: time.Unix(0, 0)}
+	cfg := config{compression: Gzip, level: DefaultLevel, jobs: runtime.GOMAXPROCS(0), modTime: time.Unix(0, 0), maxEntries: maxEntries, maxNameBytes: maxNameBytes}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -294,6 +297,29 @@ type builder struct {
 	// frags are the fragments opened, to close what a failed write left
 	// open (old entries, half-written new ones).
 	frags []*fragment
+	// entries and nameBytes count the entries written and their names.
+	entries, nameBytes int
+}
+
+// countingTar is a tar writer that counts the entries written and
+// refuses one past what Inspect reads, so that no image is written that
+// inspect, sign and verify --full would refuse.
+type countingTar struct {
+	*tar.Writer
+	b *builder
+}
+
+func (tw countingTar) WriteHeader(hdr *tar.Header) error {
+	b := tw.b
+	b.entries++
+	b.nameBytes += len(hdr.Name)
+	switch {
+	case b.entries > b.cfg.maxEntries:
+		return fmt.Errorf("the image would hold more than %d entries (files, directories and links), more than inspect, sign and verify read: build it --layered (each layer is an image of its own) or --thin", b.cfg.maxEntries)
+	case b.nameBytes > b.cfg.maxNameBytes:
+		return fmt.Errorf("the image's entry names would take more than %d bytes, more than inspect, sign and verify read: build it --layered (each layer is an image of its own) or --thin", b.cfg.maxNameBytes)
+	}
+	return tw.Writer.WriteHeader(hdr)
 }
 
 // Buffers outlive a Write in these pools, so that many small images in a
@@ -525,7 +551,7 @@ func (b *builder) sinkChunk(c *chunk) error {
 // produce walks the image in archive order and feeds chunks to the rest.
 func (b *builder) produce(img Image, mjson []byte, farm []farmEntry) error {
 	cw := &chunker{b: b}
-	tw := tar.NewWriter(cw)
+	tw := countingTar{tar.NewWriter(cw), b}
 	mt := b.cfg.modTime
 	if err := tw.WriteHeader(&tar.Header{Name: "manifest", Mode: 0o644, Size: int64(len(mjson)), ModTime: mt, Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
 		return err
@@ -554,25 +580,25 @@ func (b *builder) produce(img Image, mjson []byte, farm []farmEntry) error {
 				return err
 			}
 		}
-		if err := cw.flushSegment(tw, nil); err != nil {
+		if err := cw.flushSegment(tw.Writer, nil); err != nil {
 			return err
 		}
 		for _, p := range img.Closure.Paths {
 			b.sinkQ <- sinkItem{fragEnd: &fragment{narSize: p.NarSize}}
 		}
 	} else {
-		if err := cw.flushSegment(tw, nil); err != nil {
+		if err := cw.flushSegment(tw.Writer, nil); err != nil {
 			return err
 		}
 		copyBuf := make([]byte, 256<<10)
 		for _, p := range img.Closure.Paths {
 			f := b.openFragment(p)
 			b.frags = append(b.frags, f)
-			tw = tar.NewWriter(cw)
+			tw = countingTar{tar.NewWriter(cw), b}
 			cw.frag = f
 			err := writeTree(tw, p.Path, copyBuf)
 			if err == nil {
-				err = cw.flushSegment(tw, f)
+				err = cw.flushSegment(tw.Writer, f)
 			}
 			if err != nil {
 				f.closeOld()
@@ -580,7 +606,7 @@ func (b *builder) produce(img Image, mjson []byte, farm []farmEntry) error {
 			}
 		}
 	}
-	tw = tar.NewWriter(cw)
+	tw = countingTar{tar.NewWriter(cw), b}
 	for ; i < len(farm); i++ {
 		if err := writeFarmEntry(tw, farm[i], mt); err != nil {
 			return err
@@ -688,11 +714,11 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func writeDir(tw *tar.Writer, name string, mt time.Time) error {
+func writeDir(tw countingTar, name string, mt time.Time) error {
 	return tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mt, Format: tar.FormatPAX})
 }
 
-func writeFarmEntry(tw *tar.Writer, e farmEntry, mt time.Time) error {
+func writeFarmEntry(tw countingTar, e farmEntry, mt time.Time) error {
 	if e.file {
 		mode := e.mode
 		if mode == 0 {
@@ -717,7 +743,7 @@ func writeFarmEntry(tw *tar.Writer, e farmEntry, mt time.Time) error {
 // on: a directory for a directory, an empty file for anything else (rkt
 // refuses to bind a file onto a directory). Symlinks count as what they
 // point to, since the bind mount follows them.
-func writeMountTarget(tw *tar.Writer, p string) error {
+func writeMountTarget(tw countingTar, p string) error {
 	fi, err := os.Stat(p)
 	if err != nil {
 		return &nixstore.InvalidPathError{Path: p, Reason: err.Error()}
@@ -739,7 +765,7 @@ func writeMountTarget(tw *tar.Writer, p string) error {
 // the walk is written as a hard link to that file, whatever the inodes
 // say; every other file is written whole. Links never leave the store
 // path, so its bytes never depend on any other.
-func writeTree(tw *tar.Writer, p string, copyBuf []byte) error {
+func writeTree(tw countingTar, p string, copyBuf []byte) error {
 	ents, err := walkStorePath(p)
 	if err != nil {
 		return err
@@ -892,7 +918,7 @@ func tarMode(fi os.FileInfo) int64 {
 }
 
 // writeFile writes a regular file's header and contents.
-func writeFile(tw *tar.Writer, hdr *tar.Header, e storeEntry, copyBuf []byte) error {
+func writeFile(tw countingTar, hdr *tar.Header, e storeEntry, copyBuf []byte) error {
 	hdr.Typeflag = tar.TypeReg
 	hdr.Size = e.fi.Size()
 	if err := tw.WriteHeader(hdr); err != nil {

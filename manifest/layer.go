@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -57,7 +58,13 @@ func AddDependencies(im *schema.ImageManifest, deps []Dependency) error {
 		}
 		im.Dependencies = append(im.Dependencies, dep)
 	}
-	if _, err := im.MarshalJSON(); err != nil {
+	if _, err := Marshal(im); err != nil {
+		var tl *TooLargeError
+		if errors.As(err, &tl) {
+			tl.Part = fmt.Sprintf("it lists %d layers", len(im.Dependencies))
+			tl.Fix = "lower --max-layers"
+			return tl
+		}
 		return fmt.Errorf("manifest with dependencies is not valid: %w", err)
 	}
 	return nil

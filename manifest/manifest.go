@@ -2,6 +2,7 @@ package manifest
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"regexp"
@@ -114,14 +115,11 @@ func New(spec Spec) (*schema.ImageManifest, error) {
 	if spec.Version != "" {
 		labels["version"] = spec.Version
 	}
-	for k, v := range spec.Labels {
-		if k == "os" || k == "arch" {
-			return nil, fmt.Errorf("label %q is set from the Nix system (%s); remove it from the recipe", k, spec.System)
+	for _, k := range sortedKeys(spec.Labels) {
+		if err := CheckLabel(k, spec.Labels[k]); err != nil {
+			return nil, err
 		}
-		if k == KindLabel && spec.Kind != "" {
-			return nil, fmt.Errorf("label %q is set by nix2aci (fat or thin); remove it from the recipe", k)
-		}
-		labels[k] = v
+		labels[k] = spec.Labels[k]
 	}
 	if spec.Kind != "" {
 		labels[KindLabel] = spec.Kind
@@ -139,8 +137,11 @@ func New(spec Spec) (*schema.ImageManifest, error) {
 		created = time.Unix(0, 0)
 	}
 	annotations := map[string]string{"created": created.UTC().Format(time.RFC3339)}
-	for k, v := range spec.Annotations {
-		annotations[k] = v
+	for _, k := range sortedKeys(spec.Annotations) {
+		if err := CheckAnnotation(k, spec.Annotations[k]); err != nil {
+			return nil, err
+		}
+		annotations[k] = spec.Annotations[k]
 	}
 	for _, k := range sortedKeys(annotations) {
 		id, err := types.NewACIdentifier(k)
@@ -153,6 +154,11 @@ func New(spec Spec) (*schema.ImageManifest, error) {
 	if len(spec.Exec) == 0 {
 		return nil, fmt.Errorf("image %s has no command: give the recipe an exec list (e.g. exec = [ \"/bin/%s\" ];)", spec.Name, lastComponent(name.String()))
 	}
+	for _, c := range []struct{ what, v string }{{"user", spec.User}, {"group", spec.Group}} {
+		if err := CheckUserGroup(c.what, c.v); err != nil {
+			return nil, err
+		}
+	}
 	app := &types.App{
 		Exec:             types.Exec(spec.Exec),
 		User:             orDefault(spec.User, "0"),
@@ -160,6 +166,9 @@ func New(spec Spec) (*schema.ImageManifest, error) {
 		WorkingDirectory: spec.WorkingDirectory,
 	}
 	for _, k := range sortedKeys(spec.Environment) {
+		if err := CheckEnvName(k); err != nil {
+			return nil, err
+		}
 		app.Environment.Set(k, spec.Environment[k])
 	}
 	for _, p := range spec.Ports {
@@ -188,15 +197,22 @@ func New(spec Spec) (*schema.ImageManifest, error) {
 		app.Isolators = append(app.Isolators, iso)
 	}
 	im.App = app
-	// Marshal once to run appc's validation of the whole manifest.
-	if _, err := im.MarshalJSON(); err != nil {
+	// Marshal once to run appc's validation of the whole manifest, and to
+	// know its size.
+	if _, err := Marshal(im); err != nil {
+		var tl *TooLargeError
+		if errors.As(err, &tl) {
+			tl.Part, tl.Fix = largestPart(spec)
+			return nil, tl
+		}
 		return nil, fmt.Errorf("manifest for %s is not valid: %w", spec.Name, err)
 	}
 	return im, nil
 }
 
 // Marshal returns the manifest's JSON as written into archives: validated by
-// appc, indented, with a final newline.
+// appc, indented, with a final newline. A manifest of more than MaxSize
+// bytes is a *TooLargeError: no reader would take it.
 func Marshal(im *schema.ImageManifest) ([]byte, error) {
 	b, err := im.MarshalJSON()
 	if err != nil {
@@ -212,6 +228,9 @@ func Marshal(im *schema.ImageManifest) ([]byte, error) {
 	enc.SetEscapeHTML(false)
 	if err := enc.Encode(v); err != nil {
 		return nil, err
+	}
+	if out.Len() > MaxSize {
+		return nil, &TooLargeError{Size: out.Len()}
 	}
 	return []byte(out.String()), nil
 }

@@ -11,8 +11,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
+
+	"github.com/nix2aci/nix2aci/internal/safeio"
 )
 
 // StoreDir is the Nix store every ACI refers to.
@@ -99,20 +100,27 @@ func Closure(ctx context.Context, roots []string, opts ...Option) (*Graph, error
 		}
 		clean = append(clean, p)
 	}
-	out, err := run(ctx, o.nixStore, append([]string{"--query", "--requisites"}, clean...)...)
+	// Both calls stream what nix-store prints into a parser, within the
+	// limits on a graph (MaxGraphSize, MaxGraphPaths, ...).
+	var paths []string
+	err := stream(ctx, o.nixStore, func(r io.Reader) error {
+		var err error
+		paths, err = readPathList(r, defaultLimits)
+		return err
+	}, append([]string{"--query", "--requisites"}, clean...)...)
 	if err != nil {
 		return nil, invalidPathErr(clean, err)
 	}
-	paths := strings.Fields(string(out))
 	sort.Strings(paths)
-	dump, err := run(ctx, o.nixStore, append([]string{"--dump-db"}, paths...)...)
-	if err != nil {
-		return nil, fmt.Errorf("reading registration of %d store paths: %w", len(paths), err)
-	}
-	infos, err := parseRegistration(bytes.NewReader(dump), true)
-	if err != nil {
+	g := newGraphReader(true, defaultLimits)
+	if err := stream(ctx, o.nixStore, g.read, append([]string{"--dump-db"}, paths...)...); err != nil {
+		var ce *CommandError
+		if errors.As(err, &ce) {
+			return nil, fmt.Errorf("reading registration of %d store paths: %w", len(paths), err)
+		}
 		return nil, fmt.Errorf("parsing nix-store --dump-db output: %w", err)
 	}
+	infos := g.graph().Paths
 	if len(infos) != len(paths) {
 		return nil, fmt.Errorf("nix-store --dump-db returned %d records for %d paths", len(infos), len(paths))
 	}
@@ -159,93 +167,6 @@ func ToStorePath(p string) (string, error) {
 	return top, nil
 }
 
-// ReadGraph parses a closure in the format Nix's exportReferencesGraph
-// writes: for each path, lines "path", "deriver" (may be empty), "count",
-// then count reference lines.
-func ReadGraph(r io.Reader) (*Graph, error) {
-	infos, err := parseRegistration(r, false)
-	if err != nil {
-		return nil, err
-	}
-	return &Graph{Paths: infos}, nil
-}
-
-// parseRegistration parses Nix's validity registration format; withHash
-// selects the --dump-db variant whose records carry NAR hash and size.
-func parseRegistration(r io.Reader, withHash bool) ([]PathInfo, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
-	line := 0
-	next := func(what string) (string, error) {
-		if !sc.Scan() {
-			if err := sc.Err(); err != nil {
-				return "", err
-			}
-			return "", fmt.Errorf("line %d: unexpected end of input, want %s", line+1, what)
-		}
-		line++
-		return sc.Text(), nil
-	}
-	seen := map[string]bool{}
-	var out []PathInfo
-	for sc.Scan() {
-		line++
-		p := PathInfo{Path: sc.Text()}
-		if p.Path == "" {
-			continue
-		}
-		if !IsStorePath(p.Path) {
-			return nil, fmt.Errorf("line %d: %q is not a store path", line, p.Path)
-		}
-		if seen[p.Path] {
-			return nil, fmt.Errorf("line %d: %s appears twice", line, p.Path)
-		}
-		seen[p.Path] = true
-		var err error
-		if withHash {
-			if p.NarHash, err = next("NAR hash"); err != nil {
-				return nil, err
-			}
-			size, err := next("NAR size")
-			if err != nil {
-				return nil, err
-			}
-			if p.NarSize, err = strconv.ParseInt(size, 10, 64); err != nil || p.NarSize < 0 {
-				return nil, fmt.Errorf("line %d: bad NAR size %q", line, size)
-			}
-		}
-		if p.Deriver, err = next("deriver"); err != nil {
-			return nil, err
-		}
-		count, err := next("reference count")
-		if err != nil {
-			return nil, err
-		}
-		n, err := strconv.Atoi(count)
-		if err != nil || n < 0 || n > 1<<20 {
-			return nil, fmt.Errorf("line %d: bad reference count %q", line, count)
-		}
-		p.References = make([]string, 0, n)
-		for i := 0; i < n; i++ {
-			ref, err := next("reference")
-			if err != nil {
-				return nil, err
-			}
-			if !IsStorePath(ref) {
-				return nil, fmt.Errorf("line %d: reference %q is not a store path", line, ref)
-			}
-			p.References = append(p.References, ref)
-		}
-		sort.Strings(p.References)
-		out = append(out, p)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
-	return out, nil
-}
-
 // IsStorePath reports whether p has the form /nix/store/<hash>-<name>.
 func IsStorePath(p string) bool {
 	base, ok := strings.CutPrefix(p, StoreDir+"/")
@@ -268,17 +189,81 @@ func HashPart(p string) string { return strings.TrimPrefix(p, StoreDir+"/")[:32]
 // NamePart returns the name of a store path, after its hash.
 func NamePart(p string) string { return strings.TrimPrefix(p, StoreDir+"/")[33:] }
 
-// run runs a command, returning stdout; on failure the error carries the
-// tail of stderr.
-func run(ctx context.Context, bin string, args ...string) ([]byte, error) {
+// stream runs a command and hands its stdout to parse as it comes, so
+// that nothing it prints is held but what parse keeps. A failed command
+// is a *CommandError carrying the tail of stderr; when parse stops early
+// (a limit, a malformed line), its error, and the command is not waited
+// on to finish printing.
+func stream(ctx context.Context, bin string, parse func(io.Reader) error, args ...string) error {
 	cmd := Command(ctx, bin, args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout = &stdout
+	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		return nil, &CommandError{Cmd: bin, Err: err, Stderr: ErrorMessage(stderr.String())}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
 	}
-	return stdout.Bytes(), nil
+	if err := cmd.Start(); err != nil {
+		return &CommandError{Cmd: bin, Err: err}
+	}
+	r := &eofReader{r: out}
+	perr := parse(r)
+	if perr != nil && !r.eof {
+		out.Close() // nix-store stops at its next write
+		cmd.Wait()
+		return perr
+	}
+	if err := cmd.Wait(); err != nil {
+		return &CommandError{Cmd: bin, Err: err, Stderr: ErrorMessage(stderr.String())}
+	}
+	return perr
+}
+
+// eofReader records whether its reader reached its end.
+type eofReader struct {
+	r   io.Reader
+	eof bool
+}
+
+func (e *eofReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err == io.EOF {
+		e.eof = true
+	}
+	return n, err
+}
+
+// readPathList reads store paths, one a line (nix-store --query), within
+// the limits on a graph.
+func readPathList(r io.Reader, limits graphLimits) ([]string, error) {
+	g := newGraphReader(false, limits)
+	br := bufio.NewReaderSize(&io.LimitedReader{R: r, N: limits.size + 1}, 64<<10)
+	var paths []string
+	for read := int64(0); ; {
+		line, err := br.ReadSlice('\n')
+		read += int64(len(line))
+		if read > limits.size {
+			return nil, tooLarge("nix-store printed more than %d bytes of store paths", limits.size)
+		}
+		if err == bufio.ErrBufferFull {
+			return nil, fmt.Errorf("nix-store printed a line of more than %d bytes", br.Size())
+		}
+		if err != nil && err != io.EOF {
+			return nil, err
+		}
+		if l := bytes.TrimSpace(line); len(l) > 0 {
+			p, valid, perr := g.storePath(l)
+			if perr != nil {
+				return nil, perr
+			}
+			if !valid {
+				return nil, fmt.Errorf("nix-store printed %s, which is not a store path", safeio.QuoteAlways(string(l)))
+			}
+			paths = append(paths, p)
+		}
+		if err == io.EOF {
+			return paths, nil
+		}
+	}
 }
 
 // CommandError is a failed Nix command with the tail of what it printed.

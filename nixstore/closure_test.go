@@ -57,23 +57,54 @@ func TestReadGraph(t *testing.T) {
 	}
 }
 
+// FuzzReadGraph: whatever the input, ReadGraph returns an error or a
+// graph within the limits: store paths, sorted and unique, each with
+// sorted, unique store-path references, every distinct path held once.
+// The same input under tiny limits is refused or within them.
 func FuzzReadGraph(f *testing.F) {
 	f.Add("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a\n\n1\n/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a\n")
 	f.Add("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a\n\n99999999999\n")
 	f.Fuzz(func(t *testing.T, in string) {
 		g, err := nixstore.ReadGraph(strings.NewReader(in))
-		if err != nil {
-			return
+		if err == nil {
+			checkGraph(t, g, nixstore.MaxGraphPaths, nixstore.MaxGraphReferences)
 		}
-		for i, p := range g.Paths {
-			if !nixstore.IsStorePath(p.Path) {
-				t.Fatalf("accepted %q", p.Path)
-			}
-			if i > 0 && g.Paths[i-1].Path >= p.Path {
-				t.Fatal("paths not sorted and unique")
+		small, err := nixstore.ReadGraphLimited(strings.NewReader(in), 512, 3, 4)
+		if err == nil {
+			checkGraph(t, small, 3, 4)
+			if len(in) > 512 {
+				t.Fatalf("read %d bytes under a limit of 512", len(in))
 			}
 		}
 	})
+}
+
+func checkGraph(t *testing.T, g *nixstore.Graph, maxPaths, maxRefs int) {
+	t.Helper()
+	if len(g.Paths) > maxPaths {
+		t.Fatalf("%d paths, limit %d", len(g.Paths), maxPaths)
+	}
+	refs := 0
+	for i, p := range g.Paths {
+		if !nixstore.IsStorePath(p.Path) {
+			t.Fatalf("accepted %q", p.Path)
+		}
+		if i > 0 && g.Paths[i-1].Path >= p.Path {
+			t.Fatal("paths not sorted and unique")
+		}
+		if p.Deriver != "" && !nixstore.IsStorePath(p.Deriver) {
+			t.Fatalf("accepted the deriver %q", p.Deriver)
+		}
+		for j, r := range p.References {
+			if !nixstore.IsStorePath(r) || (j > 0 && p.References[j-1] >= r) {
+				t.Fatalf("%s: references %q not sorted, unique store paths", p.Path, p.References)
+			}
+		}
+		refs += len(p.References)
+	}
+	if refs > maxRefs {
+		t.Fatalf("%d references, limit %d", refs, maxRefs)
+	}
 }
 
 // The closure of a real build, and the graph Nix itself would export for

@@ -12,7 +12,12 @@
 //
 // Inside a Nix build, the same information arrives as a file written by
 // exportReferencesGraph (path, deriver, reference count, references; no
-// hashes); ReadGraph parses it.
+// hashes); ReadGraph and ReadGraphFiles parse it.
+//
+// Either way the graph is parsed as it is read, within limits
+// (MaxGraphSize bytes, MaxGraphPaths store paths, MaxGraphReferences
+// references), and each store path is held once however many paths refer
+// to it: memory follows the graph, never the bytes read.
 //
 // Paths are returned sorted by store path, so everything built from a
 // Closure is in a fixed order whatever order Nix printed.

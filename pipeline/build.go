@@ -1,7 +1,6 @@
 package pipeline
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -650,22 +649,16 @@ func IsUsage(err error) bool {
 	return errors.As(err, &u)
 }
 
-// graphFromFiles reads exportReferencesGraph files (bounded: they are
-// input) and returns the closure of roots they describe.
+// graphFromFiles reads exportReferencesGraph files (bounded and streamed:
+// they are input) and returns the closure of roots they describe.
 func graphFromFiles(files, roots []string) (*nixstore.Graph, error) {
-	byPath := map[string]nixstore.PathInfo{}
-	for _, f := range files {
-		data, err := safeio.ReadFile(f, 256<<20)
-		if err != nil {
-			return nil, fmt.Errorf("reading the closure graph: %w", err)
-		}
-		g, err := nixstore.ReadGraph(bytes.NewReader(data))
-		if err != nil {
-			return nil, fmt.Errorf("closure graph %s: %w", f, err)
-		}
-		for _, p := range g.Paths {
-			byPath[p.Path] = p
-		}
+	all, err := nixstore.ReadGraphFiles(files)
+	if err != nil {
+		return nil, err
+	}
+	byPath := make(map[string]nixstore.PathInfo, len(all.Paths))
+	for _, p := range all.Paths {
+		byPath[p.Path] = p
 	}
 	// Only what the roots reach, and all of it.
 	seen := map[string]bool{}

@@ -401,6 +401,11 @@ func plural(n int, one, many string) string {
 // overridesFrom reads the flags that set manifest fields for one build.
 func overridesFrom(c *cli.Context) (manifest.Overrides, error) {
 	o := manifest.Overrides{User: c.String("user"), Group: c.String("group")}
+	for _, f := range []string{"user", "group"} {
+		if err := manifest.CheckUserGroup("--"+f, c.String(f)); err != nil {
+			return o, usagef("%v", err)
+		}
+	}
 	if e := c.String("exec"); e != "" {
 		words, err := manifest.SplitCommand(e)
 		if err != nil || len(words) == 0 || !strings.HasPrefix(words[0], "/") {
@@ -409,13 +414,21 @@ func overridesFrom(c *cli.Context) (manifest.Overrides, error) {
 		o.Exec = words
 	}
 	for _, kv := range []struct {
-		flag string
-		dst  *map[string]string
-	}{{"env", &o.Env}, {"label", &o.Labels}, {"annotation", &o.Annotations}} {
+		flag  string
+		dst   *map[string]string
+		check func(k, v string) error
+	}{
+		{"env", &o.Env, func(k, _ string) error { return manifest.CheckEnvName(k) }},
+		{"label", &o.Labels, manifest.CheckLabel},
+		{"annotation", &o.Annotations, manifest.CheckAnnotation},
+	} {
 		for _, s := range c.StringSlice(kv.flag) {
 			k, v, err := manifest.ParseKeyValue("--"+kv.flag, s)
 			if err != nil {
 				return o, usagef("%v", err)
+			}
+			if err := kv.check(k, v); err != nil {
+				return o, usagef("--%s: %v", kv.flag, err)
 			}
 			if *kv.dst == nil {
 				*kv.dst = map[string]string{}
