@@ -6,6 +6,33 @@
 // directory and moves it into place as one step (package outdir): a failed
 // or interrupted build leaves the previous files as they were.
 //
+// # Plans, then one writer
+//
+// A build first decides, then writes. A planner makes a Plan: the images
+// to write, each with its store paths, manifest and the images it depends
+// on (plan.go): planSingle for fat and thin images, PlanGroups for an app
+// on layer groups, a base and layers by popularity. One writer
+// (writePlan, write.go) carries out any plan: it writes each image once
+// those it depends on are written, completes its manifest with their
+// image IDs, reuses a shared image the output directory proves it holds,
+// and signs; Build then commits the staged files (build.go). A test of a
+// planner needs no archive.
+//
+// # Layer groups and bases
+//
+// A recipe's layer groups (pkgs.Target.Layers) make a chain: each group
+// is one image holding the closure of its packages less what the base and
+// the groups below it hold, depending on the group directly below it (the
+// lowest on the base); the app depends on the top of the chain. rkt
+// renders every dependency of every image with no visited set, so the
+// dependency graph is kept a tree: no image is reached twice, and no
+// store path is in two images (Plan.check). A group is named
+// PREFIX/<group name>, versioned by a digest of its store paths and the
+// image IDs it depends on, and lists in its manifest the store paths it
+// and everything below it hold (StorePathsAnnotation) and how many images
+// that is (ImagesAnnotation): an app can be built on it as a Base without
+// its bytes (LoadBase).
+//
 // # Kinds
 //
 // A fat image holds its whole closure; a thin one holds a mount point per
@@ -41,9 +68,11 @@
 // layers of their own first whatever the app; ties go to the larger path,
 // then to the store path's name.
 //
-// A later build into the same output directory reuses a layer file it
-// wrote before, without reading it, when the file's size, inode, mtime
-// and ctime are those recorded when it was written (the output directory's
-// .nix2aci-layers.json, as git's index trusts stat data); a layer whose
-// file changed in any way is written again.
+// A later build into the same output directory reuses a layer (or group)
+// file it wrote before, without reading it, when the output directory's
+// index (.nix2aci-layers.json) proves it: an entry whose tag under the
+// cache key verifies, for the very layer asked for (name, labels, store
+// paths and NAR hashes, compression, level, dependencies), with the
+// file's size, inode, mtime and ctime unchanged. A layer whose file
+// changed in any way is written again, and without a key every layer is.
 package pipeline
