@@ -370,6 +370,9 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		return nil, fmt.Errorf("internal error: the app image was written as %s, not %s", app.ACI, fileName)
 	}
 	res := app.res
+	if res == nil { // a group image the output directory holds already
+		res = &aci.Result{ImageID: app.ImageID, Size: app.Size, StorePaths: app.StorePaths}
+	}
 	for _, cf := range res.Conflicts {
 		b.Warn(fmt.Sprintf("two packages provide %s", cf))
 	}
