@@ -18,15 +18,15 @@ import (
 // hex digits and a newline.
 const CacheKeySize = 32
 
-// LoadKey makes the cache tag the members it writes, and take a member
-// whose tag verifies without inflating it (see Cache), with the key in
-// file. When file does not exist, a new random key is written there
-// (0600, its directory made 0700) and created is true.
+// LoadKey makes the cache tag the members it writes, and take the members
+// whose tags verify (see Cache), with the key in file. When file does not
+// exist, a new random key is written there (0600, its directory made 0700)
+// and created is true.
 //
 // The key is what an attacker who can write the cache must not read, so
 // it is refused when it lies inside the cache directory, when it is not a
 // regular file owned by this user, or when others may read it; the cache
-// then works as without a key.
+// then has no key, and builds do not use it.
 func (c *Cache) LoadKey(file string) (created bool, err error) {
 	abs, err := filepath.Abs(file)
 	if err != nil {

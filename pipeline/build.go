@@ -57,10 +57,9 @@ type Request struct {
 	// CacheMax, when > 0, is the size it is trimmed to afterwards.
 	CacheDir string
 	CacheMax int64
-	// CacheKey is the file of the key that tags cache entries, so that a
-	// warm build takes its own entries without inflating them (see
-	// aci.Cache); it is created when missing. "" for none: every cached
-	// member is then proven by inflating it.
+	// CacheKey is the file of the key that tags cache entries: a warm
+	// build takes only members whose tags verify (see aci.Cache). It is
+	// created when missing. "" for none: the cache is then not used.
 	CacheKey string
 	// NoExecCheck builds even if the app's program cannot start.
 	NoExecCheck bool
@@ -284,7 +283,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		} else {
 			if b.CacheKey != "" {
 				if _, err := b.cache.LoadKey(b.CacheKey); err != nil {
-					b.Warn(fmt.Sprintf("%v; until then, cached members are proven by inflating them (slower)", err))
+					b.Warn(fmt.Sprintf("%v; until then, builds do not use the cache (slower)", err))
 				}
 			}
 			b.opts = append(b.opts, aci.WithCache(b.cache))
