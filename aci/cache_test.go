@@ -367,6 +367,17 @@ func TestCacheKeyFile(t *testing.T) {
 	refuse("garbage", bad, "hex digits")
 	os.WriteFile(bad, append(bytes.Clone(first), first...), 0o600)
 	refuse("too long", bad, "hex digits")
+	// A key given by value: exactly CacheKeySize bytes, parsed from its
+	// hex digits without ever quoting them.
+	if err := cache.UseKey([]byte("short")); err == nil {
+		t.Error("UseKey took a 5-byte key")
+	}
+	if _, err := aci.ParseCacheKey("hunter2-hunter2"); err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("ParseCacheKey of no key: %v", err)
+	}
+	if key, err := aci.ParseCacheKey(string(first)); err != nil || len(key) != aci.CacheKeySize || cache.UseKey(key) != nil {
+		t.Errorf("ParseCacheKey of a key file's contents: %v", err)
+	}
 	fifo := filepath.Join(t.TempDir(), "fifo")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)

@@ -61,6 +61,9 @@ type Request struct {
 	// build takes only members whose tags verify (see aci.Cache). It is
 	// created when missing. "" for none: the cache is then not used.
 	CacheKey string
+	// CacheKeyValue is the key itself (aci.CacheKeySize bytes, e.g. from
+	// a CI secret), used instead of CacheKey's file and written nowhere.
+	CacheKeyValue []byte
 	// NoExecCheck builds even if the app's program cannot start.
 	NoExecCheck bool
 	// Created is the app image's "created" time (zero: the Unix epoch).
@@ -281,7 +284,11 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		if b.cache, err = aci.OpenCache(b.CacheDir); err != nil {
 			b.Warn(fmt.Sprintf("%v; building without the cache", err))
 		} else {
-			if b.CacheKey != "" {
+			if b.CacheKeyValue != nil {
+				if err := b.cache.UseKey(b.CacheKeyValue); err != nil {
+					return nil, &UsageError{Msg: err.Error()}
+				}
+			} else if b.CacheKey != "" {
 				if _, err := b.cache.LoadKey(b.CacheKey); err != nil {
 					b.Warn(fmt.Sprintf("%v; until then, builds do not use the cache (slower)", err))
 				}
