@@ -198,11 +198,12 @@ func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
 		link:     !c.Bool("no-link"),
 		progress: !c.Bool("json") && isTerminal(c.App.ErrWriter),
 	}
+	keyHex := takeCacheKeyHex()
 	if !c.Bool("no-cache") && kind != pipeline.Thin {
 		if o.CacheDir = c.String("cache-dir"); o.CacheDir == "" {
 			o.CacheDir = defaultCacheDir()
 		}
-		if o.CacheKey, o.CacheKeyValue, err = cacheKeyFrom(c); err != nil {
+		if o.CacheKey, o.CacheKeyValue, err = cacheKeyFrom(c, keyHex); err != nil {
 			return nil, err
 		}
 	}
