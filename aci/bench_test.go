@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/nix2aci/nix2aci/aci"
@@ -36,6 +37,9 @@ func BenchmarkWriteFatCached(b *testing.B) {
 	img := image(b, benchRoot(b), false)
 	cache, err := aci.OpenCache(b.TempDir())
 	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := cache.LoadKey(filepath.Join(b.TempDir(), "key")); err != nil {
 		b.Fatal(err)
 	}
 	if _, err := aci.Write(context.Background(), io.Discard, img, aci.WithCache(cache)); err != nil {

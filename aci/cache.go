@@ -13,9 +13,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,7 +28,8 @@ import (
 // Cache keeps each store path's compressed members between builds.
 //
 // An entry is one file, named by a hash of the fragment format version, the
-// compression settings, the store path and its NAR hash:
+// compressor (klauspost/compress's module version), the compression
+// settings, the store path and its NAR hash:
 //
 //	member bytes of every chunk, in order
 //	index: JSON {storePath, chunks: [{u, uc, c, cc, t}]} (uncompressed and
@@ -35,28 +38,37 @@ import (
 //
 // Nothing in an entry is trusted. A build regenerates each chunk's
 // uncompressed bytes anyway (for the image ID), and takes a cached member
-// only when that chunk's length and CRC-32 match the index, the member's
-// own bytes match their CRC-32, and the member is proven to inflate to the
-// chunk, in one of two ways:
+// only when it is byte for byte the member this build would write for
+// that chunk. What proves it is a tag: HMAC-SHA256, under the cache's key
+// (LoadKey, UseKey), of the entry's name (and so of the format, the
+// compressor and its level, the store path and NAR hash), the chunk's
+// index, length and CRC-32, and the member's bytes. Only this package's
+// writer tags a member, and only one it compressed itself, or one it took
+// from an entry by its tag; so a tag that verifies, for a chunk whose
+// length and CRC-32 match the regenerated one, proves that the key's
+// holder compressed that very chunk into those bytes with these settings.
+// Whoever can write the cache but cannot read the key can forge no tag.
 //
-//   - with a cache key (LoadKey), each member carries a tag, HMAC-SHA256
-//     under the key of the entry's name, the chunk's index, length and
-//     CRC-32 and the member's bytes. A tag that verifies proves that this
-//     key's holder compressed that member from a chunk of that length and
-//     CRC-32 for that store path, so the member is taken without being
-//     inflated. Whoever can write the cache but cannot read the key can
-//     forge no tag.
-//   - otherwise (no key, no tag, a tag that does not verify), the member
-//     is inflated and compared with the chunk byte for byte.
+// A member without a tag that verifies (no tag, another key's, damage,
+// forgery) is compressed afresh, however it inflates: proving that a
+// member inflates to the chunk says nothing of its encoding (a re-encoded
+// member, with a payload in its header or stored blocks, inflates the
+// same), and only compressing the chunk again proves the encoding, which
+// is what the cache saves. Without a key the cache is therefore not used
+// (see Write).
 //
-// A truncated, corrupt or mismatched entry is compressed afresh and
-// rewritten; an entry proven by inflation alone is rewritten with tags
-// when a key is loaded and it has none. Entries are written to a
-// temporary file and renamed, so concurrent builds never see half an
-// entry.
+// Before anything is read, an entry's size and its index's length are
+// checked against the most Write can produce for the store path's NAR
+// size (maxEntryChunks), and an index's chunks must be laid out as Write
+// cuts them.
+//
+// A truncated, corrupt, oversized or mismatched entry, or one holding a
+// member that is not taken, is rewritten from this build. Entries are
+// written to a temporary file and renamed, so concurrent builds never see
+// half an entry.
 type Cache struct {
 	dir string
-	key []byte // nil: no tags made or trusted
+	key []byte // nil: the cache is not used
 }
 
 // cacheTag marks a directory as a nix2aci cache: the standard
@@ -153,9 +165,61 @@ type entryIndex struct {
 
 func (c *Cache) path(cfg config, p nixstore.PathInfo) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%s\x00%d\x00%d\x00%s\x00%s", formatVersion, cfg.compression, cfg.level, ChunkSize, p.Path, p.NarHash)
+	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%d\x00%d\x00%s\x00%s", formatVersion, compressorVersion(), cfg.compression, cfg.level, ChunkSize, p.Path, p.NarHash)
 	key := hex.EncodeToString(h.Sum(nil))
 	return filepath.Join(c.dir, key[:2], key+".frag")
+}
+
+// compressorVersion names the gzip compressor this binary was built with:
+// a member cached by one version is not taken by another, whose output for
+// the same chunk and level may differ.
+var compressorVersion = sync.OnceValue(func() string {
+	const mod = "github.com/klauspost/compress"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == mod {
+				if d.Replace != nil {
+					d = d.Replace
+				}
+				return mod + "@" + d.Version + " " + d.Sum
+			}
+		}
+	}
+	return mod + "@unknown"
+})
+
+// The most an entry may claim, derived from what Write emits for a store
+// path of a given NAR size. Every entry of a store path is one tar entry:
+// at most a 512-byte header, a PAX header of 512 bytes plus at most 8704
+// bytes of records (a path and a link target, each at most PATH_MAX = 4096
+// bytes, that the kernel lets Write read), and the file's contents padded
+// by at most 511 bytes: 10,239 bytes plus its contents. The NAR holds the
+// same contents (padded to 8 bytes), and at least 168 bytes of framing for
+// every entry below the root (a directory entry of "entry", "(", "name", a
+// name, "node", ")" around an object of at least 72 bytes) and 96 for the
+// root and the NAR's magic. So the tar fragment is at most 61 times the
+// NAR size; 64 times, plus a chunk, bounds it.
+const (
+	tarPerNar = 64
+	// maxChunkJSON bounds one chunk's record in the index as Write
+	// marshals it: {"u":1048576,"uc":4294967295,"c":1179648,
+	// "cc":4294967295,"t":"<64 hex digits>"}, and a comma (129 bytes).
+	maxChunkJSON = 160
+)
+
+// maxEntryChunks is the most chunks Write cuts a store path of narSize
+// bytes of NAR into.
+func maxEntryChunks(narSize int64) int64 {
+	if narSize <= 0 || narSize > 1<<50 {
+		return 0
+	}
+	return (tarPerNar*narSize+ChunkSize)/ChunkSize + 1
+}
+
+// maxIndexLen is the longest index Write makes for chunks chunks of the
+// store path storePath (JSON escapes a character in at most 6 bytes).
+func maxIndexLen(storePath string, chunks int64) int64 {
+	return 64 + 6*int64(len(storePath)) + chunks*maxChunkJSON
 }
 
 // fragment is the cache state of one store path during a build.
@@ -171,8 +235,10 @@ type fragment struct {
 	narSize  int64 // for progress
 	cacheHit bool
 	readBuf  []byte
-	key      []byte      // the cache's key, nil for none
-	retag    atomic.Bool // a member had no tag: rewrite the entry with tags
+	key      []byte // the cache's key
+	// maxChunks is the most chunks Write cuts this store path into: no
+	// entry that claims more is read, none is written.
+	maxChunks int64
 	// proven is, for each chunk the sink has recorded, whether its member
 	// came proven from the old entry, and its tag then: a rewrite copies
 	// only those members, and only if they still have that tag (the old
@@ -188,19 +254,22 @@ type provenMember struct {
 
 func (b *builder) openFragment(p nixstore.PathInfo) *fragment {
 	f := &fragment{path: p.Path, narSize: p.NarSize}
-	if b.cfg.cache == nil {
+	if b.cfg.cache == nil || b.cfg.cache.key == nil {
 		return f
+	}
+	if f.maxChunks = maxEntryChunks(p.NarSize); f.maxChunks == 0 {
+		return f // no NAR size to bound its entry by: not cached
 	}
 	f.file = b.cfg.cache.path(b.cfg, p)
 	f.key = b.cfg.cache.key
-	f.old, f.idx = readEntry(f.file, p.Path)
+	f.old, f.idx = readEntry(f.file, p.Path, f.maxChunks)
 	f.matched = f.idx != nil
 	return f
 }
 
 // readEntry opens a cache entry and its index, or returns nils for a
-// missing or malformed one.
-func readEntry(file, storePath string) (*os.File, *entryIndex) {
+// missing, malformed or oversized one.
+func readEntry(file, storePath string, maxChunks int64) (*os.File, *entryIndex) {
 	fh, err := safeio.OpenRegular(file) // never blocks on a FIFO
 	if err != nil {
 		return nil, nil
@@ -210,7 +279,7 @@ func readEntry(file, storePath string) (*os.File, *entryIndex) {
 		fh.Close()
 		return nil, nil
 	}
-	idx, err := parseEntry(fh, fi.Size(), storePath)
+	idx, err := parseEntry(fh, fi.Size(), storePath, maxChunks)
 	if err != nil {
 		fh.Close()
 		return nil, nil
@@ -218,10 +287,14 @@ func readEntry(file, storePath string) (*os.File, *entryIndex) {
 	return fh, idx
 }
 
-// parseEntry reads and checks the index of an entry of size bytes.
-func parseEntry(fh io.ReaderAt, size int64, storePath string) (*entryIndex, error) {
-	if size < 16 {
-		return nil, errors.New("short")
+// parseEntry reads and checks the index of an entry of size bytes, which
+// may hold at most maxChunks chunks. Sizes are checked before anything is
+// read: the entry's against the most maxChunks members and their index
+// take, the index's against the most maxChunks records take.
+func parseEntry(fh io.ReaderAt, size int64, storePath string, maxChunks int64) (*entryIndex, error) {
+	maxIndex := maxIndexLen(storePath, maxChunks)
+	if size < 16 || size > 16+maxIndex+maxChunks*maxMember {
+		return nil, errors.New("bad size")
 	}
 	var foot [16]byte
 	if _, err := fh.ReadAt(foot[:], size-16); err != nil {
@@ -230,12 +303,12 @@ func parseEntry(fh io.ReaderAt, size int64, storePath string) (*entryIndex, erro
 	if string(foot[8:]) != entryMagic {
 		return nil, errors.New("bad magic")
 	}
-	n := int64(binary.LittleEndian.Uint64(foot[:8]))
-	if n <= 0 || n > size-16 || n > 64<<20 {
+	n := binary.LittleEndian.Uint64(foot[:8])
+	if n == 0 || n > uint64(size-16) || n > uint64(maxIndex) {
 		return nil, errors.New("bad index length")
 	}
 	raw := make([]byte, n)
-	if _, err := fh.ReadAt(raw, size-16-n); err != nil {
+	if _, err := fh.ReadAt(raw, size-16-int64(n)); err != nil {
 		return nil, err
 	}
 	var idx entryIndex
@@ -245,15 +318,20 @@ func parseEntry(fh io.ReaderAt, size int64, storePath string) (*entryIndex, erro
 	if idx.StorePath != storePath {
 		return nil, errors.New("entry for another path")
 	}
+	if int64(len(idx.Chunks)) > maxChunks {
+		return nil, errors.New("too many chunks")
+	}
 	var off int64
 	for i := range idx.Chunks {
-		if idx.Chunks[i].C <= 0 || idx.Chunks[i].U <= 0 || idx.Chunks[i].U > ChunkSize {
+		ci := &idx.Chunks[i]
+		// Write cuts a fragment into full chunks and a last, shorter one.
+		if ci.C <= 0 || ci.C > maxMember || ci.U <= 0 || ci.U > ChunkSize || ci.U != ChunkSize && i != len(idx.Chunks)-1 {
 			return nil, errors.New("bad chunk")
 		}
-		idx.Chunks[i].off = off
-		off += int64(idx.Chunks[i].C)
+		ci.off = off
+		off += int64(ci.C)
 	}
-	if off != size-16-n {
+	if off != size-16-int64(n) {
 		return nil, errors.New("truncated")
 	}
 	return &idx, nil
@@ -273,54 +351,33 @@ func (f *fragment) match(i, ulen int, ucrc uint32) *chunkIndex {
 }
 
 // readCached reads chunk i's member from the old entry into out and
-// reports whether it is proven to stand for data (whose length and CRC-32
-// match the index: see match). Its bytes must match the index's CRC-32 (a
-// cheap first check), its header must claim its own length and its
-// trailer the chunk's CRC-32 and size; then
-// either its tag verifies under the cache's key, or it is exactly one gzip
-// member that inflates, with matching CRC-32 and size, to data byte for
-// byte (scratch holds the inflated bytes). It returns the member's tag
-// when the cache has a key. Called from the compression workers,
-// concurrently for several chunks.
-func (f *fragment) readCached(i int, data []byte, out *bytes.Buffer, scratch []byte) (tag []byte, ok bool) {
+// reports whether it is proven to be the member this build would write
+// for the chunk (whose length and CRC-32 match the index: see match): its
+// tag verifies under the cache's key. It returns the tag. Called from the
+// compression workers, concurrently for several chunks.
+func (f *fragment) readCached(i int, out *bytes.Buffer) (tag []byte, ok bool) {
 	ci := f.idx.Chunks[i]
-	if ci.C > maxMember {
-		return nil, false
+	got, err := hex.DecodeString(ci.T)
+	if err != nil || len(got) != sha256.Size {
+		return nil, false // no tag (or no tag of ours): not even read
 	}
 	out.Grow(ci.C)
 	buf := out.AvailableBuffer()[:ci.C]
-	if _, err := f.old.ReadAt(buf, ci.off); err != nil || crc(buf) != ci.CC || memberLength(buf) != len(buf) {
+	if _, err := f.old.ReadAt(buf, ci.off); err != nil || crc(buf) != ci.CC {
 		return nil, false
 	}
-	// The gzip trailer must name the chunk: its CRC-32 and size.
-	if len(buf) < 8 || binary.LittleEndian.Uint32(buf[len(buf)-8:]) != ci.UC || binary.LittleEndian.Uint32(buf[len(buf)-4:]) != uint32(ci.U) {
+	tag = f.tag(i, ci.U, ci.UC, buf)
+	if !hmac.Equal(got, tag) {
 		return nil, false
-	}
-	if f.key != nil {
-		tag = f.tag(i, ci.U, ci.UC, buf)
-		if got, err := hex.DecodeString(ci.T); err == nil && len(ci.T) == 2*sha256.Size && hmac.Equal(got, tag) {
-			out.Write(buf)
-			return tag, true
-		}
-	}
-	inflateProofs.Add(1)
-	got, err := inflateMember(buf, scratch)
-	if err != nil || !bytes.Equal(got, data) {
-		return nil, false
-	}
-	if f.key != nil && ci.T == "" {
-		f.retag.Store(true)
 	}
 	out.Write(buf)
 	return tag, true
 }
 
-// inflateProofs counts the members proven by inflating them (for tests).
-var inflateProofs atomic.Int64
-
 // tag is the tag of chunk i's member, of a chunk of u bytes with CRC-32
 // uc: HMAC-SHA256 under the cache's key, bound to this entry's name (the
-// format, compression, store path and NAR hash) and the chunk's place.
+// format, the compressor, the compression and its level, the store path
+// and its NAR hash) and the chunk's place.
 func (f *fragment) tag(i, u int, uc uint32, member []byte) []byte {
 	m := hmac.New(sha256.New, f.key)
 	var head [20]byte
@@ -338,9 +395,6 @@ func (f *fragment) tag(i, u int, uc uint32, member []byte) []byte {
 // a rewritten entry; the caller checks they are the bytes it proved.
 func (f *fragment) readOld(i int) ([]byte, bool) {
 	ci := f.idx.Chunks[i]
-	if ci.C > maxMember {
-		return nil, false
-	}
 	if cap(f.readBuf) < ci.C {
 		f.readBuf = make([]byte, ci.C)
 	}
@@ -358,6 +412,12 @@ func (b *builder) record(c *chunk, payload []byte, fromCache bool) {
 	if f.file == "" || f.gaveUp {
 		return
 	}
+	if int64(c.index) >= f.maxChunks {
+		// More chunks than Write can cut this store path into (see
+		// maxEntryChunks): an entry no build would read.
+		f.giveUp()
+		return
+	}
 	if len(f.proven) == c.index {
 		f.proven = append(f.proven, provenMember{ok: fromCache, tag: c.tag})
 	}
@@ -373,11 +433,20 @@ func (b *builder) record(c *chunk, payload []byte, fromCache bool) {
 	}
 }
 
+// giveUp drops the new entry, if one was begun: the fragment is not
+// cached this build.
+func (f *fragment) giveUp() {
+	if f.w != nil {
+		f.w.abort()
+		f.w = nil
+	}
+	f.gaveUp = true
+}
+
 // rewrite starts a new entry holding the old entry's first n chunks, which
-// this build took from it proven; on any failure the fragment is not
-// cached this build. The members are read again, so each must still have
-// the tag it had when proven: without a key there are no tags, and the new
-// entry's members will be proven by inflation as any untagged member is.
+// this build took from it by their tags; on any failure the fragment is
+// not cached this build. The members are read again, so each must still
+// have the tag it had when taken.
 func (f *fragment) rewrite(n int) {
 	if n > len(f.proven) {
 		f.gaveUp = true
@@ -390,18 +459,14 @@ func (f *fragment) rewrite(n int) {
 	for j := 0; j < n; j++ {
 		old, ok := f.readOld(j)
 		ci := f.idx.Chunks[j]
-		var tag []byte
-		if ok && f.key != nil {
-			tag = f.tag(j, ci.U, ci.UC, old)
-			ok = hmac.Equal(tag, f.proven[j].tag)
+		if ok {
+			ok = f.proven[j].ok && hmac.Equal(f.tag(j, ci.U, ci.UC, old), f.proven[j].tag)
 		}
-		if !ok || !f.proven[j].ok {
-			f.w.abort()
-			f.w = nil
-			f.gaveUp = true
+		if !ok {
+			f.giveUp()
 			return
 		}
-		f.w.add(ci.U, ci.UC, old, tag)
+		f.w.add(ci.U, ci.UC, old, f.proven[j].tag)
 	}
 }
 
@@ -410,15 +475,11 @@ func (f *fragment) end() {
 	if f.file == "" {
 		return
 	}
-	if f.w == nil && f.idx != nil && f.matched && f.chunks == len(f.idx.Chunks) && !f.dirty.Load() {
+	if f.w == nil && !f.gaveUp && f.idx != nil && f.matched && f.chunks == len(f.idx.Chunks) && !f.dirty.Load() {
 		f.cacheHit = true
-		if f.retag.Load() {
-			f.rewrite(f.chunks) // with tags, the next build inflates nothing
-		} else {
-			now := time.Now()
-			os.Chtimes(f.file, now, now) // for least-recently-used collection
-		}
-	} else if f.w == nil && f.idx != nil && f.matched && !f.dirty.Load() {
+		now := time.Now()
+		os.Chtimes(f.file, now, now) // for least-recently-used collection
+	} else if f.w == nil && !f.gaveUp && f.idx != nil && f.matched && !f.dirty.Load() {
 		// The old entry is longer than the fragment now is; rewrite it.
 		f.rewrite(f.chunks)
 	}
@@ -427,7 +488,9 @@ func (f *fragment) end() {
 		f.w = nil
 	}
 	f.closeOld()
-	f.readBuf, f.proven = nil, nil // Write keeps its fragments until it returns
+	// Write keeps its fragments until it returns: what an entry held
+	// goes now.
+	f.idx, f.readBuf, f.proven = nil, nil, nil
 }
 
 func (f *fragment) closeOld() {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,21 +27,13 @@ import (
 // regenerated data kept and the member's own length and CRC updated,
 // passes every check a cheaper cache would make; it must still never
 // reach an image, and the image ID a build reports is always that of the
-// file it wrote.
-//
-// With a cache key the forger keeps the member's tag, which no longer
-// verifies; without one there is no tag. Either way the member must be
-// inflated, and found out.
+// file it wrote. The forger keeps the member's tag, which no longer
+// verifies.
 func TestCacheEntryWithOtherDeflateDataNeverReachesAnImage(t *testing.T) {
 	root := nixtest.Build(t, `mk "evil-cache-1.0" "mkdir -p $out/share; seq 1 300000 > $out/share/numbers"`)
 	img := image(t, root, false)
 	cold, coldRes := write(t, img)
-	for _, withKey := range []bool{false, true} {
-		t.Run(fmt.Sprintf("key=%v", withKey), func(t *testing.T) {
-			cache := openCache(t, withKey)
-			forgeFirstMember(t, img, cache, cold, coldRes, withKey)
-		})
-	}
+	forgeFirstMember(t, img, openCache(t, true), cold, coldRes)
 }
 
 // openCache opens a new cache, with a key of its own when withKey.
@@ -115,7 +108,7 @@ func joinEntry(members []byte, idx entryIndex) []byte {
 	return append(out, foot[:]...)
 }
 
-func forgeFirstMember(t *testing.T, img aci.Image, cache *aci.Cache, cold []byte, coldRes *aci.Result, withKey bool) {
+func forgeFirstMember(t *testing.T, img aci.Image, cache *aci.Cache, cold []byte, coldRes *aci.Result) {
 	write(t, img, aci.WithCache(cache))
 	entry := cacheEntries(t, cache)[0]
 	raw, err := os.ReadFile(entry)
@@ -159,13 +152,9 @@ func forgeFirstMember(t *testing.T, img aci.Image, cache *aci.Cache, cold []byte
 		t.Error("the forged entry counted as a cache hit")
 	}
 	// The entry was rewritten from this build: the next build hits it,
-	// with every tag verifying when there is a key.
-	before := aci.InflateProofs()
-	if _, res := write(t, img, aci.WithCache(cache)); res.CachedPaths != 1 {
-		t.Errorf("after the rewrite: %d cached paths, want 1", res.CachedPaths)
-	}
-	if proofs := aci.InflateProofs() - before; withKey && proofs != 0 {
-		t.Errorf("after the rewrite: %d members inflated, want 0 (tags)", proofs)
+	// every tag verifying.
+	if got, res := write(t, img, aci.WithCache(cache)); res.CachedPaths != 1 || !bytes.Equal(got, cold) {
+		t.Errorf("after the rewrite: %d cached paths, identical %v; want a hit with the cold bytes", res.CachedPaths, bytes.Equal(got, cold))
 	}
 }
 
@@ -191,10 +180,7 @@ func TestCacheGCRemovesOnlyItsOwnEntries(t *testing.T) {
 
 	// A real cache with strays in it: GC to zero keeps the strays.
 	img := image(t, nixtest.Hello(t), false)
-	cache, err := aci.OpenCache(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cache := openCache(t, true)
 	write(t, img, aci.WithCache(cache))
 	dir := cache.Dir()
 	if b, _ := os.ReadFile(filepath.Join(dir, "CACHEDIR.TAG")); !bytes.HasPrefix(b, []byte("Signature: 8a477f597d28d172789f06886806bc55\n")) {
@@ -221,61 +207,81 @@ func TestCacheGCRemovesOnlyItsOwnEntries(t *testing.T) {
 	}
 }
 
-// With a key, a warm build takes its own entries without inflating a
-// member; an entry written without a key is proven by inflation once and
-// rewritten with tags; tags made under another key are not trusted.
-// Every build's archive is the cold one, byte for byte.
-func TestCacheTagsSpareInflation(t *testing.T) {
+// With a key, a warm build takes its own entries by their tags. A member
+// without a tag that verifies is compressed afresh and the entry
+// rewritten with this build's tags: an entry without tags, or with
+// another key's (the last build's key wins). Without a key the cache is
+// neither read nor written. Every build's archive is the cold one, byte
+// for byte.
+func TestCacheTagsAreTheOnlyProof(t *testing.T) {
 	root := nixtest.Build(t, `mk "tagged-1.0" "mkdir -p $out/share; seq 1 400000 > $out/share/numbers; seq 5 500000 > $out/share/more"`)
 	img := image(t, root, false)
 	cold, _ := write(t, img)
-	build := func(cache *aci.Cache) (proofs int64, hits int) {
+	build := func(cache *aci.Cache) (hits int) {
 		t.Helper()
-		before := aci.InflateProofs()
 		got, res := write(t, img, aci.WithCache(cache))
 		if !bytes.Equal(got, cold) {
 			t.Fatal("a cached build differs from the cold one")
 		}
-		return aci.InflateProofs() - before, res.CachedPaths
+		return res.CachedPaths
+	}
+	withKey := func(dir string) *aci.Cache {
+		t.Helper()
+		c, err := aci.OpenCache(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.LoadKey(filepath.Join(t.TempDir(), "key")); err != nil {
+			t.Fatal(err)
+		}
+		return c
 	}
 
 	keyed := openCache(t, true)
 	build(keyed)
-	if proofs, hits := build(keyed); proofs != 0 || hits != 1 {
-		t.Errorf("warm build with a key: %d members inflated, %d hits; want 0 and 1", proofs, hits)
+	if hits := build(keyed); hits != 1 {
+		t.Errorf("warm build with a key: %d hits, want 1", hits)
 	}
+	entry := cacheEntries(t, keyed)[0]
+	good, _ := os.ReadFile(entry)
 
-	// A cache filled without a key, then used with one.
-	dir := t.TempDir()
-	plain, _ := aci.OpenCache(dir)
+	// Without a key: nothing written, nothing taken, nothing rewritten.
+	plain := openCache(t, false)
 	build(plain)
-	if proofs, _ := build(plain); proofs == 0 {
-		t.Error("without a key, cached members were taken unproven")
+	if files, _ := filepath.Glob(filepath.Join(plain.Dir(), "*", "*.frag")); len(files) != 0 {
+		t.Errorf("a build without a key wrote %d entries", len(files))
 	}
-	upgraded, _ := aci.OpenCache(dir)
-	if _, err := upgraded.LoadKey(filepath.Join(t.TempDir(), "key")); err != nil {
-		t.Fatal(err)
+	keyless, _ := aci.OpenCache(keyed.Dir())
+	if hits := build(keyless); hits != 0 {
+		t.Errorf("a build without a key took %d cached paths", hits)
 	}
-	if proofs, hits := build(upgraded); proofs == 0 || hits != 1 {
-		t.Errorf("untagged entry under a key: %d members inflated, %d hits; want inflation and a hit", proofs, hits)
-	}
-	if proofs, _ := build(upgraded); proofs != 0 {
-		t.Errorf("the untagged entry was not rewritten with tags: %d members inflated", proofs)
+	if now, _ := os.ReadFile(entry); !bytes.Equal(now, good) {
+		t.Error("a build without a key rewrote an entry")
 	}
 
-	// The same entries under another key: proven by inflation, and left
-	// as they are (a cache shared by two keys does not flip-flop).
-	other, _ := aci.OpenCache(dir)
-	if _, err := other.LoadKey(filepath.Join(t.TempDir(), "key")); err != nil {
-		t.Fatal(err)
+	// Tags stripped: compressed afresh, rewritten with tags.
+	members, idx := splitEntry(t, good)
+	for i := range idx.Chunks {
+		idx.Chunks[i].T = ""
 	}
-	entry := cacheEntries(t, other)[0]
-	before, _ := os.ReadFile(entry)
-	if proofs, hits := build(other); proofs == 0 || hits != 1 {
-		t.Errorf("another key's tags: %d members inflated, %d hits; want inflation and a hit", proofs, hits)
+	os.WriteFile(entry, joinEntry(members, idx), 0o644)
+	if hits := build(keyed); hits != 0 {
+		t.Errorf("an untagged entry: %d hits, want 0", hits)
 	}
-	if after, _ := os.ReadFile(entry); !bytes.Equal(before, after) {
-		t.Error("an entry tagged under another key was rewritten")
+	if now, _ := os.ReadFile(entry); !bytes.Equal(now, good) {
+		t.Error("the untagged entry was not rewritten with tags")
+	}
+
+	// Another key: its tags do not verify; the entry becomes this key's.
+	other := withKey(keyed.Dir())
+	if hits := build(other); hits != 0 {
+		t.Errorf("another key's entry: %d hits, want 0", hits)
+	}
+	if hits := build(other); hits != 1 {
+		t.Errorf("the entry rewritten under the other key: %d hits, want 1", hits)
+	}
+	if hits := build(keyed); hits != 0 {
+		t.Errorf("the first key after the other: %d hits, want 0", hits)
 	}
 }
 
@@ -361,6 +367,17 @@ func TestCacheKeyFile(t *testing.T) {
 	refuse("garbage", bad, "hex digits")
 	os.WriteFile(bad, append(bytes.Clone(first), first...), 0o600)
 	refuse("too long", bad, "hex digits")
+	// A key given by value: exactly CacheKeySize bytes, parsed from its
+	// hex digits without ever quoting them.
+	if err := cache.UseKey([]byte("short")); err == nil {
+		t.Error("UseKey took a 5-byte key")
+	}
+	if _, err := aci.ParseCacheKey("hunter2-hunter2"); err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("ParseCacheKey of no key: %v", err)
+	}
+	if key, err := aci.ParseCacheKey(string(first)); err != nil || len(key) != aci.CacheKeySize || cache.UseKey(key) != nil {
+		t.Errorf("ParseCacheKey of a key file's contents: %v", err)
+	}
 	fifo := filepath.Join(t.TempDir(), "fifo")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
@@ -381,7 +398,7 @@ func TestCacheKeyFile(t *testing.T) {
 // rewrites it on every run.
 func TestCacheServesGzipOnly(t *testing.T) {
 	img := image(t, nixtest.Hello(t), false)
-	cache := openCache(t, false)
+	cache := openCache(t, true)
 	for i := 0; i < 2; i++ {
 		write(t, img, aci.WithCache(cache), aci.WithCompression(aci.Xz, 0))
 	}
@@ -390,16 +407,16 @@ func TestCacheServesGzipOnly(t *testing.T) {
 	}
 }
 
-// A rewritten entry copies only the members this build proved, as it
-// proved them. The attacker owns an untagged entry whose first member is
-// genuine, and keeps flipping 8 of its bytes to others that leave every
-// CRC-32 and length as they were: the build under a key proves the member
-// by inflation and then retags the entry, reading the member again. What
-// it tags must be what it proved, or the next build would take a forged
-// member on its tag alone.
+// A rewritten entry copies only the members this build took by their
+// tags, as it took them. The attacker owns an untagged entry whose first
+// member is a genuine re-encoding (stored blocks) of the chunk, and keeps
+// flipping 8 of its bytes to others that leave every CRC-32 and length as
+// they were, while a build under a key rewrites the entry. What the
+// rewrite tags must be what this build compressed, or the next build
+// would take the attacker's member on its tag alone.
 func TestCacheRewriteNeverTagsWhatItDidNotProve(t *testing.T) {
 	fx := keyedEntry(t, `mk "launder-1.0" "mkdir -p $out/share; seq 1 400000 > $out/share/numbers"`)
-	img, coldRes, cache, entry, members, idx := fx.img, fx.coldRes, fx.cache, fx.entry, fx.members, fx.idx
+	img, cold, coldRes, cache, entry, members, idx := fx.img, fx.cold, fx.coldRes, fx.cache, fx.entry, fx.members, fx.idx
 	c0 := idx.Chunks[0]
 	zr, err := gzip.NewReader(bytes.NewReader(members[:c0.C]))
 	if err != nil {
@@ -467,10 +484,9 @@ func TestCacheRewriteNeverTagsWhatItDidNotProve(t *testing.T) {
 			t.Fatalf("attempt %d: the racing build made another image", attempt)
 		}
 		// Whatever the entry holds now, the next build makes the cold
-		// image (the genuine stored member may stand in for the
-		// compressed one: same image, other bytes).
-		if _, res := write(t, img, aci.WithCache(cache)); res.ImageID != coldRes.ImageID {
-			t.Fatalf("attempt %d: a forged member was tagged and reached the next image", attempt)
+		// image's bytes.
+		if got, _ := write(t, img, aci.WithCache(cache)); !bytes.Equal(got, cold) {
+			t.Fatalf("attempt %d: a member this build did not compress was tagged and reached the next image", attempt)
 		}
 	}
 }
@@ -552,5 +568,199 @@ in mk "failing-1.0" "mkdir -p $out; echo ${a} ${b} > $out/refs"`)
 	}
 	if after := fds(); after > before {
 		t.Errorf("%d files open before the write, %d after", before, after)
+	}
+}
+
+// A cached member is taken only when it is byte for byte what this build
+// would write: proving that it inflates to the chunk is not enough, since
+// a member re-encoded to the same inflated bytes (another header carrying
+// a payload, stored blocks, another level) would make the file differ
+// from a cold build under the same image ID, and would then be tagged as
+// the key holder's own. Untagged, such a member is compressed afresh, and
+// the entry rewritten with this build's member and tag; without a key the
+// cache is not used at all.
+func TestCacheTakesOnlyMembersThisBuildWouldWrite(t *testing.T) {
+	fx := keyedEntry(t, `mk "reencoded-1.0" "mkdir -p $out/share; seq 1 400000 > $out/share/numbers"`)
+	c0 := fx.idx.Chunks[0]
+	ours := fx.members[:c0.C]
+	data := inflate(t, ours)
+	payload := []byte("PAYLOAD-SMUGGLED-INTO-THE-IMAGE!")
+	variants := map[string][]byte{
+		"an extra subfield with a payload": member(t, data, aci.DefaultLevel, payload),
+		"stored blocks":                    member(t, data, gzip.NoCompression, nil),
+		"another level":                    member(t, data, 1, nil),
+	}
+	for name, m := range variants {
+		if bytes.Equal(m, ours) || !bytes.Equal(inflate(t, m), data) {
+			t.Fatalf("%s: not a re-encoding of the member", name)
+		}
+		for _, withKey := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/key=%v", name, withKey), func(t *testing.T) {
+				cache := fx.cache
+				if !withKey {
+					var err error
+					if cache, err = aci.OpenCache(filepath.Dir(filepath.Dir(fx.entry))); err != nil {
+						t.Fatal(err)
+					}
+				}
+				idx := fx.idx
+				idx.Chunks = append(idx.Chunks[:0:0], fx.idx.Chunks...)
+				idx.Chunks[0].C, idx.Chunks[0].CC, idx.Chunks[0].T = len(m), crc32.ChecksumIEEE(m), ""
+				planted := joinEntry(append(bytes.Clone(m), fx.members[c0.C:]...), idx)
+				if err := os.WriteFile(fx.entry, planted, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				got, res := write(t, fx.img, aci.WithCache(cache))
+				if !bytes.Equal(got, fx.cold) || res.ImageID != fx.coldRes.ImageID {
+					t.Fatalf("the build differs from a cold one (payload in it: %v)", bytes.Contains(got, payload))
+				}
+				if res.CachedPaths != 0 {
+					t.Error("the re-encoded entry counted as a cache hit")
+				}
+				now, _ := os.ReadFile(fx.entry)
+				if !withKey {
+					if !bytes.Equal(now, planted) {
+						t.Error("a build without a key rewrote the entry")
+					}
+					return
+				}
+				members, idx2 := splitEntry(t, now)
+				if !bytes.Equal(members[:idx2.Chunks[0].C], ours) || bytes.Contains(now, payload) {
+					t.Fatal("the entry still holds the re-encoded member")
+				}
+				if got, res := write(t, fx.img, aci.WithCache(cache)); !bytes.Equal(got, fx.cold) || res.CachedPaths != 1 {
+					t.Errorf("the rewritten entry: identical %v, %d hits; want the cold bytes from a hit", bytes.Equal(got, fx.cold), res.CachedPaths)
+				}
+			})
+		}
+	}
+}
+
+// inflate returns what the single gzip member m holds.
+func inflate(t *testing.T, m []byte) []byte {
+	t.Helper()
+	zr, err := gzip.NewReader(bytes.NewReader(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr.Multistream(false)
+	data, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// member compresses data at level as one member in Write's format (its
+// length claimed in the "N2" subfield), with a second subfield carrying
+// payload when there is one.
+func member(t *testing.T, data []byte, level int, payload []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw, err := gzip.NewWriterLevel(&buf, level)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zw.Header.Extra = []byte{'N', '2', 4, 0, 0, 0, 0, 0}
+	if payload != nil {
+		zw.Header.Extra = append(zw.Header.Extra, 'P', 'L', byte(len(payload)), 0)
+		zw.Header.Extra = append(zw.Header.Extra, payload...)
+	}
+	zw.Write(data)
+	zw.Close()
+	m := buf.Bytes()
+	binary.LittleEndian.PutUint32(m[16:], uint32(len(m)))
+	return m
+}
+
+// What an entry claims is bounded before it is read: an index can be no
+// longer than the one Write makes for the store path's NAR size. Entries
+// whose footers claim 60 MiB indexes (each a valid index of millions of
+// one-byte chunks) cost the build no more memory than entries that are
+// missing, and are rewritten.
+func TestCacheEntryIndexIsBounded(t *testing.T) {
+	root := nixtest.Build(t, `let
+  a = mk "bloat-a" "mkdir -p $out; seq 1 1000 > $out/n";
+  b = mk "bloat-b" "mkdir -p $out; seq 2 1000 > $out/n";
+in mk "bloat-1.0" "mkdir -p $out; echo ${a} ${b} > $out/refs"`)
+	img := image(t, root, false)
+	cold, _ := write(t, img)
+	cache := openCache(t, true)
+	out := filepath.Join(t.TempDir(), "x.aci")
+	allocated := func() uint64 {
+		t.Helper()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		if _, err := aci.WriteFile(context.Background(), out, img, aci.WithCache(cache), aci.WithJobs(1)); err != nil {
+			t.Fatal(err)
+		}
+		runtime.ReadMemStats(&after)
+		return after.TotalAlloc - before.TotalAlloc
+	}
+	allocated() // the pools filled
+	for _, e := range cacheEntries(t, cache) {
+		os.Remove(e)
+	}
+	missing := allocated()
+	entries := cacheEntries(t, cache)
+	good := map[string][]byte{}
+	for _, e := range entries {
+		raw, _ := os.ReadFile(e)
+		good[e] = raw
+		_, idx := splitEntry(t, raw)
+		var ix bytes.Buffer
+		fmt.Fprintf(&ix, `{"storePath":%q,"chunks":[`, idx.StorePath)
+		n := 0
+		for ; ix.Len() < 60<<20; n++ {
+			if n > 0 {
+				ix.WriteByte(',')
+			}
+			ix.WriteString(`{"u":1,"uc":0,"c":1,"cc":0}`)
+		}
+		ix.WriteString("]}")
+		bloated := make([]byte, n, n+ix.Len()+16)
+		bloated = append(bloated, ix.Bytes()...)
+		bloated = binary.LittleEndian.AppendUint64(bloated, uint64(ix.Len()))
+		bloated = append(bloated, "N2ACIFR1"...)
+		if err := os.WriteFile(e, bloated, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := allocated(); got > missing+16<<20 {
+		t.Errorf("entries with 60 MiB indexes: the build allocated %d MiB, %d MiB when they were missing", got>>20, missing>>20)
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, cold) {
+		t.Error("the build differs from a cold one")
+	}
+	for _, e := range entries {
+		if now, _ := os.ReadFile(e); !bytes.Equal(now, good[e]) {
+			t.Errorf("%s was not rewritten", filepath.Base(e))
+		}
+	}
+}
+
+// The bound on what an entry may claim holds for the store paths whose
+// tar fragment is largest for their NAR: hundreds of one-byte files at
+// the bottom of a path near PATH_MAX, written as hard links whose PAX
+// headers spell out both long names. Their entries are read, and hit.
+func TestCacheEntryBoundFitsTheWorstStorePaths(t *testing.T) {
+	fx := keyedEntry(t, `mk "deep-1.0" ''
+  mkdir $out; cd $out
+  d=$(printf 'd%.0s' $(seq 1 200))
+  for i in $(seq 1 19); do mkdir $d; cd $d; done
+  for i in $(seq 1 400); do printf x > f$i; done
+  ln -s $(printf 't%.0s' $(seq 1 4000)) link
+''`)
+	var tarSize int64
+	for _, c := range fx.idx.Chunks {
+		tarSize += int64(c.U)
+	}
+	nar := fx.img.Closure.Paths[0].NarSize
+	t.Logf("tar fragment %d bytes for %d bytes of NAR (%.1f times); %d chunks, at most %d", tarSize, nar, float64(tarSize)/float64(nar), len(fx.idx.Chunks), aci.MaxEntryChunks(nar))
+	if float64(tarSize) < 40*float64(nar) {
+		t.Fatalf("the fixture's tar is only %.1f times its NAR: not a worst case", float64(tarSize)/float64(nar))
+	}
+	if got, res := write(t, fx.img, aci.WithCache(fx.cache)); res.CachedPaths != 1 || !bytes.Equal(got, fx.cold) {
+		t.Errorf("warm build: %d hits, identical %v; want a hit with the cold bytes", res.CachedPaths, bytes.Equal(got, fx.cold))
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/nix2aci/nix2aci/internal/safeio"
@@ -18,15 +19,15 @@ import (
 // hex digits and a newline.
 const CacheKeySize = 32
 
-// LoadKey makes the cache tag the members it writes, and take a member
-// whose tag verifies without inflating it (see Cache), with the key in
-// file. When file does not exist, a new random key is written there
-// (0600, its directory made 0700) and created is true.
+// LoadKey makes the cache tag the members it writes, and take the members
+// whose tags verify (see Cache), with the key in file. When file does not
+// exist, a new random key is written there (0600, its directory made 0700)
+// and created is true.
 //
 // The key is what an attacker who can write the cache must not read, so
 // it is refused when it lies inside the cache directory, when it is not a
 // regular file owned by this user, or when others may read it; the cache
-// then works as without a key.
+// then has no key, and builds do not use it.
 func (c *Cache) LoadKey(file string) (created bool, err error) {
 	abs, err := filepath.Abs(file)
 	if err != nil {
@@ -51,6 +52,32 @@ func (c *Cache) LoadKey(file string) (created bool, err error) {
 	}
 	c.key = key
 	return created, nil
+}
+
+// UseKey makes the cache tag and take members with key, CacheKeySize
+// bytes its caller holds (a CI secret, say), as LoadKey does with a key
+// file's. The key is written nowhere.
+func (c *Cache) UseKey(key []byte) error {
+	if len(key) != CacheKeySize {
+		return fmt.Errorf("a cache key has %d bytes, not %d", CacheKeySize, len(key))
+	}
+	c.key = bytes.Clone(key)
+	return nil
+}
+
+// ParseCacheKey reads a cache key written as a key file holds it: 64 hex
+// digits, with surrounding white space ignored. Its error never quotes
+// the text, which may be a secret.
+func ParseCacheKey(text string) ([]byte, error) {
+	text = strings.TrimSpace(text)
+	key := make([]byte, CacheKeySize)
+	if len(text) != 2*CacheKeySize {
+		return nil, fmt.Errorf("not %d hex digits", 2*CacheKeySize)
+	}
+	if _, err := hex.Decode(key, []byte(text)); err != nil {
+		return nil, fmt.Errorf("not %d hex digits", 2*CacheKeySize)
+	}
+	return key, nil
 }
 
 // resolved returns the absolute path p with the symlinks of its longest

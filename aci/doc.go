@@ -74,6 +74,8 @@
 // The image ID is the SHA-512 of the uncompressed tar stream, computed while
 // writing. A cached build still regenerates each store path's uncompressed
 // fragment to hash it (reading the store is cheap; compressing is not), and
-// takes a cached member only once it is proven to inflate to that fragment:
-// by its tag under the cache's key (Cache.LoadKey), or else by inflating it.
+// takes a cached member only when its tag under the cache's key
+// (Cache.LoadKey) proves it is the member this build would write for that
+// chunk; any other member is compressed afresh. Without a key the cache is
+// not used.
 package aci

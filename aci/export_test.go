@@ -1,5 +1,5 @@
 package aci
 
-// InflateProofs is how many cached members builds have proven by
-// inflating them, rather than by their tags.
-func InflateProofs() int64 { return inflateProofs.Load() }
+// MaxEntryChunks is the most chunks an entry of a store path of narSize
+// bytes of NAR may claim.
+func MaxEntryChunks(narSize int64) int64 { return maxEntryChunks(narSize) }

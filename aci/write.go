@@ -182,6 +182,12 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 		// time and use none.
 		cfg.cache = nil
 	}
+	if cfg.cache != nil && cfg.cache.key == nil {
+		// Without a key no cached member can be proven to be the one
+		// this build would write, short of compressing the chunk again
+		// (see Cache); untagged entries would serve no later build.
+		cfg.cache = nil
+	}
 	if img.Manifest == nil || img.Closure == nil {
 		return nil, errors.New("image needs a manifest and a closure")
 	}
@@ -266,7 +272,7 @@ type chunk struct {
 	frag   *fragment   // nil for chunks that are not cached (header, trailer, thin)
 	index  int         // within frag
 	cached *chunkIndex // compressed bytes may be taken from the cache
-	hit    bool        // out holds the cached member, proven to inflate to data
+	hit    bool        // out holds the cached member, proven by its tag
 	tag    []byte      // the member's tag, when the cache has a key
 	ulen   int         // len(data), kept after data returns to the pool
 	ucrc   uint32      // CRC-32 of data, for cacheable chunks
@@ -385,24 +391,19 @@ func (b *builder) hash(h io.Writer) int64 {
 	return n
 }
 
-// compressLoop compresses chunks, or proves that a chunk's cached member
-// inflates to exactly the chunk's bytes and takes that instead. Either
-// way what reaches the image is a member whose contents are the bytes
-// the image ID is hashed from: a cache entry altered in any way (member,
-// index, lengths, CRCs) can cost a recompression, never a wrong image.
+// compressLoop compresses chunks, or takes a chunk's cached member when
+// its tag proves it is the member this compression would make (see
+// Cache). Either way what reaches the image is the member a cold build
+// writes: a cache entry altered in any way (member, index, lengths, CRCs,
+// tags) can cost a compression, never other bytes.
 func (b *builder) compressLoop() error {
 	z := compressor{cfg: b.cfg}
 	defer z.release()
-	var scratch []byte
 	for c := range b.work {
 		buf := b.getOut()
 		var err error
 		if c.cached != nil {
-			if scratch == nil {
-				scratch = getChunkBuf()
-				defer putChunkBuf(scratch)
-			}
-			c.tag, c.hit = c.frag.readCached(c.index, c.data, buf, scratch)
+			c.tag, c.hit = c.frag.readCached(c.index, buf)
 			if !c.hit {
 				c.frag.dirty.Store(true)
 				buf.Reset()

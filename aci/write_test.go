@@ -170,10 +170,7 @@ func TestCacheGivesIdenticalArchives(t *testing.T) {
 	root := nixtest.Build(t, `mk "big-1.0" "mkdir -p $out/share; seq 1 600000 > $out/share/numbers; seq 5 900000 > $out/share/more"`)
 	img := image(t, root, false)
 	cold, _ := write(t, img)
-	cache, err := aci.OpenCache(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cache := openCache(t, true)
 	first, res := write(t, img, aci.WithCache(cache))
 	if res.CachedPaths != 0 || !bytes.Equal(first, cold) {
 		t.Fatalf("filling the cache: %d cached paths, identical to no-cache build: %v", res.CachedPaths, bytes.Equal(first, cold))
@@ -224,7 +221,7 @@ func cacheEntries(t *testing.T, c *aci.Cache) []string {
 
 func TestCacheGC(t *testing.T) {
 	img := image(t, nixtest.Hello(t), false)
-	cache, _ := aci.OpenCache(t.TempDir())
+	cache := openCache(t, true)
 	write(t, img, aci.WithCache(cache))
 	res, err := cache.GC(1 << 30)
 	if err != nil || res.Entries != 3 || res.Removed != 0 {

@@ -57,11 +57,13 @@ type Request struct {
 	// CacheMax, when > 0, is the size it is trimmed to afterwards.
 	CacheDir string
 	CacheMax int64
-	// CacheKey is the file of the key that tags cache entries, so that a
-	// warm build takes its own entries without inflating them (see
-	// aci.Cache); it is created when missing. "" for none: every cached
-	// member is then proven by inflating it.
+	// CacheKey is the file of the key that tags cache entries: a warm
+	// build takes only members whose tags verify (see aci.Cache). It is
+	// created when missing. "" for none: the cache is then not used.
 	CacheKey string
+	// CacheKeyValue is the key itself (aci.CacheKeySize bytes, e.g. from
+	// a CI secret), used instead of CacheKey's file and written nowhere.
+	CacheKeyValue []byte
 	// GroupOnly, when set, writes no app: only the layer group image of
 	// that name holding the target's closure less the base's, the image
 	// a recipe's layer group of that name on that base makes (a base
@@ -332,9 +334,13 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		if b.cache, err = aci.OpenCache(b.CacheDir); err != nil {
 			b.Warn(fmt.Sprintf("%v; building without the cache", err))
 		} else {
-			if b.CacheKey != "" {
+			if b.CacheKeyValue != nil {
+				if err := b.cache.UseKey(b.CacheKeyValue); err != nil {
+					return nil, &UsageError{Msg: err.Error()}
+				}
+			} else if b.CacheKey != "" {
 				if _, err := b.cache.LoadKey(b.CacheKey); err != nil {
-					b.Warn(fmt.Sprintf("%v; until then, cached members are proven by inflating them (slower)", err))
+					b.Warn(fmt.Sprintf("%v; until then, builds do not use the cache (slower)", err))
 				}
 			}
 			b.opts = append(b.opts, aci.WithCache(b.cache))

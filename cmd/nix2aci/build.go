@@ -75,7 +75,7 @@ SOURCE_DATE_EPOCH, if set, is the image's "created" time.`,
 			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Usage: "parallel compression jobs (default: one per CPU, at most 12)"},
 			&cli.BoolFlag{Name: "no-cache", Usage: "neither use nor fill the cache of compressed store paths, nor reuse layer files in --out (nothing to prove them with)"},
 			&cli.StringFlag{Name: "cache-dir", Usage: "cache `DIR` (default $XDG_CACHE_HOME/nix2aci or ~/.cache/nix2aci)"},
-			&cli.StringFlag{Name: "cache-key", EnvVars: []string{"NIX2ACI_CACHE_KEY"}, Usage: "`FILE` of the secret key that tags cache entries, so a warm build trusts its own without inflating them; made if missing; never inside the cache (default $XDG_CONFIG_HOME/nix2aci/cache-key or ~/.config/nix2aci/cache-key)"},
+			&cli.StringFlag{Name: "cache-key", EnvVars: []string{"NIX2ACI_CACHE_KEY"}, Usage: "path of the `FILE` holding the secret key that tags cache entries (never the key itself: for that, NIX2ACI_CACHE_KEY_HEX); a warm build takes only members tagged under it; made if missing; never inside the cache (default $XDG_CONFIG_HOME/nix2aci/cache-key or ~/.config/nix2aci/cache-key)"},
 			&cli.StringFlag{Name: "cache-max-size", Value: "10G", Usage: "after a build, trim the cache to this `SIZE` (least recently used first)"},
 			&cli.BoolFlag{Name: "no-link", Usage: "do not create the ./result.aci (and result.aci.asc, result.rkt-args) symlinks"},
 			&cli.StringSliceFlag{Name: "closure-graph", Usage: "inside a Nix build (buildACI): the target's closure from exportReferencesGraph `FILE` instead of nix-store; no cache, no GC roots"},
@@ -216,12 +216,13 @@ func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
 		link:     !c.Bool("no-link"),
 		progress: !c.Bool("json") && isTerminal(c.App.ErrWriter),
 	}
+	keyHex := takeCacheKeyHex()
 	if !c.Bool("no-cache") && kind != pipeline.Thin {
 		if o.CacheDir = c.String("cache-dir"); o.CacheDir == "" {
 			o.CacheDir = defaultCacheDir()
 		}
-		if o.CacheKey = c.String("cache-key"); o.CacheKey == "" {
-			o.CacheKey = defaultCacheKey()
+		if o.CacheKey, o.CacheKeyValue, err = cacheKeyFrom(c, keyHex); err != nil {
+			return nil, err
 		}
 	}
 	if o.Name != "" {

@@ -1,7 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"unicode"
 
 	"github.com/urfave/cli/v2"
 
@@ -64,4 +70,75 @@ func cacheCommand() *cli.Command {
 			},
 		}},
 	}
+}
+
+// The cache key comes as the path of a file holding it (--cache-key, or
+// NIX2ACI_CACHE_KEY), or as the key itself (NIX2ACI_CACHE_KEY_HEX, e.g.
+// a CI secret), never written anywhere. A value of the first kind that
+// is no path is refused before anything is built, and its value is never
+// shown: it may be the secret, put where its path belongs.
+const (
+	cacheKeyEnv    = "NIX2ACI_CACHE_KEY"
+	cacheKeyHexEnv = "NIX2ACI_CACHE_KEY_HEX"
+)
+
+// takeCacheKeyHex returns NIX2ACI_CACHE_KEY_HEX and removes it from the
+// environment, so that no program a build runs (nix-instantiate, whose
+// builtins.getEnv a recipe may call; nix-build) ever sees it.
+func takeCacheKeyHex() string {
+	v := os.Getenv(cacheKeyHexEnv)
+	os.Unsetenv(cacheKeyHexEnv)
+	return v
+}
+
+// cacheKeyFrom returns the cache key's file, or the key itself from
+// hexKey (NIX2ACI_CACHE_KEY_HEX's value).
+func cacheKeyFrom(c *cli.Context, hexKey string) (file string, key []byte, err error) {
+	file = c.String("cache-key")
+	source := "--cache-key"
+	if v, ok := os.LookupEnv(cacheKeyEnv); ok && v == file {
+		source = cacheKeyEnv
+	}
+	if hexKey != "" {
+		if file != "" {
+			return "", nil, usagef("both %s and %s are set: give the path of the key file, or the key itself, not both", source, cacheKeyHexEnv)
+		}
+		if key, err = aci.ParseCacheKey(hexKey); err != nil {
+			return "", nil, usagef("%s must hold the cache key itself: %d hex digits, which it does not (its value is not shown)", cacheKeyHexEnv, 2*aci.CacheKeySize)
+		}
+		return "", key, nil
+	}
+	if file == "" {
+		return defaultCacheKey(), nil, nil
+	}
+	return file, nil, checkKeyPath(file, source)
+}
+
+// checkKeyPath refuses a --cache-key or NIX2ACI_CACHE_KEY value that is
+// no path of a key file: the key itself, or something that names no file
+// and no place to make one (a secret of another form). A new key is made
+// only at a path with a directory that exists (./NAME for the working
+// directory), so no secret ever becomes a file name.
+func checkKeyPath(v, source string) error {
+	const fix = "it must be the path of a file holding the cache key (made there if missing, e.g. ./cache-key); to pass the key itself, use " + cacheKeyHexEnv + "; its value is not shown"
+	if _, err := aci.ParseCacheKey(v); err == nil {
+		msg := fmt.Sprintf("%s must be the path of a file holding the cache key, not the key itself: put the key in a file (chmod 600) and give its path, or pass the key in %s; its value is not shown", source, cacheKeyHexEnv)
+		if _, err := os.Lstat(v); err == nil {
+			msg += "; a file named after it here, which an earlier nix2aci made holding a new key, is no key of yours: remove it"
+		}
+		return usagef("%s", msg)
+	}
+	if strings.ContainsFunc(v, func(r rune) bool { return unicode.IsControl(r) || r == unicode.ReplacementChar }) {
+		return usagef("%s holds control characters, so it is no file path: %s", source, fix)
+	}
+	if _, err := os.Lstat(v); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return nil // a file (LoadKey judges it), or an error LoadKey reports
+	}
+	if !strings.Contains(v, "/") {
+		return usagef("%s names no file, and a new key is made only at a path with a directory: %s", source, fix)
+	}
+	if fi, err := os.Stat(filepath.Dir(v)); err != nil || !fi.IsDir() {
+		return usagef("%s names no file, in no existing directory: %s", source, fix)
+	}
+	return nil
 }

@@ -36,6 +36,8 @@ var environmentHelp = map[string]string{
 	"NIX2ACI_KEY_PASSPHRASE": "the signing key's passphrase, when --passphrase-file is not given",
 	"SOURCE_DATE_EPOCH":      "seconds since 1970: the image's created time and non-store mtimes",
 	"XDG_CACHE_HOME":         "the cache lives in $XDG_CACHE_HOME/nix2aci (else ~/.cache/nix2aci)",
+	"NIX2ACI_CACHE_KEY":      "the path of the cache key's file, as --cache-key (never the key itself)",
+	"NIX2ACI_CACHE_KEY_HEX":  "the cache key itself, 64 hex digits (a CI secret), written nowhere",
 }
 
 // commandDocs are each command's examples and the environment variables
@@ -49,7 +51,7 @@ var commandDocs = map[string]struct {
 		"nix2aci build hello --thin        # needs nixpkgs in NIX_PATH",
 		"nix2aci build ./result --name example.com/tool --sign --key key.asc",
 		"nix2aci build ./app.nix --json --out dist",
-	}, []string{"NIX_PATH", "NIX2ACI_PKGS", "NIX2ACI_SIGNING_KEY", "NIX2ACI_KEY_PASSPHRASE", "SOURCE_DATE_EPOCH", "XDG_CACHE_HOME"}},
+	}, []string{"NIX_PATH", "NIX2ACI_PKGS", "NIX2ACI_SIGNING_KEY", "NIX2ACI_KEY_PASSPHRASE", "SOURCE_DATE_EPOCH", "XDG_CACHE_HOME", "NIX2ACI_CACHE_KEY", "NIX2ACI_CACHE_KEY_HEX"}},
 	"inspect":      {[]string{"nix2aci inspect result.aci", "nix2aci inspect --json ACIs/busybox-1.35.0-linux-amd64.aci | jq .imageID"}, nil},
 	"pkgs":         {[]string{"nix2aci pkgs list"}, []string{"NIX2ACI_PKGS"}},
 	"pkgs list":    {[]string{"nix2aci pkgs list", "nix2aci pkgs list --pkgs ./recipes --json"}, []string{"NIX2ACI_PKGS"}},
