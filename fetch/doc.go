@@ -12,8 +12,9 @@
 //     As in rkt, the first endpoint found is used; a version not asked
 //     for is "latest".
 //  2. The signature (URL.aci.asc) first, at most 1 MiB: an image without
-//     one is refused before a byte of it is downloaded. There are no
-//     unsigned bases.
+//     one, or whose signature no key of the trust store made (rkt checks
+//     this first too), is refused before a byte of it is downloaded.
+//     There are no unsigned bases.
 //  3. The image, at most MaxSize bytes, into a temporary file in Dir.
 //  4. sign.VerifyWith (Full) on those bytes, read once: a good signature
 //     by a key the trust store trusts for the name the manifest holds

@@ -206,6 +206,17 @@ func Image(ctx context.Context, name string, labels map[string]string, o Options
 		return nil, interrupted(ctx, name, missing(c, err, name, labels, aciURL, ascURL))
 	}
 
+	// As rkt does, the signature is judged before the image is
+	// downloaded, against no image: if no packet in it is by a signing
+	// key of the trust store (or none can be read), no image can change
+	// that. Every other verdict needs the image's bytes.
+	if _, err := sign.VerifyWith(strings.NewReader(""), bytes.NewReader(sig.Bytes()), o.Trust, sign.VerifyOptions{Now: o.Now, Full: true}); err != nil {
+		var ve *sign.VerifyError
+		if errors.As(err, &ve) && (ve.Reason == sign.ReasonUnknownKey || ve.Reason == sign.ReasonMalformed) {
+			return nil, verifyFailed(err, name, aciURL.Redacted())
+		}
+	}
+
 	// Both files under temporary names, removed on any failure.
 	tmp := ".nix2aci-fetch-" + randomHex()
 	tmpACI, tmpASC := tmp+".aci", tmp+".aci.asc"
