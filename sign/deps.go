@@ -224,11 +224,14 @@ type DependencyOptions struct {
 // the dependency's own name, that its image ID, computed from the file,
 // is the pin and its name and labels those the dependency asks for.
 // Trees rkt cannot render as written are refused: a cycle (rkt would
-// fetch forever) and an image reached twice (rkt renders a dependency
-// once for every path to it, so its second copy would cover the images
-// rendered between). The depth (MaxDependencyDepth) and the number of
-// images are bounded. With a .deps file, every dependency must be listed
-// in it and everything listed must be a dependency: a deploy runs
+// fetch forever) and an image reached twice (rkt's renderer lists a
+// dependency once for every path to it, files of images listed first
+// winning, so a copy can end up above an image that depends on it and
+// cover that image's files). The depth (MaxDependencyDepth) and the
+// number of images are bounded; the images are verified one after
+// another, and only the manifests of the path from the app to the image
+// at hand are kept. With a .deps file, every dependency must be listed in
+// it and everything listed must be a dependency: a deploy runs
 // `rkt fetch $(cat X.deps)`. It returns the dependencies in the order
 // they were checked (depth first, in manifest order).
 func VerifyDependencies(ctx context.Context, app *Verified, files *DependencyFiles, trust *Trust, o DependencyOptions) ([]*VerifiedDependency, error) {
@@ -289,7 +292,7 @@ func (w *depWalker) walk(im *schema.ImageManifest, chain []link) error {
 		}
 		id := d.ImageID.String()
 		if by, ok := w.seen[id]; ok {
-			return &VerifyError{Reason: ReasonDependencyGraph, Msg: fmt.Sprintf("%s is reached twice in the dependency tree, through %s and through %s: rkt renders it once for each, and the second copy would cover the images rendered between; nix2aci refuses such trees (list each image once)", describeDep(d), by, parent.name)}
+			return &VerifyError{Reason: ReasonDependencyGraph, Msg: fmt.Sprintf("%s is reached twice in the dependency tree, through %s and through %s: rkt's renderer lists it once for each path, so a copy can end up above an image that depends on it and cover that image's files; nix2aci refuses such trees (depend on each image once)", describeDep(d), by, parent.name)}
 		}
 		if len(chain) > MaxDependencyDepth {
 			return &VerifyError{Reason: ReasonDependencyGraph, Msg: fmt.Sprintf("the dependency tree is more than %d images deep (%s → %s)", MaxDependencyDepth, pathOf(chain), describeDep(d))}

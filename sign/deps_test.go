@@ -234,7 +234,7 @@ func TestVerifyDependenciesRefusesUnpinnedAndMislabelled(t *testing.T) {
 	key := testKey(t)
 	trust := rootTrust(key)
 	dir := t.TempDir()
-	data, id := libc.build(t)
+	data, _ := libc.build(t)
 	write(t, dir, libc.flat(t), data, key)
 
 	app := img{name: "example.com/app", version: "1.0", deps: []types.Dependency{libc.pin("")}}
@@ -260,7 +260,6 @@ func TestVerifyDependenciesRefusesUnpinnedAndMislabelled(t *testing.T) {
 	write(t, dir, "app.aci", appData, key)
 	_, err = verifyApp(t, p, trust, sign.DependencyOptions{})
 	wantReason(t, "name", err, sign.ReasonDependencyMismatch, "whose image is named example.com/nix/libfoo-2.0")
-	_ = id
 }
 
 // Dependencies of dependencies are verified too; a tree rkt would fetch
