@@ -182,8 +182,14 @@ func FindDependencyFiles(image, appName string) (*DependencyFiles, error) {
 		return nil, err
 	}
 	where := safeio.Quote(dir)
-	if sub := filepath.FromSlash(path.Dir(appName)); sub != "." && strings.HasSuffix(filepath.Clean(dir), string(filepath.Separator)+sub) {
-		base := strings.TrimSuffix(filepath.Clean(dir), string(filepath.Separator)+sub)
+	if sub := filepath.FromSlash(path.Dir(appName)); sub != "." && (filepath.Clean(dir) == sub || strings.HasSuffix(filepath.Clean(dir), string(filepath.Separator)+sub)) {
+		base := strings.TrimSuffix(strings.TrimSuffix(filepath.Clean(dir), sub), string(filepath.Separator))
+		if base == "" {
+			base = "."
+			if filepath.IsAbs(dir) {
+				base = string(filepath.Separator)
+			}
+		}
 		if site, err := os.OpenRoot(base); err == nil {
 			d.site, d.siteDir = site, base
 			where += " and the site " + safeio.Quote(base)

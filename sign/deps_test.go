@@ -424,6 +424,12 @@ func TestDependenciesInASite(t *testing.T) {
 	if err != nil || len(deps) != 1 || deps[0].Image != filepath.Join(base, "example.com/nix/libc-2.36-hash1-linux-amd64.aci") {
 		t.Fatalf("by default: got %v, %v", deps, err)
 	}
+	// The site's base path may be the working directory.
+	t.Chdir(base)
+	deps, err = verifyApp(t, "example.com/app-1.0-linux-amd64.aci", trust, sign.DependencyOptions{})
+	if err != nil || len(deps) != 1 || deps[0].Image != "example.com/nix/libc-2.36-hash1-linux-amd64.aci" {
+		t.Fatalf("from the base path: got %v, %v", deps, err)
+	}
 }
 
 // The image ID verify computes without --full is the one aci.Inspect (and
