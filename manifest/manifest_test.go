@@ -230,8 +230,14 @@ func FuzzCheckRktVolumeArgs(f *testing.F) {
 	f.Add([]byte(strings.Replace(good, "source="+a, "source=/", 1)))
 	f.Add([]byte(good + good))
 	f.Add([]byte("--volume=\x00,kind=host"))
+	f.Add([]byte(strings.ReplaceAll(good, "\n", "\r\n")))
+	f.Add([]byte(strings.ReplaceAll(good, "\n", "\u00a0")))
 	f.Fuzz(func(t *testing.T, args []byte) {
-		if manifest.CheckRktVolumeArgs(im, args) == nil && strings.Join(strings.Fields(string(args)), "\n")+"\n" != good {
+		if manifest.CheckRktVolumeArgs(im, args) != nil {
+			return
+		}
+		// What the shell makes of it is the one argument written.
+		if words, err := manifest.ShellWords(args); err != nil || strings.Join(words, "\n")+"\n" != good {
 			t.Errorf("accepted %q", args)
 		}
 	})

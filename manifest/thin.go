@@ -30,13 +30,15 @@ func RktVolumeArgs(storePaths []string) string {
 }
 
 // CheckRktVolumeArgs checks the contents of a thin image's .rkt-args file
-// against the image's (verified) manifest: every word, as the shell splits
-// `$(cat X.rkt-args)`, must be exactly the --volume argument that
-// RktVolumeArgs writes for one of the manifest's store mount points (kind
-// host, read-only, source the very store path the mount point stands
-// for), each such mount point must have its argument once, and nothing
-// else may be in the file. A deploy that runs the file as root therefore
-// binds nothing the signed manifest did not name.
+// against the image's (verified) manifest. The file must split into the
+// same words in every shell (ShellWords: no carriage return, tab,
+// non-ASCII space, glob character, quote or backslash), every word must
+// be exactly the --volume argument that RktVolumeArgs writes for one of
+// the manifest's store mount points (kind host, read-only, source the
+// very store path the mount point stands for), each such mount point must
+// have its argument once, and nothing else may be in the file. A deploy
+// that runs the file as root therefore binds nothing the signed manifest
+// did not name.
 func CheckRktVolumeArgs(im *schema.ImageManifest, args []byte) error {
 	var want []string
 	if im.App != nil {
@@ -51,8 +53,12 @@ func CheckRktVolumeArgs(im *schema.ImageManifest, args []byte) error {
 	for _, w := range order {
 		expected[w] = true
 	}
+	words, err := ShellWords(args)
+	if err != nil {
+		return &RktArgsError{Msg: fmt.Sprintf("%v; rkt run $(cat FILE) would not get the words the file appears to hold", err)}
+	}
 	seen := map[string]bool{}
-	for _, w := range strings.Fields(string(args)) {
+	for _, w := range words {
 		switch {
 		case seen[w]:
 			return &RktArgsError{Msg: "the argument " + quote(w) + " is given twice"}

@@ -37,4 +37,18 @@
 // better, by a key that is neither expired nor revoked, and that key is
 // trusted for the image's name. Each failure is a *VerifyError with its own
 // Reason.
+//
+// # Dependencies
+//
+// A layered app's manifest lists the images rkt renders beneath it.
+// VerifyDependencies checks that whole tree from the files at hand
+// (DependencyFiles: a .deps file, a build's output directory or a site):
+// each dependency pinned by image ID, its signature verified like the
+// app's with a key trusted for the dependency's own name, its image ID
+// computed from its file equal to the pin; cycles and images reached
+// twice (which rkt, keeping no visited set, would fetch forever or render
+// twice) are refused, and depth and size are bounded. Every file is
+// opened through an os.Root on its directory, without blocking; a .deps
+// file must be what the shell passes to rkt fetch as plain .aci file
+// names.
 package sign

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/sign"
 )
 
@@ -50,6 +51,36 @@ func FuzzTrustPrefix(f *testing.F) {
 		want := filepath.Join(dir, "prefix.d", filepath.FromSlash(prefix), sign.Fingerprint(key))
 		if p != want || !strings.HasPrefix(p, dir+"/") {
 			t.Fatalf("prefix %q wrote %s, want %s", prefix, p, want)
+		}
+	})
+}
+
+// Any image bytes, signed: the image ID verify computes for a dependency
+// (decompressing without validating) is the one aci.Inspect computes
+// whenever Inspect accepts the image, and verify never accepts an image
+// whose manifest it could not read.
+func FuzzVerifyImageID(f *testing.F) {
+	key, err := sign.GenerateKey(sign.KeyOptions{Name: "Fuzz", Email: "fuzz@example.com", Algorithm: sign.Ed25519})
+	if err != nil {
+		f.Fatal(err)
+	}
+	img := makeACI(f, "example.com/app", "x")
+	f.Add(img)
+	f.Add(img[:len(img)-8])
+	f.Add(append(append([]byte{}, img...), img...))
+	f.Add([]byte{0x1f, 0x8b})
+	tr := rootTrust(key)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		sig := signBytes(t, key, data)
+		v, err := sign.VerifyWith(bytes.NewReader(data), bytes.NewReader(sig), tr, sign.VerifyOptions{ImageID: true, MaxImageSize: 64 << 20})
+		info, inspectErr := aci.InspectLimited(bytes.NewReader(data), 64<<20)
+		switch {
+		case inspectErr == nil && err != nil:
+			t.Fatalf("Inspect accepts the image (%s); verify: %v", info.ImageID, err)
+		case inspectErr == nil && v.ImageID != info.ImageID:
+			t.Fatalf("verify computed %s, Inspect %s", v.ImageID, info.ImageID)
+		case err == nil && (v.Manifest == nil || !strings.HasPrefix(v.ImageID, "sha512-")):
+			t.Fatalf("accepted %+v", v)
 		}
 	})
 }

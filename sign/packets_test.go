@@ -71,6 +71,19 @@ func verify(t testing.TB, img, sig []byte, tr *sign.Trust) (*sign.Verified, erro
 	case err == nil && (fast.Fingerprint != v.Fingerprint || fast.SubkeyID != v.SubkeyID || fast.Full || fast.ImageID != ""):
 		t.Errorf("fast verify accepted %+v, full %+v", fast, v)
 	}
+	// With the image ID computed (as for a dependency), the packets are
+	// judged alike too, and the image ID is the full mode's.
+	id, idErr := sign.VerifyWith(bytes.NewReader(img), bytes.NewReader(sig), tr, sign.VerifyOptions{ImageID: true})
+	var ie *sign.VerifyError
+	errors.As(idErr, &ie)
+	switch {
+	case (err == nil) != (idErr == nil):
+		t.Errorf("full verify: %v; verify with the image ID: %v", err, idErr)
+	case err != nil && (ie == nil || ve == nil || ie.Reason != ve.Reason):
+		t.Errorf("full verify: %v; verify with the image ID: %v (another reason)", err, idErr)
+	case err == nil && (id.Fingerprint != v.Fingerprint || id.ImageID != v.ImageID):
+		t.Errorf("verify with the image ID accepted %+v, full %+v", id, v)
+	}
 	return v, err
 }
 

@@ -62,7 +62,7 @@ var commandDocs = map[string]struct {
 	"key generate": {[]string{"nix2aci key generate --name 'Build Bot' --email bot@example.com --out key.asc --public pub.asc", "nix2aci key generate --name CI --email ci@example.com --no-passphrase --out ci.asc"}, []string{"NIX2ACI_KEY_PASSPHRASE"}},
 	"key export":   {[]string{"nix2aci key export key.asc > pub.asc", "nix2aci key export key.asc --out pub.asc"}, []string{"NIX2ACI_SIGNING_KEY"}},
 	"sign":         {[]string{"nix2aci sign result.aci --key key.asc", "NIX2ACI_SIGNING_KEY=\"$(cat key.asc)\" nix2aci sign ACIs/app-1.0-linux-amd64.aci"}, []string{"NIX2ACI_SIGNING_KEY", "NIX2ACI_KEY_PASSPHRASE"}},
-	"verify":       {[]string{"nix2aci verify result.aci --trust-dir /etc/rkt/trustedkeys", "nix2aci verify X.aci --keyring pub.asc --json", "nix2aci verify X.aci --trust-dir trust --rkt-args X.rkt-args"}, nil},
+	"verify":       {[]string{"nix2aci verify result.aci --trust-dir /etc/rkt/trustedkeys", "nix2aci verify X.aci --keyring pub.asc --json", "nix2aci verify X.aci --trust-dir trust --rkt-args X.rkt-args", "nix2aci verify ACIs/app-1.0-linux-amd64.aci --trust-dir trust --json   # a layered app, with its layers", "nix2aci verify site/acis/example.com/app-1.0-linux-amd64.aci --trust-dir trust --deps-dir site/acis"}, nil},
 	"trust":        {[]string{"nix2aci trust --prefix example.com pub.asc --trust-dir trust", "sudo nix2aci trust --root pub.asc"}, nil},
 	"publish": {[]string{
 		"nix2aci publish --out site --base-url https://example.com/acis --key key.asc ACIs",

@@ -95,7 +95,17 @@ prefix.d/<prefix>/<fingerprint>).
 By default the manifest is read as rkt reads it, from the start of the
 same read that hashes the file: what a deploy needs, at about the cost of
 gpg --verify. --full also decompresses and validates the whole archive
-(appc's validator and nix2aci's own rules) and prints its image ID.`,
+(appc's validator and nix2aci's own rules) and prints its image ID.
+
+A layered app (one whose manifest lists dependencies) is verified with
+its whole dependency tree: each dependency must be pinned by image ID,
+its file and signature at hand, its signature pass the same checks with
+a key trusted for its own name, its image ID (computed from the file)
+equal the pin; cycles and images reached twice are refused. The files
+are found through the .deps file beside the app (or --deps FILE.deps),
+or by name in the app's directory (or --deps-dir DIR: a build's --out
+or a site's base path). A layered app whose dependencies are not at hand
+fails; --no-deps skips them, with a warning.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "signature", Usage: "signature `FILE` (default IMAGE.aci.asc)"},
 			&cli.StringSliceFlag{Name: "keyring", Usage: "trust the armored public key in `FILE` for every name (repeatable)"},
@@ -103,6 +113,10 @@ gpg --verify. --full also decompresses and validates the whole archive
 			&cli.StringFlag{Name: "rkt-args", Usage: "also check a thin image's `FILE`.rkt-args: only read-only host volumes for the verified image's store mount points"},
 			&cli.BoolFlag{Name: "full", Usage: "also validate the whole archive and compute its image ID"},
 			&cli.StringFlag{Name: "max-size", Usage: "refuse an image whose uncompressed tar is larger than `SIZE` (e.g. 20G)"},
+			&cli.StringFlag{Name: "deps", Usage: "a layered app's `FILE`.deps, naming its dependency files (default: the .deps beside the app)"},
+			&cli.StringFlag{Name: "deps-dir", Usage: "look for the dependency files by name in `DIR` (a build's --out, a site's base path)"},
+			&cli.BoolFlag{Name: "no-deps", Usage: "do not verify a layered app's dependencies (rkt fetches and checks them itself); says so on stderr"},
+			&cli.IntFlag{Name: "max-deps", Value: sign.DefaultMaxDependencies, Usage: "refuse a dependency tree of more than `N` images besides the app"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object"},
 		},
 		BashComplete: completeImages,
@@ -162,12 +176,51 @@ func runVerify(c *cli.Context) error {
 			return usagef("--max-size: %v", err)
 		}
 	}
-	v, err := sign.VerifyWith(safeio.WithContext(c.Context, f), sigFile, trust, sign.VerifyOptions{MaxImageSize: maxSize, Full: c.Bool("full")})
+	depsFile, depsDir, noDeps := c.String("deps"), c.String("deps-dir"), c.Bool("no-deps")
+	switch {
+	case depsFile != "" && depsDir != "":
+		return usagef("--deps names the dependency files, --deps-dir a directory to look for them in: give one of the two")
+	case noDeps && (depsFile != "" || depsDir != ""):
+		return usagef("--no-deps skips the dependencies that --deps or --deps-dir would verify: give one or the other")
+	case c.Int("max-deps") < 1:
+		return usagef("--max-deps %d: give at least 1", c.Int("max-deps"))
+	}
+	opts := sign.VerifyOptions{MaxImageSize: maxSize, Full: c.Bool("full"), ImageIDIfDependencies: true}
+	v, err := sign.VerifyWith(safeio.WithContext(c.Context, f), sigFile, trust, opts)
 	if err != nil {
 		if c.Context.Err() != nil {
 			return fmt.Errorf("verifying %s interrupted: %w", image, context.Cause(c.Context))
 		}
 		return fmt.Errorf("%s: %w", image, err)
+	}
+	deps := []*sign.VerifiedDependency{}
+	depsChecked := true
+	switch {
+	case noDeps && len(v.Manifest.Dependencies) > 0:
+		depsChecked = false
+		fmt.Fprintf(c.App.ErrWriter, "WARNING: --no-deps: the %d dependencies of %s were NOT verified: not their signatures, not their pins; only rkt's own checks will stand between them and the app\n", len(v.Manifest.Dependencies), safeio.Quote(v.Name))
+	case noDeps:
+	case len(v.Manifest.Dependencies) > 0 || depsFile != "" || depsDir != "":
+		var files *sign.DependencyFiles
+		switch {
+		case depsFile != "":
+			files, err = sign.OpenDepsFile(depsFile)
+		case depsDir != "":
+			files, err = sign.OpenDepsDir(depsDir)
+		default:
+			files, err = sign.FindDependencyFiles(image, v.Name)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", image, err)
+		}
+		defer files.Close()
+		deps, err = sign.VerifyDependencies(c.Context, v, files, trust, sign.DependencyOptions{VerifyOptions: opts, MaxImages: c.Int("max-deps")})
+		if err != nil {
+			if c.Context.Err() != nil {
+				return fmt.Errorf("verifying %s interrupted: %w", image, context.Cause(c.Context))
+			}
+			return fmt.Errorf("%s: %w", image, err)
+		}
 	}
 	if argsFile := c.String("rkt-args"); argsFile != "" {
 		// The deploy runs the file as root: it must bind nothing the
@@ -185,14 +238,26 @@ func runVerify(c *cli.Context) error {
 			Image     string `json:"image"`
 			Signature string `json:"signature"`
 			*sign.Verified
-		}{image, sigPath, v})
+			DependenciesChecked bool                       `json:"dependenciesChecked"`
+			Dependencies        []*sign.VerifiedDependency `json:"dependencies"`
+		}{image, sigPath, v, depsChecked, deps})
 	}
 	fmt.Fprintf(c.App.Writer, "good signature on %s (%s)\n", safeio.Quote(v.Name), image)
-	if v.Full {
+	switch {
+	case v.Full:
 		fmt.Fprintf(c.App.Writer, "  valid ACI, image ID %s\n", v.ImageID)
+	case v.ImageID != "":
+		fmt.Fprintf(c.App.Writer, "  image ID %s\n", v.ImageID)
 	}
 	fmt.Fprintf(c.App.Writer, "  signed by %s, key %s, trusted as %s, at %s\n",
 		safeio.Quote(v.UserID), v.Fingerprint, safeio.Quote(v.TrustedAs), v.SignedAt.Format("2006-01-02 15:04:05Z"))
+	if len(deps) > 0 {
+		fmt.Fprintf(c.App.Writer, "  %d dependencies, each signed by a key trusted for its name and equal to its pin:\n", len(deps))
+		for _, d := range deps {
+			fmt.Fprintf(c.App.Writer, "    %s %s (%s), signed by %s, trusted as %s\n",
+				safeio.Quote(d.Name), d.ImageID, d.Image, safeio.Quote(d.UserID), safeio.Quote(d.TrustedAs))
+		}
+	}
 	return nil
 }
 

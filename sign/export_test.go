@@ -1,0 +1,4 @@
+package sign
+
+// ParseDeps is parseDeps, for the fuzz target.
+var ParseDeps = parseDeps
