@@ -16,7 +16,8 @@
 //	end-of-archive blocks
 //
 // Every tar header is written here, never copied from the file system:
-// uid and gid 0, no user or group names, mode and mtime as the store holds
+// uid and gid 0 (but for an Extra's own Uid and Gid: a recipe's path
+// rules), no user or group names, mode and mtime as the store holds
 // them (the farm and the fixed directories take the build time), entries in
 // depth-first order with each directory's children sorted by name. Within a
 // store path, a file whose contents and mode equal an earlier file's is

@@ -725,17 +725,18 @@ func writeFarmEntry(tw countingTar, e farmEntry, mt time.Time) error {
 		if mode == 0 {
 			mode = 0o644
 		}
-		if err := tw.WriteHeader(&tar.Header{Name: "rootfs/" + e.rel, Typeflag: tar.TypeReg, Mode: mode, Size: int64(len(e.data)), ModTime: mt, Format: tar.FormatPAX}); err != nil {
+		if err := tw.WriteHeader(&tar.Header{Name: "rootfs/" + e.rel, Typeflag: tar.TypeReg, Mode: mode, Uid: e.uid, Gid: e.gid, Size: int64(len(e.data)), ModTime: mt, Format: tar.FormatPAX}); err != nil {
 			return err
 		}
 		_, err := tw.Write(e.data)
 		return err
 	}
 	if e.target == "" {
-		if e.mode != 0 {
-			return tw.WriteHeader(&tar.Header{Name: "rootfs/" + e.rel + "/", Typeflag: tar.TypeDir, Mode: e.mode, ModTime: mt, Format: tar.FormatPAX})
+		mode := e.mode
+		if mode == 0 {
+			mode = 0o755
 		}
-		return writeDir(tw, "rootfs/"+e.rel+"/", mt)
+		return tw.WriteHeader(&tar.Header{Name: "rootfs/" + e.rel + "/", Typeflag: tar.TypeDir, Mode: mode, Uid: e.uid, Gid: e.gid, ModTime: mt, Format: tar.FormatPAX})
 	}
 	return tw.WriteHeader(&tar.Header{Name: "rootfs/" + e.rel, Typeflag: tar.TypeSymlink, Linkname: e.target, Mode: 0o777, ModTime: mt, Format: tar.FormatPAX})
 }

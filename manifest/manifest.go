@@ -73,6 +73,20 @@ type Spec struct {
 	Users      []User  `json:"users,omitempty"`
 	Groups     []Group `json:"groups,omitempty"`
 	NoSkeleton bool    `json:"noSkeleton,omitempty"`
+	// Paths give paths in the image a type, mode and owner, applied as
+	// the archive is written (see package pipeline). Not part of the
+	// manifest.
+	Paths []PathRule `json:"paths,omitempty"`
+}
+
+// PathRule is a recipe's rule for one path in the image (a recipe's
+// paths attribute, keyed by Path).
+type PathRule struct {
+	Path  string `json:"path"`            // absolute, e.g. "/var/lib/web"
+	Type  string `json:"type,omitempty"`  // "directory" (the default) or "file" (empty)
+	Mode  string `json:"mode,omitempty"`  // octal, e.g. "0750"; default 0755, a file's 0644
+	User  string `json:"user,omitempty"`  // a name the image defines, or a number; default root
+	Group string `json:"group,omitempty"` // likewise; default root
 }
 
 // User is a user a recipe declares.

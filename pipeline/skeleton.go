@@ -28,7 +28,8 @@ var userName = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 
 const nobody = 65534
 
-// SkeletonError is a recipe's users or groups that cannot be written.
+// SkeletonError is a recipe's users, groups or path rules that cannot be
+// written.
 type SkeletonError struct{ Msg string }
 
 func (e *SkeletonError) Error() string { return e.Msg }
@@ -37,14 +38,30 @@ func skelErr(format string, args ...any) error {
 	return &SkeletonError{Msg: fmt.Sprintf(format, args...)}
 }
 
-// Skeleton returns the files of spec's skeleton, or an error naming a
-// user or group that clashes or is malformed.
+// Skeleton returns the files of spec's skeleton with spec's path rules
+// applied (see rules.go), or an error naming a user or group that clashes or
+// is malformed, or a rule that cannot be applied.
 func Skeleton(spec manifest.Spec) ([]aci.Extra, error) {
+	extra, known, err := skeleton(spec)
+	if err != nil {
+		return nil, err
+	}
+	return applyRules(spec.Paths, extra, known)
+}
+
+// ids are the users and groups an image defines, by name, as its
+// skeleton writes them; skeleton is false when it has none.
+type ids struct {
+	users, groups map[string]int
+	skeleton      bool
+}
+
+func skeleton(spec manifest.Spec) ([]aci.Extra, ids, error) {
 	if spec.NoSkeleton {
 		if len(spec.Users) > 0 || len(spec.Groups) > 0 {
-			return nil, skelErr("the recipe declares users or groups but turns the skeleton off (skeleton = false): /etc/passwd and /etc/group are the skeleton's; keep it, or provide them in a package")
+			return nil, ids{}, skelErr("the recipe declares users or groups but turns the skeleton off (skeleton = false): /etc/passwd and /etc/group are the skeleton's; keep it, or provide them in a package")
 		}
-		return nil, nil
+		return nil, ids{users: map[string]int{"root": 0}, groups: map[string]int{"root": 0}}, nil
 	}
 	type group struct {
 		name    string
@@ -78,7 +95,7 @@ func Skeleton(spec manifest.Spec) ([]aci.Extra, error) {
 	}
 	for _, g := range spec.Groups {
 		if err := addGroup(g.Name, g.GID, g.Members); err != nil {
-			return nil, err
+			return nil, ids{}, err
 		}
 	}
 	var passwd bytes.Buffer
@@ -87,16 +104,16 @@ func Skeleton(spec manifest.Spec) ([]aci.Extra, error) {
 	uids := map[int]string{0: "root", nobody: "nobody"}
 	for _, u := range spec.Users {
 		if !userName.MatchString(u.Name) {
-			return nil, skelErr("user name %q is not a valid name (lower case, digits, _ and -, at most 32, not starting with a digit)", u.Name)
+			return nil, ids{}, skelErr("user name %q is not a valid name (lower case, digits, _ and -, at most 32, not starting with a digit)", u.Name)
 		}
 		if users[u.Name] {
-			return nil, skelErr("user %s is declared twice (or is root or nobody, which every image has)", u.Name)
+			return nil, ids{}, skelErr("user %s is declared twice (or is root or nobody, which every image has)", u.Name)
 		}
 		if u.UID < 0 || u.UID > 1<<31-2 {
-			return nil, skelErr("user %s: uid %d is out of range", u.Name, u.UID)
+			return nil, ids{}, skelErr("user %s: uid %d is out of range", u.Name, u.UID)
 		}
 		if other, ok := uids[u.UID]; ok {
-			return nil, skelErr("users %s and %s both have uid %d: give each its own", other, u.Name, u.UID)
+			return nil, ids{}, skelErr("users %s and %s both have uid %d: give each its own", other, u.Name, u.UID)
 		}
 		users[u.Name], uids[u.UID] = true, u.Name
 		gname := u.Group
@@ -111,7 +128,7 @@ func Skeleton(spec manifest.Spec) ([]aci.Extra, error) {
 			gid = *u.GID
 		}
 		if err := addGroup(gname, gid, nil); err != nil {
-			return nil, fmt.Errorf("user %s: %w", u.Name, err)
+			return nil, ids{}, fmt.Errorf("user %s: %w", u.Name, err)
 		}
 		home, shell := u.Home, u.Shell
 		if home == "" {
@@ -122,14 +139,19 @@ func Skeleton(spec manifest.Spec) ([]aci.Extra, error) {
 		}
 		for _, f := range []string{home, shell} {
 			if !strings.HasPrefix(f, "/") || strings.ContainsAny(f, ":\n") {
-				return nil, skelErr("user %s: %q is not an absolute path without ':'", u.Name, f)
+				return nil, ids{}, skelErr("user %s: %q is not an absolute path without ':'", u.Name, f)
 			}
 		}
 		fmt.Fprintf(&passwd, "%s:x:%d:%d::%s:%s\n", u.Name, u.UID, gid, home, shell)
 	}
 	var grp bytes.Buffer
+	known := ids{users: map[string]int{}, groups: map[string]int{}, skeleton: true}
 	for _, g := range groups {
 		fmt.Fprintf(&grp, "%s:x:%d:%s\n", g.name, g.gid, strings.Join(g.members, ","))
+		known.groups[g.name] = g.gid
+	}
+	for uid, name := range uids {
+		known.users[name] = uid
 	}
 	return []aci.Extra{
 		{Path: "etc/passwd", Mode: 0o644, Data: passwd.Bytes()},
@@ -137,7 +159,7 @@ func Skeleton(spec manifest.Spec) ([]aci.Extra, error) {
 		{Path: "etc/nsswitch.conf", Mode: 0o644, Data: []byte("passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n")},
 		{Path: "tmp", Dir: true, Mode: 0o1777},
 		{Path: "var/tmp", Dir: true, Mode: 0o1777},
-	}, nil
+	}, known, nil
 }
 
 // checkUserGroup checks that the app's user and group resolve in the
@@ -146,7 +168,13 @@ func Skeleton(spec manifest.Spec) ([]aci.Extra, error) {
 // root's etc/passwd or etc/group, which stage1 reads from the host's side
 // of the mount, so the file must be a regular file there, not a link into
 // /nix/store that only resolves inside the container.
+//
+// It also checks the recipe's path rules against the image's packages
+// and the app (see checkRuleAccess).
 func checkUserGroup(img aci.Image, user, group string) error {
+	if err := aci.CheckExtra(img); err != nil {
+		return err
+	}
 	for _, c := range []struct{ what, name, file, flag string }{
 		{"user", user, "/etc/passwd", "users"},
 		{"group", group, "/etc/group", "groups"},
@@ -178,5 +206,5 @@ func checkUserGroup(img aci.Image, user, group string) error {
 			return &aci.ExecError{Msg: fmt.Sprintf("the app runs as %s %q, which the image's %s does not define (it has %s): declare it in the recipe (%s = [ { name = %q; ... } ]), or give a number", c.what, c.name, c.file, strings.Join(names, ", "), c.flag, c.name)}
 		}
 	}
-	return nil
+	return checkRuleAccess(img, user, group)
 }

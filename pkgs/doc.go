@@ -22,6 +22,7 @@
 //	  users = [ { name = "web"; uid = 1000; group = "web"; home = "/var/lib/web"; } ];
 //	  groups = [ { name = "audit"; gid = 2000; members = [ "web" ]; } ];
 //	  skeleton = true;                    # false: no /etc and /tmp skeleton
+//	  paths = { "/var/lib/web" = { mode = "0700"; user = "web"; group = "web"; }; };  # package pipeline
 //	  certs = true;   # pkgs.cacert: /etc/ssl/certs/ca-certificates.crt, SSL_CERT_FILE
 //	}
 //

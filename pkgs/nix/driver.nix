@@ -39,6 +39,23 @@ let
   packages = recipe.packages ++ (if certs then [ pkgs.cacert ] else [ ]);
   mounts = ro: set: map (n: { name = n; path = set.${n}; readOnly = ro; }) (builtins.attrNames set);
   str = s: if s == null then "" else toString s;
+  # paths = { "/var/lib/web" = { mode = "0700"; user = "web"; }; }: a list
+  # of rules, sorted by path; nix2aci checks and resolves them.
+  pathRule = p: v:
+    let
+      bad = builtins.filter (n: !(builtins.elem n [ "type" "mode" "user" "group" ])) (builtins.attrNames v);
+      field = n: let x = v.${n} or null; in
+        if x == null || builtins.isString x then str x
+        else if n == "mode" then throw "paths.\"${p}\".mode must be a string of octal digits, such as \"0750\" (Nix has no octal numbers)"
+        else if builtins.isInt x then toString x
+        else throw "paths.\"${p}\".${n} must be a name or a number";
+    in
+      if !(builtins.isAttrs v) then throw "paths.\"${p}\" must be an attribute set of type, mode, user and group"
+      else if bad != [ ] then throw "paths.\"${p}\" has an unknown attribute ${builtins.head bad} (a rule takes type, mode, user and group)"
+      else { path = p; type = field "type"; mode = field "mode"; user = field "user"; group = field "group"; };
+  paths = let set = recipe.paths or { }; in
+    if !(builtins.isAttrs set) then throw "paths must be an attribute set keyed by path in the image, such as { \"/var/lib/web\" = { user = \"web\"; }; }"
+    else map (p: pathRule p set.${p}) (builtins.attrNames set);
 in
   if !(builtins.isAttrs recipe) || !(recipe ? packages) then
     throw "${target} is neither a derivation nor a recipe (an attribute set with `packages`)"
@@ -61,4 +78,5 @@ in
     groups = recipe.groups or [ ];
     noSkeleton = !(recipe.skeleton or true);
     layerGroups = map (g: { name = g.name; packages = map pkg g.packages; }) (recipe.layers or [ ]);
+    inherit paths;
   }
