@@ -100,8 +100,11 @@ func parseRecord(data []byte) (*record, error) {
 	sort.Strings(hosts)
 	for _, h := range hosts {
 		ps := raw.Prefixes[h]
-		if !types.ValidACIdentifier.MatchString(h) || strings.Contains(h, "/") || ps == nil {
+		if !types.ValidACIdentifier.MatchString(h) || strings.Contains(h, "/") {
 			return nil, recordError("names the prefix %s, which is not an AC Identifier's first component", safeio.QuoteAlways(h))
+		}
+		if ps == nil {
+			return nil, recordError("names the prefix %s without its template", h)
 		}
 		base, ok := strings.CutSuffix(ps.Template, "/"+fileTemplate)
 		if !ok {
