@@ -16,24 +16,31 @@
 // rkt asks https://HOST/NAME?ac-discovery=1, then each shorter prefix: a
 // static server answers the first ones 404 and the host's root with
 // index.html. {name} is the whole name, so an image's file is under
-// directories named by its name's components.
+// directories named by its name's components. A site has one base URL.
 //
-// Publishing again into the same tree adds images and keys: what the tree
-// publishes is recorded in .nix2aci-site.json, and index.html is made
-// again from it. Every file is written to a temporary name and renamed,
-// images before their signatures and both before index.html.
+// Publishing again into the same tree adds images and keys. What the tree
+// serves is read from its files (see site.go); .nix2aci-site.json records
+// it as a hint, and index.html is made again from what was checked.
+//
+// A reader of the tree sees, at every moment, only complete images with
+// their signatures and dependencies: one publish at a time writes into a
+// site (a flock on its directory); everything is staged inside the site
+// and checked first, then renamed into place, each image's signature
+// before the image and layers before the apps on them, index.html last.
+// An interrupted publish stops between two images and says which it
+// published.
 package publish
 
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"html"
 	"io"
 	"io/fs"
-	"net/url"
 	"os"
 	"path"
 	"path/filepath"
@@ -47,7 +54,6 @@ import (
 
 	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/internal/safeio"
-	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -92,7 +98,8 @@ type Report struct {
 	Images    []Published `json:"images"`
 	Index     string      `json:"index"`
 	PublicKey string      `json:"publicKey"`
-	Prefixes  []string    `json:"prefixes"`
+	// Prefixes are the hosts of the images published.
+	Prefixes []string `json:"prefixes"`
 }
 
 // UsageError is a request that cannot be done as asked.
@@ -100,23 +107,22 @@ type UsageError struct{ Msg string }
 
 func (e *UsageError) Error() string { return e.Msg }
 
-const (
-	stateFile    = ".nix2aci-site.json"
-	maxStateSize = 16 << 20
-	fileTemplate = "{name}-{version}-{os}-{arch}.{ext}"
-)
-
-// site is the state of a tree: per prefix (host), its template and keys,
-// and the images it holds.
-type site struct {
-	Prefixes map[string]*prefixState `json:"prefixes"`
-	Images   map[string]Published    `json:"images"` // by path
+// InterruptedError is a publish stopped between two images: the images
+// of Report.Images are in the site, each with its signature and its
+// dependencies, and index.html lists them; the others were not written.
+type InterruptedError struct {
+	Published, Total int
+	Cause            error
 }
 
-type prefixState struct {
-	Template string   `json:"template"`
-	PubKeys  []string `json:"pubkeys"`
+func (e *InterruptedError) Error() string {
+	return fmt.Sprintf("publishing interrupted after %d of %d images: those %d are in the site, each with its signature and its dependencies, and index.html lists them; the other %d were not written: publish again to add them",
+		e.Published, e.Total, e.Published, e.Total-e.Published)
 }
+
+func (e *InterruptedError) Unwrap() error { return e.Cause }
+
+const nonBlock = syscall.O_NONBLOCK
 
 // Expand returns the images args name: .aci files, and the .aci files
 // directly in directories (not those starting with a dot), sorted.
@@ -156,37 +162,24 @@ func Expand(args []string) ([]string, error) {
 	return out, nil
 }
 
-// ParseBaseURL checks a base URL and returns it without a trailing slash.
-func ParseBaseURL(s string) (*url.URL, error) {
-	u, err := url.Parse(s)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Opaque != "" {
-		return nil, &UsageError{fmt.Sprintf("base URL %s is not an http(s) URL with a host, like https://example.com/acis", safeio.Quote(s))}
-	}
-	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return nil, &UsageError{fmt.Sprintf("base URL %s has a query, fragment or user: give a plain https://HOST/PATH", safeio.Quote(s))}
-	}
-	p := u.Path
-	if p == "" {
-		p = "/"
-	}
-	clean := path.Clean(p)
-	if !strings.HasPrefix(p, "/") || clean != strings.TrimSuffix(p, "/") && !(clean == "/" && p == "/") {
-		return nil, &UsageError{fmt.Sprintf("base URL %s has a path that is not canonical (no //, . or ..)", safeio.Quote(s))}
-	}
-	for _, c := range strings.Split(strings.Trim(clean, "/"), "/") {
-		if c != "" && (strings.HasPrefix(c, ".") || strings.ContainsAny(c, "{}\\")) {
-			return nil, &UsageError{fmt.Sprintf("base URL %s: the path component %s cannot be a directory of the tree", safeio.Quote(s), safeio.Quote(c))}
-		}
-	}
-	u.Path = strings.TrimSuffix(clean, "/")
-	u.RawPath = ""
-	return u, nil
+// job is one image to publish.
+type job struct {
+	src, asc string // the image and, without a Key, its signature
+	p        Published
+	deps     types.Dependencies
+	staged   string // the staged copy's name in the staging directory
 }
+
+// testMoved, if set, is called after each file is renamed into the tree.
+var testMoved func(rel string)
 
 // Publish copies images (and signatures) into the tree o.Site, with the
 // public key and index.html. Each image is validated (aci.InspectFile)
 // first, and with no Key its signature must verify with PublicKey for
 // its name: a tree never serves what rkt would refuse.
+//
+// Interrupted (ctx) while it moves images into place, it returns the
+// Report of those it published and an *InterruptedError.
 func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 	base, err := ParseBaseURL(o.BaseURL)
 	if err != nil {
@@ -199,219 +192,360 @@ func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 	if pub == nil {
 		return nil, &UsageError{"publishing needs the key rkt will trust: --key KEY to sign the images, or --public-key PUB.asc for images signed already"}
 	}
-	// An existing site's record is read now; a new site is created only
-	// once everything has been checked.
-	st := &site{Prefixes: map[string]*prefixState{}, Images: map[string]Published{}}
-	var root *os.Root
-	if fi, err := os.Stat(o.Site); err == nil && fi.IsDir() {
-		if root, err = os.OpenRoot(o.Site); err != nil {
-			return nil, fmt.Errorf("opening the site: %w", err)
-		}
-		defer root.Close()
-		if st, err = readState(root); err != nil {
-			return nil, err
-		}
-	}
-	dir := strings.TrimPrefix(base.Path, "/") // the image directory in the tree
-	fp := sign.Fingerprint(pub)
-	keyPath := path.Join(dir, "pubkeys", strings.ToLower(fp)+".asc")
-	keyURL := base.String() + "/pubkeys/" + strings.ToLower(fp) + ".asc"
-	tmpl := base.String() + "/" + fileTemplate
+	fp := strings.ToLower(sign.Fingerprint(pub))
 	trust := sign.NewTrust()
 	trust.AddRoot(pub)
 
-	// Check everything before writing anything.
-	type job struct {
-		src, asc string
-		p        Published
-		deps     types.Dependencies
-	}
-	var jobs []job
+	// The images, checked before the site is touched.
+	var jobs []*job
 	for _, img := range images {
-		// Validated, and with no key to sign with, its signature checked:
-		// one reading either way.
-		var im *schema.ImageManifest
-		var id, asc string
-		if o.Key != nil {
-			info, err := aci.InspectFile(img)
-			if err != nil {
-				return nil, err
-			}
-			im, id = info.Manifest, info.ImageID
-		} else {
-			asc = img + ".asc"
-			if _, err := os.Lstat(asc); err != nil {
-				return nil, fmt.Errorf("%s is not signed (%v): sign it (nix2aci sign, build --sign), or publish with --key", img, err)
-			}
-			v, err := verifyFiles(ctx, img, asc, trust)
-			if err != nil {
-				if aci.IsInvalid(err) {
-					return nil, err
-				}
-				return nil, fmt.Errorf("%s: its signature does not verify with the published key %s: %w", img, fp, err)
-			}
-			im, id = v.Manifest, v.ImageID
-		}
-		name := im.Name.String()
-		labels := map[string]string{}
-		for _, k := range []string{"version", "os", "arch"} {
-			v, _ := im.Labels.Get(k)
-			if v == "" {
-				return nil, &UsageError{fmt.Sprintf("%s has no %s label, which discovery needs to name its file; rebuild it with one", img, k)}
-			}
-			labels[k] = v
-		}
-		file, err := manifest.FileName(im) // checks the labels are file-name safe
+		j, err := checkImage(ctx, img, o.Key != nil, base.String(), strings.TrimPrefix(base.Path, "/"), trust, fp)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", img, err)
+			return nil, err
 		}
-		rel := path.Join(dir, path.Dir(name), file)
-		if !filepath.IsLocal(rel) {
-			return nil, fmt.Errorf("%s: %s is not a path inside the site", img, safeio.Quote(rel))
-		}
-		p := Published{Name: name, Version: labels["version"], OS: labels["os"], Arch: labels["arch"], ImageID: id, Path: rel,
-			URL: strings.NewReplacer("{name}", name, "{version}", labels["version"], "{os}", labels["os"], "{arch}", labels["arch"], "{ext}", "aci").Replace(tmpl)}
-		for _, d := range im.Dependencies {
-			if d.ImageID != nil {
-				p.Depends = append(p.Depends, d.ImageID.String())
-			}
-		}
-		host, _, _ := strings.Cut(name, "/")
-		if ps, ok := st.Prefixes[host]; ok && ps.Template != tmpl {
-			return nil, &UsageError{fmt.Sprintf("the site publishes %s at %s already; publish with that base URL, or into another site", host, ps.Template)}
-		}
-		jobs = append(jobs, job{src: img, asc: asc, p: p, deps: im.Dependencies})
+		jobs = append(jobs, j)
 	}
-	var ps []Published
-	var deps []types.Dependencies
-	for _, j := range jobs {
-		ps, deps = append(ps, j.p), append(deps, j.deps)
-	}
-	if err := checkDependencies(ps, deps, st); err != nil {
+	if err := checkDuplicates(jobs); err != nil {
 		return nil, err
 	}
-	if err := checkReplacements(root, ps, st, o.Replace); err != nil {
+	order, err := dependencyOrder(jobs)
+	if err != nil {
 		return nil, err
 	}
 
-	// Write: images and signatures, the key, then the index.
-	if root == nil {
-		if err := os.MkdirAll(o.Site, 0o755); err != nil {
-			return nil, fmt.Errorf("creating the site: %w", err)
-		}
-		if root, err = os.OpenRoot(o.Site); err != nil {
-			return nil, fmt.Errorf("opening the site: %w", err)
-		}
-		defer root.Close()
-	}
-	var rep Report
-	stage, err := os.MkdirTemp(o.Site, ".nix2aci-publish-*")
+	// Then, holding the site's lock, what the tree holds.
+	l, err := lockSite(ctx, o.Site)
 	if err != nil {
+		return nil, err
+	}
+	defer l.unlock()
+	l.sweep()
+	root := l.root
+	s, err := loadSite(ctx, root, base)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkDependencies(ctx, root, jobs, s, pub); err != nil {
+		return nil, err
+	}
+	if err := checkReplacements(ctx, root, jobs, s, o.Replace); err != nil {
+		return nil, err
+	}
+
+	// Stage everything inside the site, each image read once more as it
+	// is published: signed (and validated) now, or validated with its
+	// signature checked, and still the image checked above.
+	stage := stagePrefix + randomName()
+	if err := root.Mkdir(stage, 0o700); err != nil {
 		return nil, fmt.Errorf("writing into the site: %w", err)
 	}
-	defer os.RemoveAll(stage)
-	for _, j := range jobs {
+	defer root.RemoveAll(stage)
+	stageDir := filepath.Join(o.Site, stage)
+	for i, j := range jobs {
 		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("publishing interrupted: %w", context.Cause(ctx))
+			return nil, fmt.Errorf("publishing interrupted; nothing was written to the site: %w", context.Cause(ctx))
 		}
-		tmp := filepath.Join(stage, "image.aci")
-		if err := copyFile(j.src, tmp); err != nil {
-			return nil, err
-		}
-		// What is published is the copy, read once more: signed (and
-		// validated) now, or validated with its signature checked, and
-		// still the image checked above.
-		var id string
-		if o.Key != nil {
-			info, err := pipeline.SignImage(ctx, o.Key, tmp, tmp+".asc")
-			if err != nil {
-				return nil, err
+		j.staged = fmt.Sprintf("%d.aci", i)
+		if err := stageImage(ctx, j, o.Key, trust, filepath.Join(stageDir, j.staged)); err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("publishing interrupted; nothing was written to the site: %w", context.Cause(ctx))
 			}
-			id = info.ImageID
-		} else {
-			if err := copyFile(j.asc, tmp+".asc"); err != nil {
-				return nil, err
-			}
-			v, err := verifyFiles(ctx, tmp, tmp+".asc", trust)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", j.src, err)
-			}
-			id = v.ImageID
-		}
-		if id != j.p.ImageID {
-			return nil, fmt.Errorf("%s changed while it was being published; publish it again", j.src)
-		}
-		if err := root.MkdirAll(path.Dir(j.p.Path), 0o755); err != nil {
-			return nil, fmt.Errorf("writing into the site: %w", err)
-		}
-		if err := moveInto(root, o.Site, tmp, j.p.Path); err != nil {
 			return nil, err
-		}
-		if err := moveInto(root, o.Site, tmp+".asc", j.p.Path+".asc"); err != nil {
-			return nil, err
-		}
-		st.Images[j.p.Path] = j.p
-		rep.Images = append(rep.Images, j.p)
-		host, _, _ := strings.Cut(j.p.Name, "/")
-		ps := st.Prefixes[host]
-		if ps == nil {
-			ps = &prefixState{Template: tmpl}
-			st.Prefixes[host] = ps
-		}
-		if !contains(ps.PubKeys, keyURL) {
-			ps.PubKeys = append(ps.PubKeys, keyURL)
 		}
 	}
+	keyPath := path.Join(s.dir, "pubkeys", fp+".asc")
 	var armored bytes.Buffer
 	if err := sign.WritePublicKey(&armored, pub); err != nil {
 		return nil, err
 	}
-	if err := writeInto(root, o.Site, stage, keyPath, armored.Bytes()); err != nil {
+	if err := os.WriteFile(filepath.Join(stageDir, "key.asc"), armored.Bytes(), 0o644); err != nil {
+		return nil, fmt.Errorf("writing into the site: %w", err)
+	}
+
+	// Every destination is checked before anything moves.
+	dests := []string{keyPath, stateFile, "index.html"}
+	for _, j := range jobs {
+		dests = append(dests, j.p.Path+".asc", j.p.Path)
+	}
+	if err := checkDestinations(root, dests); err != nil {
 		return nil, err
 	}
-	state, err := json.MarshalIndent(st, "", " ")
+	for _, d := range dests {
+		if dir := path.Dir(d); dir != "." {
+			if err := root.MkdirAll(dir, 0o755); err != nil {
+				return nil, fmt.Errorf("writing into the site: %w", err)
+			}
+		}
+	}
+	move := func(from, to string) error {
+		if err := root.Rename(path.Join(stage, from), to); err != nil {
+			return fmt.Errorf("writing %s into the site: %w", to, err)
+		}
+		if testMoved != nil {
+			testMoved(to)
+		}
+		return nil
+	}
+
+	// Move: the key, then each image, its signature first and layers
+	// before the apps on them; stopping only between two images.
+	rep := &Report{Index: filepath.Join(o.Site, "index.html"), PublicKey: filepath.Join(o.Site, filepath.FromSlash(keyPath))}
+	var stopped error
+	for n, i := range order {
+		j := jobs[i]
+		if ctx.Err() != nil {
+			stopped = context.Cause(ctx)
+			break
+		}
+		var err error
+		if n == 0 {
+			err = move("key.asc", keyPath)
+			s.keys[fp] = pub
+		}
+		if err == nil {
+			err = move(j.staged+".asc", j.p.Path+".asc")
+		}
+		if err == nil {
+			err = move(j.staged, j.p.Path)
+		}
+		if err != nil {
+			stopped = err
+			break
+		}
+		s.images[j.p.Path] = j.p
+		s.addKey(hostOf(j.p.Name), fp)
+		rep.Images = append(rep.Images, j.p)
+	}
+	if len(rep.Images) == 0 {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("publishing interrupted; nothing was written to the site: %w", stopped)
+		}
+		return nil, fmt.Errorf("no image was published: %w", stopped)
+	}
+	hosts := map[string]bool{}
+	for _, p := range rep.Images {
+		hosts[hostOf(p.Name)] = true
+	}
+	rep.Prefixes = sortedKeys(hosts)
+
+	// The record and index.html, last, from what was checked.
+	state, err := json.MarshalIndent(s.record(), "", " ")
+	if err == nil {
+		err = os.WriteFile(filepath.Join(stageDir, "record"), state, 0o644)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(stageDir, "index"), renderIndex(s), 0o644)
+	}
+	if err == nil {
+		err = move("record", stateFile)
+	}
+	if err == nil {
+		err = move("index", "index.html")
+	}
 	if err != nil {
-		return nil, err
+		return rep, fmt.Errorf("%d of %d images are published, but %s and index.html could not be written (%v): publish again", len(rep.Images), len(jobs), stateFile, err)
 	}
-	if err := writeInto(root, o.Site, stage, stateFile, state); err != nil {
-		return nil, err
+	switch {
+	case stopped == nil:
+		return rep, nil
+	case ctx.Err() != nil:
+		return rep, &InterruptedError{Published: len(rep.Images), Total: len(jobs), Cause: stopped}
+	default:
+		return rep, fmt.Errorf("publishing stopped after %d of %d images: those are in the site, each with its signature and its dependencies, and index.html lists them; the others were not written: %w", len(rep.Images), len(jobs), stopped)
 	}
-	if err := writeInto(root, o.Site, stage, "index.html", renderIndex(st)); err != nil {
-		return nil, err
+}
+
+func randomName() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// checkImage validates one image (and with no key to sign with, its
+// signature: one reading either way) and says where it is published.
+func checkImage(ctx context.Context, img string, signing bool, base, dir string, trust *sign.Trust, fp string) (*job, error) {
+	var im *schema.ImageManifest
+	var id, asc string
+	if signing {
+		info, err := aci.InspectFile(img)
+		if err != nil {
+			return nil, err
+		}
+		im, id = info.Manifest, info.ImageID
+	} else {
+		asc = img + ".asc"
+		if _, err := os.Lstat(asc); err != nil {
+			return nil, fmt.Errorf("%s is not signed (%v): sign it (nix2aci sign, build --sign), or publish with --key", img, err)
+		}
+		v, err := verifyFiles(ctx, img, asc, trust)
+		if err != nil {
+			if aci.IsInvalid(err) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%s: its signature does not verify with the published key %s: %w", img, fp, err)
+		}
+		im, id = v.Manifest, v.ImageID
 	}
-	rep.Index = filepath.Join(o.Site, "index.html")
-	rep.PublicKey = filepath.Join(o.Site, filepath.FromSlash(keyPath))
-	for p := range st.Prefixes {
-		rep.Prefixes = append(rep.Prefixes, p)
+	name := im.Name.String()
+	labels := map[string]string{}
+	for _, k := range []string{"version", "os", "arch"} {
+		v, _ := im.Labels.Get(k)
+		if v == "" {
+			return nil, &UsageError{fmt.Sprintf("%s has no %s label, which discovery needs to name its file; rebuild it with one", img, k)}
+		}
+		if !literal(v) {
+			return nil, &UsageError{fmt.Sprintf("%s cannot be published: its %s label %s goes into its URL and file name as it is, and %s; rebuild it with another %s (--label %s=..., or a plain version in the recipe)", img, k, safeio.QuoteAlways(v), literalRule, k, k)}
+		}
+		labels[k] = v
 	}
-	sort.Strings(rep.Prefixes)
-	return &rep, nil
+	rel, u, ok := imageFile(base, dir, name, labels["version"], labels["os"], labels["arch"])
+	if !ok {
+		return nil, &UsageError{fmt.Sprintf("%s cannot be published: its path %s in the tree would not be one literal path (%s; no component may start with a dot or be longer than %d bytes)", img, safeio.QuoteAlways(path.Join(dir, name)+"-"+labels["version"]+"-"+labels["os"]+"-"+labels["arch"]+".aci"), literalRule, maxSegment)}
+	}
+	p := Published{Name: name, Version: labels["version"], OS: labels["os"], Arch: labels["arch"], ImageID: id, Path: rel, URL: u}
+	for _, d := range im.Dependencies {
+		if d.ImageID != nil {
+			p.Depends = append(p.Depends, d.ImageID.String())
+		}
+	}
+	return &job{src: img, asc: asc, p: p, deps: im.Dependencies}, nil
+}
+
+// stageImage copies j's image to dst (and its signature, or a new one,
+// to dst.asc), and checks the copy is the image checked before.
+func stageImage(ctx context.Context, j *job, key *openpgp.Entity, trust *sign.Trust, dst string) error {
+	if err := copyFile(ctx, j.src, dst); err != nil {
+		return err
+	}
+	var id string
+	if key != nil {
+		info, err := pipeline.SignImage(ctx, key, dst, dst+".asc")
+		if err != nil {
+			return err
+		}
+		id = info.ImageID
+	} else {
+		if err := copyFile(ctx, j.asc, dst+".asc"); err != nil {
+			return err
+		}
+		v, err := verifyFiles(ctx, dst, dst+".asc", trust)
+		if err != nil {
+			return fmt.Errorf("%s: %w", j.src, err)
+		}
+		id = v.ImageID
+	}
+	if id != j.p.ImageID {
+		return fmt.Errorf("%s changed while it was being published; publish it again", j.src)
+	}
+	return nil
+}
+
+func depKey(name, version, os, arch string) string {
+	return name + "\x00" + version + "\x00" + os + "\x00" + arch
+}
+
+// depLabels are the labels a dependency of p is looked for with: its
+// own, with p's os and arch where it has none.
+func depLabels(p Published, d types.Dependency) map[string]string {
+	labels := map[string]string{"os": p.OS, "arch": p.Arch}
+	for _, l := range d.Labels {
+		labels[l.Name.String()] = l.Value
+	}
+	return labels
+}
+
+// dependencyOrder returns the order to move jobs in: every image after
+// those of the run it depends on.
+func dependencyOrder(jobs []*job) ([]int, error) {
+	byKey := map[string]int{}
+	for i, j := range jobs {
+		byKey[depKey(j.p.Name, j.p.Version, j.p.OS, j.p.Arch)] = i
+	}
+	const (
+		unseen = iota
+		visiting
+		done
+	)
+	state := make([]int, len(jobs))
+	var order []int
+	var visit func(i int) error
+	visit = func(i int) error {
+		switch state[i] {
+		case done:
+			return nil
+		case visiting:
+			return &UsageError{fmt.Sprintf("%s depends on itself through its dependencies: publish images whose dependencies form no cycle", describe(jobs[i].p))}
+		}
+		state[i] = visiting
+		for _, d := range jobs[i].deps {
+			l := depLabels(jobs[i].p, d)
+			if k, ok := byKey[depKey(d.ImageName.String(), l["version"], l["os"], l["arch"])]; ok {
+				if err := visit(k); err != nil {
+					return err
+				}
+			}
+		}
+		state[i] = done
+		order = append(order, i)
+		return nil
+	}
+	for i := range jobs {
+		if err := visit(i); err != nil {
+			return nil, err
+		}
+	}
+	return order, nil
 }
 
 // checkDependencies makes sure that every dependency of an image being
 // published is in the tree afterwards, as rkt will look for it: by name
-// and labels through the template, and then by image ID. A dependency
-// missing, or published with other bytes, would make rkt fetch fail.
-func checkDependencies(ps []Published, deps []types.Dependencies, st *site) error {
-	key := func(name, version, os, arch string) string {
-		return name + "\x00" + version + "\x00" + os + "\x00" + arch
+// and labels through the template, and then by image ID. One that is not
+// being published must be in the tree now, as its file says: a complete
+// image whose signature verifies with a key the site publishes for its
+// prefix, with the image ID pinned.
+func checkDependencies(ctx context.Context, root *os.Root, jobs []*job, s *site, pub *openpgp.Entity) error {
+	inRun := map[string]Published{}
+	runHosts := map[string]bool{}
+	for _, j := range jobs {
+		inRun[depKey(j.p.Name, j.p.Version, j.p.OS, j.p.Arch)] = j.p
+		runHosts[hostOf(j.p.Name)] = true
 	}
-	have := map[string]string{}
-	for _, p := range st.Images {
-		have[key(p.Name, p.Version, p.OS, p.Arch)] = p.ImageID
-	}
-	for _, p := range ps {
-		have[key(p.Name, p.Version, p.OS, p.Arch)] = p.ImageID
-	}
-	for i, p := range ps {
-		for _, d := range deps[i] {
-			labels := map[string]string{"os": p.OS, "arch": p.Arch}
-			for _, l := range d.Labels {
-				labels[l.Name.String()] = l.Value
-			}
-			id, ok := have[key(d.ImageName.String(), labels["version"], labels["os"], labels["arch"])]
-			if !ok {
-				return fmt.Errorf("%s depends on %s (version %s), which is neither being published nor in the site; publish its layers too (the build's .deps file lists them, or give the build's output directory)", p.Name, safeio.Quote(d.ImageName.String()), safeio.Quote(labels["version"]))
+	checked := map[string]string{} // path in the tree -> its image ID
+	for _, j := range jobs {
+		p := j.p
+		for _, d := range j.deps {
+			labels := depLabels(p, d)
+			name := d.ImageName.String()
+			id := ""
+			if q, ok := inRun[depKey(name, labels["version"], labels["os"], labels["arch"])]; ok {
+				id = q.ImageID
+			} else {
+				rel, _, ok := imageFile(s.base, s.dir, name, labels["version"], labels["os"], labels["arch"])
+				if ok {
+					_, ok = s.images[rel]
+				}
+				if !ok {
+					return fmt.Errorf("%s depends on %s (version %s), which is neither being published nor in the site; publish its layers too (the build's .deps file lists them, or give the build's output directory)", p.Name, safeio.Quote(name), safeio.Quote(labels["version"]))
+				}
+				if id, ok = checked[rel]; !ok {
+					host := hostOf(name)
+					t := sign.NewTrust()
+					for fp := range s.prefixes[host] {
+						t.AddPrefix(host, s.keys[fp])
+					}
+					if runHosts[host] {
+						t.AddPrefix(host, pub)
+					}
+					v, err := verifyIn(ctx, root, rel, t)
+					if err != nil {
+						if ctx.Err() != nil {
+							return interruptedReading(ctx)
+						}
+						return fmt.Errorf("%s depends on %s, which the site holds as %s, but that is not a complete image signed by a key the site publishes for %s (%v): publish its layers again", p.Name, name, rel, host, err)
+					}
+					id = v.ImageID
+					checked[rel] = id
+				}
 			}
 			if d.ImageID != nil && d.ImageID.String() != id {
 				return fmt.Errorf("%s depends on %s with image ID %s, but the one published has %s; publish the layers of the same build", p.Name, d.ImageName, d.ImageID, id)
@@ -421,29 +555,53 @@ func checkDependencies(ps []Published, deps []types.Dependencies, st *site) erro
 	return nil
 }
 
-// checkReplacements refuses to put an image where the site serves one of
-// the same name, version, os and arch (the same path) but another image
-// ID, unless replace; and even then when an image that stays published
-// pins the old one by ID: rkt fetch of that one would then fail. Two
-// names whose files the template puts at one path are refused outright.
-func checkReplacements(root *os.Root, ps []Published, st *site, replace bool) error {
-	republished := map[string]Published{}
-	for _, p := range ps {
-		if q, ok := republished[p.Path]; ok && describe(q) != describe(p) {
+// checkDuplicates refuses two images of one run at one path.
+func checkDuplicates(jobs []*job) error {
+	seen := map[string]Published{}
+	for _, j := range jobs {
+		p := j.p
+		if q, ok := seen[p.Path]; ok && describe(q) != describe(p) {
 			return &UsageError{fmt.Sprintf("two of the images, %s and %s, would both be published as %s (the template %s): give one of them another version", describe(q), describe(p), p.Path, fileTemplate)}
 		} else if ok && q.ImageID != p.ImageID {
 			return &UsageError{fmt.Sprintf("two of the images are %s, with image IDs %s and %s: publish one of them, or give the other a new version", describe(p), q.ImageID, p.ImageID)}
 		}
-		republished[p.Path] = p
+		seen[p.Path] = p
 	}
-	for _, p := range ps {
-		old, ok, err := publishedAt(root, st, p.Path)
+	return nil
+}
+
+// checkReplacements refuses to put an image where the tree holds one of
+// the same name, version, os and arch (the same path) but another image
+// ID, unless replace; and even then when an image in the tree that stays
+// pins the old one by ID: rkt fetch of that one would then fail. What is
+// at the path is read from the file, and the pins from the manifests of
+// every image in the tree. A name whose file the template puts where
+// another one's is refused outright.
+func checkReplacements(ctx context.Context, root *os.Root, jobs []*job, s *site, replace bool) error {
+	republished := map[string]bool{}
+	for _, j := range jobs {
+		republished[j.p.Path] = true
+	}
+	for _, j := range jobs {
+		p := j.p
+		if _, ok := s.found[p.Path]; !ok {
+			// Not listed under this name, but maybe there under another
+			// (a file system that ignores case).
+			if fi, err := root.Lstat(p.Path); err != nil || !fi.Mode().IsRegular() {
+				continue
+			}
+		}
+		info, err := s.fileInfo(ctx, root, p.Path)
 		if err != nil {
-			return err
+			if ctx.Err() != nil {
+				return interruptedReading(ctx)
+			}
+			return fmt.Errorf("the site holds %s, which is not a valid image (%v): remove it, or publish into another site", safeio.Quote(p.Path), err)
 		}
-		if !ok {
-			continue
-		}
+		old := Published{Name: info.Manifest.Name.String(), ImageID: info.ImageID, Path: p.Path}
+		old.Version, _ = info.Manifest.Labels.Get("version")
+		old.OS, _ = info.Manifest.Labels.Get("os")
+		old.Arch, _ = info.Manifest.Labels.Get("arch")
 		if old.Name != p.Name || old.Version != p.Version || old.OS != p.OS || old.Arch != p.Arch {
 			return &UsageError{fmt.Sprintf("%s would be published as %s, where the site serves %s: the template %s gives both that file; give one of them another version", describe(p), p.Path, describe(old), fileTemplate)}
 		}
@@ -453,11 +611,42 @@ func checkReplacements(root *os.Root, ps []Published, st *site, replace bool) er
 		if !replace {
 			return &UsageError{fmt.Sprintf("%s is published already with image ID %s, and this one's is %s: rkt fetch %s:%s would get other bytes than before. Publish it as a new version, or pass --replace", describe(p), old.ImageID, p.ImageID, p.Name, safeio.Quote(p.Version))}
 		}
-		for _, q := range st.Images {
-			if _, ok := republished[q.Path]; ok || !contains(pins(root, q), old.ImageID) {
+		for _, qp := range sortedKeys(s.found) {
+			q := s.found[qp]
+			if republished[qp] || q.err != nil || !contains(q.pins, old.ImageID) {
 				continue
 			}
-			return &UsageError{fmt.Sprintf("%s pins %s by its image ID %s: replacing that would break rkt fetch of %s. Publish %s again too, built on the new one, or publish the new one as a new version", describe(q), describe(p), old.ImageID, q.Name, q.Name)}
+			return &UsageError{fmt.Sprintf("%s pins %s by its image ID %s: replacing that would break rkt fetch of %s. Publish %s again too, built on the new one, or publish the new one as a new version", describe(q.published(qp)), describe(p), old.ImageID, q.name, q.name)}
+		}
+	}
+	return nil
+}
+
+// checkDestinations makes sure each file can be renamed to its
+// destination: every directory on the way is one, or absent, and the
+// destination is not a directory.
+func checkDestinations(root *os.Root, dests []string) error {
+	for _, rel := range dests {
+		segs := strings.Split(rel, "/")
+		for i := 1; i < len(segs); i++ {
+			p := strings.Join(segs[:i], "/")
+			fi, err := root.Stat(p)
+			if errors.Is(err, fs.ErrNotExist) {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("the site's %s cannot hold %s (%v): remove it, or publish into another site", safeio.Quote(p), rel, err)
+			}
+			if !fi.IsDir() {
+				return fmt.Errorf("the site holds %s, which is not a directory, where publish must write %s: remove it, or publish into another site", safeio.Quote(p), rel)
+			}
+		}
+		fi, err := root.Lstat(rel)
+		if err == nil && fi.IsDir() {
+			return fmt.Errorf("the site holds a directory at %s, where publish must write a file: remove it, or publish into another site", safeio.Quote(rel))
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("checking the site's %s: %w", safeio.Quote(rel), err)
 		}
 	}
 	return nil
@@ -468,68 +657,10 @@ func describe(p Published) string {
 	return fmt.Sprintf("%s version %s (%s/%s)", p.Name, safeio.Quote(p.Version), p.OS, p.Arch)
 }
 
-// publishedAt returns what the site serves at path: as its record lists
-// it, or, for a file there that the record does not list (a record lost
-// or from elsewhere), as the file says.
-func publishedAt(root *os.Root, st *site, p string) (Published, bool, error) {
-	if rec, ok := st.Images[p]; ok {
-		return rec, true, nil
-	}
-	if root == nil {
-		return Published{}, false, nil
-	}
-	f, err := openIn(root, p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return Published{}, false, nil
-	}
-	if err != nil {
-		return Published{}, false, err
-	}
-	defer f.Close()
-	info, err := aci.Inspect(f)
-	if err != nil {
-		return Published{}, false, fmt.Errorf("the site holds %s, which its record does not list and which is not a valid image (%v): remove it, or publish into another site", safeio.Quote(p), err)
-	}
-	rec := Published{Name: info.Manifest.Name.String(), ImageID: info.ImageID, Path: p}
-	rec.Version, _ = info.Manifest.Labels.Get("version")
-	rec.OS, _ = info.Manifest.Labels.Get("os")
-	rec.Arch, _ = info.Manifest.Labels.Get("arch")
-	return rec, true, nil
-}
-
-// pins returns the image IDs a published image pins its dependencies to,
-// as the image in the site says (records from before they listed them
-// say nothing), or as the record says when the file cannot be read.
-func pins(root *os.Root, q Published) []string {
-	if root == nil {
-		return q.Depends
-	}
-	f, err := openIn(root, q.Path)
-	if err != nil {
-		return q.Depends
-	}
-	defer f.Close()
-	im, err := aci.ReadManifest(f, maxManifestRead)
-	if err != nil {
-		return q.Depends
-	}
-	var ids []string
-	for _, d := range im.Dependencies {
-		if d.ImageID != nil {
-			ids = append(ids, d.ImageID.String())
-		}
-	}
-	return ids
-}
-
-// maxManifestRead bounds what reading a published image's manifest may
-// inflate (it is the first entry of every image nix2aci writes).
-const maxManifestRead = 64 << 20
-
 // openIn opens the regular file p of the site, without blocking and
 // without leaving it.
 func openIn(root *os.Root, p string) (*os.File, error) {
-	f, err := root.OpenFile(filepath.FromSlash(p), os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := root.OpenFile(filepath.FromSlash(p), os.O_RDONLY|nonBlock, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -538,6 +669,22 @@ func openIn(root *os.Root, p string) (*os.File, error) {
 		return nil, fmt.Errorf("the site's %s is not a regular file: remove it, or publish into another site", safeio.Quote(p))
 	}
 	return f, nil
+}
+
+// verifyIn checks the image at p in the tree and its signature p.asc with
+// trust, reading the image whole.
+func verifyIn(ctx context.Context, root *os.Root, p string, trust *sign.Trust) (*sign.Verified, error) {
+	f, err := openIn(root, p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	sig, err := openIn(root, p+".asc")
+	if err != nil {
+		return nil, err
+	}
+	defer sig.Close()
+	return sign.VerifyWith(safeio.WithContext(ctx, f), sig, trust, sign.VerifyOptions{Full: true})
 }
 
 // verifyFiles checks the signature asc of the image at path with trust,
@@ -565,85 +712,7 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// readState reads the tree's record; a tree without one is new. A record
-// that is damaged or names paths outside the tree is an error: the tree
-// is not what nix2aci wrote.
-func readState(root *os.Root) (*site, error) {
-	st := &site{Prefixes: map[string]*prefixState{}, Images: map[string]Published{}}
-	// Without blocking: a FIFO in its place must not hang the publish.
-	f, err := root.OpenFile(stateFile, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		return st, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading the site's %s: %w", stateFile, err)
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("the site's %s is not a regular file", stateFile)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxStateSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > maxStateSize || json.Unmarshal(data, st) != nil {
-		return nil, fmt.Errorf("the site's %s is damaged (or over %d bytes); publish everything into a new site, or restore the file", stateFile, maxStateSize)
-	}
-	if st.Prefixes == nil {
-		st.Prefixes = map[string]*prefixState{}
-	}
-	if st.Images == nil {
-		st.Images = map[string]Published{}
-	}
-	for p, ps := range st.Prefixes {
-		if ps == nil || manifest.CheckIdentifier(p) != nil {
-			return nil, fmt.Errorf("the site's %s names the prefix %s, which is not an AC Identifier", stateFile, safeio.Quote(p))
-		}
-	}
-	for p, img := range st.Images {
-		if !filepath.IsLocal(p) {
-			return nil, fmt.Errorf("the site's %s names %s, outside the site", stateFile, safeio.Quote(p))
-		}
-		for _, id := range append([]string{img.ImageID}, img.Depends...) {
-			if _, err := types.NewHash(id); err != nil {
-				return nil, fmt.Errorf("the site's %s gives %s the image ID %s, which is not one; publish everything into a new site, or restore the file", stateFile, safeio.Quote(p), safeio.Quote(id))
-			}
-		}
-	}
-	return st, nil
-}
-
-// renderIndex makes index.html: the discovery meta tags of every prefix
-// the site serves, and a list of its images for people.
-func renderIndex(st *site) []byte {
-	esc := html.EscapeString
-	var prefixes []string
-	for p := range st.Prefixes {
-		prefixes = append(prefixes, p)
-	}
-	sort.Strings(prefixes)
-	var images []Published
-	for _, im := range st.Images {
-		images = append(images, im)
-	}
-	sort.Slice(images, func(i, j int) bool { return images[i].Path < images[j].Path })
-	var buf bytes.Buffer
-	buf.WriteString("<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n<title>App Container Images</title>\n")
-	for _, p := range prefixes {
-		fmt.Fprintf(&buf, "<meta name=\"ac-discovery\" content=\"%s %s\">\n", esc(p), esc(st.Prefixes[p].Template))
-		for _, k := range st.Prefixes[p].PubKeys {
-			fmt.Fprintf(&buf, "<meta name=\"ac-discovery-pubkeys\" content=\"%s %s\">\n", esc(p), esc(k))
-		}
-	}
-	buf.WriteString("</head>\n<body>\n<h1>App Container Images</h1>\n<p>With rkt: <code>rkt trust --prefix PREFIX</code>, then <code>rkt fetch NAME:VERSION</code>.</p>\n<ul>\n")
-	for _, im := range images {
-		fmt.Fprintf(&buf, "<li><a href=\"%s\">%s:%s</a> (%s/%s, %s)</li>\n", esc(im.URL), esc(im.Name), esc(im.Version), esc(im.OS), esc(im.Arch), esc(im.ImageID))
-	}
-	buf.WriteString("</ul>\n</body>\n</html>\n")
-	return buf.Bytes()
-}
-
-func copyFile(src, dst string) error {
+func copyFile(ctx context.Context, src, dst string) error {
 	in, err := safeio.OpenRegular(src)
 	if err != nil {
 		return err
@@ -653,7 +722,7 @@ func copyFile(src, dst string) error {
 	if err != nil {
 		return err
 	}
-	_, err = io.Copy(out, in)
+	_, err = io.Copy(out, safeio.WithContext(ctx, in))
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
@@ -661,41 +730,4 @@ func copyFile(src, dst string) error {
 		return fmt.Errorf("copying %s into the site: %w", src, err)
 	}
 	return nil
-}
-
-// moveInto renames the staged file tmp (inside the site) to rel in the
-// site, through root so that no link in the site leads the write outside.
-func moveInto(root *os.Root, siteDir, tmp, rel string) error {
-	from, err := filepath.Rel(siteDir, tmp)
-	if err != nil {
-		return err
-	}
-	if err := root.Rename(from, filepath.FromSlash(rel)); err != nil {
-		return fmt.Errorf("writing %s into the site: %w", rel, err)
-	}
-	return nil
-}
-
-// writeInto writes data to rel in the site atomically (staged, renamed).
-func writeInto(root *os.Root, siteDir, stage, rel string, data []byte) error {
-	tmp, err := os.CreateTemp(stage, "file-*")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(data)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o644)
-	}
-	if err != nil {
-		return fmt.Errorf("writing %s into the site: %w", rel, err)
-	}
-	if d := path.Dir(rel); d != "." {
-		if err := root.MkdirAll(d, 0o755); err != nil {
-			return fmt.Errorf("writing %s into the site: %w", rel, err)
-		}
-	}
-	return moveInto(root, siteDir, tmp.Name(), rel)
 }

@@ -43,11 +43,17 @@ func server(t *testing.T, dir string) (base string, port uint) {
 
 func build(t *testing.T, app, out string, signer *pipeline.Signer) *pipeline.Result {
 	t.Helper()
+	return buildNamed(t, app, "127.0.0.1/"+app, out, signer)
+}
+
+// buildNamed builds testdata/APP.nix layered as name into out.
+func buildNamed(t *testing.T, app, name, out string, signer *pipeline.Signer) *pipeline.Result {
+	t.Helper()
 	if _, err := exec.LookPath("nix-build"); err != nil {
 		t.Fatal("nix-build not found: run the tests with scripts/test, which installs what they need")
 	}
 	target, _ := filepath.Abs(filepath.Join("testdata", app+".nix"))
-	res, err := pipeline.Build(context.Background(), pipeline.Request{Target: target, Kind: pipeline.Layered, Name: "127.0.0.1/" + app, OutDir: out, Signer: signer})
+	res, err := pipeline.Build(context.Background(), pipeline.Request{Target: target, Kind: pipeline.Layered, Name: name, OutDir: out, Signer: signer})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,6 +218,19 @@ func TestPublishRefuses(t *testing.T) {
 		{"ftp base URL", "ftp://example.com/acis", nil, "not an http(s) URL"},
 		{"query", "https://example.com/acis?x=1", nil, "has a query"},
 		{"dot-dot", "https://example.com/a/../acis", nil, "not canonical"},
+		{"a quote in the host", `https://local"host/acis`, nil, "neither a DNS name"},
+		{"an underscore in the host", "https://a_b.example.com/acis", nil, "neither a DNS name"},
+		{"a numeric host", "https://127.1/acis", nil, "neither a DNS name"},
+		{"a hex host", "https://0x7f/acis", nil, "neither a DNS name"},
+		{"a zone", "https://[fe80::1%25eth0]/acis", nil, "not an IPv6 address"},
+		{"port 99999", "https://example.com:99999/acis", nil, "give a number from 1 to 65535"},
+		{"port 0", "https://example.com:0/acis", nil, "give a number from 1 to 65535"},
+		{"port 080", "https://example.com:080/acis", nil, "give a number from 1 to 65535"},
+		{"an empty port", "https://example.com:/acis", nil, "not HOST or HOST:PORT"},
+		{"an escaped path", "https://example.com/a%2e/acis", nil, "a URL escapes or a server decodes"},
+		{"a space in the path", "https://example.com/a%20b", nil, "a URL escapes or a server decodes"},
+		{"a plus in the path", "https://example.com/a+b", nil, "cannot be a directory of the tree"},
+		{"an empty query", "https://example.com/acis?", nil, "has a query"},
 		{"no key", "https://example.com/acis", func(o *publish.Options) { o.Key = nil }, "needs the key rkt will trust"},
 		{"unsigned with a public key only", "https://example.com/acis", func(o *publish.Options) { o.Key, o.PublicKey = nil, key }, "is not signed"},
 	} {
@@ -256,17 +275,30 @@ func TestPublishRefuses(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "publishes 127.0.0.1 at https://example.com/acis/") {
 		t.Errorf("another base URL for one prefix: %v", err)
 	}
-	// A dependency published with other bytes than the app pins.
-	state := filepath.Join(site, ".nix2aci-site.json")
-	data, _ = os.ReadFile(state)
-	var layerID string
-	for _, l := range build(t, "app1", filepath.Join(work, "signed"), pipeline.KeySigner(other)).Layers {
-		layerID = l.ImageID
+	// A dependency in the tree with other bytes than the app pins.
+	var layers []string
+	var libfoo string
+	for _, f := range imgs {
+		switch {
+		case strings.Contains(filepath.Base(f), "_libfoo-"):
+			libfoo = filepath.Join(work, "changed", filepath.Base(f))
+			annotate(t, f, libfoo)
+			layers = append(layers, libfoo)
+		case strings.Contains(filepath.Base(f), "_nix_"):
+			layers = append(layers, f)
+		}
 	}
-	os.WriteFile(state, bytes.Replace(data, []byte(`"imageID": "`+layerID), []byte(`"imageID": "sha512-`+strings.Repeat("0", 128)), 1), 0o644)
+	changed, err := aci.InspectFile(libfoo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	site = filepath.Join(work, "s5")
+	if _, err := publish.Publish(context.Background(), layers, publish.Options{Site: site, BaseURL: "https://example.com/acis", Key: key}); err != nil {
+		t.Fatal(err)
+	}
 	app := filepath.Join(work, "signed", "app1-1.0-linux-amd64.aci")
 	_, err = publish.Publish(context.Background(), []string{app}, publish.Options{Site: site, BaseURL: "https://example.com/acis", Key: key})
-	if err == nil || !strings.Contains(err.Error(), "but the one published has sha512-000") {
+	if err == nil || !strings.Contains(err.Error(), "but the one published has "+changed.ImageID) {
 		t.Errorf("a dependency with another image ID: %v", err)
 	}
 	// An unwritable site (as root, a path under a file).
@@ -290,7 +322,7 @@ func TestSiteRecordIsUntrusted(t *testing.T) {
 		{"huge", func(p string) error { return os.WriteFile(p, bytes.Repeat([]byte(" "), 16<<20+1), 0o644) }, "is damaged"},
 		{"path outside", func(p string) error {
 			return os.WriteFile(p, []byte(`{"images":{"../../etc/x.aci":{}}}`), 0o644)
-		}, "outside the site"},
+		}, "is damaged"},
 		{"bad prefix", func(p string) error { return os.WriteFile(p, []byte(`{"prefixes":{"../x":{}}}`), 0o644) }, "not an AC Identifier"},
 		{"fifo", func(p string) error { return syscall.Mkfifo(p, 0o644) }, "not a regular file"},
 		{"directory", func(p string) error { return os.Mkdir(p, 0o755) }, "not a regular file"},
@@ -390,7 +422,7 @@ func TestRepublishingOtherContents(t *testing.T) {
 	}
 	var layerFile string
 	for _, f := range imgs {
-		if filepath.Base(f) == filepath.Base(layer.Path) {
+		if strings.HasSuffix(filepath.Base(f), "_"+filepath.Base(layer.Path)) {
 			layerFile = f
 		}
 	}
@@ -425,6 +457,12 @@ func TestRepublishingOtherContents(t *testing.T) {
 // manifest: the same name and labels, another image ID.
 func annotate(t *testing.T, src, dst string) {
 	t.Helper()
+	rewrite(t, src, dst, func(im *schema.ImageManifest) { im.Annotations.Set("changed", "yes") })
+}
+
+// rewrite copies the image src to dst with its manifest changed by edit.
+func rewrite(t *testing.T, src, dst string, edit func(*schema.ImageManifest)) {
+	t.Helper()
 	in, err := os.Open(src)
 	if err != nil {
 		t.Fatal(err)
@@ -451,7 +489,7 @@ func annotate(t *testing.T, src, dst string) {
 			if err := json.Unmarshal(body, &im); err != nil {
 				t.Fatal(err)
 			}
-			im.Annotations.Set("changed", "yes")
+			edit(&im)
 			body, _ = json.Marshal(im)
 			h.Size = int64(len(body))
 		}

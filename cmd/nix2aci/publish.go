@@ -29,7 +29,10 @@ With --key every image is signed as it is published; with --public-key
 every image must have a signature beside it that the key verifies.
 Publishing again into a tree adds to it; an image whose name, version, os
 and arch are published already with other contents is refused, unless
---replace (and never while another published image pins it by ID).`,
+--replace (and never while another published image pins it by ID).
+Publishes into one tree run one at a time. Interrupted, publish stops
+between two images: stdout lists those it published, each complete with
+its signature and dependencies and listed in index.html.`,
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "the tree's `DIR`", Required: true},
 			&cli.StringFlag{Name: "base-url", Usage: "where the tree's image directory is served, e.g. https://example.com/acis", Required: true},
@@ -76,14 +79,22 @@ func runPublish(c *cli.Context) error {
 		return err
 	}
 	rep, err := publish.Publish(c.Context, images, o)
-	if err != nil {
+	if rep == nil {
 		return err
 	}
+	// Published, or only some of the images (interrupted): stdout lists
+	// exactly those in the site.
 	if c.Bool("json") {
-		return printJSON(c.App.Writer, rep)
+		if jerr := printJSON(c.App.Writer, rep); err == nil {
+			return jerr
+		}
+	} else {
+		for _, im := range rep.Images {
+			fmt.Fprintln(c.App.Writer, im.URL)
+		}
 	}
-	for _, im := range rep.Images {
-		fmt.Fprintln(c.App.Writer, im.URL)
+	if err != nil {
+		return fmt.Errorf("%w (stdout lists the images published)", err)
 	}
 	fmt.Fprintf(c.App.ErrWriter, "published %d %s into %s for %v; trust the key with: sudo rkt trust --prefix %s\n", len(rep.Images), plural(len(rep.Images), "image", "images"), o.Site, rep.Prefixes, rep.Prefixes[0])
 	return nil
