@@ -64,15 +64,23 @@ func TestFIFOsAreRefusedAtOnce(t *testing.T) {
 var (
 	binOnce sync.Once
 	binPath string
+	binDir  string // removed when the tests end
 	binErr  error
 )
 
 // binary builds nix2aci once for the tests that signal a real process.
 func binary(t *testing.T) string {
 	binOnce.Do(func() {
-		binPath = filepath.Join(os.TempDir(), "nix2aci-test-bin", "nix2aci")
-		os.MkdirAll(filepath.Dir(binPath), 0o755)
-		os.Chmod(filepath.Dir(binPath), 0o755)
+		// A directory of this test process's own: other checkouts
+		// testing at the same time must not swap the binary under it.
+		dir, err := os.MkdirTemp("", "nix2aci-test-bin-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binDir = dir
+		binPath = filepath.Join(dir, "nix2aci")
+		os.Chmod(dir, 0o755) // run as nobody too
 		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
 		if err != nil {
 			binErr = fmt.Errorf("go build: %v\n%s", err, out)

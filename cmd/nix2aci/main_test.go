@@ -18,9 +18,13 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(testscript.RunMain(m, map[string]func() int{
+	code := testscript.RunMain(m, map[string]func() int{
 		"nix2aci": func() int { return run(os.Args) },
-	}))
+	})
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
 }
 
 // toolDir holds actool, built once from the pinned appc/spec tool
