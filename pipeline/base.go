@@ -16,6 +16,7 @@ import (
 	"github.com/appc/spec/schema/types"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/fetch"
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
@@ -327,4 +328,70 @@ func short(id string) string {
 		return id[:19] + "…"
 	}
 	return id
+}
+
+// loadBase reads the request's base from its file, or fetches it by name.
+func (b *build) loadBase(ctx context.Context, system string) (*Base, error) {
+	if _, err := os.Stat(b.Base); err == nil {
+		return LoadBase(ctx, b.Base, b.cache)
+	}
+	name, labels, err := ParseImageString(b.Base)
+	if err != nil {
+		return nil, &UsageError{fmt.Sprintf("--base %s is neither a file nor an image name: %v", safeio.Quote(b.Base), err)}
+	}
+	osName, arch, err := manifest.OSArch(system)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range map[string]string{"os": osName, "arch": arch} {
+		if _, ok := labels[k]; !ok {
+			labels[k] = v
+		}
+	}
+	if _, ok := labels["version"]; !ok {
+		return nil, &UsageError{fmt.Sprintf("--base %s names no version: give the one to build on, %s:VERSION (a published version keeps its contents; there is no \"latest\")", safeio.Quote(b.Base), name)}
+	}
+	o := b.BaseFetch
+	o.Dir = b.st.Path("base")
+	if err := os.Mkdir(o.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	f, err := fetch.Image(ctx, name, labels, o)
+	if err != nil {
+		return nil, fmt.Errorf("fetching the base %s: %w", name, err)
+	}
+	base, err := baseOf(f.Manifest, f.ImageID)
+	if err != nil {
+		return nil, fmt.Errorf("the base %s: %w", name, err)
+	}
+	base.File = f.ACI
+	return base, nil
+}
+
+// ParseImageString splits an image string as rkt writes one,
+// NAME[:VERSION][,LABEL=VALUE…], into the name and labels.
+func ParseImageString(s string) (name string, labels map[string]string, err error) {
+	parts := strings.Split(s, ",")
+	name, version, hasVersion := strings.Cut(parts[0], ":")
+	if err := manifest.CheckIdentifier(name); err != nil {
+		return "", nil, err
+	}
+	labels = map[string]string{}
+	if hasVersion {
+		if version == "" {
+			return "", nil, fmt.Errorf("an empty version after %q", name+":")
+		}
+		labels["version"] = version
+	}
+	for _, p := range parts[1:] {
+		k, v, ok := strings.Cut(p, "=")
+		if !ok || k == "" || v == "" {
+			return "", nil, fmt.Errorf("%s is not LABEL=VALUE", safeio.Quote(p))
+		}
+		if _, dup := labels[k]; dup {
+			return "", nil, fmt.Errorf("the label %s is given twice", safeio.Quote(k))
+		}
+		labels[k] = v
+	}
+	return name, labels, nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/appc/spec/schema"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/fetch"
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
@@ -82,6 +83,12 @@ type Request struct {
 	// (found beside it) are linked into the output directory and listed
 	// in the .deps file.
 	Base string
+	// BaseFetch says how a Base given as an image name
+	// (NAME:VERSION[,LABEL=VALUE…], as rkt writes it) is fetched: by appc
+	// discovery, its signature verified against BaseFetch.Trust (see
+	// fetch.Image; Dir is the build's own). A Base that names an existing
+	// file or directory is read from there.
+	BaseFetch fetch.Options
 	// NoExecCheck builds even if the app's program cannot start.
 	NoExecCheck bool
 	// Created is the app image's "created" time (zero: the Unix epoch).
@@ -348,7 +355,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	}
 
 	if b.Base != "" {
-		if b.base, err = LoadBase(ctx, b.Base, b.cache); err != nil {
+		if b.base, err = b.loadBase(ctx, spec.System); err != nil {
 			return nil, err
 		}
 	}

@@ -17,10 +17,12 @@ import (
 	"golang.org/x/term"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/fetch"
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
 	"github.com/nix2aci/nix2aci/pipeline"
+	"github.com/nix2aci/nix2aci/sign"
 )
 
 type buildOptions struct {
@@ -57,7 +59,9 @@ SOURCE_DATE_EPOCH, if set, is the image's "created" time.`,
 			&cli.StringFlag{Name: "layer-prefix", Usage: "with --layered, name layers `PREFIX`/<store path name> (default: the app name's host + /nix)"},
 			&cli.StringFlag{Name: "layer-group", Usage: "write no app: only the layer group image `NAME` (PREFIX/NAME) holding the target's closure less --base's, as a recipe's layer group NAME would"},
 			&cli.StringFlag{Name: "describe", Usage: "with --group, also write a description of the image (name, version, image ID, store paths, the files below it) as `FILE` in --out (buildLayer's layer.json)"},
-			&cli.StringFlag{Name: "base", Usage: "build the app on the base image `FILE` (a layer group image): it depends on it by image ID and holds none of its store paths"},
+			&cli.StringFlag{Name: "base", Usage: "build the app on the base `FILE` (a layer group image, or a buildLayer output) or NAME:VERSION (fetched by appc discovery, its signature checked against --trust-dir): it depends on it by image ID and holds none of its store paths"},
+			&cli.StringFlag{Name: "trust-dir", Value: "/etc/rkt/trustedkeys", Usage: "with --base NAME:VERSION, the trust store `DIR` in rkt's layout whose keys a fetched base must be signed by"},
+			&cli.StringFlag{Name: "insecure-options", Usage: "with --base NAME:VERSION, \"http\" allows fetching it over plain http (as rkt's --insecure-options=http)"},
 			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Value: "ACIs", Usage: "output `DIR`"},
 			&cli.StringFlag{Name: "name", Usage: "image name (an AC Identifier, e.g. example.com/busybox)"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object describing what was built"},
@@ -224,6 +228,23 @@ func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
 		if o.CacheKey, o.CacheKeyValue, err = cacheKeyFrom(c, keyHex); err != nil {
 			return nil, err
 		}
+	}
+	if base := c.String("base"); base != "" {
+		if _, err := os.Stat(base); err != nil {
+			// A name: fetched, and judged by the trust store.
+			trust, err := sign.LoadTrustDir(c.String("trust-dir"))
+			if err != nil {
+				return nil, fmt.Errorf("--base %s is fetched by name, and its signature judged by the trust store: %w (fill one with nix2aci trust --prefix PREFIX KEY.asc --trust-dir DIR)", base, err)
+			}
+			o.BaseFetch = fetch.Options{Trust: trust}
+		}
+	}
+	switch c.String("insecure-options") {
+	case "":
+	case "http":
+		o.BaseFetch.InsecureHTTP = true
+	default:
+		return nil, usagef("--insecure-options takes http (nothing else is insecure enough to allow)")
 	}
 	if o.Name != "" {
 		if err := manifest.CheckIdentifier(o.Name); err != nil {

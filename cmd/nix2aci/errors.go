@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/fetch"
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/pipeline"
@@ -39,6 +40,8 @@ var exitCodes = []struct {
 	{func(err error) bool { var r *manifest.RktArgsError; return errors.As(err, &r) }, exitVerify},
 	{func(err error) bool { var p *sign.PrefixError; return errors.As(err, &p) }, exitUsage},
 	{func(err error) bool { var v *sign.VerifyError; return errors.As(err, &v) }, exitVerify},
+	{func(err error) bool { var u *fetch.UsageError; return errors.As(err, &u) }, exitUsage},
+	{func(err error) bool { var m *fetch.MismatchError; return errors.As(err, &m) }, exitVerify},
 	{aci.IsInvalid, exitInvalid},
 	{func(err error) bool { var k *sign.KeyError; return errors.As(err, &k) }, exitKey},
 }
