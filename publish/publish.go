@@ -228,6 +228,9 @@ func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 	if err := checkDependencies(ctx, root, jobs, s, pub); err != nil {
 		return nil, err
 	}
+	if err := checkTrees(jobs, s); err != nil {
+		return nil, err
+	}
 	if err := checkReplacements(ctx, root, jobs, s, o.Replace); err != nil {
 		return nil, err
 	}
@@ -516,6 +519,9 @@ func checkDependencies(ctx context.Context, root *os.Root, jobs []*job, s *site,
 		for _, d := range j.deps {
 			labels := depLabels(p, d)
 			name := d.ImageName.String()
+			if labels["version"] == "" {
+				return &UsageError{fmt.Sprintf("%s depends on %s without a version label: discovery could not name one file for it (there is no \"latest\" here); build it with nix2aci, which names every dependency's version", p.Name, name)}
+			}
 			id := ""
 			if q, ok := inRun[depKey(name, labels["version"], labels["os"], labels["arch"])]; ok {
 				id = q.ImageID
@@ -547,9 +553,66 @@ func checkDependencies(ctx context.Context, root *os.Root, jobs []*job, s *site,
 					checked[rel] = id
 				}
 			}
-			if d.ImageID != nil && d.ImageID.String() != id {
+			if d.ImageID == nil || d.ImageID.Empty() {
+				return &UsageError{fmt.Sprintf("%s depends on %s by name alone, without its image ID: rkt would render whatever discovery finds under that name; build it with nix2aci, which pins every dependency", p.Name, name)}
+			}
+			if d.ImageID.String() != id {
 				return fmt.Errorf("%s depends on %s with image ID %s, but the one published has %s; publish the layers of the same build", p.Name, d.ImageName, d.ImageID, id)
 			}
+		}
+	}
+	return nil
+}
+
+// maxTreeDepth bounds how deep dependencies may nest in a published tree.
+const maxTreeDepth = 64
+
+// checkTrees refuses an image whose dependency graph is not a tree: rkt
+// renders every dependency of every image with no visited set, so an
+// image reached twice (a diamond) is rendered twice, the second copy's
+// files covering those of images above it, and a cycle never ends.
+// Dependencies are followed as rkt follows them: by name and labels
+// through the template to an image of the run or a file of the tree, each
+// pinned by image ID (checkDependencies proved the pins of the run's).
+func checkTrees(jobs []*job, s *site) error {
+	inRun := map[string]*job{}
+	for _, j := range jobs {
+		inRun[depKey(j.p.Name, j.p.Version, j.p.OS, j.p.Arch)] = j
+	}
+	for _, j := range jobs {
+		reached := map[string]string{} // image ID -> the image that depends on it first
+		var walk func(of Published, deps types.Dependencies, depth int) error
+		walk = func(of Published, deps types.Dependencies, depth int) error {
+			if depth > maxTreeDepth {
+				return &UsageError{fmt.Sprintf("the dependencies of %s nest more than %d deep (a cycle?): rkt would never finish rendering it", describe(j.p), maxTreeDepth)}
+			}
+			for _, d := range deps {
+				if d.ImageID == nil {
+					continue // refused by checkDependencies for the run's own
+				}
+				id := d.ImageID.String()
+				if first, ok := reached[id]; ok {
+					return &UsageError{fmt.Sprintf("%s reaches %s twice, through %s and %s: rkt renders a dependency once for each way it is reached, the later copy covering the files of images above it. Build it on a chain (layer groups, each on the one below) or a tree", describe(j.p), d.ImageName, first, of.Name)}
+				}
+				reached[id] = of.Name
+				labels := depLabels(of, d)
+				next := Published{Name: d.ImageName.String(), Version: labels["version"], OS: labels["os"], Arch: labels["arch"]}
+				var nextDeps types.Dependencies
+				if q, ok := inRun[depKey(next.Name, next.Version, next.OS, next.Arch)]; ok {
+					nextDeps = q.deps
+				} else if rel, _, ok := imageFile(s.base, s.dir, next.Name, next.Version, next.OS, next.Arch); ok {
+					if f, ok := s.found[rel]; ok && f.err == nil {
+						nextDeps = f.deps
+					}
+				}
+				if err := walk(next, nextDeps, depth+1); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		if err := walk(j.p, j.deps, 0); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -206,6 +206,7 @@ type site struct {
 type found struct {
 	name, version, os, arch string
 	pins                    []string
+	deps                    types.Dependencies
 	err                     error // its manifest could not be read
 }
 
@@ -416,6 +417,7 @@ func readFound(root *os.Root, p string) *found {
 			fd.pins = append(fd.pins, d.ImageID.String())
 		}
 	}
+	fd.deps = im.Dependencies
 	return fd
 }
 
