@@ -97,7 +97,9 @@ mk "onbase-1.0" "mkdir -p $out/bin; echo ${lib} > $out/bin/onbase"`)
 			func(err error) bool { var v *sign.VerifyError; return errors.As(err, &v) }},
 		{"no version", pipeline.Request{Base: "127.0.0.1/nix/libs", BaseFetch: trusting(key)}, pipeline.IsUsage},
 		{"a base that lists no store paths", pipeline.Request{Base: "127.0.0.1/nix/fat:" + fat.Version, BaseFetch: trusting(key)},
-			func(err error) bool { return err != nil && strings.Contains(err.Error(), "does not say which store paths it holds") }},
+			func(err error) bool {
+				return err != nil && strings.Contains(err.Error(), "does not say which store paths it holds")
+			}},
 	} {
 		tc.req.Target, tc.req.Name, tc.req.OutDir = app, "127.0.0.1/app", filepath.Join(work, "bad")
 		if _, err := build(tc.req); !tc.want(err) {
