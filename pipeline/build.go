@@ -230,6 +230,72 @@ type build struct {
 }
 
 func (b *build) run(ctx context.Context) (*Result, error) {
+	// 1. The target: its packages and the image's settings, and the names
+	// of the files it will have.
+	t, err := b.resolve(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names, err := outputNames(t)
+	if err != nil {
+		return nil, err
+	}
+	if b.st, err = outdir.Begin(b.OutDir); err != nil {
+		return nil, err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			b.st.Abort()
+		}
+	}()
+	// 2. The packages built, and their closure.
+	in, err := b.inputs(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	// 3. What to write: a plan (plan.go).
+	if err := b.openCache(); err != nil {
+		return nil, err
+	}
+	if b.Base != "" {
+		if b.base, err = b.loadBase(ctx, in.spec.System); err != nil {
+			return nil, err
+		}
+	}
+	plan, err := b.plan(in.full, in.groups, t, in.app.Manifest, in.app, in.spec.System)
+	if err != nil {
+		return nil, err
+	}
+	// 4. The images written and signed (write.go), and the files beside
+	// the target's image.
+	images, err := b.writePlan(ctx, plan)
+	if err != nil {
+		return nil, err
+	}
+	out, err := b.finish(ctx, t, in, plan, images, &names)
+	if err != nil {
+		return nil, err
+	}
+	// 5. Everything moved into place at once.
+	committed = true
+	if err := b.commit(ctx, t, names); err != nil {
+		return nil, err
+	}
+	if !b.inNix() {
+		out.GCRoots = gcRoots(b.st.Final(names.base+".gcroot"), len(t.AllPackages()))
+	}
+	if b.cache != nil && b.CacheMax > 0 {
+		if _, err := b.cache.GC(b.CacheMax); err != nil {
+			b.Warn(fmt.Sprintf("trimming cache: %v", err))
+		}
+	}
+	return out, nil
+}
+
+// resolve resolves the target to its packages and settings, with the
+// request's overrides and name applied.
+func (b *build) resolve(ctx context.Context) (*pkgs.Target, error) {
 	var popts []pkgs.Option
 	if b.Recipes != "" {
 		popts = append(popts, pkgs.WithUserRecipes(b.Recipes))
@@ -248,7 +314,16 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 			return nil, fmt.Errorf("the recipe's name: %w", err)
 		}
 	}
-	// Name the outputs before building, to place the GC roots beside them.
+	return t, nil
+}
+
+// fileNames are the target's image file and the stem the files beside it
+// are named by (.asc, .deps, .rkt-args, .gcroot).
+type fileNames struct{ image, base string }
+
+// outputNames names the outputs before anything is built, to place the
+// GC roots beside them.
+func outputNames(t *pkgs.Target) (fileNames, error) {
 	first := t.Packages[0]
 	spec := t.Spec
 	spec.Name = orDefault(spec.Name, first.PName)
@@ -257,27 +332,30 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	spec.Exec = []string{"/placeholder"}
 	probe, err := manifest.New(spec)
 	if err != nil {
-		return nil, err
+		return fileNames{}, err
 	}
-	fileName, err := manifest.FileName(probe)
+	file, err := manifest.FileName(probe)
 	if err != nil {
-		return nil, err
+		return fileNames{}, err
 	}
-	base := strings.TrimSuffix(fileName, ".aci")
-	if b.st, err = outdir.Begin(b.OutDir); err != nil {
-		return nil, err
-	}
-	committed := false
-	defer func() {
-		if !committed {
-			b.st.Abort()
-		}
-	}()
-	// Roots inside the staging directory keep the packages alive while
-	// the images are written; the final roots replace the old ones only
-	// when the new image replaces the old image.
-	inNix := len(b.ClosureGraphs) > 0
-	if !inNix {
+	return fileNames{file, strings.TrimSuffix(file, ".aci")}, nil
+}
+
+func (b *build) inNix() bool { return len(b.ClosureGraphs) > 0 }
+
+// inputs is what the plan is made from.
+type inputs struct {
+	spec   manifest.Spec
+	groups []Group
+	full   *nixstore.Graph // the closure of the app and its layer groups
+	app    aci.Image       // the app image with its whole closure
+}
+
+// inputs builds the packages (GC roots in the staging directory keep
+// them alive meanwhile), reads their closure, and makes the app's
+// manifest and skeleton, checking that the app can start.
+func (b *build) inputs(ctx context.Context, t *pkgs.Target) (*inputs, error) {
+	if !b.inNix() { // inside a Nix build, the derivation's inputs are built
 		if err := t.Realise(ctx, b.st.Path("gcroot")); err != nil {
 			return nil, err
 		}
@@ -288,90 +366,90 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if err := t.Finish(); err != nil {
 		return nil, err
 	}
-	groups := b.layerGroups(t)
+	in := &inputs{groups: b.layerGroups(t)}
 	roots := t.StorePaths()
-	for _, grp := range groups {
+	for _, grp := range in.groups {
 		roots = append(roots, grp.Roots...)
 	}
-	// full is the closure of the app and its layer groups; g the app's.
-	var full *nixstore.Graph
-	if inNix {
-		full, err = graphFromFiles(b.ClosureGraphs, roots)
+	var err error
+	if b.inNix() {
+		in.full, err = graphFromFiles(b.ClosureGraphs, roots)
 	} else {
-		full, err = nixstore.Closure(ctx, roots)
+		in.full, err = nixstore.Closure(ctx, roots)
 	}
 	if err != nil {
 		return nil, err
 	}
-	g := full
-	if len(groups) > 0 {
-		if g, err = subgraph(full, t.StorePaths()); err != nil {
+	g := in.full
+	if len(in.groups) > 0 {
+		if g, err = subgraph(in.full, t.StorePaths()); err != nil {
 			return nil, err
 		}
 	}
-	spec = t.Spec
-	spec.Created = b.Created
-	spec.Kind = b.Kind
+	in.spec = t.Spec
+	in.spec.Created = b.Created
+	in.spec.Kind = b.Kind
 	if b.Kind == Thin {
-		spec.Mounts = append(spec.Mounts, manifest.StoreMounts(g.StorePaths())...)
+		in.spec.Mounts = append(in.spec.Mounts, manifest.StoreMounts(g.StorePaths())...)
 	}
-	im, err := manifest.New(spec)
+	im, err := manifest.New(in.spec)
 	if err != nil {
 		return nil, err
 	}
-	extra, err := Skeleton(spec)
+	extra, err := Skeleton(in.spec)
 	if err != nil {
 		return nil, err
 	}
-	whole := aci.Image{Manifest: im, Closure: g, Packages: t.StorePaths(), Thin: b.Kind == Thin, Extra: extra}
+	in.app = aci.Image{Manifest: im, Closure: g, Packages: t.StorePaths(), Thin: b.Kind == Thin, Extra: extra}
 	if !b.NoExecCheck && b.GroupOnly == "" {
-		if err := aci.CheckExec(whole); err != nil {
+		if err := aci.CheckExec(in.app); err != nil {
 			return nil, err
 		}
-		if err := checkUserGroup(whole, im.App.User, im.App.Group); err != nil {
+		if err := checkUserGroup(in.app, im.App.User, im.App.Group); err != nil {
 			return nil, err
 		}
 	}
+	return in, nil
+}
 
+// openCache opens the request's cache of compressed store paths and
+// loads its key; a cache that cannot be used is warned about, not fatal,
+// but a key given as a value that is not one is.
+func (b *build) openCache() error {
 	b.opts = []aci.Option{aci.WithCompression(b.Compression, b.Level)}
 	if b.Jobs > 0 {
 		b.opts = append(b.opts, aci.WithJobs(b.Jobs))
 	}
-	if b.CacheDir != "" {
-		if b.cache, err = aci.OpenCache(b.CacheDir); err != nil {
-			b.Warn(fmt.Sprintf("%v; building without the cache", err))
-		} else {
-			if b.CacheKeyValue != nil {
-				if err := b.cache.UseKey(b.CacheKeyValue); err != nil {
-					return nil, &UsageError{Msg: err.Error()}
-				}
-			} else if b.CacheKey != "" {
-				if _, err := b.cache.LoadKey(b.CacheKey); err != nil {
-					b.Warn(fmt.Sprintf("%v; until then, builds do not use the cache (slower)", err))
-				}
-			}
-			b.opts = append(b.opts, aci.WithCache(b.cache))
+	if b.CacheDir == "" {
+		return nil
+	}
+	var err error
+	if b.cache, err = aci.OpenCache(b.CacheDir); err != nil {
+		b.Warn(fmt.Sprintf("%v; building without the cache", err))
+		return nil
+	}
+	if b.CacheKeyValue != nil {
+		if err := b.cache.UseKey(b.CacheKeyValue); err != nil {
+			return &UsageError{Msg: err.Error()}
+		}
+	} else if b.CacheKey != "" {
+		if _, err := b.cache.LoadKey(b.CacheKey); err != nil {
+			b.Warn(fmt.Sprintf("%v; until then, builds do not use the cache (slower)", err))
 		}
 	}
+	b.opts = append(b.opts, aci.WithCache(b.cache))
+	return nil
+}
 
-	if b.Base != "" {
-		if b.base, err = b.loadBase(ctx, spec.System); err != nil {
-			return nil, err
-		}
-	}
+// finish writes the files beside the target's image (.deps, .rkt-args)
+// into the staging directory and says what the build made.
+func (b *build) finish(ctx context.Context, t *pkgs.Target, in *inputs, plan *Plan, images map[*PlanImage]*written, names *fileNames) (*Result, error) {
+	im := in.app.Manifest
 	out := &Result{Name: im.Name.String(), Kind: b.Kind, Offline: t.Offline}
-	plan, err := b.plan(full, groups, t, im, whole, spec.System)
-	if err != nil {
-		return nil, err
-	}
-	images, err := b.writePlan(ctx, plan)
-	if err != nil {
-		return nil, err
-	}
 	app := images[plan.Images[len(plan.Images)-1]]
 	if b.GroupOnly != "" {
-		fileName = app.ACI
-		base = strings.TrimSuffix(fileName, ".aci")
+		names.image = app.ACI
+		names.base = strings.TrimSuffix(app.ACI, ".aci")
 		out.Name, out.Kind = app.Name, manifest.LayerKind
 		if b.Describe != "" {
 			if err := b.describe(app); err != nil {
@@ -379,8 +457,8 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 			}
 		}
 	}
-	if app.ACI != fileName {
-		return nil, fmt.Errorf("internal error: the app image was written as %s, not %s", app.ACI, fileName)
+	if app.ACI != names.image {
+		return nil, fmt.Errorf("internal error: the app image was written as %s, not %s", app.ACI, names.image)
 	}
 	res := app.res
 	if res == nil { // a group image the output directory holds already
@@ -389,7 +467,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	for _, cf := range res.Conflicts {
 		b.Warn(fmt.Sprintf("two packages provide %s", cf))
 	}
-	depsName := base + ".deps"
+	depsName := names.base + ".deps"
 	baseFiles, err := b.stageBase(ctx)
 	if err != nil {
 		return nil, err
@@ -412,71 +490,59 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 			return nil, fmt.Errorf("writing %s: %w", b.st.Final(depsName), err)
 		}
 		b.add(depsName, "")
+		out.Deps = b.st.Final(depsName)
 	} else {
 		b.add("", depsName)
 	}
-	argsName := base + ".rkt-args"
+	argsName := names.base + ".rkt-args"
 	if b.Kind == Thin {
-		if err := os.WriteFile(b.st.Path(argsName), []byte(manifest.RktVolumeArgs(g.StorePaths())), 0o644); err != nil {
+		if err := os.WriteFile(b.st.Path(argsName), []byte(manifest.RktVolumeArgs(in.app.Closure.StorePaths())), 0o644); err != nil {
 			return nil, fmt.Errorf("writing %s: %w", b.st.Final(argsName), err)
 		}
 		b.add(argsName, "")
+		out.RktArgs = b.st.Final(argsName)
 	} else {
 		b.add("", argsName)
 	}
-	signed := app.Signature != ""
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("build of %s interrupted; nothing was written: %w", fileName, context.Cause(ctx))
+		return nil, fmt.Errorf("build of %s interrupted; nothing was written: %w", names.image, context.Cause(ctx))
 	}
-	gcroot := b.st.Final(base + ".gcroot")
-	committed = true
-	err = b.st.Commit(b.names, b.stale, func() error {
-		// The new image is in place: point its roots at its packages. The
-		// staging roots still hold them until this is done. (Inside a Nix
-		// build, the derivation's references are its roots.)
-		if !inNix {
-			if err := t.Realise(context.WithoutCancel(ctx), gcroot); err != nil {
-				return fmt.Errorf("%s is written, but registering its GC roots failed (a garbage collection may remove what it needs; build again): %w", b.st.Final(fileName), err)
-			}
-			removeStaleRoots(gcroot, len(t.AllPackages()))
-		}
-		if len(b.layersWritten) > 0 && !inNix { // stat data would make a derivation's output differ
-			if err := recordLayers(b.OutDir, b.layersWritten, b.cache); err != nil {
-				b.Warn(fmt.Sprintf("recording the layers written (the next build writes them again): %v", err))
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	out.ACI = b.st.Final(fileName)
+	out.ACI = b.st.Final(names.image)
 	out.ImageID, out.StorePaths, out.CachedPaths, out.Size = res.ImageID, res.StorePaths, res.CachedPaths, res.Size
 	out.Conflicts = res.Conflicts
-	if !inNix {
-		out.GCRoots = gcRoots(gcroot, len(t.AllPackages()))
-	}
 	out.Version, _ = im.Labels.Get("version")
 	out.OS, _ = im.Labels.Get("os")
 	out.Arch, _ = im.Labels.Get("arch")
 	if b.GroupOnly != "" {
 		out.Version = app.Version
 	}
-	if b.Kind == Thin {
-		out.RktArgs = b.st.Final(argsName)
-	}
-	if len(out.Layers) > 0 || len(baseFiles) > 0 {
-		out.Deps = b.st.Final(depsName)
-	}
-	if signed {
-		out.Signature = b.st.Final(fileName + ".asc")
-	}
-	if b.cache != nil && b.CacheMax > 0 {
-		if _, err := b.cache.GC(b.CacheMax); err != nil {
-			b.Warn(fmt.Sprintf("trimming cache: %v", err))
-		}
+	if app.Signature != "" {
+		out.Signature = b.st.Final(app.Signature)
 	}
 	return out, nil
+}
+
+// commit moves the staged files into place, then points the GC roots at
+// the packages and records the layers written.
+func (b *build) commit(ctx context.Context, t *pkgs.Target, names fileNames) error {
+	gcroot := b.st.Final(names.base + ".gcroot")
+	return b.st.Commit(b.names, b.stale, func() error {
+		// The new image is in place: point its roots at its packages. The
+		// staging roots still hold them until this is done. (Inside a Nix
+		// build, the derivation's references are its roots.)
+		if !b.inNix() {
+			if err := t.Realise(context.WithoutCancel(ctx), gcroot); err != nil {
+				return fmt.Errorf("%s is written, but registering its GC roots failed (a garbage collection may remove what it needs; build again): %w", b.st.Final(names.image), err)
+			}
+			removeStaleRoots(gcroot, len(t.AllPackages()))
+		}
+		if len(b.layersWritten) > 0 && !b.inNix() { // stat data would make a derivation's output differ
+			if err := recordLayers(b.OutDir, b.layersWritten, b.cache); err != nil {
+				b.Warn(fmt.Sprintf("recording the layers written (the next build writes them again): %v", err))
+			}
+		}
+		return nil
+	})
 }
 
 // plan decides what the build writes: one image holding the closure
