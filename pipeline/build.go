@@ -355,11 +355,44 @@ type inputs struct {
 // them alive meanwhile), reads their closure, and makes the app's
 // manifest and skeleton, checking that the app can start.
 func (b *build) inputs(ctx context.Context, t *pkgs.Target) (*inputs, error) {
-	if !b.inNix() { // inside a Nix build, the derivation's inputs are built
+	// Inside a Nix build, the derivation's inputs are built. Outside, the
+	// packages are built with GC roots in the staging directory; when
+	// they are in the store already, that runs beside the closure query
+	// (the query fails on a path that is not).
+	realised := make(chan error, 1)
+	switch {
+	case b.inNix():
+		realised <- nil
+	case allPresent(t):
+		go func() { realised <- t.Realise(ctx, b.st.Path("gcroot")) }()
+	default:
 		if err := t.Realise(ctx, b.st.Path("gcroot")); err != nil {
 			return nil, err
 		}
+		realised <- nil
 	}
+	in, err := b.closure(ctx, t)
+	if rerr := <-realised; rerr != nil {
+		return nil, rerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	return in, b.appImage(t, in)
+}
+
+// allPresent reports whether every package's output is in the store.
+func allPresent(t *pkgs.Target) bool {
+	for _, p := range t.AllPackages() {
+		if _, err := os.Lstat(p.OutPath); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// closure reads the closure of the app and its layer groups.
+func (b *build) closure(ctx context.Context, t *pkgs.Target) (*inputs, error) {
 	if b.GroupOnly != "" && len(t.Spec.Exec) == 0 {
 		t.Spec.Exec = []string{"/"} // no app: nothing runs
 	}
@@ -380,12 +413,19 @@ func (b *build) inputs(ctx context.Context, t *pkgs.Target) (*inputs, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := in.full
+	in.app.Closure = in.full
 	if len(in.groups) > 0 {
-		if g, err = subgraph(in.full, t.StorePaths()); err != nil {
+		if in.app.Closure, err = subgraph(in.full, t.StorePaths()); err != nil {
 			return nil, err
 		}
 	}
+	return in, nil
+}
+
+// appImage makes the app's manifest and skeleton, and checks that the
+// app can start.
+func (b *build) appImage(t *pkgs.Target, in *inputs) error {
+	g := in.app.Closure
 	in.spec = t.Spec
 	in.spec.Created = b.Created
 	in.spec.Kind = b.Kind
@@ -394,22 +434,22 @@ func (b *build) inputs(ctx context.Context, t *pkgs.Target) (*inputs, error) {
 	}
 	im, err := manifest.New(in.spec)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	extra, err := Skeleton(in.spec)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	in.app = aci.Image{Manifest: im, Closure: g, Packages: t.StorePaths(), Thin: b.Kind == Thin, Extra: extra}
 	if !b.NoExecCheck && b.GroupOnly == "" {
 		if err := aci.CheckExec(in.app); err != nil {
-			return nil, err
+			return err
 		}
 		if err := checkUserGroup(in.app, im.App.User, im.App.Group); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return in, nil
+	return nil
 }
 
 // openCache opens the request's cache of compressed store paths and
