@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -778,28 +777,18 @@ func graphFromFiles(files, roots []string) (*nixstore.Graph, error) {
 	if err != nil {
 		return nil, err
 	}
-	byPath := make(map[string]nixstore.PathInfo, len(all.Paths))
+	index := make(map[string]nixstore.PathInfo, len(all.Paths))
 	for _, p := range all.Paths {
-		byPath[p.Path] = p
+		index[p.Path] = p
 	}
 	// Only what the roots reach, and all of it.
-	seen := map[string]bool{}
-	var out []nixstore.PathInfo
-	todo := append([]string(nil), roots...)
-	for len(todo) > 0 {
-		p := todo[len(todo)-1]
-		todo = todo[:len(todo)-1]
-		if seen[p] {
-			continue
-		}
-		seen[p] = true
-		info, ok := byPath[p]
-		if !ok {
-			return nil, fmt.Errorf("the closure graph lacks %s: export the references graph of every package (exportReferencesGraph)", p)
-		}
-		out = append(out, info)
-		todo = append(todo, info.References...)
+	out, err := closureOf(index, roots, nil)
+	var missing *missingPathError
+	if errors.As(err, &missing) {
+		return nil, fmt.Errorf("the closure graph lacks %s: export the references graph of every package (exportReferencesGraph)", missing.path)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	if err != nil {
+		return nil, err
+	}
 	return &nixstore.Graph{Roots: roots, Paths: out}, nil
 }

@@ -258,7 +258,7 @@ func closureOf(index map[string]nixstore.PathInfo, roots []string, taken map[str
 		seen[p] = true
 		info, ok := index[p]
 		if !ok {
-			return nil, fmt.Errorf("%s is not in the closure", p)
+			return nil, &missingPathError{p}
 		}
 		if !taken[p] {
 			out = append(out, info)
@@ -268,6 +268,11 @@ func closureOf(index map[string]nixstore.PathInfo, roots []string, taken map[str
 	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
 	return out, nil
 }
+
+// missingPathError is a path a closure lacks.
+type missingPathError struct{ path string }
+
+func (e *missingPathError) Error() string { return e.path + " is not in the closure" }
 
 func graphOf(paths []nixstore.PathInfo) *nixstore.Graph {
 	roots := make([]string, len(paths))

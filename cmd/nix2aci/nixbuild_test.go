@@ -18,19 +18,7 @@ func TestBuildACIInsideNixMatchesTheCLI(t *testing.T) {
 	t.Setenv("NIX_CONFIG", "substituters =")
 	repo, _ := filepath.Abs("../..")
 	work := t.TempDir()
-
-	// The builder: a static nix2aci, imported into the store.
-	bin := filepath.Join(work, "nix2aci-static", "bin", "nix2aci")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	out, err := exec.Command("nix-store", "--add", filepath.Dir(filepath.Dir(bin))).Output()
-	if err != nil {
-		t.Fatalf("nix-store --add: %v", err)
-	}
-	storeBin := strings.TrimSpace(string(out))
+	storeBin := staticInStore(t, work)
 
 	tool := filepath.Join(work, "tool.nix")
 	os.WriteFile(tool, []byte(`let
@@ -116,17 +104,7 @@ func TestBuildLayerInsideNixMatchesTheCLI(t *testing.T) {
 	t.Setenv("NIX_CONFIG", "substituters =")
 	repo, _ := filepath.Abs("../..")
 	work := t.TempDir()
-	bin := filepath.Join(work, "nix2aci-static", "bin", "nix2aci")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	out, err := exec.Command("nix-store", "--add", filepath.Dir(filepath.Dir(bin))).Output()
-	if err != nil {
-		t.Fatalf("nix-store --add: %v", err)
-	}
-	storeBin := strings.TrimSpace(string(out))
+	storeBin := staticInStore(t, work)
 	pkgs := filepath.Join(work, "pkgs.nix")
 	os.WriteFile(pkgs, []byte(`rec {
   sh = args: derivation ({ system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; } // args);
@@ -201,4 +179,21 @@ in [ runtime libs (n.lib.buildACI { inherit nix2aci; package = p.app; kind = "la
 	if b, err := exec.Command(run, "--deps", deps, app[0]).CombinedOutput(); err != nil || strings.TrimSpace(string(b)) != "lib data" {
 		t.Errorf("running the app on its chain: %v\n%s", err, b)
 	}
+}
+
+// staticInStore builds a static nix2aci (the builder of buildACI and
+// buildLayer) and imports it into the store, returning its store path.
+func staticInStore(t *testing.T, work string) string {
+	t.Helper()
+	bin := filepath.Join(work, "nix2aci-static", "bin", "nix2aci")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	out, err := exec.Command("nix-store", "--add", filepath.Dir(filepath.Dir(bin))).Output()
+	if err != nil {
+		t.Fatalf("nix-store --add: %v", err)
+	}
+	return strings.TrimSpace(string(out))
 }
