@@ -9,7 +9,7 @@
 #
 #   buildACI {
 #     nix2aci = <a store path with bin/nix2aci>;
-#     package = pkgs.hello;          # the app: the image's name, version and exec default to its
+#     package = pkgs.hello;          # the app (or builtins.storePath /nix/store/…): the image's name, version and exec default to its
 #     kind = "fat";                  # or "thin", "layered"
 #     name = "example.com/hello";    # optional, an AC Identifier
 #     exec = [ "/bin/hello" "--greeting" "hi" ];   # optional
@@ -43,11 +43,14 @@ let
   quote = s: "'" + builtins.replaceStrings [ "'" ] [ "'\\''" ] s + "'";
   kv = flag: set: builtins.concatLists (map (k: [ flag "${k}=${toString set.${k}}" ]) (builtins.attrNames set));
   opt = flag: v: if v == null then [ ] else [ flag (toString v) ];
+  # A package given as a store path (builtins.storePath) has no name
+  # attribute: its name is the store path's, less the hash.
+  storeName = builtins.unsafeDiscardStringContext (builtins.substring 33 (-1) (builtins.baseNameOf (toString package)));
 in
 assert builtins.elem kind [ "fat" "thin" "layered" ];
 assert base == null || kind != "thin";
 derivation {
-  name = "${package.pname or (builtins.parseDrvName package.name).name}-aci";
+  name = "${package.pname or (builtins.parseDrvName (package.name or storeName)).name}-aci";
   inherit system;
   builder = "${nix2aci}/bin/nix2aci";
   exportReferencesGraph = [ "closure" package ];

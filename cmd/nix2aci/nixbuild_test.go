@@ -197,3 +197,130 @@ func staticInStore(t *testing.T, work string) string {
 	}
 	return strings.TrimSpace(string(out))
 }
+
+// A three-level chain of the debian benchmark corpus (../shared/bench):
+// the most shared store paths as a runtime group, the app's other direct
+// references as a libraries group on it, the app on top. Built by the CLI
+// (--layer-group, --base) and by the Nix functions (buildLayer,
+// buildACI { base }), every image is byte-identical, valid under actool,
+// no store path is in two images, and the app renders on its chain as rkt
+// renders it and runs.
+func TestDebianChainByCLIAndNix(t *testing.T) {
+	t.Setenv("NIX_CONFIG", "substituters =")
+	repo, _ := filepath.Abs("../..")
+	corpus := filepath.Join(repo, "..", "shared", "bench", "make-corpus")
+	if _, err := os.Stat(corpus); err != nil {
+		t.Skipf("the benchmark corpora are not beside this checkout (%v)", err)
+	}
+	out, err := exec.Command(corpus, "debian").Output()
+	if err != nil {
+		t.Fatalf("make-corpus debian: %v", err)
+	}
+	app := strings.TrimSpace(string(out))
+	lines := func(args ...string) []string {
+		b, err := exec.Command(args[0], args[1:]...).Output()
+		if err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		return strings.Fields(string(b))
+	}
+	// runtime: the paths most others refer to (libc, busybox and the
+	// like); libs: the app's direct references.
+	var runtime, libs []string
+	for _, p := range lines("nix-store", "-qR", app) {
+		if p != app && len(lines("nix-store", "-q", "--referrers", p)) >= 20 {
+			runtime = append(runtime, p)
+		}
+	}
+	for _, p := range lines("nix-store", "-q", "--references", app) {
+		if p != app {
+			libs = append(libs, p)
+		}
+	}
+	if len(runtime) == 0 || len(libs) == 0 {
+		t.Fatalf("no runtime (%d) or libraries (%d) in the corpus", len(runtime), len(libs))
+	}
+	work := t.TempDir()
+	cli := filepath.Join(work, "cli")
+	nix2aci := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command(binary(t), append(args, "--no-link", "--no-cache", "--out", cli)...)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nix2aci %s: %v\n%s", strings.Join(args, " "), err, b)
+		}
+	}
+	nix2aci(append(append([]string{"build"}, runtime...), "--layer-group", "runtime", "--layer-prefix", "example.com/nix")...)
+	rt, _ := filepath.Glob(filepath.Join(cli, "example.com_nix_runtime-*.aci"))
+	nix2aci(append(append([]string{"build"}, libs...), "--layer-group", "libs", "--layer-prefix", "example.com/nix", "--base", rt[0])...)
+	lb, _ := filepath.Glob(filepath.Join(cli, "example.com_nix_libs-*.aci"))
+	nix2aci("build", app, "--layered", "--name", "example.com/app", "--base", lb[0])
+
+	storeBin := staticInStore(t, work)
+	list := func(ps []string) string {
+		var b strings.Builder
+		for _, p := range ps {
+			b.WriteString(" (builtins.storePath " + p + ")")
+		}
+		return b.String()
+	}
+	expr := filepath.Join(work, "chain.nix")
+	os.WriteFile(expr, []byte(`let
+  n = import `+repo+`;
+  nix2aci = builtins.storePath "`+storeBin+`";
+  runtime = n.lib.buildLayer { inherit nix2aci; name = "runtime"; packages = [`+list(runtime)+` ]; prefix = "example.com/nix"; };
+  libs = n.lib.buildLayer { inherit nix2aci; name = "libs"; packages = [`+list(libs)+` ]; prefix = "example.com/nix"; base = runtime; };
+in [ runtime libs (n.lib.buildACI { inherit nix2aci; package = builtins.storePath `+app+`; kind = "layered"; name = "example.com/app"; base = libs; }) ]
+`), 0o644)
+	res, err := exec.Command("nix-build", "--no-out-link", expr).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nix-build: %v\n%s", err, res)
+	}
+	outs := strings.Split(strings.TrimSpace(string(res)), "\n")
+	outs = outs[len(outs)-3:]
+	seen := map[string]string{}
+	compared := 0
+	for _, dir := range outs {
+		files, _ := filepath.Glob(filepath.Join(dir, "*.aci"))
+		for _, f := range files {
+			want, err := os.ReadFile(filepath.Join(cli, filepath.Base(f)))
+			got, _ := os.ReadFile(f)
+			if err != nil || !bytes.Equal(want, got) {
+				t.Errorf("%s differs between the CLI and the Nix functions (%v)", filepath.Base(f), err)
+			}
+			compared++
+			if b, err := exec.Command(filepath.Join(toolDir(t), "actool"), "validate", f).CombinedOutput(); err != nil {
+				t.Errorf("actool validate %s: %v\n%s", f, err, b)
+			}
+			for _, p := range lines("tar", "-tzf", f) {
+				parts := strings.Split(p, "/")
+				if len(parts) >= 4 && parts[0] == "rootfs" && parts[1] == "nix" && parts[2] == "store" && parts[3] != "" {
+					if other, ok := seen[parts[3]]; ok && other != f {
+						t.Errorf("%s is in %s and %s", parts[3], other, f)
+					}
+					seen[parts[3]] = f
+				}
+			}
+		}
+	}
+	if compared != 3 {
+		t.Fatalf("compared %d images, want 3", compared)
+	}
+	// Rendered on its chain as rkt renders it, the app runs.
+	deps := t.TempDir()
+	for _, dir := range outs[:2] {
+		files, _ := filepath.Glob(filepath.Join(dir, "*.aci"))
+		for _, f := range files {
+			os.Symlink(f, filepath.Join(deps, filepath.Base(f)))
+		}
+	}
+	appImage, _ := filepath.Glob(filepath.Join(outs[2], "app-*.aci"))
+	if len(appImage) != 1 {
+		t.Fatalf("no app image in %s", outs[2])
+	}
+	run, _ := filepath.Abs("../../scripts/bwrap-run")
+	if b, err := exec.Command(run, "--deps", deps, appImage[0]).CombinedOutput(); err != nil || len(b) == 0 {
+		t.Errorf("running the app on its chain: %v\n%s", err, b)
+	} else {
+		t.Logf("the app on its chain says: %s", strings.TrimSpace(string(b)))
+	}
+}
