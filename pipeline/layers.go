@@ -22,9 +22,9 @@ import (
 
 // DefaultMaxLayers is the layer budget when a request sets none. rkt pays
 // per image: measured with rkt v1.30.0 (stage1-fly) on the debian corpus,
-// the first run of an app on N layers took 0.8-1.0x the fat image's time
-// up to N = 10, then 1.3x at 20, 3x at 50 and 5.7x at 100, and fetching
-// it 1.2-1.5x up to 20 and 2.2x at 100. Ten keeps rkt as fast as with one
+// every image below an app costs each run about 14 ms (a first run took
+// 1.18x the fat image's time at 10 images, 1.54x at 20, 5.8x at 100), and
+// fetching grows past about 20 (1.96x at 100). Ten keeps rkt close to one
 // image while the most shared paths (libc and the like) still get layers
 // of their own; layer groups are the way to more deliberate sharing.
 const DefaultMaxLayers = 10
