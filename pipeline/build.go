@@ -139,6 +139,9 @@ type Result struct {
 	Conflicts   []aci.Conflict `json:"conflicts,omitempty"`
 	// Layers are a layered image's dependencies, in rendering order.
 	Layers []Image `json:"layers,omitempty"`
+	// Base are the files of the base and the images below it, in
+	// rendering order (listed in .deps before the layers).
+	Base []string `json:"base,omitempty"`
 }
 
 // UsageError is a request that cannot be built as asked.
@@ -428,6 +431,9 @@ func (b *build) appImage(t *pkgs.Target, in *inputs) error {
 	in.spec = t.Spec
 	in.spec.Created = b.Created
 	in.spec.Kind = b.Kind
+	if b.Base != "" {
+		in.spec.Kind = Layered // it needs the images below it
+	}
 	if b.Kind == Thin {
 		in.spec.Mounts = append(in.spec.Mounts, manifest.StoreMounts(g.StorePaths())...)
 	}
@@ -515,6 +521,10 @@ func (b *build) finish(ctx context.Context, t *pkgs.Target, in *inputs, plan *Pl
 		var list strings.Builder
 		for _, f := range baseFiles {
 			list.WriteString(f + "\n")
+			if !filepath.IsAbs(f) {
+				f = b.st.Final(f)
+			}
+			out.Base = append(out.Base, f)
 		}
 		for _, d := range below {
 			l := images[d].Image

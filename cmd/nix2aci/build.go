@@ -140,8 +140,14 @@ func runBuild(c *cli.Context) error {
 				reused++
 			}
 		}
-		fmt.Fprintf(stderr, "%d %s (%d reused), listed in rendering order in %s\n", len(out.Layers), plural(len(out.Layers), "layer", "layers"), reused, out.Deps)
-		fmt.Fprintf(stderr, "run it with: (cd %s && sudo rkt fetch $(cat %s)) && sudo rkt run %s\n", filepath.Dir(out.Deps), filepath.Base(out.Deps), out.ACI)
+		below := ""
+		if len(out.Base) > 0 {
+			below = fmt.Sprintf(" on a base of %d %s", len(out.Base), plural(len(out.Base), "image", "images"))
+		}
+		fmt.Fprintf(stderr, "%d %s (%d reused)%s, listed in rendering order in %s\n", len(out.Layers), plural(len(out.Layers), "layer", "layers"), reused, below, out.Deps)
+		if out.Kind != manifest.LayerKind { // a layer group is no app to run
+			fmt.Fprintf(stderr, "run it with: (cd %s && sudo rkt fetch $(cat %s)) && sudo rkt run %s\n", filepath.Dir(out.Deps), filepath.Base(out.Deps), out.ACI)
+		}
 		fmt.Fprintf(stderr, "or publish it: nix2aci publish --out SITE --base-url URL %s\n", filepath.Dir(out.ACI))
 	}
 	return nil
@@ -234,7 +240,7 @@ func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
 			// A name: fetched, and judged by the trust store.
 			trust, err := sign.LoadTrustDir(c.String("trust-dir"))
 			if err != nil {
-				return nil, fmt.Errorf("--base %s is fetched by name, and its signature judged by the trust store: %w (fill one with nix2aci trust --prefix PREFIX KEY.asc --trust-dir DIR)", base, err)
+				return nil, fmt.Errorf("--base %s is no file, so it is fetched by name, its signature judged by the trust store (--trust-dir): %w", base, err)
 			}
 			o.BaseFetch = fetch.Options{Trust: trust}
 		}
