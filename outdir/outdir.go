@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 )
 
 const stagePrefix = ".nix2aci-stage-"
@@ -30,23 +31,36 @@ func Begin(out string) (*Stage, error) {
 		created = true
 	}
 	Sweep(out)
-	dir, err := os.MkdirTemp(out, stagePrefix+"*")
-	if err != nil {
+	// The directory is made and locked under a name Sweep passes over,
+	// then renamed (the lock goes with it): another build's Sweep never
+	// sees a staging directory before its build holds it.
+	fail := func(err error) (*Stage, error) {
 		if created {
 			os.Remove(out)
 		}
-		return nil, fmt.Errorf("creating a staging directory in %s: %w", out, err)
+		return nil, err
 	}
-	lock, err := lockDir(dir, false)
+	tmp, err := os.MkdirTemp(out, newPrefix+"*")
 	if err != nil {
-		os.Remove(dir)
-		if created {
-			os.Remove(out)
-		}
-		return nil, fmt.Errorf("locking %s: %w", dir, err)
+		return fail(fmt.Errorf("creating a staging directory in %s: %w", out, err))
+	}
+	lock, err := lockDir(tmp, false)
+	if err != nil {
+		os.Remove(tmp)
+		return fail(fmt.Errorf("locking %s: %w", tmp, err))
+	}
+	dir := filepath.Join(out, stagePrefix+strings.TrimPrefix(filepath.Base(tmp), newPrefix))
+	if err := os.Rename(tmp, dir); err != nil {
+		lock.Close()
+		os.Remove(tmp)
+		return fail(fmt.Errorf("creating a staging directory in %s: %w", out, err))
 	}
 	return &Stage{out: out, dir: dir, lock: lock, createdOut: created}, nil
 }
+
+// newPrefix names a staging directory being made; one left by a build
+// killed in that instant is swept once it is an hour old.
+const newPrefix = ".nix2aci-new-"
 
 // Sweep removes the staging directories in out that no running build
 // holds: those left by builds that were killed.
@@ -56,7 +70,14 @@ func Sweep(out string) {
 		return
 	}
 	for _, e := range ents {
-		if !e.IsDir() || !strings.HasPrefix(e.Name(), stagePrefix) {
+		if !e.IsDir() {
+			continue
+		}
+		if strings.HasPrefix(e.Name(), newPrefix) {
+			if fi, err := e.Info(); err != nil || time.Since(fi.ModTime()) < time.Hour {
+				continue // a build making its staging directory
+			}
+		} else if !strings.HasPrefix(e.Name(), stagePrefix) {
 			continue
 		}
 		dir := filepath.Join(out, e.Name())

@@ -1,6 +1,7 @@
 package outdir_test
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -125,5 +126,35 @@ func assertFiles(t *testing.T, dir string, want ...string) {
 	}
 	if strings.Join(got, ", ") != strings.Join(want, ", ") {
 		t.Errorf("files: got %v, want %v", got, want)
+	}
+}
+
+// Builds starting at once in one directory never sweep each other's new
+// staging directory away (each Begin sweeps the leftovers of killed
+// builds first).
+func TestBeginsAtOnceDoNotSweepEachOther(t *testing.T) {
+	out := t.TempDir()
+	errs := make(chan error, 8)
+	for g := 0; g < 8; g++ {
+		go func() {
+			for i := 0; i < 40; i++ {
+				st, err := outdir.Begin(out)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if _, err := os.Stat(filepath.Dir(st.Path("x"))); err != nil {
+					errs <- fmt.Errorf("a new staging directory was swept away: %v", err)
+					return
+				}
+				st.Abort()
+			}
+			errs <- nil
+		}()
+	}
+	for g := 0; g < 8; g++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
