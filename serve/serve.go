@@ -96,7 +96,9 @@ type Server struct {
 	group    singleflight.Group
 	sem      chan struct{}
 	metrics  *metrics
-	mux      *http.ServeMux
+	// metricsHandler answers /metrics. No http.ServeMux: it would
+	// clean paths and redirect, and names are checked as they are asked.
+	metricsHandler http.Handler
 
 	mu       sync.Mutex
 	inflight map[string]bool
@@ -198,9 +200,7 @@ func New(o Options) (*Server, error) {
 		inflight: map[string]bool{}, failures: map[string]*failure{}, etags: map[string]etag{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.mux = http.NewServeMux()
-	s.mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
-	s.mux.HandleFunc("/", s.serve)
+	s.metricsHandler = promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
 	return s, nil
 }
 
@@ -228,7 +228,11 @@ func (s *Server) Registry() *prometheus.Registry { return s.metrics.reg }
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rw := &recorder{ResponseWriter: w, status: http.StatusOK}
-	s.mux.ServeHTTP(rw, r)
+	if r.URL.Path == "/metrics" {
+		s.metricsHandler.ServeHTTP(rw, r)
+	} else {
+		s.serve(rw, r)
+	}
 	s.metrics.requests.WithLabelValues(fmt.Sprint(rw.status)).Inc()
 	s.o.Logger.Info("request", "method", r.Method, "path", bounded(r.URL.Path, 200), "name", rw.name,
 		"status", rw.status, "bytes", rw.bytes, "duration", time.Since(start))

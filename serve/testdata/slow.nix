@@ -5,8 +5,9 @@
     (derivation {
       name = "slow-${builtins.toString builtins.currentTime}";
       system = builtins.currentSystem;
-      builder = "/bin/sh";
-      args = [ "-c" "sleep 30; echo > $out" ];
+      builder = "${pkgs.busybox}/bin/sh";
+      args = [ "-c" "${pkgs.busybox}/bin/sleep 30; ${pkgs.busybox}/bin/mkdir -p $out/bin" ];
     })
   ];
+  exec = [ "/bin/true" ];
 }
