@@ -182,3 +182,49 @@ func TestShutdownDuringBuild(t *testing.T) {
 	}
 	_ = os.Remove
 }
+
+// TestQueueIsBounded: with one build at a time and no queue, a request
+// for another new image while one builds gets 503 with Retry-After, and
+// /metrics counts what happened.
+func TestQueueIsBounded(t *testing.T) {
+	pkgsDir, _ := filepath.Abs("testdata")
+	e := start(t, func(o *serve.Options) {
+		o.Recipes = pkgsDir
+		o.MaxBuilds = 1
+		o.Queue = 0
+		o.BuildTimeout = 4 * time.Second
+	})
+	done := make(chan int, 1)
+	go func() {
+		resp, _ := get(t, e.url("127.0.0.1/slow", "aci"))
+		done <- resp.StatusCode
+	}()
+	for e.built.Load() == 0 {
+		time.Sleep(50 * time.Millisecond)
+	}
+	resp, body := get(t, e.url("127.0.0.1/busybox", "aci"))
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "try again") {
+		t.Fatalf("a second build beyond the queue: %s (Retry-After %q) %q, want 503", resp.Status, resp.Header.Get("Retry-After"), body)
+	}
+	if code := <-done; code != http.StatusGatewayTimeout {
+		t.Fatalf("the slow build: %d, want 504", code)
+	}
+	// Remembered: the slow name fails again at once, without a build.
+	began := time.Now()
+	if resp, _ := get(t, e.url("127.0.0.1/slow", "aci")); resp.StatusCode != http.StatusGatewayTimeout || time.Since(began) > time.Second {
+		t.Fatalf("asking again: %s after %s", resp.Status, time.Since(began))
+	}
+	_, m := get(t, strings.TrimSuffix(e.base, "/acis")+"/metrics")
+	for _, want := range []string{
+		"nix2aci_serve_builds_started_total 1",
+		`nix2aci_serve_builds_failed_total{code="504"} 1`,
+		`nix2aci_serve_requests_total{code="503"} 1`,
+		`nix2aci_serve_requests_total{code="504"} 2`,
+		`nix2aci_serve_cache_hits_total{kind="failure"} 1`,
+		"nix2aci_serve_build_duration_seconds_count 1",
+	} {
+		if !strings.Contains(string(m), want) {
+			t.Errorf("/metrics has no %q:\n%s", want, m)
+		}
+	}
+}
