@@ -239,3 +239,28 @@ func TestDiscoverFetchVerifyRun(t *testing.T) {
 		t.Fatalf("the app said %q", got)
 	}
 }
+
+// TestImagesShareLayers: images of other names on the same packages are
+// published beside the first, on its layers (publishing them again is
+// accepted, as the same images), in any order of the packages; each runs.
+func TestImagesShareLayers(t *testing.T) {
+	e := start(t, nil)
+	trust := trustFromDiscovery(t, e, "127.0.0.1")
+	labels := map[types.ACIdentifier]string{"version": version, "os": "linux", "arch": "amd64"}
+	for _, name := range []string{"127.0.0.1/busybox", "127.0.0.1/busybox-static/busybox", "127.0.0.1/busybox/busybox-static"} {
+		dir := t.TempDir()
+		img := fetch(t, e, name, labels, trust, dir, "")
+		if got := run(t, dir, img, "echo", name); got != name {
+			t.Fatalf("%s said %q", name, got)
+		}
+	}
+	if n := e.built.Load(); n != 3 {
+		t.Fatalf("%d builds for 3 names, want 3", n)
+	}
+	layers, _ := filepath.Glob(filepath.Join(e.data, "acis", "127.0.0.1", "nix", "*.aci"))
+	if len(layers) == 0 {
+		out, _ := exec.Command("find", e.data, "-name", "*.aci").CombinedOutput()
+		t.Fatalf("no layers published: %s", out)
+	}
+	t.Logf("%d layers shared by 3 apps", len(layers))
+}
