@@ -288,6 +288,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusRequestURITooLong, "the path is over %d bytes", MaxPath)
 		return
 	}
+	if r.URL.EscapedPath() != p || strings.Contains(r.URL.RawPath, "%") {
+		fail(w, http.StatusBadRequest, "the path has %%-escapes: names are plain lower-case letters, digits and - . _ ~")
+		return
+	}
 	if r.URL.Query().Get("ac-discovery") == "1" {
 		s.discovery(w, p)
 		return
