@@ -264,3 +264,25 @@ func TestImagesShareLayers(t *testing.T) {
 	}
 	t.Logf("%d layers shared by 3 apps", len(layers))
 }
+
+// TestImagesSurviveRestart: a server started again on the same data
+// directory and version serves the images built before, byte for byte,
+// without building.
+func TestImagesSurviveRestart(t *testing.T) {
+	e := start(t, nil)
+	url := e.url("127.0.0.1/busybox", "aci")
+	first, sig := mustGet(t, url), mustGet(t, url+".asc")
+	e.srv.Close()
+	e.s.Close()
+	e2 := start(t, func(o *serve.Options) { o.Data = e.data; o.Key = e.key })
+	url2 := e2.url("127.0.0.1/busybox", "aci")
+	if again := mustGet(t, url2); !bytes.Equal(again, first) {
+		t.Fatal("the image served after a restart is not the one built before")
+	}
+	if again := mustGet(t, url2+".asc"); !bytes.Equal(again, sig) {
+		t.Fatal("the signature served after a restart is not the one made before")
+	}
+	if n := e2.built.Load(); n != 0 {
+		t.Fatalf("%d builds after a restart, want 0", n)
+	}
+}
