@@ -177,7 +177,13 @@ func (s *Server) buildIn(ctx context.Context, q *request) *failure {
 			images = append(images, l.ACI)
 		}
 		images = append(images, res.ACI)
+		s.publishMu.Lock()
 		_, err = publish.Publish(ctx, images, publish.Options{Site: s.o.Data, BaseURL: s.base, Key: s.o.Key})
+		if err == nil {
+			s.touch(q.rel)
+			s.collect(strings.TrimSuffix(q.rel, ".asc"))
+		}
+		s.publishMu.Unlock()
 	}
 	if err == nil {
 		return nil

@@ -3,12 +3,13 @@ package serve
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	reg      *prometheus.Registry
-	requests *prometheus.CounterVec
-	hits     *prometheus.CounterVec
-	started  prometheus.Counter
-	failed   *prometheus.CounterVec
-	duration prometheus.Histogram
+	reg       *prometheus.Registry
+	requests  *prometheus.CounterVec
+	hits      *prometheus.CounterVec
+	started   prometheus.Counter
+	failed    *prometheus.CounterVec
+	duration  prometheus.Histogram
+	collected prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -31,6 +32,9 @@ func newMetrics() *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.5, 2, 12),
 		}),
 	}
-	m.reg.MustRegister(m.requests, m.hits, m.started, m.failed, m.duration)
+	m.collected = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nix2aci_serve_collected_total", Help: "Image files removed to keep the tree under --max-disk.",
+	})
+	m.reg.MustRegister(m.requests, m.hits, m.started, m.failed, m.duration, m.collected)
 	return m
 }

@@ -72,6 +72,10 @@ type Options struct {
 	MaxBuilds, Queue int
 	// BuildTimeout is a build's deadline, from when it starts.
 	BuildTimeout time.Duration
+	// MaxDisk, when > 0, bounds the bytes of the tree's images: after
+	// each build the least recently used apps of the prefix are removed,
+	// whole, and the layers no app left depends on (see collect).
+	MaxDisk int64
 	// FailureTTL is how long a failed name is answered with its failure
 	// without building again.
 	FailureTTL time.Duration
@@ -104,6 +108,11 @@ type Server struct {
 	inflight map[string]bool
 	failures map[string]*failure
 	etags    map[string]etag
+	used     map[string]time.Time // image file -> last asked for
+	reading  map[string]int       // image file -> requests reading it
+
+	// publishMu makes publishing and collecting one at a time.
+	publishMu sync.Mutex
 }
 
 type etag struct {
@@ -198,6 +207,7 @@ func New(o Options) (*Server, error) {
 		pubkey: key.Bytes(), arch: appcArch(), recipes: recipes,
 		sem: make(chan struct{}, o.MaxBuilds), metrics: newMetrics(),
 		inflight: map[string]bool{}, failures: map[string]*failure{}, etags: map[string]etag{},
+		used: map[string]time.Time{}, reading: map[string]int{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.metricsHandler = promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
@@ -457,6 +467,9 @@ func (s *Server) sendFile(w http.ResponseWriter, r *http.Request, rel string, la
 		return false
 	}
 	defer f.Close()
+	s.touch(rel)
+	s.acquire(rel)
+	defer s.release(rel)
 	tag, err := s.etag(rel, f, fi)
 	if err != nil {
 		fail(w, http.StatusInternalServerError, "reading %s: %v", rel, err)

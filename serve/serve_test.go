@@ -286,3 +286,44 @@ func TestImagesSurviveRestart(t *testing.T) {
 		t.Fatalf("%d builds after a restart, want 0", n)
 	}
 }
+
+// TestMaxDiskCollectsLeastRecentlyUsed: past MaxDisk, the least recently
+// used app is removed whole after a build, the layers another app needs
+// stay, the app left still fetches and runs, and the removed one is
+// built again when asked for.
+func TestMaxDiskCollectsLeastRecentlyUsed(t *testing.T) {
+	pkgsDir, _ := filepath.Abs("testdata")
+	e := start(t, func(o *serve.Options) { o.MaxDisk = 1; o.Recipes = pkgsDir })
+	a, b := e.url("127.0.0.1/busybox", "aci"), e.url("127.0.0.1/busybox-static", "aci")
+	// An app whose own layer no other app needs: removed with it.
+	mustGet(t, e.url("127.0.0.1/tiny", "aci"))
+	if m, _ := filepath.Glob(filepath.Join(e.data, "acis", "127.0.0.1", "nix", "tiny-1-*.aci")); len(m) != 1 {
+		t.Fatalf("tiny's layer: %v", m)
+	}
+	mustGet(t, a)
+	if m, _ := filepath.Glob(filepath.Join(e.data, "acis", "127.0.0.1", "nix", "tiny-1-*")); len(m) != 0 {
+		t.Fatalf("the layer of the app removed is still there: %v", m)
+	}
+	mustGet(t, b)
+	local := func(u string) string {
+		return filepath.Join(e.data, "acis", filepath.FromSlash(strings.TrimPrefix(u, e.base+"/")))
+	}
+	for _, f := range []string{local(a), local(a) + ".asc"} {
+		if _, err := os.Stat(f); err == nil {
+			t.Errorf("%s is still there past MaxDisk", f)
+		}
+	}
+	if _, err := os.Stat(local(b) + ".asc"); err != nil {
+		t.Errorf("the app just built was removed: %v", err)
+	}
+	trust := trustFromDiscovery(t, e, "127.0.0.1")
+	dir := t.TempDir()
+	img := fetch(t, e, "127.0.0.1/busybox-static", map[types.ACIdentifier]string{"version": version, "os": "linux", "arch": "amd64"}, trust, dir, "")
+	if got := run(t, dir, img, "echo", "kept"); got != "kept" {
+		t.Fatalf("the app left said %q", got)
+	}
+	mustGet(t, a)
+	if n := e.built.Load(); n != 4 {
+		t.Fatalf("%d builds, want 4: the removed app built again", n)
+	}
+}

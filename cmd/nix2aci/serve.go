@@ -41,7 +41,9 @@ Concurrent requests for one image build it once; --max-builds run at a
 time and --queue more wait (then 503 with Retry-After); a build past
 --build-timeout is cancelled, Nix included (504). Failures answer with a
 plain-text reason: 404 naming unknown packages, 502 with Nix's message;
-a failed name is answered from memory for --failure-ttl. One log line per
+a failed name is answered from memory for --failure-ttl. With --max-disk,
+the least recently used apps are removed after a build, whole, never the
+one just built nor a file being served. One log line per
 request and per build on stderr; Prometheus metrics at /metrics. SIGTERM
 or SIGINT: builds are cancelled, requests in flight finish, exit 0.`,
 		Flags: append([]cli.Flag{
@@ -54,6 +56,7 @@ or SIGINT: builds are cancelled, requests in flight finish, exit 0.`,
 			&cli.IntFlag{Name: "max-builds", Value: serve.DefaultMaxBuilds, Usage: "builds at a time"},
 			&cli.IntFlag{Name: "queue", Value: serve.DefaultQueue, Usage: "builds waiting beyond --max-builds before requests get 503"},
 			&cli.DurationFlag{Name: "build-timeout", Value: serve.DefaultBuildTimeout, Usage: "a build's deadline"},
+			&cli.StringFlag{Name: "max-disk", Usage: "keep the tree's images under `SIZE` (e.g. 20G): least recently used apps are removed whole after a build, then the layers no app needs (default: no bound)"},
 			&cli.DurationFlag{Name: "failure-ttl", Value: serve.DefaultFailureTTL, Usage: "how long a failed name is answered from memory"},
 		}, signingKeyFlags()...),
 		Action: runServe,
@@ -74,6 +77,14 @@ func runServe(c *cli.Context) error {
 	}
 	if c.Int("max-builds") < 1 || c.Int("queue") < 0 || c.Duration("build-timeout") <= 0 || c.Duration("failure-ttl") <= 0 {
 		return usagef("--max-builds must be at least 1, --queue at least 0, --build-timeout and --failure-ttl positive")
+	}
+	var maxDisk int64
+	if v := c.String("max-disk"); v != "" {
+		n, err := parseSize(v)
+		if err != nil || n == 0 {
+			return usagef("--max-disk %s is not a size like 500M or 20G", v)
+		}
+		maxDisk = n
 	}
 	nixpkgs := c.String("nixpkgs")
 	if nixpkgs != "" {
@@ -106,7 +117,7 @@ func runServe(c *cli.Context) error {
 	s, err := serve.New(serve.Options{
 		Prefix: prefix, BaseURL: base, Key: key, Data: c.String("data"), Recipes: c.String("pkgs"),
 		Version: label, MaxBuilds: c.Int("max-builds"), Queue: c.Int("queue"),
-		BuildTimeout: c.Duration("build-timeout"), FailureTTL: c.Duration("failure-ttl"), Logger: log,
+		BuildTimeout: c.Duration("build-timeout"), FailureTTL: c.Duration("failure-ttl"), MaxDisk: maxDisk, Logger: log,
 	})
 	if err != nil {
 		var u *serve.UsageError
