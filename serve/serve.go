@@ -103,6 +103,7 @@ type Server struct {
 	// metricsHandler answers /metrics. No http.ServeMux: it would
 	// clean paths and redirect, and names are checked as they are asked.
 	metricsHandler http.Handler
+	root           *os.Root // the data directory
 
 	mu       sync.Mutex
 	inflight map[string]bool
@@ -209,6 +210,9 @@ func New(o Options) (*Server, error) {
 		inflight: map[string]bool{}, failures: map[string]*failure{}, etags: map[string]etag{},
 		used: map[string]time.Time{}, reading: map[string]int{},
 	}
+	if s.root, err = os.OpenRoot(o.Data); err != nil {
+		return nil, fmt.Errorf("the data directory: %w", err)
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.metricsHandler = promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
 	return s, nil
@@ -261,6 +265,21 @@ func (r *recorder) WriteHeader(code int) {
 		r.status, r.wrote = code, true
 	}
 	r.ResponseWriter.WriteHeader(code)
+}
+
+// ReadFrom keeps the connection's own ReadFrom (sendfile for a file)
+// reachable through the recorder.
+func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
+	r.wrote = true
+	var n int64
+	var err error
+	if rf, ok := r.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(src)
+	} else {
+		n, err = io.Copy(struct{ io.Writer }{r.ResponseWriter}, src)
+	}
+	r.bytes += n
+	return n, err
 }
 
 func (r *recorder) Write(b []byte) (int, error) {
@@ -442,12 +461,7 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request, rel string) {
 // open opens a regular file of the tree, refusing links out of it and
 // anything that is not a regular file.
 func (s *Server) open(rel string) (*os.File, os.FileInfo, bool) {
-	root, err := os.OpenRoot(s.o.Data)
-	if err != nil {
-		return nil, nil, false
-	}
-	defer root.Close()
-	f, err := root.OpenFile(path.Join(strings.TrimPrefix(s.basePath, "/"), rel), os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := s.root.OpenFile(path.Join(strings.TrimPrefix(s.basePath, "/"), rel), os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, nil, false
 	}
