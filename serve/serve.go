@@ -176,7 +176,7 @@ func New(o Options) (*Server, error) {
 		o.FailureTTL = DefaultFailureTTL
 	}
 	if o.Logger == nil {
-		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.Build == nil {
 		o.Build = pipeline.Build
