@@ -132,7 +132,7 @@ func dedup(s []string) []string {
 
 // build builds q's image and publishes it into the data directory.
 func (s *Server) build(q *request) *failure {
-	if _, _, ok := s.open(q.rel); ok {
+	if _, ok := s.stat(q.rel); ok {
 		return nil // built while this request waited
 	}
 	select {

@@ -2,7 +2,6 @@ package serve
 
 import (
 	"encoding/json"
-	"os"
 	"path"
 	"path/filepath"
 	"sort"
@@ -73,7 +72,7 @@ func (s *Server) collect(keep string) {
 		}
 		var n int64
 		for _, f := range []string{rel, rel + ".asc"} {
-			if _, fi, ok := s.open(f); ok {
+			if fi, ok := s.stat(f); ok {
 				n += fi.Size()
 			}
 		}
@@ -99,7 +98,7 @@ func (s *Server) collect(keep string) {
 		if t, ok := s.used[rel]; ok {
 			return t
 		}
-		if _, fi, ok := s.open(rel); ok {
+		if fi, ok := s.stat(rel); ok {
 			return fi.ModTime()
 		}
 		return time.Time{}
@@ -110,11 +109,7 @@ func (s *Server) collect(keep string) {
 
 	removed := map[string]bool{}
 	remove := func(rel string) {
-		root, err := os.OpenRoot(s.o.Data)
-		if err != nil {
-			return
-		}
-		defer root.Close()
+		root := s.root
 		p := path.Join(dir, rel)
 		// The image before its signature: a client never finds an image
 		// without one.

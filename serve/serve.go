@@ -458,6 +458,15 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request, rel string) {
 	}
 }
 
+// stat returns the FileInfo of a regular file of the tree (see open).
+func (s *Server) stat(rel string) (os.FileInfo, bool) {
+	f, fi, ok := s.open(rel)
+	if ok {
+		f.Close()
+	}
+	return fi, ok
+}
+
 // open opens a regular file of the tree, refusing links out of it and
 // anything that is not a regular file.
 func (s *Server) open(rel string) (*os.File, os.FileInfo, bool) {
