@@ -169,7 +169,7 @@ func (s *Server) buildIn(ctx context.Context, q *request) *failure {
 	}
 	res, err := s.o.Build(ctx, pipeline.Request{
 		Kind: pipeline.Layered, Target: recipe, Name: q.name, OutDir: filepath.Join(dir, "out"),
-		Recipes: s.o.Recipes, CacheDir: s.o.CacheDir, CacheKey: s.o.CacheKey,
+		Recipes: s.o.Recipes, CacheDir: s.o.CacheDir, CacheKey: s.o.CacheKey, CacheMax: s.o.CacheMax,
 	})
 	if err == nil {
 		images := []string{}

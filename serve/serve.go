@@ -66,8 +66,13 @@ type Options struct {
 	// VersionLabel); required, a literal without "-".
 	Version string
 	// CacheDir and CacheKey are the pipeline's cache of compressed store
-	// paths ("": none).
+	// paths, so that a store path already in a layer is not compressed
+	// again for the next image ("": Work/cache and Work/cache.key, made
+	// when missing); NoCache turns it off. CacheMax, when > 0, is the
+	// size the cache is trimmed to after each build.
 	CacheDir, CacheKey string
+	CacheMax           int64
+	NoCache            bool
 	// MaxBuilds builds run at a time, Queue more wait.
 	MaxBuilds, Queue int
 	// BuildTimeout is a build's deadline, from when it starts.
@@ -162,6 +167,16 @@ func New(o Options) (*Server, error) {
 	}
 	if o.Work == "" {
 		o.Work = filepath.Join(o.Data, ".nix2aci-serve")
+	}
+	if o.NoCache {
+		o.CacheDir, o.CacheKey = "", ""
+	} else {
+		if o.CacheDir == "" {
+			o.CacheDir = filepath.Join(o.Work, "cache")
+		}
+		if o.CacheKey == "" {
+			o.CacheKey = filepath.Join(o.Work, "cache.key")
+		}
 	}
 	if o.MaxBuilds <= 0 {
 		o.MaxBuilds = DefaultMaxBuilds

@@ -35,6 +35,8 @@ type env struct {
 	data  string
 	key   *openpgp.Entity
 	built atomic.Int32
+	// cached counts the store paths builds took from the cache.
+	cached atomic.Int32
 }
 
 func start(t *testing.T, edit func(*serve.Options)) *env {
@@ -60,7 +62,11 @@ func start(t *testing.T, edit func(*serve.Options)) *env {
 		Prefix: "127.0.0.1", BaseURL: e.base, Key: key, Data: e.data, Version: version,
 		Build: func(ctx context.Context, r pipeline.Request) (*pipeline.Result, error) {
 			e.built.Add(1)
-			return pipeline.Build(ctx, r)
+			res, err := pipeline.Build(ctx, r)
+			if err == nil {
+				e.cached.Add(int32(res.CachedPaths))
+			}
+			return res, err
 		},
 	}
 	if edit != nil {
@@ -256,6 +262,11 @@ func TestImagesShareLayers(t *testing.T) {
 	}
 	if n := e.built.Load(); n != 3 {
 		t.Fatalf("%d builds for 3 names, want 3", n)
+	}
+	// The layer shared is compressed once: the later builds take it, and
+	// the CA certificates, from the cache.
+	if n := e.cached.Load(); n < 2 {
+		t.Fatalf("%d store paths taken from the cache by the second and third builds, want at least 2", n)
 	}
 	layers, _ := filepath.Glob(filepath.Join(e.data, "acis", "127.0.0.1", "nix", "*.aci"))
 	if len(layers) == 0 {

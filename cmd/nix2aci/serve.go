@@ -57,6 +57,7 @@ or SIGINT: builds are cancelled, requests in flight finish, exit 0.`,
 			&cli.IntFlag{Name: "queue", Value: serve.DefaultQueue, Usage: "builds waiting beyond --max-builds before requests get 503"},
 			&cli.DurationFlag{Name: "build-timeout", Value: serve.DefaultBuildTimeout, Usage: "a build's deadline"},
 			&cli.StringFlag{Name: "max-disk", Usage: "keep the tree's images under `SIZE` (e.g. 20G): least recently used apps are removed whole after a build, then the layers no app needs (default: no bound)"},
+			&cli.BoolFlag{Name: "no-cache", Usage: "compress every store path afresh for each image (default: a cache of compressed store paths in DATA/.nix2aci-serve/cache, keyed by a key made there)"},
 			&cli.DurationFlag{Name: "failure-ttl", Value: serve.DefaultFailureTTL, Usage: "how long a failed name is answered from memory"},
 		}, signingKeyFlags()...),
 		Action: runServe,
@@ -117,7 +118,7 @@ func runServe(c *cli.Context) error {
 	s, err := serve.New(serve.Options{
 		Prefix: prefix, BaseURL: base, Key: key, Data: c.String("data"), Recipes: c.String("pkgs"),
 		Version: label, MaxBuilds: c.Int("max-builds"), Queue: c.Int("queue"),
-		BuildTimeout: c.Duration("build-timeout"), FailureTTL: c.Duration("failure-ttl"), MaxDisk: maxDisk, Logger: log,
+		BuildTimeout: c.Duration("build-timeout"), FailureTTL: c.Duration("failure-ttl"), MaxDisk: maxDisk, NoCache: c.Bool("no-cache"), Logger: log,
 	})
 	if err != nil {
 		var u *serve.UsageError
