@@ -435,3 +435,13 @@ func HostSystem() string {
 	}
 	return arch + "-" + runtime.GOOS
 }
+
+// BuiltinRecipe returns the text of the built-in recipe name (not
+// generic.nix), for callers that compose recipes (package serve).
+func BuiltinRecipe(name string) ([]byte, bool) {
+	if name == "generic" || strings.ContainsAny(name, "/\\") {
+		return nil, false
+	}
+	b, err := embedded.ReadFile("recipes/" + name + ".nix")
+	return b, err == nil
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"html"
 	"sort"
+	"strings"
 )
 
 // renderIndex makes index.html from what s serves, all of it checked:
@@ -33,4 +34,19 @@ func renderIndex(s *site) []byte {
 	}
 	buf.WriteString("</ul>\n</body>\n</html>\n")
 	return buf.Bytes()
+}
+
+// DiscoveryTags returns the ac-discovery and ac-discovery-pubkeys meta
+// tags that make prefix's names found in a tree served at base (a
+// canonical base URL, see ParseBaseURL) with the keys of fingerprints:
+// the tags index.html carries, for a server that answers discovery
+// itself (package serve).
+func DiscoveryTags(prefix, base string, fingerprints []string) string {
+	esc := html.EscapeString
+	var buf bytes.Buffer
+	fmt.Fprintf(&buf, "<meta name=\"ac-discovery\" content=\"%s %s\">\n", esc(prefix), esc(base+"/"+fileTemplate))
+	for _, fp := range fingerprints {
+		fmt.Fprintf(&buf, "<meta name=\"ac-discovery-pubkeys\" content=\"%s %s\">\n", esc(prefix), esc(base+"/pubkeys/"+strings.ToLower(fp)+".asc"))
+	}
+	return buf.String()
 }

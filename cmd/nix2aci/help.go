@@ -71,6 +71,10 @@ var commandDocs = map[string]struct {
 		"nix2aci publish --out site --base-url https://example.com/acis --key key.asc ACIs",
 		"nix2aci publish --out site --base-url https://example.com/acis --public-key pub.asc signed/*.aci",
 	}, []string{"NIX2ACI_SIGNING_KEY", "NIX2ACI_KEY_PASSPHRASE"}},
+	"serve": {[]string{
+		"nix2aci serve --prefix images.example.com --data /srv/acis --key key.asc --listen :8080",
+		"nix2aci serve --prefix 127.0.0.1 --base-url http://127.0.0.1:8080/acis --data site --key key.asc --nixpkgs ~/nixpkgs",
+	}, []string{"NIX_PATH", "NIX2ACI_PKGS", "NIX2ACI_SIGNING_KEY", "NIX2ACI_KEY_PASSPHRASE"}},
 	"version": {[]string{"nix2aci version", "nix2aci --version"}, nil},
 	"completion": {[]string{
 		"source <(nix2aci completion bash)            # in ~/.bashrc",

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -45,13 +46,16 @@ func run(args []string) int {
 		cancel(interrupted{s})
 		select {
 		case <-sigs:
-		case <-time.After(1500 * time.Millisecond):
+		case <-time.After(time.Duration(interruptGrace.Load())):
 		}
 		fmt.Fprintf(os.Stderr, "nix2aci: %v; stopped\n", interrupted{s})
 		os.Exit(exitInterrupted)
 	}()
 	app := newApp()
 	err := app.RunContext(ctx, interspersed(app, args))
+	if errors.Is(err, errStopped) {
+		return exitOK // serve, stopped by a signal as asked
+	}
 	var sig interrupted
 	if errors.As(context.Cause(ctx), &sig) {
 		if err == nil {
@@ -61,6 +65,12 @@ func run(args []string) int {
 	}
 	return reportError(os.Stderr, err)
 }
+
+// interruptGrace is how long a command has to return after a signal
+// (nanoseconds); serve raises it to finish requests in flight.
+var interruptGrace atomic.Int64
+
+func init() { interruptGrace.Store(int64(1500 * time.Millisecond)) }
 
 // interrupted is the cause of a context cancelled by a signal.
 type interrupted struct{ sig os.Signal }
@@ -95,6 +105,7 @@ func newApp() *cli.App {
 			verifyCommand(),
 			trustCommand(),
 			publishCommand(),
+			serveCommand(),
 			versionCommand(),
 			completionCommand(),
 			manCommand(),

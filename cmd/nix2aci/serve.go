@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/nix2aci/nix2aci/publish"
+	"github.com/nix2aci/nix2aci/serve"
+)
+
+// shutdownGrace is how long a stopping server lets requests in flight
+// finish.
+const shutdownGrace = 20 * time.Second
+
+func serveCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "answer appc discovery for PREFIX/PACKAGE[/PACKAGE…]: build, sign and publish each image on first request",
+		Description: `An image server for rkt fetch PREFIX/curl/jq: the name is --prefix
+followed by package names (recipes, else package attributes, dotted ones
+included; lower case), and the image holds those packages and CA
+certificates, layered, signed with --key. It is built the first time it
+is asked for, published into --data (a publish tree: copied to a static
+host, rkt fetch works without the server) and served from there after,
+across restarts. Its version is a label naming the package set and this
+nix2aci build (printed at start); latest is served as that version.
+
+Concurrent requests for one image build it once; --max-builds run at a
+time and --queue more wait (then 503 with Retry-After); a build past
+--build-timeout is cancelled, Nix included (504). Failures answer with a
+plain-text reason: 404 naming unknown packages, 502 with Nix's message;
+a failed name is answered from memory for --failure-ttl. With --max-disk,
+the least recently used apps are removed after a build, whole, never the
+one just built nor a file being served. One log line per
+request and per build on stderr; Prometheus metrics at /metrics. SIGTERM
+or SIGINT: builds are cancelled, requests in flight finish, exit 0.`,
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8080", Usage: "listen on `ADDR` (host:port)"},
+			&cli.StringFlag{Name: "prefix", Usage: "the `HOST` every name starts with, e.g. images.example.com", Required: true},
+			&cli.StringFlag{Name: "base-url", Usage: "where clients reach the images (default https://PREFIX/acis)"},
+			&cli.StringFlag{Name: "data", Usage: "the publish tree `DIR` images are built into and served from", Required: true},
+			&cli.StringFlag{Name: "pkgs", Usage: "a `DIR` of recipes beside the built-in ones", EnvVars: []string{"NIX2ACI_PKGS"}},
+			&cli.StringFlag{Name: "nixpkgs", Usage: "build from the nixpkgs at `PATH` (default: nixpkgs in NIX_PATH, else the offline set)"},
+			&cli.IntFlag{Name: "max-builds", Value: serve.DefaultMaxBuilds, Usage: "builds at a time"},
+			&cli.IntFlag{Name: "queue", Value: serve.DefaultQueue, Usage: "builds waiting beyond --max-builds before requests get 503"},
+			&cli.DurationFlag{Name: "build-timeout", Value: serve.DefaultBuildTimeout, Usage: "a build's deadline"},
+			&cli.StringFlag{Name: "max-disk", Usage: "keep the tree's images under `SIZE` (e.g. 20G): least recently used apps are removed whole after a build, then the layers no app needs (default: no bound)"},
+			&cli.BoolFlag{Name: "no-cache", Usage: "compress every store path afresh for each image (default: a cache of compressed store paths in DATA/.nix2aci-serve/cache, keyed by a key made there)"},
+			&cli.DurationFlag{Name: "failure-ttl", Value: serve.DefaultFailureTTL, Usage: "how long a failed name is answered from memory"},
+		}, signingKeyFlags()...),
+		Action: runServe,
+	}
+}
+
+func runServe(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usagef("serve takes no arguments, only flags")
+	}
+	prefix := c.String("prefix")
+	base := c.String("base-url")
+	if base == "" {
+		base = "https://" + prefix + "/acis"
+	}
+	if _, err := publish.ParseBaseURL(base); err != nil {
+		return err
+	}
+	if c.Int("max-builds") < 1 || c.Int("queue") < 0 || c.Duration("build-timeout") <= 0 || c.Duration("failure-ttl") <= 0 {
+		return usagef("--max-builds must be at least 1, --queue at least 0, --build-timeout and --failure-ttl positive")
+	}
+	var maxDisk int64
+	if v := c.String("max-disk"); v != "" {
+		n, err := parseSize(v)
+		if err != nil || n == 0 {
+			return usagef("--max-disk %s is not a size like 500M or 20G", v)
+		}
+		maxDisk = n
+	}
+	nixpkgs := c.String("nixpkgs")
+	if nixpkgs != "" {
+		abs, err := filepath.Abs(nixpkgs)
+		if err != nil {
+			return err
+		}
+		if fi, err := os.Stat(abs); err != nil || !fi.IsDir() {
+			return usagef("--nixpkgs %s is not a directory: give a nixpkgs checkout or store path", nixpkgs)
+		}
+		nixpkgs = abs
+		// The Nix processes the builds run read it from there.
+		os.Setenv("NIX_PATH", "nixpkgs="+abs)
+	} else {
+		for _, e := range strings.Split(os.Getenv("NIX_PATH"), ":") {
+			if p, ok := strings.CutPrefix(e, "nixpkgs="); ok {
+				nixpkgs = p
+			}
+		}
+	}
+	key, err := loadSigningKey(c)
+	if err != nil {
+		return err
+	}
+	label, err := serve.VersionLabel(nixpkgs, c.String("pkgs"), buildIdentity())
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(c.App.ErrWriter, nil))
+	s, err := serve.New(serve.Options{
+		Prefix: prefix, BaseURL: base, Key: key, Data: c.String("data"), Recipes: c.String("pkgs"),
+		Version: label, MaxBuilds: c.Int("max-builds"), Queue: c.Int("queue"),
+		BuildTimeout: c.Duration("build-timeout"), FailureTTL: c.Duration("failure-ttl"), MaxDisk: maxDisk, NoCache: c.Bool("no-cache"), Logger: log,
+	})
+	if err != nil {
+		var u *serve.UsageError
+		if errors.As(err, &u) {
+			return usageError{msg: u.Msg}
+		}
+		return err
+	}
+	ln, err := net.Listen("tcp", c.String("listen"))
+	if err != nil {
+		s.Close()
+		return usagef("--listen %s: %v", c.String("listen"), err)
+	}
+	// A stopping server is given time to finish the requests in flight.
+	interruptGrace.Store(int64(shutdownGrace + 5*time.Second))
+	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("serving", "listen", ln.Addr().String(), "prefix", prefix, "base", base, "version", label, "data", c.String("data"))
+	fmt.Fprintf(c.App.ErrWriter, "nix2aci: serving %s/PACKAGE… version %s on %s; rkt trust --prefix %s, then rkt fetch %s/busybox:%s\n", prefix, label, ln.Addr(), prefix, prefix, label)
+	select {
+	case err := <-served:
+		s.Close()
+		return fmt.Errorf("serving: %w", err)
+	case <-c.Context.Done():
+	}
+	log.Info("stopping", "cause", context.Cause(c.Context).Error())
+	closed := make(chan struct{})
+	go func() { s.Close(); close(closed) }()
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	err = srv.Shutdown(ctx)
+	<-closed
+	if err != nil {
+		return fmt.Errorf("stopping: requests still in flight after %s: %w", shutdownGrace, err)
+	}
+	log.Info("stopped")
+	return errStopped
+}
+
+// errStopped is a server stopped by a signal as asked: exit 0.
+var errStopped = errors.New("stopped")
+
+// buildIdentity names this nix2aci build by the digest of its executable.
+func buildIdentity() string {
+	exe, err := os.Executable()
+	if err == nil {
+		if f, err := os.Open(exe); err == nil {
+			defer f.Close()
+			h := sha256.New()
+			if _, err := io.Copy(h, io.LimitReader(f, 1<<30)); err == nil {
+				return fmt.Sprintf("exe %x", h.Sum(nil))
+			}
+		}
+	}
+	return "version " + version()
+}

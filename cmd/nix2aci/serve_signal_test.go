@@ -1,0 +1,110 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// SIGTERM while serve builds an image: the build is cancelled, the
+// request waiting on it answered 503, the process exits 0 and leaves no
+// build staged.
+func TestServeStopsCleanlyOnSIGTERM(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "nix2aci")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	dir := t.TempDir()
+	key := filepath.Join(dir, "key.asc")
+	if out, err := exec.Command(bin, "key", "generate", "--name", "S", "--email", "s@example.com", "--no-passphrase", "--out", key).CombinedOutput(); err != nil {
+		t.Fatalf("key generate: %v\n%s", err, out)
+	}
+	pkgsDir, _ := filepath.Abs("../../serve/testdata")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	data := filepath.Join(dir, "data")
+	cmd := exec.Command(bin, "serve", "--listen", addr, "--prefix", "127.0.0.1", "--base-url", "http://"+addr+"/acis",
+		"--data", data, "--key", key, "--pkgs", pkgsDir)
+	var stderr lockedBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	waitFor(t, func() bool { return strings.Contains(stderr.String(), "rkt fetch") })
+	var label string
+	fmt.Sscanf(stderr.String()[strings.Index(stderr.String(), "version "):], "version %s", &label)
+	got := make(chan int, 1)
+	go func() {
+		resp, err := http.Get(fmt.Sprintf("http://%s/acis/127.0.0.1/slow-%s-linux-amd64.aci", addr, label))
+		if err != nil {
+			got <- 0
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		got <- resp.StatusCode
+	}()
+	waitFor(t, func() bool {
+		m, _ := filepath.Glob(filepath.Join(data, ".nix2aci-serve", "build-*"))
+		return len(m) > 0
+	})
+	time.Sleep(time.Second)
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve ended with %v after SIGTERM, want exit 0\n%s", err, stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("serve still running 20 s after SIGTERM\n%s", stderr.String())
+	}
+	if code := <-got; code != http.StatusServiceUnavailable {
+		t.Errorf("the request waiting on the build got %d, want 503", code)
+	}
+	if m, _ := filepath.Glob(filepath.Join(data, ".nix2aci-serve", "build-*")); len(m) != 0 {
+		t.Errorf("builds left staged: %v", m)
+	}
+	if ents, _ := os.ReadDir(data); len(ents) != 1 {
+		t.Errorf("the data directory holds %d entries, want only the work directory", len(ents))
+	}
+	for _, want := range []string{"msg=request", "status=503", "msg=build", "msg=stopped"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("the log has no %q:\n%s", want, stderr.String())
+		}
+	}
+}
+
+// lockedBuffer is a bytes.Buffer a process writes while a test reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}

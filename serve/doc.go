@@ -1,0 +1,35 @@
+// Package serve is an appc discovery server that builds images on
+// demand: a GET of HOST/pkg1/pkg2 (rkt fetch HOST/pkg1/pkg2) is answered
+// with a signed, layered image of those packages, built by the pipeline
+// the first time it is asked for and published into a data directory,
+// then served from there.
+//
+// Its one job is to turn a name into a published image, and what it
+// guarantees:
+//
+//   - The data directory is always a valid publish tree (package publish
+//     writes it, staging and renaming): copied to any static host, the same
+//     rkt fetch works without the server. Images in it are served from disk
+//     across restarts; nothing is built twice for one name and version.
+//   - Any number of concurrent requests for one image start one build
+//     (golang.org/x/sync/singleflight); at most MaxBuilds run at a time,
+//     at most Queue more wait, and beyond that a request is answered 503
+//     with Retry-After.
+//   - A build has a deadline: past it the build is cancelled, Nix
+//     processes included, the answer is 504 and nothing is left behind.
+//   - Every failure is answered with a status that says what kind it is
+//     and a plain-text body that says why (404 naming unknown packages,
+//     504 for a deadline, 502 with Nix's message, bounded); a failed name
+//     is remembered for FailureTTL, so a storm of requests for it starts
+//     one build.
+//   - A name that is not lower-case AC Identifier components under the
+//     prefix (no "..", no empty component, bounded length and count) is
+//     refused with 400 before anything touches the disk.
+//
+// What a name and a version mean: the name is the prefix followed by
+// package names (a recipe of the built-in set or of Options.Recipes, else
+// a package attribute, dotted attributes included); the image holds those
+// packages and CA certificates. The version is Options.Version, a label
+// naming what determines the bytes (the package set and nix2aci's build,
+// see VersionLabel); "latest" is served as the current label's image.
+package serve

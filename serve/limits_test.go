@@ -1,0 +1,237 @@
+package serve_test
+
+import (
+	"crypto/sha256"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nix2aci/nix2aci/serve"
+)
+
+// TestConcurrentRequestsBuildOnce: 50 concurrent GETs of one new image
+// start one build and get 50 identical bodies.
+func TestConcurrentRequestsBuildOnce(t *testing.T) {
+	e := start(t, nil)
+	url := e.url("127.0.0.1/busybox-static", "aci")
+	const n = 50
+	var wg sync.WaitGroup
+	sums := make([][32]byte, n)
+	codes := make([]int, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get(url)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer resp.Body.Close()
+			h := sha256.New()
+			buf := make([]byte, 1<<16)
+			for {
+				k, err := resp.Body.Read(buf)
+				h.Write(buf[:k])
+				if err != nil {
+					break
+				}
+			}
+			codes[i] = resp.StatusCode
+			copy(sums[i][:], h.Sum(nil))
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		if codes[i] != 200 || sums[i] != sums[0] {
+			t.Fatalf("response %d: status %d, sha256 %x; the first: %x", i, codes[i], sums[i], sums[0])
+		}
+	}
+	if got := e.built.Load(); got != 1 {
+		t.Fatalf("%d builds for %d concurrent requests, want 1", got, n)
+	}
+}
+
+// tree lists the files and directories under dir with their sizes.
+func tree(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, _ := d.Info()
+		out = append(out, strings.TrimPrefix(p, dir)+" "+fi.Mode().String())
+		return nil
+	})
+	sort.Strings(out)
+	return out
+}
+
+// TestBadNamesAreRefused: names with .., upper case, empty components,
+// unknown packages and oversized paths get 4xx, with a reason, and leave
+// nothing on disk; an unknown package's failure is remembered.
+func TestBadNamesAreRefused(t *testing.T) {
+	e := start(t, nil)
+	before := tree(t, e.data)
+	srv := strings.TrimSuffix(e.base, "/acis")
+	long := strings.Repeat("a", 600)
+	for _, c := range []struct {
+		path, want string
+		status     int
+	}{
+		{"/acis/127.0.0.1/../busybox-" + version + "-linux-amd64.aci", "", 0}, // the client cleans it; below, raw
+		{"/acis/127.0.0.1/Busybox-" + version + "-linux-amd64.aci", "upper case", 400},
+		{"/acis/127.0.0.1//busybox-" + version + "-linux-amd64.aci", "empty component", 400},
+		{"/acis/127.0.0.1/busybox/..-" + version + "-linux-amd64.aci", "no ..", 400},
+		{"/acis/127.0.0.1/" + long + "-" + version + "-linux-amd64.aci", "over 512 bytes", 414},
+		{"/acis/127.0.0.1/" + strings.Repeat("a/", 20) + "b-" + version + "-linux-amd64.aci", "components", 400},
+		{"/acis/127.0.0.1/nosuchpkg/busybox-" + version + "-linux-amd64.aci", "nosuchpkg", 404},
+		{"/acis/127.0.0.1/busybox-v0other-linux-amd64.aci", "this server builds version " + version, 404},
+		{"/acis/127.0.0.1/busybox-" + version + "-linux-s390x.aci", "linux/amd64 images only", 404},
+		{"/acis/example.com/busybox-" + version + "-linux-amd64.aci", "not under the prefix", 404},
+		{"/Busybox?ac-discovery=1", "upper case", 400},
+	} {
+		if c.status == 0 {
+			continue
+		}
+		resp, body := get(t, srv+c.path)
+		if resp.StatusCode != c.status || !strings.Contains(string(body), c.want) || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
+			t.Errorf("GET %s: %s %q, want %d and a plain-text reason with %q", c.path[:min(len(c.path), 80)], resp.Status, body[:min(len(body), 200)], c.status, c.want)
+		}
+	}
+	// Raw request paths, as a client that neither cleans nor escapes
+	// them sends them.
+	for _, raw := range []string{
+		"/acis/127.0.0.1/../../busybox-" + version + "-linux-amd64.aci",
+		"/acis/127.0.0.1/%2e%2e/busybox-" + version + "-linux-amd64.aci",
+		"/acis/127.0.0.1/busyb%6fx-" + version + "-linux-amd64.aci",
+	} {
+		req, _ := http.NewRequest("GET", srv+"/", nil)
+		req.URL.Opaque = raw
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("GET %s: %s, want 400", raw, resp.Status)
+		}
+	}
+	builds := e.built.Load()
+	// Remembered: asking again starts no build.
+	for range 5 {
+		resp, body := get(t, srv+"/acis/127.0.0.1/nosuchpkg/busybox-"+version+"-linux-amd64.aci")
+		if resp.StatusCode != 404 || !strings.Contains(string(body), "nosuchpkg") {
+			t.Fatalf("again: %s %q", resp.Status, body)
+		}
+	}
+	if e.built.Load() != builds || builds != 1 {
+		t.Fatalf("%d builds, then %d after asking again for a failed name; want 1, then no more", builds, e.built.Load())
+	}
+	if after := tree(t, e.data); strings.Join(after, "\n") != strings.Join(before, "\n") {
+		t.Fatalf("the data directory changed:\nbefore %q\nafter  %q", before, after)
+	}
+}
+
+// TestBuildPastItsDeadline: a build that takes longer than the deadline
+// is answered 504 with a reason, cancelled, and leaves nothing behind.
+func TestBuildPastItsDeadline(t *testing.T) {
+	pkgsDir, _ := filepath.Abs("testdata")
+	e := start(t, func(o *serve.Options) { o.Recipes = pkgsDir; o.BuildTimeout = 3 * time.Second })
+	before := tree(t, e.data)
+	began := time.Now()
+	resp, body := get(t, e.url("127.0.0.1/slow", "aci"))
+	took := time.Since(began)
+	if resp.StatusCode != http.StatusGatewayTimeout || !strings.Contains(string(body), "build deadline of 3s") {
+		t.Fatalf("%s %q, want 504 naming the deadline", resp.Status, body)
+	}
+	if took > 20*time.Second {
+		t.Fatalf("answered after %s: the build was not cancelled at its deadline", took)
+	}
+	if after := tree(t, e.data); strings.Join(after, "\n") != strings.Join(before, "\n") {
+		t.Fatalf("the data directory changed:\nbefore %q\nafter  %q", before, after)
+	}
+}
+
+// TestShutdownDuringBuild: closing the server (what SIGTERM does) during
+// a build cancels it promptly, answers the waiting request 503, and
+// leaves nothing behind.
+func TestShutdownDuringBuild(t *testing.T) {
+	pkgsDir, _ := filepath.Abs("testdata")
+	e := start(t, func(o *serve.Options) { o.Recipes = pkgsDir })
+	before := tree(t, e.data)
+	done := make(chan int, 1)
+	go func() {
+		resp, _ := get(t, e.url("127.0.0.1/slow", "aci"))
+		done <- resp.StatusCode
+	}()
+	for e.built.Load() == 0 {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	began := time.Now()
+	e.s.Close()
+	if took := time.Since(began); took > 15*time.Second {
+		t.Fatalf("Close took %s", took)
+	}
+	if code := <-done; code != http.StatusServiceUnavailable {
+		t.Fatalf("the request waiting on the build: %d, want 503", code)
+	}
+	if after := tree(t, e.data); strings.Join(after, "\n") != strings.Join(before, "\n") {
+		t.Fatalf("the data directory changed:\nbefore %q\nafter  %q", before, after)
+	}
+	_ = os.Remove
+}
+
+// TestQueueIsBounded: with one build at a time and no queue, a request
+// for another new image while one builds gets 503 with Retry-After, and
+// /metrics counts what happened.
+func TestQueueIsBounded(t *testing.T) {
+	pkgsDir, _ := filepath.Abs("testdata")
+	e := start(t, func(o *serve.Options) {
+		o.Recipes = pkgsDir
+		o.MaxBuilds = 1
+		o.Queue = 0
+		o.BuildTimeout = 4 * time.Second
+	})
+	done := make(chan int, 1)
+	go func() {
+		resp, _ := get(t, e.url("127.0.0.1/slow", "aci"))
+		done <- resp.StatusCode
+	}()
+	for e.built.Load() == 0 {
+		time.Sleep(50 * time.Millisecond)
+	}
+	resp, body := get(t, e.url("127.0.0.1/busybox", "aci"))
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "try again") {
+		t.Fatalf("a second build beyond the queue: %s (Retry-After %q) %q, want 503", resp.Status, resp.Header.Get("Retry-After"), body)
+	}
+	if code := <-done; code != http.StatusGatewayTimeout {
+		t.Fatalf("the slow build: %d, want 504", code)
+	}
+	// Remembered: the slow name fails again at once, without a build.
+	began := time.Now()
+	if resp, _ := get(t, e.url("127.0.0.1/slow", "aci")); resp.StatusCode != http.StatusGatewayTimeout || time.Since(began) > time.Second {
+		t.Fatalf("asking again: %s after %s", resp.Status, time.Since(began))
+	}
+	_, m := get(t, strings.TrimSuffix(e.base, "/acis")+"/metrics")
+	for _, want := range []string{
+		"nix2aci_serve_builds_started_total 1",
+		`nix2aci_serve_builds_failed_total{code="504"} 1`,
+		`nix2aci_serve_requests_total{code="503"} 1`,
+		`nix2aci_serve_requests_total{code="504"} 2`,
+		`nix2aci_serve_cache_hits_total{kind="failure"} 1`,
+		"nix2aci_serve_build_duration_seconds_count 1",
+	} {
+		if !strings.Contains(string(m), want) {
+			t.Errorf("/metrics has no %q:\n%s", want, m)
+		}
+	}
+}

@@ -1,0 +1,40 @@
+package serve
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	reg       *prometheus.Registry
+	requests  *prometheus.CounterVec
+	hits      *prometheus.CounterVec
+	started   prometheus.Counter
+	failed    *prometheus.CounterVec
+	duration  prometheus.Histogram
+	collected prometheus.Counter
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nix2aci_serve_requests_total", Help: "Requests answered, by status.",
+		}, []string{"code"}),
+		hits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nix2aci_serve_cache_hits_total", Help: "Requests answered without a build of their own: disk (served from the data directory), joined (waited for a build another request started), failure (a failure remembered).",
+		}, []string{"kind"}),
+		started: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nix2aci_serve_builds_started_total", Help: "Builds started.",
+		}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nix2aci_serve_builds_failed_total", Help: "Builds failed, by the status answered.",
+		}, []string{"code"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "nix2aci_serve_build_duration_seconds", Help: "Build and publish time.",
+			Buckets: prometheus.ExponentialBuckets(0.5, 2, 12),
+		}),
+	}
+	m.collected = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nix2aci_serve_collected_total", Help: "Image files removed to keep the tree under --max-disk.",
+	})
+	m.reg.MustRegister(m.requests, m.hits, m.started, m.failed, m.duration, m.collected)
+	return m
+}

@@ -1,0 +1,595 @@
+package serve
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"html"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ProtonMail/go-crypto/openpgp"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/nix2aci/nix2aci/pipeline"
+	"github.com/nix2aci/nix2aci/publish"
+	"github.com/nix2aci/nix2aci/sign"
+)
+
+// Defaults of Options.
+const (
+	DefaultMaxBuilds    = 2
+	DefaultQueue        = 16
+	DefaultBuildTimeout = 20 * time.Minute
+	DefaultFailureTTL   = 30 * time.Second
+	// MaxPath bounds a request's path, MaxComponents the components of
+	// a name (the prefix included).
+	MaxPath       = 512
+	MaxComponents = 17
+	// maxReason bounds the plain-text body of a failure.
+	maxReason = 8 << 10
+)
+
+// Options configure a Server.
+type Options struct {
+	// Prefix is the host every name starts with (an AC Identifier
+	// component, e.g. images.example.com).
+	Prefix string
+	// BaseURL is where Data's image directory is served, by this server:
+	// http(s)://HOST[:PORT]/PATH with a non-empty PATH (e.g.
+	// https://images.example.com/acis); the discovery template points there.
+	BaseURL string
+	// Key signs every image, and its public key is published.
+	Key *openpgp.Entity
+	// Data is the publish tree (created if needed).
+	Data string
+	// Work is where builds are staged ("": Data/.nix2aci-serve, which
+	// publish trees ignore).
+	Work string
+	// Recipes is a directory of recipes beside the built-in ones.
+	Recipes string
+	// Version is the version label of every image built (see
+	// VersionLabel); required, a literal without "-".
+	Version string
+	// CacheDir and CacheKey are the pipeline's cache of compressed store
+	// paths, so that a store path already in a layer is not compressed
+	// again for the next image ("": Work/cache and Work/cache.key, made
+	// when missing); NoCache turns it off. CacheMax, when > 0, is the
+	// size the cache is trimmed to after each build.
+	CacheDir, CacheKey string
+	CacheMax           int64
+	NoCache            bool
+	// MaxBuilds builds run at a time, Queue more wait.
+	MaxBuilds, Queue int
+	// BuildTimeout is a build's deadline, from when it starts.
+	BuildTimeout time.Duration
+	// MaxDisk, when > 0, bounds the bytes of the tree's images: after
+	// each build the least recently used apps of the prefix are removed,
+	// whole, and the layers no app left depends on (see collect).
+	MaxDisk int64
+	// FailureTTL is how long a failed name is answered with its failure
+	// without building again.
+	FailureTTL time.Duration
+	// Logger gets one line per request and per build (nil: discarded).
+	Logger *slog.Logger
+	// Build runs a build (nil: pipeline.Build); for tests.
+	Build func(context.Context, pipeline.Request) (*pipeline.Result, error)
+}
+
+// Server answers discovery and image requests; it is an http.Handler.
+type Server struct {
+	o        Options
+	base     string // canonical base URL
+	basePath string // its path, "/acis"
+	fp       string
+	pubkey   []byte
+	arch     string
+	recipes  string // private directory of built-in recipes
+	ctx      context.Context
+	cancel   context.CancelFunc
+	builds   sync.WaitGroup
+	group    singleflight.Group
+	sem      chan struct{}
+	metrics  *metrics
+	// metricsHandler answers /metrics. No http.ServeMux: it would
+	// clean paths and redirect, and names are checked as they are asked.
+	metricsHandler http.Handler
+	root           *os.Root // the data directory
+
+	mu       sync.Mutex
+	inflight map[string]bool
+	failures map[string]*failure
+	etags    map[string]etag
+	used     map[string]time.Time // image file -> last asked for
+	reading  map[string]int       // image file -> requests reading it
+
+	// publishMu makes publishing and collecting one at a time.
+	publishMu sync.Mutex
+}
+
+type etag struct {
+	size  int64
+	mtime time.Time
+	tag   string
+}
+
+// failure is a failed build's answer.
+type failure struct {
+	status int
+	msg    string
+	until  time.Time
+}
+
+// UsageError is a server that cannot be made as configured.
+type UsageError struct{ Msg string }
+
+func (e *UsageError) Error() string { return e.Msg }
+
+var (
+	componentRE = regexp.MustCompile(`^[a-z0-9]+(?:[-._~][a-z0-9]+)*$`)
+	versionRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9._~]*$`)
+)
+
+// New makes a Server. Close it to cancel its builds.
+func New(o Options) (*Server, error) {
+	if o.Prefix == "" || !componentRE.MatchString(o.Prefix) {
+		return nil, &UsageError{fmt.Sprintf("the prefix %q is not a host name in lower case (an AC Identifier component such as images.example.com)", o.Prefix)}
+	}
+	u, err := publish.ParseBaseURL(o.BaseURL)
+	if err != nil {
+		return nil, err
+	}
+	if u.Path == "" {
+		return nil, &UsageError{fmt.Sprintf("the base URL %s has no path: give one such as %s/acis, the directory the images are served from", u, u)}
+	}
+	if o.Key == nil {
+		return nil, &UsageError{"the server needs a key to sign images with"}
+	}
+	if !versionRE.MatchString(o.Version) || o.Version == "latest" {
+		return nil, &UsageError{fmt.Sprintf("the version label %q is not lower-case letters, digits and . _ ~ (and not latest)", o.Version)}
+	}
+	if o.Data == "" {
+		return nil, &UsageError{"the server needs a data directory"}
+	}
+	if o.Work == "" {
+		o.Work = filepath.Join(o.Data, ".nix2aci-serve")
+	}
+	if o.NoCache {
+		o.CacheDir, o.CacheKey = "", ""
+	} else {
+		if o.CacheDir == "" {
+			o.CacheDir = filepath.Join(o.Work, "cache")
+		}
+		if o.CacheKey == "" {
+			o.CacheKey = filepath.Join(o.Work, "cache.key")
+		}
+	}
+	if o.MaxBuilds <= 0 {
+		o.MaxBuilds = DefaultMaxBuilds
+	}
+	if o.Queue < 0 {
+		o.Queue = 0
+	}
+	if o.BuildTimeout <= 0 {
+		o.BuildTimeout = DefaultBuildTimeout
+	}
+	if o.FailureTTL <= 0 {
+		o.FailureTTL = DefaultFailureTTL
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Build == nil {
+		o.Build = pipeline.Build
+	}
+	if err := os.MkdirAll(o.Data, 0o755); err != nil {
+		return nil, fmt.Errorf("the data directory: %w", err)
+	}
+	if err := os.MkdirAll(o.Work, 0o700); err != nil {
+		return nil, fmt.Errorf("the work directory: %w", err)
+	}
+	// Builds staged by an earlier run that was killed.
+	if ents, err := os.ReadDir(o.Work); err == nil {
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), "build-") {
+				os.RemoveAll(filepath.Join(o.Work, e.Name()))
+			}
+		}
+	}
+	recipes := filepath.Join(o.Work, "recipes")
+	if err := writeRecipes(recipes); err != nil {
+		return nil, err
+	}
+	var key bytes.Buffer
+	if err := sign.WritePublicKey(&key, o.Key); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		o: o, base: u.String(), basePath: u.Path, fp: strings.ToLower(sign.Fingerprint(o.Key)),
+		pubkey: key.Bytes(), arch: appcArch(), recipes: recipes,
+		sem: make(chan struct{}, o.MaxBuilds), metrics: newMetrics(),
+		inflight: map[string]bool{}, failures: map[string]*failure{}, etags: map[string]etag{},
+		used: map[string]time.Time{}, reading: map[string]int{},
+	}
+	if s.root, err = os.OpenRoot(o.Data); err != nil {
+		return nil, fmt.Errorf("the data directory: %w", err)
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.metricsHandler = promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
+	return s, nil
+}
+
+// appcArch is this host's architecture as appc names it.
+func appcArch() string {
+	switch runtime.GOARCH {
+	case "arm64":
+		return "aarch64"
+	case "arm":
+		return "armv7l"
+	}
+	return runtime.GOARCH
+}
+
+// Close cancels the builds running and waits for them to clean up.
+func (s *Server) Close() {
+	s.cancel()
+	s.builds.Wait()
+}
+
+// Registry is the server's Prometheus registry (what /metrics shows).
+func (s *Server) Registry() *prometheus.Registry { return s.metrics.reg }
+
+// ServeHTTP answers a request and logs it.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rw := &recorder{ResponseWriter: w, status: http.StatusOK}
+	if r.URL.Path == "/metrics" {
+		s.metricsHandler.ServeHTTP(rw, r)
+	} else {
+		s.serve(rw, r)
+	}
+	s.metrics.requests.WithLabelValues(fmt.Sprint(rw.status)).Inc()
+	s.o.Logger.Info("request", "method", r.Method, "path", bounded(r.URL.Path, 200), "name", rw.name,
+		"status", rw.status, "bytes", rw.bytes, "duration", time.Since(start))
+}
+
+type recorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+	name   string
+	wrote  bool
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if !r.wrote {
+		r.status, r.wrote = code, true
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// ReadFrom keeps the connection's own ReadFrom (sendfile for a file)
+// reachable through the recorder.
+func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
+	r.wrote = true
+	var n int64
+	var err error
+	if rf, ok := r.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(src)
+	} else {
+		n, err = io.Copy(struct{ io.Writer }{r.ResponseWriter}, src)
+	}
+	r.bytes += n
+	return n, err
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	r.wrote = true
+	n, err := r.ResponseWriter.Write(b)
+	r.bytes += int64(n)
+	return n, err
+}
+
+func bounded(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// fail answers a plain-text reason.
+func fail(w http.ResponseWriter, status int, format string, args ...any) {
+	msg := bounded(fmt.Sprintf(format, args...), maxReason)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	io.WriteString(w, strings.TrimRight(msg, "\n")+"\n")
+}
+
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		fail(w, http.StatusMethodNotAllowed, "only GET and HEAD are served")
+		return
+	}
+	p := r.URL.Path
+	if len(p) > MaxPath || len(r.URL.RawQuery) > MaxPath {
+		fail(w, http.StatusRequestURITooLong, "the path is over %d bytes", MaxPath)
+		return
+	}
+	if r.URL.EscapedPath() != p || strings.Contains(r.URL.RawPath, "%") {
+		fail(w, http.StatusBadRequest, "the path has %%-escapes: names are plain lower-case letters, digits and - . _ ~")
+		return
+	}
+	if r.URL.Query().Get("ac-discovery") == "1" {
+		s.discovery(w, p)
+		return
+	}
+	if rel, ok := strings.CutPrefix(p, s.basePath+"/"); ok {
+		s.file(w, r, rel)
+		return
+	}
+	if p == "/" {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintf(w, "nix2aci serve: images of %s/PACKAGE[/PACKAGE…], version %s, signed by %s.\nWith rkt: rkt trust --prefix %s, then rkt fetch %s/busybox:%s\n", s.o.Prefix, s.o.Version, s.fp, s.o.Prefix, s.o.Prefix, s.o.Version)
+		return
+	}
+	fail(w, http.StatusNotFound, "nothing is served at %s: images are under %s/", bounded(p, 200), s.base)
+}
+
+// checkComponents checks the "/"-separated components of a name.
+func checkComponents(comps []string) error {
+	if len(comps) > MaxComponents {
+		return fmt.Errorf("the name has %d components: at most %d are served", len(comps), MaxComponents)
+	}
+	for _, c := range comps {
+		if !componentRE.MatchString(c) {
+			return fmt.Errorf("the name component %q is not lower-case letters and digits joined by single - . _ ~ (no empty component, no .., no upper case)", bounded(c, 80))
+		}
+	}
+	return nil
+}
+
+// discovery answers ?ac-discovery=1 for any name under the prefix.
+func (s *Server) discovery(w http.ResponseWriter, p string) {
+	if t := strings.Trim(p, "/"); t != "" {
+		if err := checkComponents(strings.Split(t, "/")); err != nil {
+			fail(w, http.StatusBadRequest, "%v", err)
+			return
+		}
+	}
+	var b strings.Builder
+	b.WriteString("<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n<title>App Container Images</title>\n")
+	b.WriteString(publish.DiscoveryTags(s.o.Prefix, s.base, []string{s.fp}))
+	fmt.Fprintf(&b, "</head>\n<body>\n<p>Images of %s/PACKAGE[/PACKAGE…], version %s: <code>rkt trust --prefix %s</code>, then <code>rkt fetch %s/busybox:%s</code>.</p>\n</body>\n</html>\n",
+		html.EscapeString(s.o.Prefix), html.EscapeString(s.o.Version), html.EscapeString(s.o.Prefix), html.EscapeString(s.o.Prefix), html.EscapeString(s.o.Version))
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	io.WriteString(w, b.String())
+}
+
+// request is an image file asked for.
+type request struct {
+	rel      string   // the file in the tree, under the base path
+	name     string   // the image's name
+	packages []string // the components after the prefix
+	version  string
+	os, arch string
+	asc      bool
+}
+
+// parseFile parses rel, the path under the base path.
+func (s *Server) parseFile(rel string) (*request, error) {
+	comps := strings.Split(rel, "/")
+	if err := checkComponents(comps); err != nil {
+		return nil, err
+	}
+	q := &request{rel: rel}
+	file := comps[len(comps)-1]
+	if f, ok := strings.CutSuffix(file, ".asc"); ok {
+		file, q.asc = f, true
+	}
+	f, ok := strings.CutSuffix(file, ".aci")
+	if !ok || len(comps) < 2 {
+		return nil, fmt.Errorf("%s is not an image: give PREFIX/NAME-VERSION-OS-ARCH.aci (or .aci.asc)", bounded(rel, 200))
+	}
+	parts := strings.Split(f, "-")
+	if len(parts) < 4 {
+		return nil, fmt.Errorf("%s is not NAME-VERSION-OS-ARCH.aci", bounded(file, 200))
+	}
+	n := len(parts)
+	q.version, q.os, q.arch = parts[n-3], parts[n-2], parts[n-1]
+	last := strings.Join(parts[:n-3], "-")
+	q.packages = append(append([]string{}, comps[1:len(comps)-1]...), last)
+	q.name = strings.Join(append(comps[:len(comps)-1:len(comps)-1], last), "/")
+	return q, nil
+}
+
+// file serves an image or signature, building it first if it is a name
+// under the prefix not built yet.
+func (s *Server) file(w http.ResponseWriter, r *http.Request, rel string) {
+	if rel == "pubkeys/"+s.fp+".asc" {
+		w.Header().Set("Content-Type", "application/pgp-keys")
+		w.Header().Set("Cache-Control", "public, max-age=3600")
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(s.pubkey))
+		return
+	}
+	q, err := s.parseFile(rel)
+	if err != nil {
+		fail(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	if rec, ok := w.(*recorder); ok {
+		rec.name = q.name
+	}
+	latest := q.version == "latest"
+	if latest {
+		q.version = s.o.Version
+		q.rel = path.Join(path.Dir(q.rel), path.Base(q.name)+"-"+q.version+"-"+q.os+"-"+q.arch+".aci")
+		if q.asc {
+			q.rel += ".asc"
+		}
+	}
+	if s.sendFile(w, r, q.rel, latest) {
+		s.metrics.hits.WithLabelValues("disk").Inc()
+		return
+	}
+	if !strings.HasPrefix(q.name, s.o.Prefix+"/") {
+		fail(w, http.StatusNotFound, "%s is not under the prefix %s, the only one this server builds", q.name, s.o.Prefix)
+		return
+	}
+	if q.os != "linux" || q.arch != s.arch {
+		fail(w, http.StatusNotFound, "%s is for %s/%s: this server builds linux/%s images only", q.name, q.os, q.arch, s.arch)
+		return
+	}
+	if q.version != s.o.Version {
+		fail(w, http.StatusNotFound, "%s:%s is not here: this server builds version %s (or ask for latest)", q.name, q.version, s.o.Version)
+		return
+	}
+	if f := s.ensure(r.Context(), q); f != nil {
+		if f.status == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", "10")
+		}
+		fail(w, f.status, "%s", f.msg)
+		return
+	}
+	if !s.sendFile(w, r, q.rel, latest) {
+		fail(w, http.StatusInternalServerError, "%s was built but its file %s is not in the data directory", q.name, q.rel)
+	}
+}
+
+// stat returns the FileInfo of a regular file of the tree (see open).
+func (s *Server) stat(rel string) (os.FileInfo, bool) {
+	f, fi, ok := s.open(rel)
+	if ok {
+		f.Close()
+	}
+	return fi, ok
+}
+
+// open opens a regular file of the tree, refusing links out of it and
+// anything that is not a regular file.
+func (s *Server) open(rel string) (*os.File, os.FileInfo, bool) {
+	f, err := s.root.OpenFile(path.Join(strings.TrimPrefix(s.basePath, "/"), rel), os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, false
+	}
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, nil, false
+	}
+	return f, fi, true
+}
+
+// sendFile serves rel from the tree if it is there, with an ETag of its
+// bytes, so that a client asking again (If-None-Match) gets 304.
+func (s *Server) sendFile(w http.ResponseWriter, r *http.Request, rel string, latest bool) bool {
+	f, fi, ok := s.open(rel)
+	if !ok {
+		return false
+	}
+	defer f.Close()
+	s.touch(rel)
+	s.acquire(rel)
+	defer s.release(rel)
+	tag, err := s.etag(rel, f, fi)
+	if err != nil {
+		fail(w, http.StatusInternalServerError, "reading %s: %v", rel, err)
+		return true
+	}
+	h := w.Header()
+	h.Set("ETag", tag)
+	if latest {
+		h.Set("Cache-Control", "no-cache")
+	} else {
+		h.Set("Cache-Control", "public, max-age=86400")
+	}
+	if strings.HasSuffix(rel, ".asc") {
+		h.Set("Content-Type", "application/pgp-signature")
+	} else {
+		h.Set("Content-Type", "application/octet-stream")
+	}
+	http.ServeContent(w, r, "", fi.ModTime(), f)
+	return true
+}
+
+// etag is the SHA-256 of a file's bytes, remembered while its size and
+// modification time stay.
+func (s *Server) etag(rel string, f *os.File, fi os.FileInfo) (string, error) {
+	s.mu.Lock()
+	e, ok := s.etags[rel]
+	s.mu.Unlock()
+	if ok && e.size == fi.Size() && e.mtime.Equal(fi.ModTime()) {
+		return e.tag, nil
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, fi.Size())); err != nil {
+		return "", err
+	}
+	tag := `"sha256-` + hex.EncodeToString(h.Sum(nil)) + `"`
+	s.mu.Lock()
+	s.etags[rel] = etag{fi.Size(), fi.ModTime(), tag}
+	s.mu.Unlock()
+	return tag, nil
+}
+
+// ensure builds and publishes q's image unless it is there, once however
+// many ask at a time; it returns the failure to answer, if any.
+func (s *Server) ensure(ctx context.Context, q *request) *failure {
+	key := q.name + ":" + q.version
+	s.mu.Lock()
+	if f, ok := s.failures[key]; ok {
+		if time.Now().Before(f.until) {
+			s.mu.Unlock()
+			s.metrics.hits.WithLabelValues("failure").Inc()
+			return f
+		}
+		delete(s.failures, key)
+	}
+	if s.inflight[key] {
+		s.metrics.hits.WithLabelValues("joined").Inc()
+	} else {
+		if len(s.inflight) >= s.o.MaxBuilds+s.o.Queue {
+			s.mu.Unlock()
+			return &failure{status: http.StatusServiceUnavailable, msg: fmt.Sprintf("%d builds are running or waiting, as many as this server takes: try again shortly", len(s.inflight))}
+		}
+		s.inflight[key] = true
+	}
+	s.mu.Unlock()
+	ch := s.group.DoChan(key, func() (any, error) {
+		s.builds.Add(1)
+		defer s.builds.Done()
+		f := s.build(q)
+		s.mu.Lock()
+		delete(s.inflight, key)
+		if f != nil && f.status != http.StatusServiceUnavailable {
+			f.until = time.Now().Add(s.o.FailureTTL)
+			s.failures[key] = f
+		}
+		s.mu.Unlock()
+		return f, nil
+	})
+	select {
+	case res := <-ch:
+		f, _ := res.Val.(*failure)
+		return f
+	case <-ctx.Done():
+		return &failure{status: http.StatusServiceUnavailable, msg: "the request ended before the build"}
+	}
+}
