@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
-	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -128,38 +127,27 @@ func (b *build) writeImage(ctx context.Context, plan *Plan, im *PlanImage, w *wr
 	w.Image = Image{ACI: file, Name: name, Version: version, StorePaths: len(paths)}
 	content := im.Content
 	content.Manifest = m
-	if !im.Shared {
-		res, err := b.write(ctx, file, content, im.Created)
-		if err != nil {
-			return err
-		}
-		w.res = res
-		w.ImageID, w.Size = res.ImageID, res.Size
-		signed, err := b.sign(ctx, file)
-		if signed {
-			w.Signature = file + ".asc"
-		}
-		return err
-	}
-
 	signer := ""
 	if b.Signer != nil {
 		signer = b.Signer.Fingerprint
 	}
-	want := indexEntry{Name: name, Version: version, Inputs: layerInputs(string(b.Compression), b.Level, paths, depIDs)}
-	want.OS, _ = m.Labels.Get("os")
-	want.Arch, _ = m.Labels.Get("arch")
-	b.mu.Lock()
-	e, reuse := readIndexOnce(b).reusable(b.OutDir, file, want, signer, b.cache)
-	b.mu.Unlock()
-	if reuse {
-		w.ImageID, w.Size, w.Reused = e.ImageID, e.Size, true
-		if signer != "" {
-			w.Signature = file + ".asc"
+	var want indexEntry
+	if im.Shared {
+		want = indexEntry{Name: name, Version: version, Inputs: layerInputs(string(b.Compression), b.Level, paths, depIDs)}
+		want.OS, _ = m.Labels.Get("os")
+		want.Arch, _ = m.Labels.Get("arch")
+		b.mu.Lock()
+		e, reuse := readIndexOnce(b).reusable(b.OutDir, file, want, signer, b.cache)
+		b.mu.Unlock()
+		if reuse {
+			w.ImageID, w.Size, w.Reused = e.ImageID, e.Size, true
+			if signer != "" {
+				w.Signature = file + ".asc"
+			}
+			return nil
 		}
-		return nil
 	}
-	res, err := b.write(ctx, file, content, time.Unix(0, 0))
+	res, err := b.write(ctx, file, content, im.Created)
 	if err != nil {
 		return err
 	}
@@ -169,10 +157,15 @@ func (b *build) writeImage(ctx context.Context, plan *Plan, im *PlanImage, w *wr
 	if err != nil {
 		return err
 	}
-	e = want
-	e.ImageID, e.Size = res.ImageID, res.Size
 	if signed {
 		w.Signature = file + ".asc"
+	}
+	if !im.Shared {
+		return nil
+	}
+	e := want
+	e.ImageID, e.Size = res.ImageID, res.Size
+	if signed {
 		e.SignedBy = signer
 	}
 	b.mu.Lock()
