@@ -328,6 +328,20 @@ func OSArch(system string) (osName, arch string, err error) {
 	return "linux", a, nil
 }
 
+// SystemOf is the Nix system of an appc os and arch label (linux,
+// aarch64 -> aarch64-linux), the inverse of OSArch.
+func SystemOf(osName, arch string) (string, bool) {
+	if osName != "linux" {
+		return "", false
+	}
+	for cpu, a := range nixArch {
+		if a == arch {
+			return cpu + "-linux", true
+		}
+	}
+	return "", false
+}
+
 var nixArch = map[string]string{
 	"x86_64":      "amd64",
 	"aarch64":     "aarch64", // appc's label, not Go's arm64

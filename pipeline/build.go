@@ -50,6 +50,9 @@ type Request struct {
 	Overrides manifest.Overrides
 	// Recipes is a directory of recipes overriding the built-in ones.
 	Recipes string
+	// Flakes lets the target's recipe call builtins.getFlake (it enables
+	// the experimental features flakes need for the evaluation).
+	Flakes bool
 	// Compression is gzip when empty.
 	Compression aci.Compression
 	Level, Jobs int
@@ -301,6 +304,9 @@ func (b *build) resolve(ctx context.Context) (*pkgs.Target, error) {
 	var popts []pkgs.Option
 	if b.Recipes != "" {
 		popts = append(popts, pkgs.WithUserRecipes(b.Recipes))
+	}
+	if b.Flakes {
+		popts = append(popts, pkgs.WithFlakes())
 	}
 	t, err := pkgs.Resolve(ctx, b.Target, popts...)
 	if err != nil {

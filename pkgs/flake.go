@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/nixstore"
 )
 
@@ -80,4 +81,151 @@ func flakeError(target, stderr string) error {
 		reason += "\n  " + hint
 	}
 	return &NotFoundError{Target: target, Reason: reason}
+}
+
+// WithFlakes lets recipes call builtins.getFlake: evaluation enables the
+// experimental features flakes need on Nix 2.8.
+func WithFlakes() Option { return func(o *options) { o.flakes = true } }
+
+// FlakeLock is a flake reference resolved and locked by Nix.
+type FlakeLock struct {
+	// URL is the locked reference (with its narHash, and rev where the
+	// source has one): builtins.getFlake of it reads exactly these files.
+	URL string `json:"url"`
+	// Revision is the source's commit, where it has one.
+	Revision string `json:"revision,omitempty"`
+	// NarHash is the hash of the flake's source tree.
+	NarHash string `json:"narHash"`
+	// LastModified is the source's time, Unix seconds.
+	LastModified int64 `json:"lastModified"`
+}
+
+// maxFlakeMetadata bounds what LockFlake reads of nix flake metadata.
+const maxFlakeMetadata = 4 << 20
+
+// LockFlake resolves ref (path:/dir, github:owner/repo/rev, a registry
+// name, …) with nix flake metadata, so that a server evaluates one fixed
+// source however its reference moves later.
+func LockFlake(ctx context.Context, ref string) (*FlakeLock, error) {
+	if _, err := exec.LookPath("nix"); err != nil {
+		return nil, nixstore.ErrNixNotInstalled
+	}
+	if ref == "" || strings.ContainsAny(ref, "#\n") {
+		return nil, &NotFoundError{Target: ref, Reason: "a package set flake is a flake reference without #attribute, e.g. path:/src/my-flake or github:NixOS/nixpkgs/<commit>"}
+	}
+	cmd := nixstore.Command(ctx, "nix", "flake", "metadata", "--extra-experimental-features", flakeFeatures, "--json", "--", ref)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return nil, context.Cause(ctx)
+		}
+		return nil, flakeError(ref, stderr.String())
+	}
+	if stdout.Len() > maxFlakeMetadata {
+		return nil, fmt.Errorf("nix flake metadata of %s wrote over %d bytes", ref, maxFlakeMetadata)
+	}
+	var m struct {
+		URL          string `json:"url"`
+		Revision     string `json:"revision"`
+		LastModified int64  `json:"lastModified"`
+		Locked       struct {
+			NarHash string `json:"narHash"`
+		} `json:"locked"`
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &m); err != nil {
+		return nil, fmt.Errorf("reading nix flake metadata of %s: %w", ref, err)
+	}
+	if m.URL == "" || m.Locked.NarHash == "" || strings.ContainsAny(m.URL, "\"\\$\n") {
+		return nil, fmt.Errorf("nix flake metadata gave no locked reference for %s (%q)", ref, nixstore.Tail(m.URL, 200))
+	}
+	return &FlakeLock{URL: m.URL, Revision: m.Revision, NarHash: m.Locked.NarHash, LastModified: m.LastModified}, nil
+}
+
+// maxNixConfig bounds what BuildSystems reads of Nix's configuration and
+// of a machines file.
+const maxNixConfig = 4 << 20
+
+// BuildSystems are the Nix systems this machine's Nix can build for: its
+// own system, its extra-platforms, and those of its remote builders (the
+// builders setting, or the machines file it names). The host's system is
+// always first.
+func BuildSystems(ctx context.Context) ([]string, error) {
+	host := HostSystem()
+	if _, err := exec.LookPath("nix"); err != nil {
+		return nil, nixstore.ErrNixNotInstalled
+	}
+	cmd := nixstore.Command(ctx, "nix", "show-config", "--extra-experimental-features", "nix-command", "--json")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("reading Nix's settings (nix show-config): %s", nixstore.ErrorMessage(stderr.String()))
+	}
+	if stdout.Len() > maxNixConfig {
+		return nil, fmt.Errorf("nix show-config wrote over %d bytes", maxNixConfig)
+	}
+	var conf map[string]struct {
+		Value json.RawMessage `json:"value"`
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &conf); err != nil {
+		return nil, fmt.Errorf("reading nix show-config: %w", err)
+	}
+	var system, builders string
+	var extra []string
+	json.Unmarshal(conf["system"].Value, &system)
+	json.Unmarshal(conf["extra-platforms"].Value, &extra)
+	json.Unmarshal(conf["builders"].Value, &builders)
+	if system == "" {
+		system = host
+	}
+	out := []string{host}
+	add := func(s string) {
+		s = strings.TrimSpace(s)
+		if s == "" || s == "-" {
+			return
+		}
+		for _, x := range out {
+			if x == s {
+				return
+			}
+		}
+		out = append(out, s)
+	}
+	add(system)
+	for _, s := range extra {
+		add(s)
+	}
+	for _, s := range builderSystems(builders, 0) {
+		add(s)
+	}
+	return out, nil
+}
+
+// builderSystems reads the systems of Nix's builders setting: machines
+// separated by ";" or newlines, each "URI SYSTEMS …" with SYSTEMS
+// comma-separated, or "@FILE" naming a machines file (followed once).
+func builderSystems(spec string, depth int) []string {
+	var out []string
+	for _, m := range strings.FieldsFunc(spec, func(r rune) bool { return r == ';' || r == '\n' }) {
+		m = strings.TrimSpace(m)
+		if i := strings.IndexByte(m, '#'); i >= 0 {
+			m = strings.TrimSpace(m[:i])
+		}
+		if f, ok := strings.CutPrefix(m, "@"); ok {
+			if depth > 0 {
+				continue
+			}
+			b, err := safeio.ReadFile(f, maxNixConfig)
+			if err != nil {
+				continue
+			}
+			out = append(out, builderSystems(string(b), depth+1)...)
+			continue
+		}
+		fields := strings.Fields(m)
+		if len(fields) >= 2 {
+			out = append(out, strings.Split(fields[1], ",")...)
+		}
+	}
+	return out
 }

@@ -77,6 +77,7 @@ type options struct {
 	userDir string
 	busybox string
 	nixBin  string
+	flakes  bool
 }
 
 // Option changes how targets resolve.
@@ -264,9 +265,13 @@ func (o options) eval(ctx context.Context, kind, target, shown string) (*Target,
 	if name, ok := strings.CutPrefix(target, "embedded:"); ok {
 		target = filepath.Join(dir, "recipes", name+".nix")
 	}
-	args := []string{"--eval", "--strict", "--json", "--read-write-mode", filepath.Join(dir, "nix", "driver.nix"),
+	args := []string{"--eval", "--strict", "--json", "--read-write-mode"}
+	if o.flakes {
+		args = append(args, "--extra-experimental-features", flakeFeatures)
+	}
+	args = append(args, filepath.Join(dir, "nix", "driver.nix"),
 		"--argstr", "kind", kind, "--argstr", "target", target,
-		"--argstr", "hostBusybox", o.busybox, "--argstr", "hostBusyboxVersion", busyboxVersion(ctx, o.busybox)}
+		"--argstr", "hostBusybox", o.busybox, "--argstr", "hostBusyboxVersion", busyboxVersion(ctx, o.busybox))
 	cmd := nixstore.Command(ctx, o.nixBin, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -61,6 +62,28 @@ func TestResolveRejects(t *testing.T) {
 			t.Errorf("Resolve(%q): got %v, want a NotFoundError", target, err)
 		} else if !strings.Contains(err.Error(), target) {
 			t.Errorf("Resolve(%q): error does not name the target: %v", target, err)
+		}
+	}
+}
+
+// TestBuildSystems: the systems Nix builds for are this host's, its
+// extra-platforms and its remote builders', from a machines file too.
+func TestBuildSystems(t *testing.T) {
+	machines := filepath.Join(t.TempDir(), "machines")
+	if err := os.WriteFile(machines, []byte("# a farm\nssh://arm.example aarch64-linux,armv7l-linux - 4\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("NIX_CONFIG", os.Getenv("NIX_CONFIG")+"\nextra-platforms = powerpc64le-linux\nbuilders = @"+machines+" ; ssh://s390.example s390x-linux")
+	got, err := pkgs.BuildSystems(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[0] != pkgs.HostSystem() {
+		t.Fatalf("systems %v: the host's first", got)
+	}
+	for _, want := range []string{"powerpc64le-linux", "aarch64-linux", "armv7l-linux", "s390x-linux"} {
+		if !slices.Contains(got, want) {
+			t.Errorf("systems %v lack %s", got, want)
 		}
 	}
 }

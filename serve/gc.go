@@ -2,6 +2,7 @@ package serve
 
 import (
 	"encoding/json"
+	"os"
 	"path"
 	"path/filepath"
 	"sort"
@@ -115,6 +116,10 @@ func (s *Server) collect(keep string) {
 		// without one.
 		if root.Remove(p) == nil {
 			root.Remove(p + ".asc")
+			if f, ok := s.outLayers[rel]; ok {
+				os.Remove(f)
+				delete(s.outLayers, rel)
+			}
 			removed[rel] = true
 			total -= size[rel]
 			s.metrics.collected.Inc()

@@ -94,7 +94,7 @@ func TestBadNamesAreRefused(t *testing.T) {
 		{"/acis/127.0.0.1/" + strings.Repeat("a/", 20) + "b-" + version + "-linux-amd64.aci", "components", 400},
 		{"/acis/127.0.0.1/nosuchpkg/busybox-" + version + "-linux-amd64.aci", "nosuchpkg", 404},
 		{"/acis/127.0.0.1/busybox-v0other-linux-amd64.aci", "this server builds version " + version, 404},
-		{"/acis/127.0.0.1/busybox-" + version + "-linux-s390x.aci", "linux/amd64 images only", 404},
+		{"/acis/127.0.0.1/busybox-" + version + "-linux-s390x.aci", "nix2aci builds linux images for", 404},
 		{"/acis/example.com/busybox-" + version + "-linux-amd64.aci", "not under the prefix", 404},
 		{"/Busybox?ac-discovery=1", "upper case", 400},
 	} {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"html"
 	"io"
@@ -15,8 +16,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,8 +28,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/singleflight"
+	"golang.org/x/sys/unix"
 
+	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/pipeline"
+	"github.com/nix2aci/nix2aci/pkgs"
 	"github.com/nix2aci/nix2aci/publish"
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -62,6 +69,20 @@ type Options struct {
 	Work string
 	// Recipes is a directory of recipes beside the built-in ones.
 	Recipes string
+	// Flake, when set, is the package set: a locked flake reference
+	// (pkgs.LockFlake). Package names are then attributes of its
+	// packages.<system>, over its legacyPackages.<system>, over those of
+	// its nixpkgs input. "": nixpkgs in NIX_PATH, else the offline set.
+	Flake string
+	// Source names the package set in each image's
+	// nix2aci.io/package-set annotation, so that a user can tell where an
+	// image came from (e.g. the locked flake reference, or nixpkgs' path
+	// and revision).
+	Source string
+	// Systems are the Nix systems the server builds for (the host's
+	// first; see pkgs.BuildSystems). nil: the host's only. A name asked
+	// for another system is refused with 422 before anything is built.
+	Systems []string
 	// Version is the version label of every image built (see
 	// VersionLabel); required, a literal without "-".
 	Version string
@@ -97,7 +118,7 @@ type Server struct {
 	basePath string // its path, "/acis"
 	fp       string
 	pubkey   []byte
-	arch     string
+	host     string // this host's Nix system
 	recipes  string // private directory of built-in recipes
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -109,6 +130,9 @@ type Server struct {
 	// clean paths and redirect, and names are checked as they are asked.
 	metricsHandler http.Handler
 	root           *os.Root // the data directory
+	dir            *os.File // the data directory (O_PATH), for openat2; nil: none
+	dirfd          int      // its descriptor (-1: none), valid while the Server is
+	noOpenat2      atomic.Bool
 
 	mu       sync.Mutex
 	inflight map[string]bool
@@ -119,6 +143,13 @@ type Server struct {
 
 	// publishMu makes publishing and collecting one at a time.
 	publishMu sync.Mutex
+	// out is the builds' output directory: the layers stay there, so that
+	// a build on layers built before reuses them (the pipeline proves
+	// each by its tagged index) instead of writing them again.
+	out string
+	// outLayers are its layer files by their path in the tree, to remove
+	// with the tree's copy (under publishMu).
+	outLayers map[string]string
 }
 
 type etag struct {
@@ -168,6 +199,12 @@ func New(o Options) (*Server, error) {
 	if o.Work == "" {
 		o.Work = filepath.Join(o.Data, ".nix2aci-serve")
 	}
+	if len(o.Systems) == 0 {
+		o.Systems = []string{pkgs.HostSystem()}
+	}
+	if strings.ContainsAny(o.Flake, "\"$\n") {
+		return nil, &UsageError{fmt.Sprintf("the flake reference %q has characters a locked reference does not have: give the one pkgs.LockFlake returns", o.Flake)}
+	}
 	if o.NoCache {
 		o.CacheDir, o.CacheKey = "", ""
 	} else {
@@ -202,10 +239,12 @@ func New(o Options) (*Server, error) {
 	if err := os.MkdirAll(o.Work, 0o700); err != nil {
 		return nil, fmt.Errorf("the work directory: %w", err)
 	}
-	// Builds staged by an earlier run that was killed.
+	// Builds staged by an earlier run that was killed, and its output
+	// directory (its layers are not known to this run, so they could not
+	// be collected).
 	if ents, err := os.ReadDir(o.Work); err == nil {
 		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), "build-") {
+			if strings.HasPrefix(e.Name(), "build-") || e.Name() == "out" {
 				os.RemoveAll(filepath.Join(o.Work, e.Name()))
 			}
 		}
@@ -220,28 +259,25 @@ func New(o Options) (*Server, error) {
 	}
 	s := &Server{
 		o: o, base: u.String(), basePath: u.Path, fp: strings.ToLower(sign.Fingerprint(o.Key)),
-		pubkey: key.Bytes(), arch: appcArch(), recipes: recipes,
+		pubkey: key.Bytes(), host: pkgs.HostSystem(), recipes: recipes,
 		sem: make(chan struct{}, o.MaxBuilds), metrics: newMetrics(),
 		inflight: map[string]bool{}, failures: map[string]*failure{}, etags: map[string]etag{},
 		used: map[string]time.Time{}, reading: map[string]int{},
+		out: filepath.Join(o.Work, "out"), outLayers: map[string]string{},
 	}
 	if s.root, err = os.OpenRoot(o.Data); err != nil {
 		return nil, fmt.Errorf("the data directory: %w", err)
 	}
+	s.dirfd = -1
+	if fd, err := unix.Open(o.Data, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+		// Never closed while the Server is: an *os.File closes it when
+		// the Server is garbage, so that no request can open a file
+		// relative to a descriptor number reused by something else.
+		s.dir, s.dirfd = os.NewFile(uintptr(fd), o.Data), fd
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.metricsHandler = promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
 	return s, nil
-}
-
-// appcArch is this host's architecture as appc names it.
-func appcArch() string {
-	switch runtime.GOARCH {
-	case "arm64":
-		return "aarch64"
-	case "arm":
-		return "armv7l"
-	}
-	return runtime.GOARCH
 }
 
 // Close cancels the builds running and waits for them to clean up.
@@ -262,7 +298,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		s.serve(rw, r)
 	}
-	s.metrics.requests.WithLabelValues(fmt.Sprint(rw.status)).Inc()
+	s.metrics.requests.WithLabelValues(strconv.Itoa(rw.status)).Inc()
 	s.o.Logger.Info("request", "method", r.Method, "path", bounded(r.URL.Path, 200), "name", rw.name,
 		"status", rw.status, "bytes", rw.bytes, "duration", time.Since(start))
 }
@@ -336,7 +372,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusBadRequest, "the path has %%-escapes: names are plain lower-case letters, digits and - . _ ~")
 		return
 	}
-	if r.URL.Query().Get("ac-discovery") == "1" {
+	if r.URL.RawQuery != "" && r.URL.Query().Get("ac-discovery") == "1" {
 		s.discovery(w, p)
 		return
 	}
@@ -391,6 +427,73 @@ type request struct {
 	version  string
 	os, arch string
 	asc      bool
+
+	// From the meta names at the front of packages (see meta):
+	wanted []string // the package names
+	shell  bool     // a shell and coreutils
+	system string   // the Nix system to build for
+}
+
+// Meta names: at the front of a name, before its packages, they change
+// what the image holds or what it is built for rather than naming a
+// package.
+var (
+	// metaShell adds a shell and coreutils (bashInteractive and coreutils
+	// from nixpkgs; busybox from the offline set).
+	metaShell = "shell"
+	// metaSystems build for another system, Docker's names for them;
+	// the file asked for must then name that system's appc arch.
+	metaSystems = map[string]string{"arm64": "aarch64-linux", "amd64": "x86_64-linux"}
+)
+
+// meta reads q's meta names and its system: the one a meta name asks
+// for, else the one of the file's os and arch labels (so that rkt on an
+// aarch64 host, asking for its own arch, gets an aarch64 image). A
+// failure is answered as it says.
+func (s *Server) meta(q *request) *failure {
+	ps := q.packages
+	seen := map[string]bool{}
+	for len(ps) > 0 {
+		p := ps[0]
+		if p == metaShell {
+			q.shell = true
+		} else if sys, ok := metaSystems[p]; ok {
+			if q.system != "" {
+				return &failure{status: http.StatusBadRequest, msg: fmt.Sprintf("%s names two systems: give at most one of arm64, amd64", q.name)}
+			}
+			q.system = sys
+		} else {
+			break
+		}
+		if seen[p] {
+			return &failure{status: http.StatusBadRequest, msg: fmt.Sprintf("%s names %s twice", q.name, p)}
+		}
+		seen[p] = true
+		ps = ps[1:]
+	}
+	for _, p := range ps {
+		if _, ok := metaSystems[p]; ok || p == metaShell {
+			return &failure{status: http.StatusBadRequest, msg: fmt.Sprintf("%s: the meta name %s comes first, before the packages: %s/%s/…", q.name, p, s.o.Prefix, p)}
+		}
+	}
+	q.wanted = ps
+	if len(q.wanted) == 0 && !q.shell {
+		return &failure{status: http.StatusNotFound, msg: fmt.Sprintf("%s names no package: add one, e.g. %s/busybox", q.name, q.name)}
+	}
+	fileSystem, ok := manifest.SystemOf(q.os, q.arch)
+	if !ok {
+		return &failure{status: http.StatusNotFound, msg: fmt.Sprintf("%s is for %s/%s: nix2aci builds linux images for amd64, aarch64, i386, armv6l, armv7l and ppc64le (as a server can: see its systems)", q.name, q.os, q.arch)}
+	}
+	if q.system == "" {
+		q.system = fileSystem
+	} else if q.system != fileSystem {
+		_, arch, _ := manifest.OSArch(q.system)
+		return &failure{status: http.StatusNotFound, msg: fmt.Sprintf("%s is built for %s: ask for %s-%s-linux-%s.aci, not linux-%s (rkt asks for its own arch: on this host, rkt fetch '%s:%s,arch=%s')", q.name, q.system, path.Base(q.name), q.version, arch, q.arch, q.name, q.version, arch)}
+	}
+	if !slices.Contains(s.o.Systems, q.system) {
+		return &failure{status: http.StatusUnprocessableEntity, msg: fmt.Sprintf("%s: this server builds for %s only, and its Nix cannot build for %s: give the server a Nix remote builder for %s (Nix's builders setting), or emulation (binfmt_misc and extra-platforms = %s), and restart it", q.name, strings.Join(s.o.Systems, ", "), q.system, q.system, q.system)}
+	}
+	return nil
 }
 
 // parseFile parses rel, the path under the base path.
@@ -453,8 +556,8 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request, rel string) {
 		fail(w, http.StatusNotFound, "%s is not under the prefix %s, the only one this server builds", q.name, s.o.Prefix)
 		return
 	}
-	if q.os != "linux" || q.arch != s.arch {
-		fail(w, http.StatusNotFound, "%s is for %s/%s: this server builds linux/%s images only", q.name, q.os, q.arch, s.arch)
+	if f := s.meta(q); f != nil {
+		fail(w, f.status, "%s", f.msg)
 		return
 	}
 	if q.version != s.o.Version {
@@ -483,11 +586,33 @@ func (s *Server) stat(rel string) (os.FileInfo, bool) {
 }
 
 // open opens a regular file of the tree, refusing links out of it and
-// anything that is not a regular file.
+// anything that is not a regular file. It is one openat2 call, the
+// kernel resolving the path beneath the data directory (symbolic links
+// inside it are followed, none leads out), where the kernel has openat2
+// (Linux 5.6); else os.Root, which walks the path a component at a time.
 func (s *Server) open(rel string) (*os.File, os.FileInfo, bool) {
-	f, err := s.root.OpenFile(path.Join(strings.TrimPrefix(s.basePath, "/"), rel), os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, nil, false
+	name := path.Join(strings.TrimPrefix(s.basePath, "/"), rel)
+	var f *os.File
+	if s.dirfd >= 0 && !s.noOpenat2.Load() {
+		defer runtime.KeepAlive(s.dir)
+		fd, err := unix.Openat2(s.dirfd, name, &unix.OpenHow{
+			Flags:   unix.O_RDONLY | unix.O_NONBLOCK | unix.O_CLOEXEC | unix.O_NOCTTY,
+			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
+		})
+		switch {
+		case err == nil:
+			f = os.NewFile(uintptr(fd), name)
+		case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM):
+			s.noOpenat2.Store(true) // no openat2 (or a seccomp filter refuses it)
+		default:
+			return nil, nil, false
+		}
+	}
+	if f == nil {
+		var err error
+		if f, err = s.root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0); err != nil {
+			return nil, nil, false
+		}
 	}
 	fi, err := f.Stat()
 	if err != nil || !fi.Mode().IsRegular() {
@@ -552,7 +677,7 @@ func (s *Server) etag(rel string, f *os.File, fi os.FileInfo) (string, error) {
 // ensure builds and publishes q's image unless it is there, once however
 // many ask at a time; it returns the failure to answer, if any.
 func (s *Server) ensure(ctx context.Context, q *request) *failure {
-	key := q.name + ":" + q.version
+	key := q.name + ":" + q.version + ":" + q.system
 	s.mu.Lock()
 	if f, ok := s.failures[key]; ok {
 		if time.Now().Before(f.until) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/nix2aci/nix2aci/pkgs"
 	"github.com/nix2aci/nix2aci/publish"
 	"github.com/nix2aci/nix2aci/serve"
 )
@@ -53,6 +54,7 @@ or SIGINT: builds are cancelled, requests in flight finish, exit 0.`,
 			&cli.StringFlag{Name: "data", Usage: "the publish tree `DIR` images are built into and served from", Required: true},
 			&cli.StringFlag{Name: "pkgs", Usage: "a `DIR` of recipes beside the built-in ones", EnvVars: []string{"NIX2ACI_PKGS"}},
 			&cli.StringFlag{Name: "nixpkgs", Usage: "build from the nixpkgs at `PATH` (default: nixpkgs in NIX_PATH, else the offline set)"},
+			&cli.StringFlag{Name: "flake", Usage: "build the packages of the flake `REF` (path:/src/flake, github:NixOS/nixpkgs/COMMIT, …), locked at start: its packages.SYSTEM over its legacyPackages.SYSTEM over its nixpkgs input's"},
 			&cli.IntFlag{Name: "max-builds", Value: serve.DefaultMaxBuilds, Usage: "builds at a time"},
 			&cli.IntFlag{Name: "queue", Value: serve.DefaultQueue, Usage: "builds waiting beyond --max-builds before requests get 503"},
 			&cli.DurationFlag{Name: "build-timeout", Value: serve.DefaultBuildTimeout, Usage: "a build's deadline"},
@@ -106,17 +108,31 @@ func runServe(c *cli.Context) error {
 			}
 		}
 	}
+	var lock *pkgs.FlakeLock
+	flakeURL := ""
+	if ref := c.String("flake"); ref != "" {
+		var err error
+		if lock, err = pkgs.LockFlake(c.Context, ref); err != nil {
+			return usagef("--flake %s: %v", ref, err)
+		}
+		flakeURL = lock.URL
+	}
+	systems, err := pkgs.BuildSystems(c.Context)
+	if err != nil {
+		return err
+	}
 	key, err := loadSigningKey(c)
 	if err != nil {
 		return err
 	}
-	label, err := serve.VersionLabel(nixpkgs, c.String("pkgs"), buildIdentity())
+	label, err := serve.VersionLabel(nixpkgs, flakeURL, c.String("pkgs"), buildIdentity())
 	if err != nil {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(c.App.ErrWriter, nil))
 	s, err := serve.New(serve.Options{
 		Prefix: prefix, BaseURL: base, Key: key, Data: c.String("data"), Recipes: c.String("pkgs"),
+		Flake: flakeURL, Source: serve.Source(nixpkgs, lock), Systems: systems,
 		Version: label, MaxBuilds: c.Int("max-builds"), Queue: c.Int("queue"),
 		BuildTimeout: c.Duration("build-timeout"), FailureTTL: c.Duration("failure-ttl"), MaxDisk: maxDisk, NoCache: c.Bool("no-cache"), Logger: log,
 	})
@@ -137,7 +153,7 @@ func runServe(c *cli.Context) error {
 	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	log.Info("serving", "listen", ln.Addr().String(), "prefix", prefix, "base", base, "version", label, "data", c.String("data"))
+	log.Info("serving", "listen", ln.Addr().String(), "prefix", prefix, "base", base, "version", label, "data", c.String("data"), "packages", serve.Source(nixpkgs, lock), "systems", strings.Join(systems, ","))
 	fmt.Fprintf(c.App.ErrWriter, "nix2aci: serving %s/PACKAGE… version %s on %s; rkt trust --prefix %s, then rkt fetch %s/busybox:%s\n", prefix, label, ln.Addr(), prefix, prefix, label)
 	select {
 	case err := <-served:

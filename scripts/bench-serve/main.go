@@ -9,10 +9,15 @@
 // fetch warm; discovery requests per second with p50/p99 latency at
 // -clients concurrent clients; and an image already built, served by the
 // server and by Go's http.FileServer from the same file: median time to
-// first byte and throughput over sequential requests.
+// first byte and throughput over sequential requests, interleaved so that
+// load from elsewhere hits both alike; and a new image that shares layers
+// with one served already (busybox, then busybox plus a small package),
+// against nix2aci build --layered of the same recipe into a warm output
+// directory (its own cache, warmed by the busybox image the same way).
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -20,6 +25,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -29,6 +35,7 @@ import (
 	"github.com/appc/spec/schema/types"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/serve"
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -47,7 +54,33 @@ func main() {
 	port := uint(l.Addr().(*net.TCPAddr).Port)
 	base := fmt.Sprintf("http://127.0.0.1:%d/acis", port)
 	data := filepath.Join(work, "data")
-	s, err := serve.New(serve.Options{Prefix: "127.0.0.1", BaseURL: base, Key: key, Data: data, Version: "vbench" + fmt.Sprint(time.Now().Unix())})
+	recipes := filepath.Join(work, "recipes")
+	check(os.MkdirAll(recipes, 0o755))
+	const extras = 5
+	for i := range extras {
+		// A small package of its own per image, realised before the
+		// timing (see below), so that both sides only write and sign.
+		drv := filepath.Join(recipes, fmt.Sprintf("drv%d.nix.in", i))
+		check(os.WriteFile(drv, []byte(fmt.Sprintf(`derivation { name = "extra%d-%d"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = [ "-c" "mkdir -p $out/bin; dd if=/dev/urandom of=$out/bin/data bs=1000 count=200 2>/dev/null; echo x > $out/bin/extra%d" ]; }`, i, time.Now().UnixNano(), i)), 0o644))
+		check(os.WriteFile(filepath.Join(recipes, fmt.Sprintf("extra%d.nix", i)), []byte(fmt.Sprintf("{ pkgs }: { packages = [ (import ./drv%d.nix.in) ]; exec = [ \"/bin/extra%d\" ]; }\n", i, i)), 0o644))
+	}
+	var recipeMu sync.Mutex
+	captured := map[string]string{} // image name -> the recipe serve built it from
+	opts := serve.Options{Prefix: "127.0.0.1", BaseURL: base, Key: key, Data: data, Recipes: recipes, Version: "vbench" + fmt.Sprint(time.Now().Unix()),
+		Build: func(ctx context.Context, r pipeline.Request) (*pipeline.Result, error) {
+			b, err := os.ReadFile(r.Target)
+			check(err)
+			recipeMu.Lock()
+			captured[r.Name] = string(b)
+			recipeMu.Unlock()
+			t := time.Now()
+			res, err := pipeline.Build(ctx, r)
+			if os.Getenv("BENCH_DEBUG") != "" {
+				log.Printf("serve's pipeline.Build of %s: %s", r.Name, time.Since(t))
+			}
+			return res, err
+		}}
+	s, err := serve.New(opts)
 	check(err)
 	defer s.Close()
 	go http.Serve(l, s)
@@ -124,30 +157,108 @@ func main() {
 	fl, err := net.Listen("tcp", "127.0.0.1:0")
 	check(err)
 	go http.Serve(fl, http.FileServer(http.Dir(filepath.Join(data, "acis"))))
-	for _, c := range []struct{ what, url string }{
-		{"nix2aci serve  ", base + "/" + rel},
-		{"http.FileServer", fmt.Sprintf("http://%s/%s", fl.Addr(), rel)},
-	} {
-		var ttfb []time.Duration
-		var bytes int64
-		t0 := time.Now()
-		for range 200 {
-			t := time.Now()
-			resp, err := client.Get(c.url)
-			check(err)
-			buf := make([]byte, 1)
-			_, err = io.ReadFull(resp.Body, buf)
-			check(err)
-			ttfb = append(ttfb, time.Since(t))
-			k, err := io.Copy(io.Discard, resp.Body)
-			check(err)
-			resp.Body.Close()
-			bytes += k + 1
+	urls := []string{base + "/" + rel, fmt.Sprintf("http://%s/%s", fl.Addr(), rel)}
+	what := []string{"nix2aci serve  ", "http.FileServer"}
+	const rounds = 1000
+	ttfb := make([][]time.Duration, 2)
+	total := make([]time.Duration, 2)
+	var size int64
+	for i := range 2 * rounds {
+		// A, B, then B, A: the position in a pair does not favour one.
+		k := i % 2
+		if (i/2)%2 == 1 {
+			k = 1 - k
 		}
-		d := time.Since(t0)
-		fmt.Printf("%s: %d GETs of a %d-byte image: TTFB median %s, %.0f MB/s\n", c.what, 200, bytes/200, median(ttfb).Round(time.Microsecond), float64(bytes)/d.Seconds()/1e6)
+		t := time.Now()
+		resp, err := client.Get(urls[k])
+		check(err)
+		buf := make([]byte, 1)
+		_, err = io.ReadFull(resp.Body, buf)
+		check(err)
+		ttfb[k] = append(ttfb[k], time.Since(t))
+		n, err := io.Copy(io.Discard, resp.Body)
+		check(err)
+		resp.Body.Close()
+		total[k] += time.Since(t)
+		size = n + 1
 	}
+	for k := range 2 {
+		fmt.Printf("%s: %d GETs of a %d-byte image, interleaved: TTFB median %s, %.0f MB/s\n", what[k], rounds, size, median(ttfb[k]).Round(time.Microsecond), float64(size*rounds)/total[k].Seconds()/1e6)
+	}
+	fmt.Printf("TTFB ratio serve/FileServer: %.2f; throughput ratio: %.2f\n", float64(median(ttfb[0]))/float64(median(ttfb[1])), float64(total[1])/float64(total[0]))
+
+	// A new image sharing layers with one served: busybox plus a small
+	// package, against nix2aci build --layered of the same recipe into a
+	// warm output directory. A throwaway server of another version builds
+	// each image first, so that every derivation (the package, the join)
+	// is realised for both sides; then the measured server answers the
+	// new name, and the CLI builds the recipe serve used.
+	bin := filepath.Join(work, "nix2aci")
+	out, err := exec.Command("go", "build", "-o", bin, "./cmd/nix2aci").CombinedOutput()
+	if err != nil {
+		log.Fatalf("go build: %v\n%s", err, out)
+	}
+	pre := opts
+	pre.Data, pre.Version, pre.Build, pre.Work = filepath.Join(work, "pre"), "vpre"+fmt.Sprint(time.Now().Unix()), nil, ""
+	ps, err := serve.New(pre)
+	check(err)
+	defer ps.Close()
+	warmDir := filepath.Join(work, "warm")
+	cli := func(name string) time.Duration {
+		recipeMu.Lock()
+		r := captured[name]
+		recipeMu.Unlock()
+		f := filepath.Join(work, "cli-recipe.nix")
+		check(os.WriteFile(f, []byte(r), 0o644))
+		cmd := exec.Command(bin, "build", f, "--layered", "--name", name, "--out", warmDir, "--no-link", "--pkgs", recipes,
+			"--cache-dir", filepath.Join(work, "cli-cache"), "--cache-key", filepath.Join(work, "cli-cache.key"))
+		t := time.Now()
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			log.Fatalf("nix2aci build %s: %v\n%s", name, err, out)
+		}
+		return time.Since(t)
+	}
+	cli("127.0.0.1/busybox") // warm: the busybox layers in --out and the cache
+	var sv, cl []time.Duration
+	for i := range extras {
+		name := fmt.Sprintf("127.0.0.1/busybox/extra%d", i)
+		file := fmt.Sprintf("127.0.0.1/busybox/extra%d-latest-linux-amd64.aci", i)
+		rec := httptestRecorder{}
+		req, _ := http.NewRequest("GET", base+"/"+file, nil)
+		ps.ServeHTTP(&rec, req)
+		if rec.status != 0 && rec.status != 200 {
+			log.Fatalf("pre-building %s: %d %s", name, rec.status, rec.body)
+		}
+		t := time.Now()
+		get(client, base+"/"+file)
+		sv = append(sv, time.Since(t))
+		cl = append(cl, cli(name))
+	}
+	fmt.Printf("new image on shared layers (busybox + a package), median of %d: serve %s (build, sign, publish, first GET), nix2aci build --layered into a warm directory %s: ratio %.2f\n",
+		extras, median(sv).Round(time.Millisecond), median(cl).Round(time.Millisecond), float64(median(sv))/float64(median(cl)))
 }
+
+// httptestRecorder is a ResponseWriter that keeps the status and body.
+type httptestRecorder struct {
+	h      http.Header
+	status int
+	body   []byte
+}
+
+func (r *httptestRecorder) Header() http.Header {
+	if r.h == nil {
+		r.h = http.Header{}
+	}
+	return r.h
+}
+func (r *httptestRecorder) Write(b []byte) (int, error) {
+	if len(r.body) < 4096 {
+		r.body = append(r.body, b...)
+	}
+	return len(b), nil
+}
+func (r *httptestRecorder) WriteHeader(c int) { r.status = c }
 
 func get(c *http.Client, url string) []byte {
 	resp, err := c.Get(url)
