@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
@@ -37,6 +38,8 @@ type env struct {
 	built atomic.Int32
 	// cached counts the store paths builds took from the cache.
 	cached atomic.Int32
+	// reused counts the layers builds found written already.
+	reused atomic.Int32
 }
 
 func start(t *testing.T, edit func(*serve.Options)) *env {
@@ -65,6 +68,11 @@ func start(t *testing.T, edit func(*serve.Options)) *env {
 			res, err := pipeline.Build(ctx, r)
 			if err == nil {
 				e.cached.Add(int32(res.CachedPaths))
+				for _, l := range res.Layers {
+					if l.Reused {
+						e.reused.Add(1)
+					}
+				}
 			}
 			return res, err
 		},
@@ -253,20 +261,43 @@ func TestImagesShareLayers(t *testing.T) {
 	e := start(t, nil)
 	trust := trustFromDiscovery(t, e, "127.0.0.1")
 	labels := map[types.ACIdentifier]string{"version": version, "os": "linux", "arch": "amd64"}
+	stamps := func() map[string]string {
+		m := map[string]string{}
+		files, _ := filepath.Glob(filepath.Join(e.data, "acis", "127.0.0.1", "nix", "*"))
+		for _, f := range files {
+			fi, err := os.Stat(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m[f] = fmt.Sprint(fi.Sys().(*syscall.Stat_t).Ino, fi.ModTime().UnixNano())
+		}
+		return m
+	}
+	var first map[string]string
 	for _, name := range []string{"127.0.0.1/busybox", "127.0.0.1/busybox-static/busybox", "127.0.0.1/busybox/busybox-static"} {
 		dir := t.TempDir()
 		img := fetch(t, e, name, labels, trust, dir, "")
 		if got := run(t, dir, img, "echo", name); got != name {
 			t.Fatalf("%s said %q", name, got)
 		}
+		if first == nil {
+			first = stamps()
+		}
 	}
 	if n := e.built.Load(); n != 3 {
 		t.Fatalf("%d builds for 3 names, want 3", n)
 	}
-	// The layer shared is compressed once: the later builds take it, and
-	// the CA certificates, from the cache.
-	if n := e.cached.Load(); n < 2 {
-		t.Fatalf("%d store paths taken from the cache by the second and third builds, want at least 2", n)
+	// Only the new images are built and published: the later builds
+	// find the shared layers written already (busybox and the CA
+	// certificates), and the tree's copies are left as they were.
+	if n := e.reused.Load(); n < 2 {
+		t.Fatalf("%d layers reused by the second and third builds, want at least 2", n)
+	}
+	after := stamps()
+	for f, st := range first {
+		if after[f] != st {
+			t.Errorf("the layer %s was written again by a later build", f)
+		}
 	}
 	layers, _ := filepath.Glob(filepath.Join(e.data, "acis", "127.0.0.1", "nix", "*.aci"))
 	if len(layers) == 0 {
