@@ -132,9 +132,32 @@ func dedup(s []string) []string {
 
 // build builds q's image and publishes it into the data directory.
 func (s *Server) build(q *request) *failure {
-	if _, ok := s.stat(q.rel); ok {
+	if s.have(q.rel) {
 		return nil // built while this request waited
 	}
+	if s.o.Store != nil {
+		lease, f := s.claim(q)
+		if lease == nil {
+			return f // nil: another replica built it
+		}
+		defer lease.Release()
+		ctx, cancel := context.WithCancel(s.ctx)
+		defer cancel()
+		go func() {
+			select {
+			case <-lease.Lost():
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		return s.buildWith(ctx, q)
+	}
+	return s.buildWith(s.ctx, q)
+}
+
+// buildWith builds q's image within parent (the server's life, or a
+// lease's), at most MaxBuilds at a time.
+func (s *Server) buildWith(parent context.Context, q *request) *failure {
 	select {
 	case s.sem <- struct{}{}:
 	case <-s.ctx.Done():
@@ -143,7 +166,7 @@ func (s *Server) build(q *request) *failure {
 	defer func() { <-s.sem }()
 	start := time.Now()
 	s.metrics.started.Inc()
-	ctx, cancel := context.WithTimeout(s.ctx, s.o.BuildTimeout)
+	ctx, cancel := context.WithTimeout(parent, s.o.BuildTimeout)
 	defer cancel()
 	f := s.buildIn(ctx, q)
 	d := time.Since(start)
@@ -178,7 +201,21 @@ func (s *Server) buildIn(ctx context.Context, q *request) *failure {
 		}
 		images = append(images, res.ACI)
 		s.publishMu.Lock()
-		_, err = publish.Publish(ctx, images, publish.Options{Site: s.o.Data, BaseURL: s.base, Key: s.o.Key})
+		var rep *publish.Report
+		rep, err = publish.Publish(ctx, images, publish.Options{Site: s.o.Data, BaseURL: s.base, Key: s.o.Key})
+		if err == nil && s.o.Store != nil {
+			// Uploaded without the lock, held as read: not collected.
+			rels := s.relsOf(rep)
+			for _, r := range rels {
+				s.acquire(r)
+			}
+			s.publishMu.Unlock()
+			err = s.upload(ctx, rep)
+			for _, r := range rels {
+				s.release(r)
+			}
+			s.publishMu.Lock()
+		}
 		if err == nil {
 			s.touch(q.rel)
 			s.collect(strings.TrimSuffix(q.rel, ".asc"))
@@ -191,6 +228,8 @@ func (s *Server) buildIn(ctx context.Context, q *request) *failure {
 	switch {
 	case s.ctx.Err() != nil:
 		return &failure{status: http.StatusServiceUnavailable, msg: "the server is shutting down; the build of " + q.name + " was cancelled"}
+	case errors.Is(ctx.Err(), context.Canceled):
+		return &failure{status: http.StatusServiceUnavailable, msg: "the build of " + q.name + " was cancelled: its lease in the image store was lost to another replica"}
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return &failure{status: http.StatusGatewayTimeout, msg: fmt.Sprintf("building %s took longer than the build deadline of %s: it was cancelled, Nix included, and nothing was kept", q.name, s.o.BuildTimeout)}
 	}

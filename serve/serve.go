@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/nix2aci/nix2aci/objstore"
 	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/publish"
 	"github.com/nix2aci/nix2aci/sign"
@@ -88,6 +89,16 @@ type Options struct {
 	Logger *slog.Logger
 	// Build runs a build (nil: pipeline.Build); for tests.
 	Build func(context.Context, pipeline.Request) (*pipeline.Result, error)
+
+	// Store, when set, is where images are served from (see store.go):
+	// builds are published into Data, then uploaded there, and image
+	// requests are answered with a redirect to it. Replicas sharing one
+	// store coordinate builds through leases in it, held for LeaseTTL
+	// (DefaultLeaseTTL) and renewed, under the name Replica (default:
+	// the host name and a random suffix).
+	Store    objstore.Store
+	LeaseTTL time.Duration
+	Replica  string
 }
 
 // Server answers discovery and image requests; it is an http.Handler.
@@ -119,6 +130,8 @@ type Server struct {
 
 	// publishMu makes publishing and collecting one at a time.
 	publishMu sync.Mutex
+	// stored are the images known complete in Options.Store.
+	stored map[string]bool
 }
 
 type etag struct {
@@ -230,6 +243,12 @@ func New(o Options) (*Server, error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.metricsHandler = promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
+	if o.Store != nil {
+		if err := s.startStore(); err != nil {
+			s.root.Close()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -445,8 +464,8 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request, rel string) {
 			q.rel += ".asc"
 		}
 	}
-	if s.sendFile(w, r, q.rel, latest) {
-		s.metrics.hits.WithLabelValues("disk").Inc()
+	if s.serveStored(w, r, q.rel, latest) {
+		s.metrics.hits.WithLabelValues(s.hitKind()).Inc()
 		return
 	}
 	if !strings.HasPrefix(q.name, s.o.Prefix+"/") {
@@ -468,7 +487,7 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request, rel string) {
 		fail(w, f.status, "%s", f.msg)
 		return
 	}
-	if !s.sendFile(w, r, q.rel, latest) {
+	if !s.serveStored(w, r, q.rel, latest) {
 		fail(w, http.StatusInternalServerError, "%s was built but its file %s is not in the data directory", q.name, q.rel)
 	}
 }
