@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -44,7 +45,20 @@ type S3 struct {
 	client  *s3.Client
 	presign *s3.PresignClient
 	public  *url.URL
+
+	mu     sync.Mutex
+	signed map[string]signedURL
 }
+
+// signedURL is a URL signed at a time: reused while at least half its
+// validity is left, so that a redirect costs no signing.
+type signedURL struct {
+	url string
+	at  time.Time
+}
+
+// maxSigned bounds the signed URLs kept.
+const maxSigned = 10000
 
 // Limits of S3Options.Expiry (SigV4 allows at most 7 days).
 const (
@@ -73,7 +87,7 @@ func NewS3(cfg aws.Config, o S3Options) (*S3, error) {
 			return nil, fmt.Errorf("the endpoint %q is not an http(s)://HOST[:PORT] URL", o.Endpoint)
 		}
 	}
-	st := &S3{o: o}
+	st := &S3{o: o, signed: map[string]signedURL{}}
 	if o.PublicURL != "" {
 		u, err := url.Parse(strings.TrimSuffix(o.PublicURL, "/"))
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
@@ -283,7 +297,8 @@ func (st *S3) Delete(ctx context.Context, key string, c Cond) error {
 	return err
 }
 
-// URL is PublicURL/KEY, or a GET of key signed for Expiry.
+// URL is PublicURL/KEY, or a GET of key signed for Expiry: a URL signed
+// earlier is answered again while at least half of Expiry is left of it.
 func (st *S3) URL(ctx context.Context, key string) (string, error) {
 	if err := CheckKey(key); err != nil {
 		return "", err
@@ -294,10 +309,23 @@ func (st *S3) URL(ctx context.Context, key string) (string, error) {
 		u.RawPath = ""
 		return u.String(), nil
 	}
+	st.mu.Lock()
+	u, ok := st.signed[key]
+	st.mu.Unlock()
+	if ok && time.Since(u.at) < st.o.Expiry/2 {
+		return u.url, nil
+	}
+	at := time.Now()
 	req, err := st.presign.PresignGetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(st.o.Bucket), Key: aws.String(key)},
 		s3.WithPresignExpires(st.o.Expiry))
 	if err != nil {
 		return "", fmt.Errorf("signing a URL for %s: %w", key, err)
 	}
+	st.mu.Lock()
+	if len(st.signed) >= maxSigned {
+		clear(st.signed)
+	}
+	st.signed[key] = signedURL{req.URL, at}
+	st.mu.Unlock()
 	return req.URL, nil
 }

@@ -60,17 +60,27 @@ func Binary() (string, error) {
 // test ends. A test that cannot start one fails.
 func Start(t testing.TB) *Gateway {
 	t.Helper()
-	bin, err := Binary()
+	g, err := Launch(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &Gateway{Dir: filepath.Join(t.TempDir(), "s3")}
+	t.Cleanup(g.Stop)
+	return g
+}
+
+// Launch starts a gateway over dir on a free loopback port; Stop it.
+func Launch(dir string) (*Gateway, error) {
+	bin, err := Binary()
+	if err != nil {
+		return nil, err
+	}
+	g := &Gateway{Dir: filepath.Join(dir, "s3")}
 	if err := os.MkdirAll(g.Dir, 0o755); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	g.Addr = l.Addr().String()
 	l.Close()
@@ -80,22 +90,25 @@ func Start(t testing.TB) *Gateway {
 	var out lockedBuffer
 	g.cmd.Stdout, g.cmd.Stderr = &out, &out
 	if err := g.cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", bin, err)
+		return nil, fmt.Errorf("starting %s: %v", bin, err)
 	}
-	t.Cleanup(func() { g.cmd.Process.Kill(); g.cmd.Wait() })
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		c, err := net.DialTimeout("tcp", g.Addr, time.Second)
 		if err == nil {
 			c.Close()
-			break
+			return g, nil
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("versitygw did not listen on %s within 30 s:\n%s", g.Addr, out.String())
+			g.Stop()
+			return nil, fmt.Errorf("versitygw did not listen on %s within 30 s:\n%s", g.Addr, out.String())
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
-	return g
+}
+
+// Stop kills the gateway.
+func (g *Gateway) Stop() {
+	g.cmd.Process.Kill()
+	g.cmd.Wait()
 }
 
 // Config is an aws.Config with the gateway's root credentials.
@@ -106,19 +119,24 @@ func (g *Gateway) Config() aws.Config {
 // Bucket creates a bucket and returns a store on it.
 func (g *Gateway) Bucket(t testing.TB, name string, o objstore.S3Options) *objstore.S3 {
 	t.Helper()
+	st, err := g.CreateBucket(name, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// CreateBucket creates a bucket and returns a store on it.
+func (g *Gateway) CreateBucket(name string, o objstore.S3Options) (*objstore.S3, error) {
 	c := s3.NewFromConfig(g.Config(), func(so *s3.Options) {
 		so.BaseEndpoint = aws.String(g.Endpoint)
 		so.UsePathStyle = true
 	})
 	if _, err := c.CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: aws.String(name)}); err != nil {
-		t.Fatalf("creating the bucket %s: %v", name, err)
+		return nil, fmt.Errorf("creating the bucket %s: %v", name, err)
 	}
 	o.Endpoint, o.Bucket, o.PathStyle = g.Endpoint, name, true
-	st, err := objstore.NewS3(g.Config(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
+	return objstore.NewS3(g.Config(), o)
 }
 
 type lockedBuffer struct {
