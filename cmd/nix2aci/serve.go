@@ -47,7 +47,15 @@ a failed name is answered from memory for --failure-ttl. With --max-disk,
 the least recently used apps are removed after a build, whole, never the
 one just built nor a file being served. One log line per
 request and per build on stderr; Prometheus metrics at /metrics. SIGTERM
-or SIGINT: builds are cancelled, requests in flight finish, exit 0.`,
+or SIGINT: builds are cancelled, requests in flight finish, exit 0.
+
+With --store s3://BUCKET (and --s3-endpoint for a store other than
+AWS), --data is a staging tree: images built are uploaded to the bucket,
+a completion marker last, and image requests are answered with a
+redirect to a URL signed for --redirect-expiry (or under --public-url).
+Replicas sharing the bucket build each image once between them, through
+a lease in the bucket (--lease). The bucket is checked at start: bad
+credentials or a missing bucket exit 2, an unreachable endpoint 1.`,
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8080", Usage: "listen on `ADDR` (host:port)"},
 			&cli.StringFlag{Name: "prefix", Usage: "the `HOST` every name starts with, e.g. images.example.com", Required: true},
