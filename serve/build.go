@@ -178,9 +178,32 @@ func dedup(s []string) []string {
 
 // build builds q's image and publishes it into the data directory.
 func (s *Server) build(q *request) *failure {
-	if _, ok := s.stat(q.rel); ok {
+	if s.have(q.rel) {
 		return nil // built while this request waited
 	}
+	if s.o.Store != nil {
+		lease, f := s.claim(q)
+		if lease == nil {
+			return f // nil: another replica built it
+		}
+		defer lease.Release()
+		ctx, cancel := context.WithCancel(s.ctx)
+		defer cancel()
+		go func() {
+			select {
+			case <-lease.Lost():
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		return s.buildWith(ctx, q)
+	}
+	return s.buildWith(s.ctx, q)
+}
+
+// buildWith builds q's image within parent (the server's life, or a
+// lease's), at most MaxBuilds at a time.
+func (s *Server) buildWith(parent context.Context, q *request) *failure {
 	select {
 	case s.sem <- struct{}{}:
 	case <-s.ctx.Done():
@@ -189,7 +212,7 @@ func (s *Server) build(q *request) *failure {
 	defer func() { <-s.sem }()
 	start := time.Now()
 	s.metrics.started.Inc()
-	ctx, cancel := context.WithTimeout(s.ctx, s.o.BuildTimeout)
+	ctx, cancel := context.WithTimeout(parent, s.o.BuildTimeout)
 	defer cancel()
 	f := s.buildIn(ctx, q)
 	d := time.Since(start)
@@ -237,9 +260,26 @@ func (s *Server) buildIn(ctx context.Context, q *request) *failure {
 		all, fresh = append(all, res.ACI), append(fresh, res.ACI)
 		o := publish.Options{Site: s.o.Data, BaseURL: s.base, Key: s.o.Key}
 		s.publishMu.Lock()
-		_, err = publish.Publish(ctx, fresh, o)
+		var rep *publish.Report
+		rep, err = publish.Publish(ctx, fresh, o)
 		if err != nil && len(fresh) < len(all) && ctx.Err() == nil {
-			_, err = publish.Publish(ctx, all, o)
+			rep, err = publish.Publish(ctx, all, o)
+		}
+		if err == nil && s.o.Store != nil {
+			// Every image of the build goes to the store, the layers the
+			// tree held already too (upload skips those complete there).
+			up := s.uploadList(res, rep)
+			// Uploaded without the lock, held as read: not collected.
+			rels := s.relsOf(up)
+			for _, r := range rels {
+				s.acquire(r)
+			}
+			s.publishMu.Unlock()
+			err = s.upload(ctx, up)
+			for _, r := range rels {
+				s.release(r)
+			}
+			s.publishMu.Lock()
 		}
 		// The app's own files leave the build directory (the tree has
 		// them now, or the build failed); its layers stay, for the next
@@ -264,6 +304,8 @@ func (s *Server) buildIn(ctx context.Context, q *request) *failure {
 	switch {
 	case s.ctx.Err() != nil:
 		return &failure{status: http.StatusServiceUnavailable, msg: "the server is shutting down; the build of " + q.name + " was cancelled"}
+	case errors.Is(ctx.Err(), context.Canceled):
+		return &failure{status: http.StatusServiceUnavailable, msg: "the build of " + q.name + " was cancelled: its lease in the image store was lost to another replica"}
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return &failure{status: http.StatusGatewayTimeout, msg: fmt.Sprintf("building %s took longer than the build deadline of %s: it was cancelled, Nix included, and nothing was kept", q.name, s.o.BuildTimeout)}
 	}
@@ -351,4 +393,47 @@ func Source(nixpkgs string, flake *pkgs.FlakeLock) string {
 		return "nixpkgs " + p
 	}
 	return "nix2aci offline package set"
+}
+
+// uploadList is what a build puts into the store: its layers, in
+// rendering order, then the app, each as published now (rep) or as the
+// tree held it already (its path and the image ID the app pins, which
+// publish proved).
+func (s *Server) uploadList(res *pipeline.Result, rep *publish.Report) *publish.Report {
+	byPath := map[string]publish.Published{}
+	for _, p := range rep.Images {
+		byPath[filepath.ToSlash(p.Path)] = p
+	}
+	dir := strings.TrimPrefix(s.basePath, "/")
+	up := &publish.Report{}
+	add := func(name, version, id string) {
+		p := path.Join(dir, name+"-"+version+"-"+res.OS+"-"+res.Arch+".aci")
+		if q, ok := byPath[p]; ok {
+			up.Images = append(up.Images, q)
+			delete(byPath, p)
+			return
+		}
+		up.Images = append(up.Images, publish.Published{Name: name, Version: version, OS: res.OS, Arch: res.Arch, ImageID: id, Path: p})
+	}
+	for _, l := range res.Layers {
+		add(l.Name, l.Version, l.ImageID)
+	}
+	add(res.Name, res.Version, res.ImageID)
+	for _, p := range sortedPublished(byPath) {
+		up.Images = append(up.Images, p)
+	}
+	return up
+}
+
+func sortedPublished(m map[string]publish.Published) []publish.Published {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]publish.Published, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, m[k])
+	}
+	return out
 }

@@ -26,6 +26,15 @@
 //     prefix (no "..", no empty component, bounded length and count) is
 //     refused with 400 before anything touches the disk.
 //
+// With Options.Store (package objstore: an S3-compatible bucket), the
+// data directory is a staging tree: images built are published there,
+// then uploaded (layers first, each image before its signature, a
+// completion marker last), and requests for them are answered with a
+// redirect to the store, only once the marker proves both objects
+// complete. Replicas on one store build a name once between them:
+// through a lease in the store, created with a conditional write and
+// taken over when its holder stops renewing it (see store.go).
+//
 // What a name and a version mean: the name is the prefix followed by
 // package names (a recipe of the built-in set or of Options.Recipes, else
 // a package attribute, dotted attributes included); the image holds those

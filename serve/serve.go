@@ -31,6 +31,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nix2aci/nix2aci/manifest"
+	"github.com/nix2aci/nix2aci/objstore"
 	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/pkgs"
 	"github.com/nix2aci/nix2aci/publish"
@@ -109,6 +110,16 @@ type Options struct {
 	Logger *slog.Logger
 	// Build runs a build (nil: pipeline.Build); for tests.
 	Build func(context.Context, pipeline.Request) (*pipeline.Result, error)
+
+	// Store, when set, is where images are served from (see store.go):
+	// builds are published into Data, then uploaded there, and image
+	// requests are answered with a redirect to it. Replicas sharing one
+	// store coordinate builds through leases in it, held for LeaseTTL
+	// (DefaultLeaseTTL) and renewed, under the name Replica (default:
+	// the host name and a random suffix).
+	Store    objstore.Store
+	LeaseTTL time.Duration
+	Replica  string
 }
 
 // Server answers discovery and image requests; it is an http.Handler.
@@ -150,6 +161,8 @@ type Server struct {
 	// outLayers are its layer files by their path in the tree, to remove
 	// with the tree's copy (under publishMu).
 	outLayers map[string]string
+	// stored are the images known complete in Options.Store.
+	stored map[string]bool
 }
 
 type etag struct {
@@ -277,6 +290,12 @@ func New(o Options) (*Server, error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.metricsHandler = promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
+	if o.Store != nil {
+		if err := s.startStore(); err != nil {
+			s.root.Close()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -548,8 +567,8 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request, rel string) {
 			q.rel += ".asc"
 		}
 	}
-	if s.sendFile(w, r, q.rel, latest) {
-		s.metrics.hits.WithLabelValues("disk").Inc()
+	if s.serveStored(w, r, q.rel, latest) {
+		s.metrics.hits.WithLabelValues(s.hitKind()).Inc()
 		return
 	}
 	if !strings.HasPrefix(q.name, s.o.Prefix+"/") {
@@ -571,7 +590,7 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request, rel string) {
 		fail(w, f.status, "%s", f.msg)
 		return
 	}
-	if !s.sendFile(w, r, q.rel, latest) {
+	if !s.serveStored(w, r, q.rel, latest) {
 		fail(w, http.StatusInternalServerError, "%s was built but its file %s is not in the data directory", q.name, q.rel)
 	}
 }

@@ -14,8 +14,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/urfave/cli/v2"
 
+	"github.com/nix2aci/nix2aci/objstore"
 	"github.com/nix2aci/nix2aci/pkgs"
 	"github.com/nix2aci/nix2aci/publish"
 	"github.com/nix2aci/nix2aci/serve"
@@ -46,7 +48,15 @@ a failed name is answered from memory for --failure-ttl. With --max-disk,
 the least recently used apps are removed after a build, whole, never the
 one just built nor a file being served. One log line per
 request and per build on stderr; Prometheus metrics at /metrics. SIGTERM
-or SIGINT: builds are cancelled, requests in flight finish, exit 0.`,
+or SIGINT: builds are cancelled, requests in flight finish, exit 0.
+
+With --store s3://BUCKET (and --s3-endpoint for a store other than
+AWS), --data is a staging tree: images built are uploaded to the bucket,
+a completion marker last, and image requests are answered with a
+redirect to a URL signed for --redirect-expiry (or under --public-url).
+Replicas sharing the bucket build each image once between them, through
+a lease in the bucket (--lease). The bucket is checked at start: bad
+credentials or a missing bucket exit 2, an unreachable endpoint 1.`,
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8080", Usage: "listen on `ADDR` (host:port)"},
 			&cli.StringFlag{Name: "prefix", Usage: "the `HOST` every name starts with, e.g. images.example.com", Required: true},
@@ -61,6 +71,14 @@ or SIGINT: builds are cancelled, requests in flight finish, exit 0.`,
 			&cli.StringFlag{Name: "max-disk", Usage: "keep the tree's images under `SIZE` (e.g. 20G): least recently used apps are removed whole after a build, then the layers no app needs (default: no bound)"},
 			&cli.BoolFlag{Name: "no-cache", Usage: "compress every store path afresh for each image (default: a cache of compressed store paths in DATA/.nix2aci-serve/cache, keyed by a key made there)"},
 			&cli.DurationFlag{Name: "failure-ttl", Value: serve.DefaultFailureTTL, Usage: "how long a failed name is answered from memory"},
+			&cli.StringFlag{Name: "store", Usage: "keep images in the S3-compatible bucket `s3://BUCKET` and answer image requests with a redirect there (default: serve them from --data); credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws"},
+			&cli.StringFlag{Name: "s3-endpoint", Usage: "the S3 `URL` of an S3-compatible store (default: AWS's for the region)"},
+			&cli.StringFlag{Name: "s3-region", Usage: "the bucket's `REGION` (default: AWS_REGION or the AWS config's, else us-east-1)"},
+			&cli.BoolFlag{Name: "s3-path-style", Usage: "address the bucket as ENDPOINT/BUCKET (default: on with --s3-endpoint, off on AWS)"},
+			&cli.DurationFlag{Name: "redirect-expiry", Value: objstore.DefaultExpiry, Usage: "how long a signed URL that a redirect points to stays valid"},
+			&cli.StringFlag{Name: "public-url", Usage: "redirect to `URL`/KEY, unsigned, where the bucket (or a CDN in front of it) is public"},
+			&cli.DurationFlag{Name: "lease", Value: serve.DefaultLeaseTTL, Usage: "with --store: how long a build's lease in the bucket holds unless renewed; a replica killed mid-build holds a name at most this long"},
+			&cli.StringFlag{Name: "replica", Usage: "with --store: this replica's `NAME` in build leases (default: host name and a random suffix)"},
 		}, signingKeyFlags()...),
 		Action: runServe,
 	}
@@ -129,8 +147,13 @@ func runServe(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	store, err := openStore(c)
+	if err != nil {
+		return err
+	}
 	log := slog.New(slog.NewTextHandler(c.App.ErrWriter, nil))
 	s, err := serve.New(serve.Options{
+		Store: store, LeaseTTL: c.Duration("lease"), Replica: c.String("replica"),
 		Prefix: prefix, BaseURL: base, Key: key, Data: c.String("data"), Recipes: c.String("pkgs"),
 		Flake: flakeURL, Source: serve.Source(nixpkgs, lock), Systems: systems,
 		Version: label, MaxBuilds: c.Int("max-builds"), Queue: c.Int("queue"),
@@ -140,6 +163,13 @@ func runServe(c *cli.Context) error {
 		var u *serve.UsageError
 		if errors.As(err, &u) {
 			return usageError{msg: u.Msg}
+		}
+		var ce *objstore.CheckError
+		if errors.As(err, &ce) && ce.Config {
+			return usageError{msg: "--store " + c.String("store") + ": " + ce.Msg}
+		}
+		if errors.As(err, &ce) {
+			return fmt.Errorf("--store %s: %s", c.String("store"), ce.Msg)
 		}
 		return err
 	}
@@ -191,4 +221,42 @@ func buildIdentity() string {
 		}
 	}
 	return "version " + version()
+}
+
+// openStore opens --store (nil without it), with the AWS SDK's usual
+// credentials: the environment, then the shared files.
+func openStore(c *cli.Context) (objstore.Store, error) {
+	v := c.String("store")
+	if v == "" {
+		for _, f := range []string{"s3-endpoint", "s3-region", "s3-path-style", "public-url", "replica"} {
+			if c.IsSet(f) {
+				return nil, usagef("--%s is for --store s3://BUCKET: give --store too", f)
+			}
+		}
+		return nil, nil
+	}
+	bucket, ok := strings.CutPrefix(v, "s3://")
+	if !ok || bucket == "" || strings.ContainsAny(bucket, "/?#") {
+		return nil, usagef("--store %s is not s3://BUCKET", v)
+	}
+	var opts []func(*config.LoadOptions) error
+	if r := c.String("s3-region"); r != "" {
+		opts = append(opts, config.WithRegion(r))
+	}
+	cfg, err := config.LoadDefaultConfig(c.Context, opts...)
+	if err != nil {
+		return nil, usagef("--store %s: the AWS configuration: %v", v, err)
+	}
+	pathStyle := c.String("s3-endpoint") != ""
+	if c.IsSet("s3-path-style") {
+		pathStyle = c.Bool("s3-path-style")
+	}
+	st, err := objstore.NewS3(cfg, objstore.S3Options{
+		Endpoint: c.String("s3-endpoint"), Bucket: bucket, PathStyle: pathStyle,
+		Expiry: c.Duration("redirect-expiry"), PublicURL: c.String("public-url"),
+	})
+	if err != nil {
+		return nil, usagef("--store %s: %v", v, err)
+	}
+	return st, nil
 }

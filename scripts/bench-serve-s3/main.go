@@ -1,0 +1,172 @@
+// Command bench-serve-s3 measures nix2aci serve on a bucket, on loopback:
+// a benchmark, not a test; it prints figures and exits 0 unless it cannot
+// run. Needs Nix (the offline package set is enough) and versitygw
+// (scripts/setup installs it).
+//
+//	NIX_CONFIG="substituters =" go run ./scripts/bench-serve-s3 [-seconds 3] [-clients 32] [-n 200]
+//
+// It starts Versity's S3 gateway over a temporary directory and two
+// servers (replicas, in this process) on one bucket; replica A builds
+// 127.0.0.1/busybox. Then: the median time to first byte of the app image
+// fetched through the server's redirect (GET of the server, 307, GET of
+// the signed URL), against a GET of a signed URL of the object straight
+// from the store; and discovery requests per second, p50 and p99 at
+// -clients concurrent clients, against replica A alone and against A and
+// B in turn. Both replicas share this machine's cores, so the second
+// replica shows what a load balancer in front of two costs, not what two
+// machines would give.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/nix2aci/nix2aci/objstore"
+	"github.com/nix2aci/nix2aci/objstore/objstoretest"
+	"github.com/nix2aci/nix2aci/serve"
+	"github.com/nix2aci/nix2aci/sign"
+)
+
+func main() {
+	seconds := flag.Float64("seconds", 3, "how long each discovery load runs")
+	clients := flag.Int("clients", 32, "concurrent discovery clients")
+	n := flag.Int("n", 200, "sequential GETs for the time to first byte")
+	flag.Parse()
+	work, err := os.MkdirTemp("", "bench-serve-s3-")
+	check(err)
+	defer os.RemoveAll(work)
+	g, err := objstoretest.Launch(work)
+	check(err)
+	defer g.Stop()
+	st, err := g.CreateBucket("images", objstore.S3Options{})
+	check(err)
+	key, err := sign.GenerateKey(sign.KeyOptions{Name: "Bench", Email: "bench@example.com"})
+	check(err)
+	version := "vbench" + fmt.Sprint(time.Now().Unix())
+	replica := func(name string) (string, *serve.Server) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		check(err)
+		base := fmt.Sprintf("http://%s/acis", l.Addr())
+		s, err := serve.New(serve.Options{Prefix: "127.0.0.1", BaseURL: base, Key: key, Data: work + "/data-" + name, Version: version, Store: st, Replica: name})
+		check(err)
+		go http.Serve(l, s)
+		return l.Addr().String(), s
+	}
+	a, sa := replica("a")
+	defer sa.Close()
+	b, sb := replica("b")
+	defer sb.Close()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+
+	rel := "127.0.0.1/busybox-" + version + "-linux-amd64.aci"
+	t0 := time.Now()
+	img := get(client, "http://"+a+"/acis/"+rel)
+	fmt.Printf("cold: build, publish and upload of 127.0.0.1/busybox through replica A: %s, %d bytes\n", time.Since(t0).Round(time.Millisecond), len(img))
+
+	one := func(u string) time.Duration {
+		t := time.Now()
+		resp, err := client.Get(u)
+		check(err)
+		buf := make([]byte, 1)
+		_, err = io.ReadFull(resp.Body, buf)
+		check(err)
+		d := time.Since(t)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			log.Fatalf("GET %s: %s", u, resp.Status)
+		}
+		return d
+	}
+	direct, err := st.URL(context.Background(), "acis/"+rel)
+	check(err)
+	// The three in turn, so that drift on a shared machine hits each alike.
+	var da, db, ds []time.Duration
+	for range *n {
+		da = append(da, one("http://"+a+"/acis/"+rel))
+		db = append(db, one("http://"+b+"/acis/"+rel))
+		ds = append(ds, one(direct))
+	}
+	viaA, viaB, store := median(da), median(db), median(ds)
+	// The redirect alone: the server's share.
+	noFollow := &http.Client{Transport: client.Transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	var dr []time.Duration
+	for range *n {
+		t := time.Now()
+		resp, err := noFollow.Get("http://" + a + "/acis/" + rel)
+		check(err)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		dr = append(dr, time.Since(t))
+		if resp.StatusCode != http.StatusTemporaryRedirect {
+			log.Fatalf("GET %s: %s, want 307", rel, resp.Status)
+		}
+	}
+	fmt.Printf("time to first byte of the %d-byte app image, median of %d GETs:\n", len(img), *n)
+	fmt.Printf("  through replica A's redirect:        %s (%.2fx the store's)\n", viaA.Round(time.Microsecond), float64(viaA)/float64(store))
+	fmt.Printf("  through replica B's redirect (built by A, its disk empty): %s (%.2fx)\n", viaB.Round(time.Microsecond), float64(viaB)/float64(store))
+	fmt.Printf("  a signed URL, straight from the store: %s\n", store.Round(time.Microsecond))
+	fmt.Printf("  the redirect alone (307 from replica A): %s\n", median(dr).Round(time.Microsecond))
+
+	for _, c := range []struct {
+		what  string
+		hosts []string
+	}{{"replica A alone", []string{a}}, {"replicas A and B in turn", []string{a, b}}} {
+		var mu sync.Mutex
+		var lat []time.Duration
+		deadline := time.Now().Add(time.Duration(*seconds * float64(time.Second)))
+		var wg sync.WaitGroup
+		for i := range *clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var mine []time.Duration
+				for k := i; time.Now().Before(deadline); k++ {
+					t := time.Now()
+					get(client, fmt.Sprintf("http://%s/curl/jq?ac-discovery=1", c.hosts[k%len(c.hosts)]))
+					mine = append(mine, time.Since(t))
+				}
+				mu.Lock()
+				lat = append(lat, mine...)
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		fmt.Printf("discovery, %s, %d clients, %.0f s: %.0f requests/s, p50 %s, p99 %s\n", c.what, *clients, *seconds, float64(len(lat))/(*seconds),
+			lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)*99/100].Round(time.Microsecond))
+	}
+}
+
+func get(c *http.Client, url string) []byte {
+	resp, err := c.Get(url)
+	check(err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	check(err)
+	if resp.StatusCode != 200 {
+		log.Fatalf("GET %s: %s: %s", url, resp.Status, b)
+	}
+	return b
+}
+
+func median(d []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+func check(err error) {
+	if err != nil {
+		log.Fatal(err)
+	}
+}

@@ -1,0 +1,197 @@
+package serve
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nix2aci/nix2aci/objstore"
+	"github.com/nix2aci/nix2aci/publish"
+)
+
+// DefaultLeaseTTL is Options.LeaseTTL's default.
+const DefaultLeaseTTL = time.Minute
+
+// startStore checks the store at start, so that bad credentials, a
+// missing bucket or an unreachable endpoint are told then, and puts the
+// public key there (for a public bucket or CDN; the server answers it
+// itself).
+func (s *Server) startStore() error {
+	if s.o.LeaseTTL == 0 {
+		s.o.LeaseTTL = DefaultLeaseTTL
+	}
+	if s.o.LeaseTTL < 3*time.Second || s.o.LeaseTTL > objstore.MaxTTL {
+		return &UsageError{fmt.Sprintf("the lease time %s is not between 3s and %s", s.o.LeaseTTL, objstore.MaxTTL)}
+	}
+	if s.o.Replica == "" {
+		b := make([]byte, 6)
+		rand.Read(b)
+		host, _ := os.Hostname()
+		s.o.Replica = bounded(host, 60) + "-" + hex.EncodeToString(b)
+	}
+	s.stored = map[string]bool{}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := s.o.Store.Check(ctx); err != nil {
+		return err
+	}
+	if _, err := s.o.Store.Put(ctx, s.objKey("pubkeys/"+s.fp+".asc"), s.pubkey, "application/pgp-keys", objstore.Cond{}); err != nil {
+		return fmt.Errorf("writing the public key into %s: %w", s.o.Store, err)
+	}
+	return nil
+}
+
+// objKey is the store's key of a file of the tree under the base path:
+// keys are the paths of the publish tree (acis/HOST/NAME-….aci).
+func (s *Server) objKey(rel string) string {
+	return path.Join(strings.TrimPrefix(s.basePath, "/"), rel)
+}
+
+// serveStored answers rel if it is there to answer: from the data
+// directory, or with a store, with a redirect to it once the image and
+// its signature are complete there.
+func (s *Server) serveStored(w http.ResponseWriter, r *http.Request, rel string, latest bool) bool {
+	if s.o.Store == nil {
+		return s.sendFile(w, r, rel, latest)
+	}
+	ok, err := s.inStore(r.Context(), strings.TrimSuffix(rel, ".asc"))
+	if err != nil {
+		fail(w, http.StatusBadGateway, "asking the image store %s: %v", s.o.Store, err)
+		return true
+	}
+	if !ok {
+		return false
+	}
+	u, err := s.o.Store.URL(r.Context(), s.objKey(rel))
+	if err != nil {
+		fail(w, http.StatusBadGateway, "%v", err)
+		return true
+	}
+	// A signed URL expires: the redirect is not kept.
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, r, u, http.StatusTemporaryRedirect)
+	return true
+}
+
+// hitKind labels a request answered without a build.
+func (s *Server) hitKind() string {
+	if s.o.Store != nil {
+		return "store"
+	}
+	return "disk"
+}
+
+// have says whether rel's image is there to serve.
+func (s *Server) have(rel string) bool {
+	if s.o.Store == nil {
+		_, ok := s.stat(rel)
+		return ok
+	}
+	ok, _ := s.inStore(s.ctx, strings.TrimSuffix(rel, ".asc"))
+	return ok
+}
+
+// inStore says whether the image rel (.aci) is complete in the store:
+// its marker there, valid, naming both objects as the store holds them.
+// Images are never replaced under a name and version, so an answer yes
+// is remembered.
+func (s *Server) inStore(ctx context.Context, rel string) (bool, error) {
+	s.mu.Lock()
+	ok := s.stored[rel]
+	s.mu.Unlock()
+	if ok {
+		return true, nil
+	}
+	_, err := objstore.Complete(ctx, s.o.Store, s.objKey(rel))
+	var inc *objstore.IncompleteError
+	switch {
+	case err == nil:
+		s.mu.Lock()
+		s.stored[rel] = true
+		s.mu.Unlock()
+		return true, nil
+	case errors.Is(err, objstore.ErrNotExist):
+		return false, nil
+	case errors.As(err, &inc):
+		s.o.Logger.Warn("store", "image", rel, "incomplete", bounded(err.Error(), 300))
+		return false, nil
+	}
+	return false, err
+}
+
+// claim takes the lease on building q's image, or waits while another
+// replica holds it (bounded by the build deadline) until that replica's
+// image is complete: then it answers a nil lease and no failure.
+func (s *Server) claim(q *request) (*objstore.Lease, *failure) {
+	ctx, cancel := context.WithTimeout(s.ctx, s.o.BuildTimeout)
+	defer cancel()
+	img := strings.TrimSuffix(q.rel, ".asc")
+	done := func(ctx context.Context) (bool, error) { return s.inStore(ctx, img) }
+	poll := min(max(s.o.LeaseTTL/10, 100*time.Millisecond), 2*time.Second)
+	l, err := objstore.Claim(ctx, s.o.Store, objstore.LeaseKey(s.objKey(img)), s.o.Replica, s.o.LeaseTTL, poll, done)
+	switch {
+	case err == nil && l == nil:
+		s.metrics.hits.WithLabelValues("replica").Inc()
+		return nil, nil
+	case err == nil:
+		return l, nil
+	case s.ctx.Err() != nil:
+		return nil, &failure{status: http.StatusServiceUnavailable, msg: "the server is shutting down"}
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return nil, &failure{status: http.StatusGatewayTimeout, msg: fmt.Sprintf("%s is being built by another replica, which did not finish within the build deadline of %s", q.name, s.o.BuildTimeout)}
+	}
+	return nil, &failure{status: http.StatusBadGateway, msg: fmt.Sprintf("claiming the build of %s in the image store %s: %v", q.name, s.o.Store, err)}
+}
+
+// relsOf are the files under the base path of the images published.
+func (s *Server) relsOf(rep *publish.Report) []string {
+	var rels []string
+	for _, p := range rep.Images {
+		rels = append(rels, strings.TrimPrefix(filepath.ToSlash(p.Path), strings.TrimPrefix(s.basePath, "/")+"/"))
+	}
+	return rels
+}
+
+// upload puts the images published into the store, layers before the
+// apps on them (publish's order), each image before its signature and
+// both before its marker, written last. Images already complete there
+// are not uploaded again.
+func (s *Server) upload(ctx context.Context, rep *publish.Report) error {
+	for _, p := range rep.Images {
+		key := filepath.ToSlash(p.Path)
+		m, err := objstore.Complete(ctx, s.o.Store, key)
+		var inc *objstore.IncompleteError
+		switch {
+		case err == nil:
+			if m.ImageID != p.ImageID {
+				return fmt.Errorf("the store holds %s as the image %s, this build made %s (a build that is not reproducible); remove %s from the store to replace it", key, m.ImageID, p.ImageID, objstore.MarkerKey(key))
+			}
+			continue
+		case errors.Is(err, objstore.ErrNotExist), errors.As(err, &inc):
+		default:
+			return err
+		}
+		local := filepath.Join(s.o.Data, filepath.FromSlash(key))
+		aci, err := s.o.Store.PutFile(ctx, key, local, "application/octet-stream")
+		var asc objstore.Object
+		if err == nil {
+			asc, err = s.o.Store.PutFile(ctx, key+".asc", local+".asc", "application/pgp-signature")
+		}
+		if err == nil {
+			err = objstore.WriteMarker(ctx, s.o.Store, p.ImageID, aci, asc)
+		}
+		if err != nil {
+			return fmt.Errorf("uploading %s to %s: %w", key, s.o.Store, err)
+		}
+		s.o.Logger.Info("upload", "image", key, "bytes", aci.Size+asc.Size)
+	}
+	return nil
+}

@@ -1,0 +1,151 @@
+package serve_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/appc/spec/schema/types"
+
+	"github.com/nix2aci/nix2aci/objstore"
+	"github.com/nix2aci/nix2aci/objstore/objstoretest"
+	"github.com/nix2aci/nix2aci/pipeline"
+	"github.com/nix2aci/nix2aci/serve"
+)
+
+// noFollow is a client that shows redirects rather than following them.
+var noFollow = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
+func redirectOf(t *testing.T, u string) (int, string) {
+	t.Helper()
+	resp, err := noFollow.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode, resp.Header.Get("Location")
+}
+
+// TestStoreRedirectFetchVerifyRun: on a bucket, a new image is built,
+// uploaded, and its image and signature requests are answered with a
+// redirect to signed URLs of the bucket; appc's discovery client
+// following them gets images whose signatures verify, and the app runs on
+// its layers. A second server on the same bucket with an empty data
+// directory serves it, and its layers, without building.
+func TestStoreRedirectFetchVerifyRun(t *testing.T) {
+	g := objstoretest.Start(t)
+	st := g.Bucket(t, "images", objstore.S3Options{Expiry: 5 * time.Minute})
+	e := start(t, func(o *serve.Options) { o.Store = st })
+	trust := trustFromDiscovery(t, e, "127.0.0.1")
+	labels := map[types.ACIdentifier]string{"version": version, "os": "linux", "arch": "amd64"}
+	dir := t.TempDir()
+	img := fetch(t, e, "127.0.0.1/busybox", labels, trust, dir, "")
+	if got := run(t, dir, img, "echo", "from the bucket"); got != "from the bucket" {
+		t.Fatalf("the app said %q", got)
+	}
+	if n := e.built.Load(); n != 1 {
+		t.Fatalf("%d builds, want 1", n)
+	}
+	for _, ext := range []string{"aci", "aci.asc"} {
+		code, loc := redirectOf(t, e.url("127.0.0.1/busybox", ext))
+		u, err := url.Parse(loc)
+		if code != http.StatusTemporaryRedirect || err != nil || u.Host != g.Addr || u.Query().Get("X-Amz-Signature") == "" || u.Query().Get("X-Amz-Expires") != "300" {
+			t.Fatalf("GET of the %s: %d to %q, want 307 to a URL of %s signed for 300 s", ext, code, loc, g.Addr)
+		}
+	}
+	// The bucket holds the image, its signature and its marker; the
+	// public key is there too.
+	key := "acis/" + strings.TrimPrefix(e.url("127.0.0.1/busybox", "aci"), e.base+"/")
+	for _, k := range []string{key, key + ".asc", objstore.MarkerKey(key)} {
+		if _, err := st.Stat(context.Background(), k); err != nil {
+			t.Errorf("%s: %v", k, err)
+		}
+	}
+
+	// A replica with an empty disk: everything from the bucket.
+	e2 := start(t, func(o *serve.Options) { o.Store = st; o.Key = e.key })
+	e2.key = e.key
+	dir2 := t.TempDir()
+	img2 := fetch(t, e2, "127.0.0.1/busybox", labels, trustFromDiscovery(t, e2, "127.0.0.1"), dir2, "")
+	a, _ := os.ReadFile(img)
+	b, _ := os.ReadFile(img2)
+	if !bytes.Equal(a, b) {
+		t.Fatal("the replica served other bytes")
+	}
+	if got := run(t, dir2, img2, "echo", "replica"); got != "replica" {
+		t.Fatalf("the app said %q", got)
+	}
+	if n := e2.built.Load(); n != 0 {
+		t.Fatalf("the replica with an empty disk built %d images, want 0", n)
+	}
+	if m, _ := filepath.Glob(filepath.Join(e2.data, "acis", "127.0.0.1", "*.aci")); len(m) != 0 {
+		t.Fatalf("the replica wrote images to its disk: %v", m)
+	}
+}
+
+// TestStoreNeverServesIncomplete: an image in the bucket without its
+// signature, without its marker, or with a marker that lies is not
+// served (the server builds it instead; here the build fails, so the
+// answer is that failure); once complete, it is.
+func TestStoreNeverServesIncomplete(t *testing.T) {
+	g := objstoretest.Start(t)
+	st := g.Bucket(t, "images", objstore.S3Options{})
+	ctx := context.Background()
+	e := start(t, func(o *serve.Options) {
+		o.Store = st
+		o.FailureTTL = time.Millisecond
+		o.Build = func(context.Context, pipeline.Request) (*pipeline.Result, error) {
+			e := errors.New("no builds in this test")
+			return nil, e
+		}
+	})
+	u := e.url("127.0.0.1/tiny", "aci")
+	key := "acis/" + strings.TrimPrefix(u, e.base+"/")
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "aci"), []byte("an image"), 0o644)
+	os.WriteFile(filepath.Join(dir, "asc"), []byte("its signature"), 0o644)
+	id := "sha512-" + strings.Repeat("cd", 32)
+	notServed := func(state string) {
+		t.Helper()
+		for _, x := range []string{u, u + ".asc"} {
+			if code, loc := redirectOf(t, x); code != http.StatusBadGateway || loc != "" {
+				t.Errorf("%s: GET %s: %d to %q, want the failed build's 502", state, x[len(e.base):], code, loc)
+			}
+		}
+	}
+	aci, err := st.PutFile(ctx, key, filepath.Join(dir, "aci"), "application/octet-stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	notServed("the image without signature or marker")
+	asc, err := st.PutFile(ctx, key+".asc", filepath.Join(dir, "asc"), "application/pgp-signature")
+	if err != nil {
+		t.Fatal(err)
+	}
+	notServed("image and signature without marker")
+	objstore.WriteMarker(ctx, st, id, aci, objstore.Object{Key: asc.Key, Size: asc.Size + 1, SHA256: asc.SHA256})
+	notServed("a marker lying about the signature's size")
+	objstore.WriteMarker(ctx, st, id, objstore.Object{Key: aci.Key, Size: aci.Size, SHA256: asc.SHA256}, asc)
+	notServed("a marker lying about the image's digest")
+	st.Put(ctx, objstore.MarkerKey(key), []byte(`{"nix2aci-marker":1,"aci":{"key":"../../etc/passwd"}}`), "application/json", objstore.Cond{})
+	notServed("a marker naming another object")
+
+	if err := objstore.WriteMarker(ctx, st, id, aci, asc); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []string{u, u + ".asc"} {
+		if code, _ := redirectOf(t, x); code != http.StatusTemporaryRedirect {
+			t.Fatalf("a complete image: GET %s: %d, want 307", x, code)
+		}
+	}
+	if got := mustGet(t, u); string(got) != "an image" {
+		t.Fatalf("the redirect led to %q", got)
+	}
+}
