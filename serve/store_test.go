@@ -149,3 +149,45 @@ func TestStoreNeverServesIncomplete(t *testing.T) {
 		t.Fatalf("the redirect led to %q", got)
 	}
 }
+
+// TestStoreGetsSharedLayers: a second image on a layer the server's tree
+// holds already is published without that layer (it is not written
+// again), but the store still gets every image the app needs: here the
+// layer's objects were lost from the bucket after the first build, and a
+// replica with an empty disk still serves the second app and its layer
+// from the bucket without building.
+func TestStoreGetsSharedLayers(t *testing.T) {
+	g := objstoretest.Start(t)
+	st := g.Bucket(t, "images", objstore.S3Options{Expiry: 5 * time.Minute})
+	e := start(t, func(o *serve.Options) { o.Store = st })
+	mustGet(t, e.url("127.0.0.1/busybox", "aci"))
+	ctx := context.Background()
+	layers, _ := filepath.Glob(filepath.Join(e.data, "acis", "127.0.0.1", "nix", "busybox-*.aci"))
+	if len(layers) != 1 {
+		t.Fatalf("busybox's layer in the tree: %v", layers)
+	}
+	key := "acis/127.0.0.1/nix/" + filepath.Base(layers[0])
+	for _, k := range []string{objstore.MarkerKey(key), key + ".asc", key} {
+		if err := st.Delete(ctx, k, objstore.Cond{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustGet(t, e.url("127.0.0.1/busybox-static/busybox", "aci"))
+	if n := e.reused.Load(); n < 1 {
+		t.Fatalf("%d layers reused, want busybox's", n)
+	}
+	if _, err := objstore.Complete(ctx, st, key); err != nil {
+		t.Fatalf("the shared layer is not complete in the bucket: %v", err)
+	}
+	e2 := start(t, func(o *serve.Options) { o.Store = st; o.Key = e.key })
+	e2.key = e.key
+	dir := t.TempDir()
+	labels := map[types.ACIdentifier]string{"version": version, "os": "linux", "arch": "amd64"}
+	img := fetch(t, e2, "127.0.0.1/busybox-static/busybox", labels, trustFromDiscovery(t, e2, "127.0.0.1"), dir, "")
+	if got := run(t, dir, img, "echo", "shared"); got != "shared" {
+		t.Fatalf("the app said %q", got)
+	}
+	if n := e2.built.Load(); n != 0 {
+		t.Fatalf("the replica with an empty disk built %d images, want 0", n)
+	}
+}
