@@ -224,16 +224,30 @@ func TestDebianChainByCLIAndNix(t *testing.T) {
 		}
 		return strings.Fields(string(b))
 	}
-	// runtime: the paths most others refer to (libc, busybox and the
-	// like); libs: the app's direct references.
+	// runtime: the paths most others of the closure refer to (libc,
+	// busybox and the like; referrers outside the closure, which other
+	// builds in the store add, do not count); libs: the app's other
+	// direct references.
 	var runtime, libs []string
+	closure := map[string]bool{}
 	for _, p := range lines("nix-store", "-qR", app) {
-		if p != app && len(lines("nix-store", "-q", "--referrers", p)) >= 20 {
+		closure[p] = true
+	}
+	inRuntime := map[string]bool{}
+	for _, p := range lines("nix-store", "-qR", app) {
+		n := 0
+		for _, r := range lines("nix-store", "-q", "--referrers", p) {
+			if closure[r] && r != p {
+				n++
+			}
+		}
+		if p != app && n >= 20 {
 			runtime = append(runtime, p)
+			inRuntime[p] = true
 		}
 	}
 	for _, p := range lines("nix-store", "-q", "--references", app) {
-		if p != app {
+		if p != app && !inRuntime[p] {
 			libs = append(libs, p)
 		}
 	}
