@@ -75,9 +75,12 @@ func (s *Server) serveStored(w http.ResponseWriter, r *http.Request, rel string,
 		fail(w, http.StatusBadGateway, "%v", err)
 		return true
 	}
-	// A signed URL expires: the redirect is not kept.
-	w.Header().Set("Cache-Control", "no-store")
-	http.Redirect(w, r, u, http.StatusTemporaryRedirect)
+	// A signed URL expires: the redirect is not kept. No body: a client
+	// follows Location (http.Redirect would add an HTML one).
+	h := w.Header()
+	h["Cache-Control"] = []string{"no-store"}
+	h["Location"] = []string{u}
+	w.WriteHeader(http.StatusTemporaryRedirect)
 	return true
 }
 

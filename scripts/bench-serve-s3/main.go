@@ -89,12 +89,20 @@ func main() {
 	}
 	direct, err := st.URL(context.Background(), "acis/"+rel)
 	check(err)
-	// The three in turn, so that drift on a shared machine hits each alike.
+	// The three in turn, so that drift on a shared machine hits each
+	// alike, and in a rotating order, so that none always comes first.
 	var da, db, ds []time.Duration
-	for range *n {
-		da = append(da, one("http://"+a+"/acis/"+rel))
-		db = append(db, one("http://"+b+"/acis/"+rel))
-		ds = append(ds, one(direct))
+	for i := range *n {
+		for k := range 3 {
+			switch (i + k) % 3 {
+			case 0:
+				da = append(da, one("http://"+a+"/acis/"+rel))
+			case 1:
+				db = append(db, one("http://"+b+"/acis/"+rel))
+			case 2:
+				ds = append(ds, one(direct))
+			}
+		}
 	}
 	viaA, viaB, store := median(da), median(db), median(ds)
 	// The redirect alone: the server's share.
