@@ -44,13 +44,17 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/appc/spec/schema"
 	"github.com/appc/spec/schema/types"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/internal/safeio"
@@ -244,15 +248,26 @@ func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 	}
 	defer root.RemoveAll(stage)
 	stageDir := filepath.Join(o.Site, stage)
+	// Images are staged in parallel (signing is the most of it), the
+	// first error in the order of the jobs reported.
+	errs := make([]error, len(jobs))
+	var g errgroup.Group
+	g.SetLimit(runtime.GOMAXPROCS(0))
 	for i, j := range jobs {
-		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("publishing interrupted; nothing was written to the site: %w", context.Cause(ctx))
-		}
 		j.staged = fmt.Sprintf("%d.aci", i)
-		if err := stageImage(ctx, j, o.Key, trust, filepath.Join(stageDir, j.staged)); err != nil {
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("publishing interrupted; nothing was written to the site: %w", context.Cause(ctx))
+		g.Go(func() error {
+			if ctx.Err() == nil {
+				errs[i] = stageImage(ctx, j, o.Key, trust, filepath.Join(stageDir, j.staged))
 			}
+			return nil
+		})
+	}
+	g.Wait()
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("publishing interrupted; nothing was written to the site: %w", context.Cause(ctx))
+	}
+	for _, err := range errs {
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -747,7 +762,70 @@ func verifyIn(ctx context.Context, root *os.Root, p string, trust *sign.Trust) (
 		return nil, err
 	}
 	defer sig.Close()
-	return sign.VerifyWith(safeio.WithContext(ctx, f), sig, trust, sign.VerifyOptions{Full: true})
+	id, known := identify(f, sig)
+	if known {
+		if e, ok := verified.Load(id); ok {
+			e := e.(verifiedEntry)
+			if time.Since(e.at) < verifiedFor {
+				if _, ok := trust.TrustedFor(e.v.Fingerprint, e.v.Name); ok {
+					return e.v, nil
+				}
+			}
+			verified.Delete(id)
+		}
+	}
+	v, err := sign.VerifyWith(safeio.WithContext(ctx, f), sig, trust, sign.VerifyOptions{Full: true})
+	if err == nil && known {
+		// Kept only if neither file changed while it was read.
+		if again, ok := identify(f, sig); ok && again == id {
+			verified.Store(id, verifiedEntry{v: v, at: time.Now()})
+		}
+	}
+	return v, err
+}
+
+// verified remembers, in this process's memory only, the tree files
+// verifyIn proved: a long-running publisher (nix2aci serve) checks the
+// layers its apps depend on without reading them whole again. An entry is
+// keyed by both files' identity (device, inode, size, modification and
+// change times: any write or rename over them changes it, and the change
+// time cannot be set back without the clock), holds for verifiedFor, and
+// is used only for a key the caller's trust still names for the image.
+var verified sync.Map // fileIdentity -> verifiedEntry
+
+// verifiedFor bounds how long a verification is remembered (a key may
+// expire or be revoked meanwhile).
+const verifiedFor = 10 * time.Minute
+
+type verifiedEntry struct {
+	v  *sign.Verified
+	at time.Time
+}
+
+type statID struct {
+	dev, ino           uint64
+	size, mtime, ctime int64
+}
+
+type fileIdentity struct{ image, sig statID }
+
+// identify is the identity of an image file and its signature file.
+func identify(img, sig *os.File) (fileIdentity, bool) {
+	a, ok1 := statOf(img)
+	b, ok2 := statOf(sig)
+	return fileIdentity{a, b}, ok1 && ok2
+}
+
+func statOf(f *os.File) (statID, bool) {
+	fi, err := f.Stat()
+	if err != nil {
+		return statID{}, false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return statID{}, false
+	}
+	return statID{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}, true
 }
 
 // verifyFiles checks the signature asc of the image at path with trust,

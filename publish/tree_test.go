@@ -529,3 +529,41 @@ func helperPublishAndDie(t *testing.T) {
 	publish.Publish(context.Background(), strings.Split(os.Getenv("PUBLISH_HELPER_IMAGES"), "\n"), publish.Options{Site: os.Getenv("PUBLISH_HELPER_SITE"), BaseURL: "https://example.com/acis", Key: key})
 	t.Fatal("not killed")
 }
+
+// A layer in the tree proven once (publishing an app on it) is not
+// believed again once its bytes change, even with its size and
+// modification time as they were: the next app on it is refused.
+func TestChangedTreeLayerIsReadAgain(t *testing.T) {
+	work, key, imgs := unsignedApp1(t)
+	site := filepath.Join(work, "site")
+	o := publish.Options{Site: site, BaseURL: "https://example.com/acis", Key: key}
+	if _, err := publish.Publish(context.Background(), imgs, o); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(work, "out2")
+	res := build(t, "app2", other, nil)
+	// The app alone: its layer is the tree's, verified (and remembered).
+	if _, err := publish.Publish(context.Background(), []string{res.ACI}, o); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := filepath.Glob(filepath.Join(site, "acis", "127.0.0.1", "nix", "libfoo-*.aci"))
+	if len(layers) != 1 {
+		t.Fatalf("the layer in the tree: %v", layers)
+	}
+	fi, err := os.Stat(layers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := mustRead(t, layers[0])
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(layers[0], b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(layers[0], fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	_, err = publish.Publish(context.Background(), []string{res.ACI}, o)
+	if err == nil || !strings.Contains(err.Error(), "not a complete image signed by a key the site publishes") {
+		t.Fatalf("an app on a layer changed in the tree: %v", err)
+	}
+}
