@@ -238,6 +238,7 @@ func (s *Server) buildIn(ctx context.Context, q *request) *failure {
 	}
 	res, err := s.o.Build(ctx, pipeline.Request{
 		Kind: pipeline.Layered, Target: recipe, Name: q.name, OutDir: s.out,
+		Signer:  s.signer,
 		Recipes: s.o.Recipes, Flakes: s.o.Flake != "", CacheDir: s.o.CacheDir, CacheKey: s.o.CacheKey, CacheMax: s.o.CacheMax,
 	})
 	if err == nil {
@@ -258,12 +259,19 @@ func (s *Server) buildIn(ctx context.Context, q *request) *failure {
 			fresh = append(fresh, l.ACI)
 		}
 		all, fresh = append(all, res.ACI), append(fresh, res.ACI)
-		o := publish.Options{Site: s.o.Data, BaseURL: s.base, Key: s.o.Key}
+		// The build signed every image it wrote (a layer it reused was
+		// signed when written): publish checks the signatures.
+		o := publish.Options{Site: s.o.Data, BaseURL: s.base, PublicKey: s.o.Key}
 		s.publishMu.Lock()
 		var rep *publish.Report
+		pstart := time.Now()
 		rep, err = publish.Publish(ctx, fresh, o)
 		if err != nil && len(fresh) < len(all) && ctx.Err() == nil {
+			fresh = all
 			rep, err = publish.Publish(ctx, all, o)
+		}
+		if err == nil {
+			s.o.Logger.Info("publish", "name", q.name, "images", len(fresh), "of", len(all), "duration", time.Since(pstart))
 		}
 		if err == nil && s.o.Store != nil {
 			// Every image of the build goes to the store, the layers the

@@ -161,6 +161,8 @@ type Server struct {
 	// outLayers are its layer files by their path in the tree, to remove
 	// with the tree's copy (under publishMu).
 	outLayers map[string]string
+	// signer signs each image as the pipeline writes it.
+	signer *pipeline.Signer
 	// stored are the images known complete in Options.Store.
 	stored map[string]bool
 }
@@ -276,7 +278,7 @@ func New(o Options) (*Server, error) {
 		sem: make(chan struct{}, o.MaxBuilds), metrics: newMetrics(),
 		inflight: map[string]bool{}, failures: map[string]*failure{}, etags: map[string]etag{},
 		used: map[string]time.Time{}, reading: map[string]int{},
-		out: filepath.Join(o.Work, "out"), outLayers: map[string]string{},
+		out: filepath.Join(o.Work, "out"), outLayers: map[string]string{}, signer: pipeline.KeySigner(o.Key),
 	}
 	if s.root, err = os.OpenRoot(o.Data); err != nil {
 		return nil, fmt.Errorf("the data directory: %w", err)

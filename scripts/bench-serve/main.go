@@ -22,11 +22,13 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"sync"
 	"time"
@@ -66,7 +68,11 @@ func main() {
 	}
 	var recipeMu sync.Mutex
 	captured := map[string]string{} // image name -> the recipe serve built it from
-	opts := serve.Options{Prefix: "127.0.0.1", BaseURL: base, Key: key, Data: data, Recipes: recipes, Version: "vbench" + fmt.Sprint(time.Now().Unix()),
+	var logger *slog.Logger
+	if os.Getenv("BENCH_DEBUG") != "" {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	opts := serve.Options{Logger: logger, Prefix: "127.0.0.1", BaseURL: base, Key: key, Data: data, Recipes: recipes, Version: "vbench" + fmt.Sprint(time.Now().Unix()),
 		Build: func(ctx context.Context, r pipeline.Request) (*pipeline.Result, error) {
 			b, err := os.ReadFile(r.Target)
 			check(err)
@@ -221,6 +227,12 @@ func main() {
 	}
 	cli("127.0.0.1/busybox") // warm: the busybox layers in --out and the cache
 	var sv, cl []time.Duration
+	if f := os.Getenv("BENCH_CPUPROFILE"); f != "" {
+		out, err := os.Create(f)
+		check(err)
+		check(pprof.StartCPUProfile(out))
+		defer pprof.StopCPUProfile()
+	}
 	for i := range extras {
 		name := fmt.Sprintf("127.0.0.1/busybox/extra%d", i)
 		file := fmt.Sprintf("127.0.0.1/busybox/extra%d-latest-linux-amd64.aci", i)
