@@ -9,18 +9,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/nix2aci/nix2aci/gzmember"
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/nixstore"
 )
@@ -163,30 +163,12 @@ type entryIndex struct {
 	Chunks    []chunkIndex `json:"chunks"`
 }
 
-func (c *Cache) path(cfg config, p nixstore.PathInfo) string {
+func (c *Cache) path(format string, p nixstore.PathInfo) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%d\x00%d\x00%s\x00%s", formatVersion, compressorVersion(), cfg.compression, cfg.level, ChunkSize, p.Path, p.NarHash)
+	fmt.Fprintf(h, "%s\x00%s\x00%s", format, p.Path, p.NarHash)
 	key := hex.EncodeToString(h.Sum(nil))
 	return filepath.Join(c.dir, key[:2], key+".frag")
 }
-
-// compressorVersion names the gzip compressor this binary was built with:
-// a member cached by one version is not taken by another, whose output for
-// the same chunk and level may differ.
-var compressorVersion = sync.OnceValue(func() string {
-	const mod = "github.com/klauspost/compress"
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, d := range bi.Deps {
-			if d.Path == mod {
-				if d.Replace != nil {
-					d = d.Replace
-				}
-				return mod + "@" + d.Version + " " + d.Sum
-			}
-		}
-	}
-	return mod + "@unknown"
-})
 
 // The most an entry may claim, derived from what Write emits for a store
 // path of a given NAR size. Every entry of a store path is one tar entry:
@@ -213,7 +195,7 @@ func maxEntryChunks(narSize int64) int64 {
 	if narSize <= 0 || narSize > 1<<50 {
 		return 0
 	}
-	return (tarPerNar*narSize+ChunkSize)/ChunkSize + 1
+	return (tarPerNar*narSize+gzmember.ChunkSize)/gzmember.ChunkSize + 1
 }
 
 // maxIndexLen is the longest index Write makes for chunks chunks of the
@@ -225,14 +207,13 @@ func maxIndexLen(storePath string, chunks int64) int64 {
 // fragment is the cache state of one store path during a build.
 type fragment struct {
 	path     string
-	file     string // the entry's name; "" when not caching
+	file     string // the entry's name
 	old      *os.File
 	idx      *entryIndex
 	matched  bool // producer: every chunk so far matched idx
 	dirty    atomic.Bool
 	w        *entryWriter
-	chunks   int   // set by the producer at the end
-	narSize  int64 // for progress
+	chunks   int // set by the sink at the end
 	cacheHit bool
 	readBuf  []byte
 	key      []byte // the cache's key
@@ -252,15 +233,17 @@ type provenMember struct {
 	tag []byte
 }
 
+// openFragment opens the cache state of store path p for this build, or
+// returns nil when p is not cached.
 func (b *builder) openFragment(p nixstore.PathInfo) *fragment {
-	f := &fragment{path: p.Path, narSize: p.NarSize}
 	if b.cfg.cache == nil || b.cfg.cache.key == nil {
-		return f
+		return nil
 	}
+	f := &fragment{path: p.Path}
 	if f.maxChunks = maxEntryChunks(p.NarSize); f.maxChunks == 0 {
-		return f // no NAR size to bound its entry by: not cached
+		return nil // no NAR size to bound its entry by: not cached
 	}
-	f.file = b.cfg.cache.path(b.cfg, p)
+	f.file = b.cfg.cache.path(formatVersion+"\x00"+gzmember.Config{Compression: b.cfg.compression, Level: b.cfg.level}.MemberFormat(), p)
 	f.key = b.cfg.cache.key
 	f.old, f.idx = readEntry(f.file, p.Path, f.maxChunks)
 	f.matched = f.idx != nil
@@ -293,7 +276,7 @@ func readEntry(file, storePath string, maxChunks int64) (*os.File, *entryIndex) 
 // take, the index's against the most maxChunks records take.
 func parseEntry(fh io.ReaderAt, size int64, storePath string, maxChunks int64) (*entryIndex, error) {
 	maxIndex := maxIndexLen(storePath, maxChunks)
-	if size < 16 || size > 16+maxIndex+maxChunks*maxMember {
+	if size < 16 || size > 16+maxIndex+maxChunks*gzmember.MaxMember {
 		return nil, errors.New("bad size")
 	}
 	var foot [16]byte
@@ -325,7 +308,7 @@ func parseEntry(fh io.ReaderAt, size int64, storePath string, maxChunks int64) (
 	for i := range idx.Chunks {
 		ci := &idx.Chunks[i]
 		// Write cuts a fragment into full chunks and a last, shorter one.
-		if ci.C <= 0 || ci.C > maxMember || ci.U <= 0 || ci.U > ChunkSize || ci.U != ChunkSize && i != len(idx.Chunks)-1 {
+		if ci.C <= 0 || ci.C > gzmember.MaxMember || ci.U <= 0 || ci.U > gzmember.ChunkSize || ci.U != gzmember.ChunkSize && i != len(idx.Chunks)-1 {
 			return nil, errors.New("bad chunk")
 		}
 		ci.off = off
@@ -337,25 +320,34 @@ func parseEntry(fh io.ReaderAt, size int64, storePath string, maxChunks int64) (
 	return &idx, nil
 }
 
-// match is called by the producer for each chunk: it returns the cached
-// chunk to use, or nil to compress.
-func (f *fragment) match(i, ulen int, ucrc uint32) *chunkIndex {
+// Lookup is called by the producer for each chunk, in order: whether the
+// old entry holds a chunk of the same length and CRC-32 in its place, and
+// all before it did too.
+func (f *fragment) Lookup(c gzmember.Chunk) bool {
 	if !f.matched {
-		return nil
+		return false
 	}
-	if i >= len(f.idx.Chunks) || f.idx.Chunks[i].U != ulen || f.idx.Chunks[i].UC != ucrc {
+	if c.Index >= len(f.idx.Chunks) || f.idx.Chunks[c.Index].U != c.Len || f.idx.Chunks[c.Index].UC != c.CRC {
 		f.matched = false
-		return nil
+		return false
 	}
-	return &f.idx.Chunks[i]
+	return true
 }
 
-// readCached reads chunk i's member from the old entry into out and
-// reports whether it is proven to be the member this build would write
-// for the chunk (whose length and CRC-32 match the index: see match): its
-// tag verifies under the cache's key. It returns the tag. Called from the
+// Take reads chunk c's member from the old entry into out and reports
+// whether it is proven to be the member this build would write for the
+// chunk (whose length and CRC-32 match the index: see Lookup): its tag
+// verifies under the cache's key. It returns the tag. Called from the
 // compression workers, concurrently for several chunks.
-func (f *fragment) readCached(i int, out *bytes.Buffer) (tag []byte, ok bool) {
+func (f *fragment) Take(c gzmember.Chunk, out *bytes.Buffer) (tag []byte, ok bool) {
+	tag, ok = f.take(c.Index, out)
+	if !ok {
+		f.dirty.Store(true)
+	}
+	return tag, ok
+}
+
+func (f *fragment) take(i int, out *bytes.Buffer) (tag []byte, ok bool) {
 	ci := f.idx.Chunks[i]
 	got, err := hex.DecodeString(ci.T)
 	if err != nil || len(got) != sha256.Size {
@@ -372,6 +364,11 @@ func (f *fragment) readCached(i int, out *bytes.Buffer) (tag []byte, ok bool) {
 	}
 	out.Write(buf)
 	return tag, true
+}
+
+// Tag is the tag of the member this build compressed for chunk c.
+func (f *fragment) Tag(c gzmember.Chunk, member []byte) []byte {
+	return f.tag(c.Index, c.Len, c.CRC, member)
 }
 
 // tag is the tag of chunk i's member, of a chunk of u bytes with CRC-32
@@ -405,31 +402,31 @@ func (f *fragment) readOld(i int) ([]byte, bool) {
 	return buf, true
 }
 
-// record is called by the sink with each chunk it wrote; it writes a new
-// entry unless the whole fragment comes intact from the old one.
-func (b *builder) record(c *chunk, payload []byte, fromCache bool) {
-	f := c.frag
-	if f.file == "" || f.gaveUp {
+// Put is called by the sink with each chunk's member it wrote, and its
+// tag; it writes a new entry unless the whole fragment comes intact from
+// the old one.
+func (f *fragment) Put(c gzmember.Chunk, member, tag []byte, fromCache bool) {
+	if f.gaveUp {
 		return
 	}
-	if int64(c.index) >= f.maxChunks {
+	if int64(c.Index) >= f.maxChunks {
 		// More chunks than Write can cut this store path into (see
 		// maxEntryChunks): an entry no build would read.
 		f.giveUp()
 		return
 	}
-	if len(f.proven) == c.index {
-		f.proven = append(f.proven, provenMember{ok: fromCache, tag: c.tag})
+	if len(f.proven) == c.Index {
+		f.proven = append(f.proven, provenMember{ok: fromCache, tag: tag})
 	}
 	if f.w == nil && fromCache && !f.dirty.Load() {
 		return
 	}
 	if f.w == nil {
 		// Chunks before this one came proven from the old entry.
-		f.rewrite(c.index)
+		f.rewrite(c.Index)
 	}
 	if f.w != nil {
-		f.w.add(c.ulen, c.ucrc, payload, c.tag)
+		f.w.add(c.Len, c.CRC, member, tag)
 	}
 }
 
@@ -470,11 +467,10 @@ func (f *fragment) rewrite(n int) {
 	}
 }
 
-// end is called by the sink after a fragment's last chunk.
-func (f *fragment) end() {
-	if f.file == "" {
-		return
-	}
+// End is called by the sink after a fragment's last chunk, with the
+// number of its chunks.
+func (f *fragment) End(chunks int) {
+	f.chunks = chunks
 	if f.w == nil && !f.gaveUp && f.idx != nil && f.matched && f.chunks == len(f.idx.Chunks) && !f.dirty.Load() {
 		f.cacheHit = true
 		now := time.Now()
@@ -491,6 +487,16 @@ func (f *fragment) end() {
 	// Write keeps its fragments until it returns: what an entry held
 	// goes now.
 	f.idx, f.readBuf, f.proven = nil, nil, nil
+}
+
+// close closes what a failed build left open: the old entry, and a new
+// one half written.
+func (f *fragment) close() {
+	if f.w != nil {
+		f.w.abort()
+		f.w = nil
+	}
+	f.closeOld()
 }
 
 func (f *fragment) closeOld() {
@@ -624,3 +630,6 @@ func (c *Cache) GC(maxBytes int64) (GCResult, error) {
 	}
 	return res, nil
 }
+
+// crc is the checksum of members in an entry.
+func crc(b []byte) uint32 { return crc32.ChecksumIEEE(b) }
