@@ -36,7 +36,7 @@
 // store path's contents and the compression settings. That buys three
 // things at once: chunks compress in parallel on every core with
 // deterministic output; a store path's members can be cached and reused
-// by a later build (see Cache); and a cold build and a cached build of the
+// by a later build (see fragcache); and a cold build and a cached build of the
 // same closure are byte-identical.
 //
 // # Reading: one reading of an archive
@@ -65,8 +65,7 @@
 // The image ID is the SHA-512 of the uncompressed tar stream, computed while
 // writing. A cached build still regenerates each store path's uncompressed
 // fragment to hash it (reading the store is cheap; compressing is not), and
-// takes a cached member only when its tag under the cache's key
-// (Cache.LoadKey) proves it is the member this build would write for that
-// chunk; any other member is compressed afresh. Without a key the cache is
-// not used.
+// takes a cached member only when the cache proves it is the member this
+// build would write for that chunk (see fragcache); any other member is
+// compressed afresh.
 package aci

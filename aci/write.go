@@ -16,6 +16,7 @@ import (
 
 	"github.com/appc/spec/schema"
 
+	"github.com/nix2aci/nix2aci/fragcache"
 	"github.com/nix2aci/nix2aci/gzmember"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
@@ -45,9 +46,11 @@ func ParseCompression(s string) (Compression, error) {
 // otherwise (see gzmember.DefaultLevel).
 const DefaultLevel = gzmember.DefaultLevel
 
-// formatVersion changes whenever the bytes Write produces for a store path
-// change; it is part of every cache key.
-const formatVersion = "nix2aci-fragment-3"
+// FormatVersion changes whenever the bytes Write produces for a store
+// path change: it is part of every cache entry's name (see
+// fragcache.Cache.Fragment), and records of images (the layer index) are
+// bound to it.
+const FormatVersion = "nix2aci-fragment-3"
 
 // Image is what Write puts into an archive.
 type Image struct {
@@ -84,7 +87,7 @@ type config struct {
 	compression Compression
 	level       int
 	jobs        int
-	cache       *Cache
+	cache       *fragcache.Cache
 	modTime     time.Time
 	progress    func(Progress)
 	// maxEntries and maxNameBytes are what Inspect reads (tests lower
@@ -105,7 +108,7 @@ func WithCompression(c Compression, level int) Option {
 func WithJobs(n int) Option { return func(o *config) { o.jobs = n } }
 
 // WithCache reuses and stores compressed store paths in c.
-func WithCache(c *Cache) Option { return func(o *config) { o.cache = c } }
+func WithCache(c *fragcache.Cache) Option { return func(o *config) { o.cache = c } }
 
 // WithModTime sets the mtime of entries that are not from the store (the
 // manifest, the symlink farm, rootfs/nix/store). Default: the Unix epoch.
@@ -162,15 +165,9 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 	}
 	if cfg.compression != Gzip {
 		// Only gzip members are cached: without compression there is
-		// nothing to save, and readCached takes only members in Write's
+		// nothing to save, and the cache takes only members in Write's
 		// gzip format, so an xz build would rewrite its entries every
 		// time and use none.
-		cfg.cache = nil
-	}
-	if cfg.cache != nil && cfg.cache.key == nil {
-		// Without a key no cached member can be proven to be the one
-		// this build would write, short of compressing the chunk again
-		// (see Cache); untagged entries would serve no later build.
 		cfg.cache = nil
 	}
 	if img.Manifest == nil || img.Closure == nil {
@@ -193,14 +190,16 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 	}
 
 	h := sha512.New()
-	mw, err := gzmember.NewWriter(ctx, w, gzmember.Config{Compression: cfg.compression, Level: cfg.level, Jobs: max(1, cfg.jobs), Tap: h})
+	mcfg := gzmember.Config{Compression: cfg.compression, Level: cfg.level, Jobs: max(1, cfg.jobs), Tap: h}
+	mw, err := gzmember.NewWriter(ctx, w, mcfg)
 	if err != nil {
 		return nil, err
 	}
 	b := &builder{
-		cfg:   cfg,
-		mw:    mw,
-		total: Progress{TotalStorePaths: len(img.Closure.Paths), TotalBytes: img.Closure.NarSize()},
+		cfg:    cfg,
+		mw:     mw,
+		format: FormatVersion + "\x00" + mcfg.MemberFormat(),
+		total:  Progress{TotalStorePaths: len(img.Closure.Paths), TotalBytes: img.Closure.NarSize()},
 	}
 	b.done = b.total
 	b.done.StorePaths, b.done.Bytes = 0, 0
@@ -211,7 +210,7 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 		sizes, err = mw.Close()
 	}
 	for _, f := range b.frags {
-		f.close()
+		f.Close()
 	}
 	if err != nil {
 		return nil, err
@@ -233,9 +232,12 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 type builder struct {
 	cfg config
 	mw  *gzmember.Writer
+	// format names what a store path's members depend on besides its
+	// contents, for the cache (fragcache.Cache.Fragment).
+	format string
 	// frags are the fragments opened, to close what a failed write left
 	// open (old entries, half-written new ones).
-	frags []*fragment
+	frags []*fragcache.Fragment
 	// entries and nameBytes count the entries written and their names.
 	entries, nameBytes int
 	// total and done are the progress to make and made; cachedPaths
@@ -314,7 +316,7 @@ func (b *builder) produce(img Image, mjson []byte, farm []farmEntry) error {
 			// Each store path is a segment of its own: its members
 			// depend on its bytes alone, and may be cached.
 			var st gzmember.Store
-			f := b.openFragment(p)
+			f := b.cfg.cache.Fragment(b.format, p)
 			if f != nil {
 				b.frags = append(b.frags, f)
 				st = f
@@ -352,9 +354,9 @@ func (b *builder) cut(tw countingTar) error {
 
 // pathDone reports progress once store path p (cached in f, if not nil)
 // is in the archive.
-func (b *builder) pathDone(p nixstore.PathInfo, f *fragment) {
+func (b *builder) pathDone(p nixstore.PathInfo, f *fragcache.Fragment) {
 	b.mw.Then(func() {
-		if f != nil && f.cacheHit {
+		if f != nil && f.Hit() {
 			b.cachedPaths++
 		}
 		b.done.StorePaths++
