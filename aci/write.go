@@ -199,10 +199,8 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 		cfg:    cfg,
 		mw:     mw,
 		format: FormatVersion + "\x00" + mcfg.MemberFormat(),
-		total:  Progress{TotalStorePaths: len(img.Closure.Paths), TotalBytes: img.Closure.NarSize()},
+		done:   Progress{TotalStorePaths: len(img.Closure.Paths), TotalBytes: img.Closure.NarSize()},
 	}
-	b.done = b.total
-	b.done.StorePaths, b.done.Bytes = 0, 0
 	var sizes gzmember.Totals
 	if err = b.produce(img, mjson, farm); err != nil {
 		err = mw.Abort(err)
@@ -240,11 +238,10 @@ type builder struct {
 	frags []*fragcache.Fragment
 	// entries and nameBytes count the entries written and their names.
 	entries, nameBytes int
-	// total and done are the progress to make and made; cachedPaths
-	// counts the store paths whose members all came from the cache.
-	// The member writer's output goroutine alone touches done and
-	// cachedPaths until it is closed.
-	total, done Progress
+	// done is the progress made; cachedPaths counts the store paths
+	// whose members all came from the cache. The member writer's output
+	// goroutine alone touches them until it is closed.
+	done        Progress
 	cachedPaths int
 }
 
