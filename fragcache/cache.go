@@ -171,12 +171,13 @@ func (c *Cache) path(format string, p nixstore.PathInfo) string {
 	return filepath.Join(c.dir, key[:2], key+".frag")
 }
 
-// The most an entry may claim, derived from what a writer (aci.Write)
-// emits for a store path of a given NAR size. Every entry of a store path is one tar entry:
-// at most a 512-byte header, a PAX header of 512 bytes plus at most 8704
-// bytes of records (a path and a link target, each at most PATH_MAX = 4096
-// bytes, that the kernel lets aci.Write read), and the file's contents padded
-// by at most 511 bytes: 10,239 bytes plus its contents. The NAR holds the
+// The most an entry may claim, derived from what the writer (aci.Write)
+// emits for a store path of a given NAR size. Every entry of a store path
+// is one tar entry: at most a 512-byte header, a PAX header of 512 bytes
+// plus at most 8704 bytes of records (a path and a link target, each at
+// most PATH_MAX = 4096 bytes, that the kernel lets aci.Write read), and
+// the file's contents padded by at most 511 bytes: 10,239 bytes plus its
+// contents. The NAR holds the
 // same contents (padded to 8 bytes), and at least 168 bytes of framing for
 // every entry below the root (a directory entry of "entry", "(", "name", a
 // name, "node", ")" around an object of at least 72 bytes) and 96 for the
