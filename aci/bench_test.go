@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/fragcache"
 	"github.com/nix2aci/nix2aci/nixstore/nixtest"
 )
 
@@ -35,7 +36,7 @@ func BenchmarkWriteFat(b *testing.B) {
 
 func BenchmarkWriteFatCached(b *testing.B) {
 	img := image(b, benchRoot(b), false)
-	cache, err := aci.OpenCache(b.TempDir())
+	cache, err := fragcache.OpenCache(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -27,38 +27,28 @@
 //
 // # Compression and the fragment cache
 //
-// A gzip file may hold several members, and readers (Go, GNU tar, rkt)
-// decompress them as one stream. Write compresses the tar stream as a
-// sequence of independent members: one for the header (manifest and early
-// farm), one per chunk of at most ChunkSize bytes of each store path's tar
-// fragment, and one for the trailer. A store path's fragment never refers to
-// bytes outside itself (its hard links never leave it), so its compressed
-// members depend only on the store path's contents and the compression
-// settings. That buys three things at once:
-// chunks compress in parallel on every core with deterministic output; a
-// store path's members can be cached and reused by a later build (see Cache);
-// and a cold build and a cached build of the same closure are byte-identical.
-//
-// Each member's header carries the member's length in an RFC 1952 extra
-// subfield ("N2", as BGZF does with "BC"); other readers skip it. Inspect
-// uses it to find member boundaries without inflating, and inflates the
-// members on every core; any member without it is read sequentially.
+// Write hands the tar stream to gzmember's Writer, which compresses it as
+// a sequence of independent members of at most gzmember.ChunkSize bytes,
+// in segments no member spans: one for the header (manifest and early
+// farm), one for each store path's tar fragment, and one for the trailer.
+// A store path's fragment never refers to bytes outside itself (its hard
+// links never leave it), so its compressed members depend only on the
+// store path's contents and the compression settings. That buys three
+// things at once: chunks compress in parallel on every core with
+// deterministic output; a store path's members can be cached and reused
+// by a later build (see fragcache); and a cold build and a cached build of the
+// same closure are byte-identical.
 //
 // # Reading: one reading of an archive
 //
 // Whatever reads an image to judge it (inspect, sign, verify) must see the
-// bytes rkt will run, so the length field is a claim to prove, not a fact:
-// each claimed member must be exactly one gzip member, using every claimed
-// byte, whose CRC-32 and size match and which inflates to at most
-// ChunkSize bytes; otherwise the read fails. The fast path thus yields
-// exactly what compress/gzip yields, or an error (a differential fuzz
-// target checks it). Only members whose header is exactly Write's (FEXTRA
-// and no other flag) are taken on the fast path; members are inflated by
-// libdeflate in cgo builds, by klauspost/compress otherwise. Memory is bounded by design: at most 16 members of
-// at most ChunkSize*9/8 compressed and ChunkSize inflated bytes are held,
-// whatever the core count; the manifest is capped at MaxManifestSize from
-// its tar header, before it is read; xz dictionaries at 64 MiB; the names
-// remembered at 64 MiB. InspectLimited also caps the uncompressed size.
+// bytes rkt will run: gzip is read by gzmember.NewReader, which proves
+// every member's length claim and so yields exactly what compress/gzip
+// yields, or an error (see gzmember). Memory is bounded by design: the
+// members held are gzmember's bound; the manifest is capped at
+// MaxManifestSize from its tar header, before it is read; xz dictionaries
+// at 64 MiB; the names remembered at 64 MiB. InspectLimited also caps the
+// uncompressed size.
 //
 // Inspect then reads the tar stream as rkt's extractor would, and rejects
 // whatever two extractors could read differently or that could reach
@@ -75,8 +65,7 @@
 // The image ID is the SHA-512 of the uncompressed tar stream, computed while
 // writing. A cached build still regenerates each store path's uncompressed
 // fragment to hash it (reading the store is cheap; compressing is not), and
-// takes a cached member only when its tag under the cache's key
-// (Cache.LoadKey) proves it is the member this build would write for that
-// chunk; any other member is compressed afresh. Without a key the cache is
-// not used.
+// takes a cached member only when the cache proves it is the member this
+// build would write for that chunk (see fragcache); any other member is
+// compressed afresh.
 package aci

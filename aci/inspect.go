@@ -18,6 +18,7 @@ import (
 	"github.com/appc/spec/schema"
 	"github.com/xi2/xz"
 
+	"github.com/nix2aci/nix2aci/gzmember"
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
 )
@@ -88,7 +89,7 @@ func InspectFile(p string) (*Info, error) {
 // Decompress returns the uncompressed tar stream of an ACI read from r,
 // detecting gzip, bzip2, xz or no compression by magic bytes (the four the
 // appc spec allows), and the name of the compression found. gzip is read
-// exactly as compress/gzip reads it (see gunzip); xz with a dictionary of
+// exactly as compress/gzip reads it (see gzmember.NewReader); xz with a dictionary of
 // at most 64 MiB. Close the reader to stop decompressing ahead.
 func Decompress(r io.Reader) (io.ReadCloser, string, error) {
 	return decompress(r, false)
@@ -114,7 +115,7 @@ func decompress(r io.Reader, sequential bool) (io.ReadCloser, string, error) {
 		}
 		return zr, "gzip", nil
 	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
-		zr, err := gunzip(br)
+		zr, err := gzmember.NewReader(br)
 		if err != nil {
 			return nil, "", invalid("bad gzip header: %v", err)
 		}
@@ -254,7 +255,7 @@ func InspectLimited(r io.Reader, maxSize int64) (*Info, error) {
 
 // readError explains a failure to read the stream.
 func readError(doing string, err error, maxSize int64) error {
-	var me *MemberError
+	var me *gzmember.MemberError
 	switch {
 	case errors.Is(err, errTooLarge):
 		return invalid("the uncompressed archive is larger than the %d bytes allowed", maxSize)

@@ -54,7 +54,7 @@ func TestReadManifestBounds(t *testing.T) {
 // returns is the one appc's aci.ManifestFromImage (rkt's reader) returns,
 // or ReadManifest fails.
 func FuzzReadManifestMatchesAppc(f *testing.F) {
-	for _, s := range gunzipSeeds(f) {
+	for _, s := range memberSeeds(f) {
 		f.Add(s)
 	}
 	evil, good := tarACI(f, "evil.example/app"), tarACI(f, "good.example/reviewed")

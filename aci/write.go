@@ -2,39 +2,35 @@ package aci
 
 import (
 	"archive/tar"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
 	"runtime"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/appc/spec/schema"
-	"github.com/klauspost/compress/gzip"
-	"github.com/ulikunitz/xz"
 
+	"github.com/nix2aci/nix2aci/fragcache"
+	"github.com/nix2aci/nix2aci/gzmember"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
 )
 
 // Compression is how an archive is compressed.
-type Compression string
+type Compression = gzmember.Compression
 
 // The compressions Write can produce; the ACI spec also allows bzip2, which
 // nothing is gained by writing.
 const (
-	Gzip Compression = "gzip"
-	Xz   Compression = "xz"
-	None Compression = "none"
+	Gzip = gzmember.Gzip
+	Xz   = gzmember.Xz
+	None = gzmember.None
 )
 
 // ParseCompression checks a compression name given by a user.
@@ -47,20 +43,14 @@ func ParseCompression(s string) (Compression, error) {
 }
 
 // DefaultLevel is the gzip level used unless WithCompression says
-// otherwise. klauspost/compress's level 6 gives archives within 5% of the
-// size of pigz's default level 6 in well under half its time; level 7
-// comes within 3% but costs about 40% more time.
-const DefaultLevel = 6
+// otherwise (see gzmember.DefaultLevel).
+const DefaultLevel = gzmember.DefaultLevel
 
-// ChunkSize is the most uncompressed bytes in one compressed member.
-const ChunkSize = 1 << 20
-
-// maxInFlight caps the chunks being read, compressed or written at once.
-const maxInFlight = 12
-
-// formatVersion changes whenever the bytes Write produces for a store path
-// change; it is part of every cache key.
-const formatVersion = "nix2aci-fragment-3"
+// FormatVersion changes whenever the bytes Write produces for a store
+// path change: it is part of every cache entry's name (see
+// fragcache.Cache.Fragment), and records of images (the layer index) are
+// bound to it.
+const FormatVersion = "nix2aci-fragment-3"
 
 // Image is what Write puts into an archive.
 type Image struct {
@@ -97,7 +87,7 @@ type config struct {
 	compression Compression
 	level       int
 	jobs        int
-	cache       *Cache
+	cache       *fragcache.Cache
 	modTime     time.Time
 	progress    func(Progress)
 	// maxEntries and maxNameBytes are what Inspect reads (tests lower
@@ -118,7 +108,7 @@ func WithCompression(c Compression, level int) Option {
 func WithJobs(n int) Option { return func(o *config) { o.jobs = n } }
 
 // WithCache reuses and stores compressed store paths in c.
-func WithCache(c *Cache) Option { return func(o *config) { o.cache = c } }
+func WithCache(c *fragcache.Cache) Option { return func(o *config) { o.cache = c } }
 
 // WithModTime sets the mtime of entries that are not from the store (the
 // manifest, the symlink farm, rootfs/nix/store). Default: the Unix epoch.
@@ -173,19 +163,11 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 	if cfg.compression == Gzip && (cfg.level < 1 || cfg.level > 9) {
 		return nil, fmt.Errorf("gzip level %d is out of range: use 1 (fastest) to 9 (smallest)", cfg.level)
 	}
-	// More jobs than chunks in flight would only hold more compressors.
-	cfg.jobs = max(1, min(cfg.jobs, maxInFlight))
 	if cfg.compression != Gzip {
 		// Only gzip members are cached: without compression there is
-		// nothing to save, and readCached takes only members in Write's
+		// nothing to save, and the cache takes only members in Write's
 		// gzip format, so an xz build would rewrite its entries every
 		// time and use none.
-		cfg.cache = nil
-	}
-	if cfg.cache != nil && cfg.cache.key == nil {
-		// Without a key no cached member can be proven to be the one
-		// this build would write, short of compressing the chunk again
-		// (see Cache); untagged entries would serve no later build.
 		cfg.cache = nil
 	}
 	if img.Manifest == nil || img.Closure == nil {
@@ -207,104 +189,60 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 		return nil, err
 	}
 
-	// Chunks in flight bound the memory a build takes: two per job keeps
-	// every job busy, and the cap keeps many-core machines within budget.
-	inFlight := min(2*cfg.jobs+4, maxInFlight)
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	b := &builder{
-		cfg:   cfg,
-		ctx:   ctx,
-		free:  make(chan []byte, inFlight),
-		outs:  make(chan *bytes.Buffer, inFlight),
-		work:  make(chan *chunk, inFlight),
-		hashQ: make(chan *chunk, inFlight),
-		sinkQ: make(chan sinkItem, inFlight+4),
-		out:   &countWriter{w: w},
-		total: Progress{TotalStorePaths: len(img.Closure.Paths), TotalBytes: img.Closure.NarSize()},
-	}
-
-	var wg sync.WaitGroup
-	fail := func(err error) {
-		if err != nil {
-			cancel(err)
-		}
-	}
 	h := sha512.New()
-	var tarSize int64
-	wg.Add(2 + cfg.jobs)
-	go func() { defer wg.Done(); tarSize = b.hash(h) }()
-	go func() { defer wg.Done(); fail(b.sink()) }()
-	for i := 0; i < cfg.jobs; i++ {
-		go func() { defer wg.Done(); fail(b.compressLoop()) }()
+	mcfg := gzmember.Config{Compression: cfg.compression, Level: cfg.level, Jobs: max(1, cfg.jobs), Tap: h}
+	mw, err := gzmember.NewWriter(ctx, w, mcfg)
+	if err != nil {
+		return nil, err
 	}
-	perr := b.produce(img, mjson, farm)
-	close(b.work)
-	close(b.hashQ)
-	close(b.sinkQ)
-	fail(perr)
-	wg.Wait()
+	b := &builder{
+		cfg:    cfg,
+		mw:     mw,
+		format: FormatVersion + "\x00" + mcfg.MemberFormat(),
+		done:   Progress{TotalStorePaths: len(img.Closure.Paths), TotalBytes: img.Closure.NarSize()},
+	}
+	var sizes gzmember.Totals
+	if err = b.produce(img, mjson, farm); err != nil {
+		err = mw.Abort(err)
+	} else {
+		sizes, err = mw.Close()
+	}
 	for _, f := range b.frags {
-		if f.w != nil {
-			f.w.abort()
-			f.w = nil
-		}
-		f.closeOld()
+		f.Close()
 	}
-	b.recycle()
-	if err := context.Cause(ctx); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	return &Result{
 		ImageID:     "sha512-" + hex.EncodeToString(h.Sum(nil)),
-		Size:        b.out.n,
-		TarSize:     tarSize,
+		Size:        sizes.Out,
+		TarSize:     sizes.In,
 		StorePaths:  len(img.Closure.Paths),
-		CachedPaths: int(b.cachedPaths.Load()),
+		CachedPaths: b.cachedPaths,
 		Conflicts:   conflicts,
 	}, nil
 }
 
-// A chunk is at most ChunkSize bytes of the tar stream, compressed as one
-// member. Its data returns to the pool once hashed and compressed.
-type chunk struct {
-	data   []byte
-	frag   *fragment   // nil for chunks that are not cached (header, trailer, thin)
-	index  int         // within frag
-	cached *chunkIndex // compressed bytes may be taken from the cache
-	hit    bool        // out holds the cached member, proven by its tag
-	tag    []byte      // the member's tag, when the cache has a key
-	ulen   int         // len(data), kept after data returns to the pool
-	ucrc   uint32      // CRC-32 of data, for cacheable chunks
-	out    *bytes.Buffer
-	done   chan struct{}
-	refs   atomic.Int32
-}
-
-type sinkItem struct {
-	c       *chunk
-	fragEnd *fragment
-}
-
+// builder writes the entries of one archive, in archive order, into the
+// member writer: a segment for the header (manifest, early farm), one per
+// store path (cached when the cache has its members), and one for the
+// rest of the farm and the end-of-archive blocks.
 type builder struct {
-	cfg         config
-	ctx         context.Context
-	free        chan []byte
-	outs        chan *bytes.Buffer
-	work        chan *chunk
-	hashQ       chan *chunk
-	sinkQ       chan sinkItem
-	out         *countWriter
-	total       Progress
-	cachedPaths atomic.Int32
-	// allocated counts the chunk buffers taken from the pool, at most
-	// cap(free); only the producer touches it.
-	allocated int
+	cfg config
+	mw  *gzmember.Writer
+	// format names what a store path's members depend on besides its
+	// contents, for the cache (fragcache.Cache.Fragment).
+	format string
 	// frags are the fragments opened, to close what a failed write left
 	// open (old entries, half-written new ones).
-	frags []*fragment
+	frags []*fragcache.Fragment
 	// entries and nameBytes count the entries written and their names.
 	entries, nameBytes int
+	// done is the progress made; cachedPaths counts the store paths
+	// whose members all came from the cache. The member writer's output
+	// goroutine alone touches them until it is closed.
+	done        Progress
+	cachedPaths int
 }
 
 // countingTar is a tar writer that counts the entries written and
@@ -328,231 +266,10 @@ func (tw countingTar) WriteHeader(hdr *tar.Header) error {
 	return tw.Writer.WriteHeader(hdr)
 }
 
-// Buffers outlive a Write in these pools, so that many small images in a
-// row (the layers of a layered build) cost no more than one large one.
-var (
-	chunkPool = sync.Pool{New: func() any { b := make([]byte, 0, ChunkSize); return &b }}
-	outPool   = sync.Pool{New: func() any { return bytes.NewBuffer(make([]byte, 0, ChunkSize+ChunkSize/8)) }}
-	gzipPools [10]sync.Pool // by level
-)
-
-func getChunkBuf() []byte  { return (*chunkPool.Get().(*[]byte))[:0] }
-func putChunkBuf(b []byte) { b = b[:0]; chunkPool.Put(&b) }
-
-// recycle returns the buffers of a finished Write to the pools.
-func (b *builder) recycle() {
-	for {
-		select {
-		case buf := <-b.free:
-			putChunkBuf(buf)
-		case buf := <-b.outs:
-			outPool.Put(buf)
-		default:
-			return
-		}
-	}
-}
-
-// getOut returns an output buffer. Buffers live as long as the build, so
-// that steady state allocates nothing and memory stays flat.
-func (b *builder) getOut() *bytes.Buffer {
-	select {
-	case buf := <-b.outs:
-		buf.Reset()
-		return buf
-	default:
-		buf := outPool.Get().(*bytes.Buffer)
-		buf.Reset()
-		return buf
-	}
-}
-
-func (b *builder) putOut(buf *bytes.Buffer) {
-	select {
-	case b.outs <- buf:
-	default:
-	}
-}
-
-func (b *builder) release(c *chunk) {
-	if c.refs.Add(-1) == 0 {
-		b.free <- c.data[:0]
-	}
-}
-
-// hash feeds the uncompressed stream, in order, to h.
-func (b *builder) hash(h io.Writer) int64 {
-	var n int64
-	for c := range b.hashQ {
-		h.Write(c.data)
-		n += int64(len(c.data))
-		b.release(c)
-	}
-	return n
-}
-
-// compressLoop compresses chunks, or takes a chunk's cached member when
-// its tag proves it is the member this compression would make (see
-// Cache). Either way what reaches the image is the member a cold build
-// writes: a cache entry altered in any way (member, index, lengths, CRCs,
-// tags) can cost a compression, never other bytes.
-func (b *builder) compressLoop() error {
-	z := compressor{cfg: b.cfg}
-	defer z.release()
-	for c := range b.work {
-		buf := b.getOut()
-		var err error
-		if c.cached != nil {
-			c.tag, c.hit = c.frag.readCached(c.index, buf)
-			if !c.hit {
-				c.frag.dirty.Store(true)
-				buf.Reset()
-			}
-		}
-		if !c.hit {
-			err = z.compress(buf, c.data)
-			if err == nil && c.frag != nil && c.frag.key != nil {
-				c.tag = c.frag.tag(c.index, c.ulen, c.ucrc, buf.Bytes())
-			}
-		}
-		c.out = buf
-		b.release(c)
-		close(c.done)
-		if err != nil {
-			return fmt.Errorf("compressing: %w", err)
-		}
-	}
-	return nil
-}
-
-// compressor compresses chunks into members, reusing its gzip state.
-type compressor struct {
-	cfg config
-	gz  *gzip.Writer
-}
-
-// release returns the gzip state to its pool.
-func (z *compressor) release() {
-	if z.gz != nil {
-		z.gz.Reset(io.Discard)
-		gzipPools[z.cfg.level].Put(z.gz)
-		z.gz = nil
-	}
-}
-
-func (z *compressor) compress(buf *bytes.Buffer, data []byte) error {
-	switch z.cfg.compression {
-	case Gzip:
-		if z.gz == nil {
-			if w, ok := gzipPools[z.cfg.level].Get().(*gzip.Writer); ok {
-				z.gz = w
-				z.gz.Reset(buf)
-			} else {
-				var err error
-				if z.gz, err = gzip.NewWriterLevel(buf, z.cfg.level); err != nil {
-					return err
-				}
-			}
-		} else {
-			z.gz.Reset(buf)
-		}
-		start := buf.Len()
-		z.gz.Header.Extra = memberExtra
-		if _, err := z.gz.Write(data); err != nil {
-			return err
-		}
-		if err := z.gz.Close(); err != nil {
-			return err
-		}
-		patchMemberLength(buf.Bytes()[start:])
-		return nil
-	case Xz:
-		xw, err := xz.NewWriter(buf)
-		if err != nil {
-			return err
-		}
-		if _, err := xw.Write(data); err != nil {
-			return err
-		}
-		return xw.Close()
-	}
-	_, err := buf.Write(data)
-	return err
-}
-
-// sink writes compressed chunks in order to the output and to the cache.
-func (b *builder) sink() error {
-	var done Progress = b.total
-	done.StorePaths, done.Bytes = 0, 0
-	var failed error
-	for it := range b.sinkQ {
-		if failed != nil {
-			// Drain so the producer never blocks; release what we hold.
-			if it.c != nil {
-				if it.c.done != nil {
-					<-it.c.done
-				}
-				b.releaseSink(it.c)
-			}
-			continue
-		}
-		if f := it.fragEnd; f != nil {
-			f.end()
-			if f.cacheHit {
-				b.cachedPaths.Add(1)
-			}
-			done.StorePaths++
-			done.Bytes += f.narSize
-			if b.cfg.progress != nil {
-				b.cfg.progress(done)
-			}
-			continue
-		}
-		if err := b.sinkChunk(it.c); err != nil {
-			failed = err
-			b.releaseSink(it.c)
-			continue
-		}
-		b.releaseSink(it.c)
-	}
-	return failed
-}
-
-func (b *builder) releaseSink(c *chunk) {
-	if c.out != nil {
-		b.putOut(c.out)
-		c.out = nil
-	}
-	if b.cfg.compression == None {
-		b.release(c) // the sink held the data for these
-	}
-}
-
-func (b *builder) sinkChunk(c *chunk) error {
-	var payload []byte
-	switch {
-	case b.cfg.compression == None:
-		payload = c.data
-	default:
-		<-c.done
-		if c.out == nil {
-			return errors.New("compression failed")
-		}
-		payload = c.out.Bytes()
-	}
-	if _, err := b.out.Write(payload); err != nil {
-		return fmt.Errorf("writing archive: %w", err)
-	}
-	if c.frag != nil {
-		b.record(c, payload, c.hit)
-	}
-	return nil
-}
-
-// produce walks the image in archive order and feeds chunks to the rest.
+// produce walks the image in archive order and writes it to the member
+// writer, cutting a segment around each store path.
 func (b *builder) produce(img Image, mjson []byte, farm []farmEntry) error {
-	cw := &chunker{b: b}
-	tw := countingTar{tar.NewWriter(cw), b}
+	tw := countingTar{tar.NewWriter(b.mw), b}
 	mt := b.cfg.modTime
 	if err := tw.WriteHeader(&tar.Header{Name: "manifest", Mode: 0o644, Size: int64(len(mjson)), ModTime: mt, Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
 		return err
@@ -581,138 +298,70 @@ func (b *builder) produce(img Image, mjson []byte, farm []farmEntry) error {
 				return err
 			}
 		}
-		if err := cw.flushSegment(tw.Writer, nil); err != nil {
+		if err := b.cut(tw); err != nil {
 			return err
 		}
 		for _, p := range img.Closure.Paths {
-			b.sinkQ <- sinkItem{fragEnd: &fragment{narSize: p.NarSize}}
+			b.pathDone(p, nil)
 		}
 	} else {
-		if err := cw.flushSegment(tw.Writer, nil); err != nil {
+		if err := b.cut(tw); err != nil {
 			return err
 		}
 		copyBuf := make([]byte, 256<<10)
 		for _, p := range img.Closure.Paths {
-			f := b.openFragment(p)
-			b.frags = append(b.frags, f)
-			tw = countingTar{tar.NewWriter(cw), b}
-			cw.frag = f
-			err := writeTree(tw, p.Path, copyBuf)
-			if err == nil {
-				err = cw.flushSegment(tw.Writer, f)
+			// Each store path is a segment of its own: its members
+			// depend on its bytes alone, and may be cached.
+			var st gzmember.Store
+			f := b.cfg.cache.Fragment(b.format, p)
+			if f != nil {
+				b.frags = append(b.frags, f)
+				st = f
 			}
-			if err != nil {
-				f.closeOld()
+			if err := b.mw.Begin(st); err != nil {
 				return err
 			}
+			tw = countingTar{tar.NewWriter(b.mw), b}
+			if err := writeTree(tw, p.Path, copyBuf); err != nil {
+				return err
+			}
+			if err := b.cut(tw); err != nil {
+				return err
+			}
+			b.pathDone(p, f)
 		}
 	}
-	tw = countingTar{tar.NewWriter(cw), b}
+	tw = countingTar{tar.NewWriter(b.mw), b}
 	for ; i < len(farm); i++ {
 		if err := writeFarmEntry(tw, farm[i], mt); err != nil {
 			return err
 		}
 	}
-	if err := tw.Close(); err != nil { // end-of-archive blocks
+	return tw.Close() // end-of-archive blocks
+}
+
+// cut ends a tar segment (padding its last entry) and the member
+// writer's segment with it.
+func (b *builder) cut(tw countingTar) error {
+	if err := tw.Flush(); err != nil {
 		return err
 	}
-	return cw.flushSegment(nil, nil)
+	return b.mw.Cut()
 }
 
-// chunker cuts the tar stream into chunks and hands each to the hasher,
-// the compressors and the sink.
-type chunker struct {
-	b    *builder
-	buf  []byte
-	frag *fragment
-	n    int // chunks of the current fragment
-}
-
-func (cw *chunker) Write(p []byte) (int, error) {
-	total := len(p)
-	for len(p) > 0 {
-		if cw.buf == nil {
-			select {
-			case cw.buf = <-cw.b.free:
-			default:
-				if cw.b.allocated < cap(cw.b.free) {
-					cw.b.allocated++
-					cw.buf = getChunkBuf()
-					break
-				}
-				select {
-				case cw.buf = <-cw.b.free:
-				case <-cw.b.ctx.Done():
-					return 0, context.Cause(cw.b.ctx)
-				}
-			}
+// pathDone reports progress once store path p (cached in f, if not nil)
+// is in the archive.
+func (b *builder) pathDone(p nixstore.PathInfo, f *fragcache.Fragment) {
+	b.mw.Then(func() {
+		if f != nil && f.Hit() {
+			b.cachedPaths++
 		}
-		k := copy(cw.buf[len(cw.buf):cap(cw.buf)], p)
-		cw.buf = cw.buf[:len(cw.buf)+k]
-		p = p[k:]
-		if len(cw.buf) == cap(cw.buf) {
-			if err := cw.emit(); err != nil {
-				return total - len(p), err
-			}
+		b.done.StorePaths++
+		b.done.Bytes += p.NarSize
+		if b.cfg.progress != nil {
+			b.cfg.progress(b.done)
 		}
-	}
-	return total, nil
-}
-
-func (cw *chunker) emit() error {
-	b := cw.b
-	c := &chunk{data: cw.buf, frag: cw.frag, index: cw.n, ulen: len(cw.buf)}
-	cw.buf = nil
-	cw.n++
-	if f := c.frag; f != nil {
-		if f.file != "" {
-			c.ucrc = crc(c.data)
-			c.cached = f.match(c.index, c.ulen, c.ucrc)
-		}
-	}
-	c.refs.Store(2) // hasher, and compressor or sink
-	if err := b.ctx.Err(); err != nil {
-		return context.Cause(b.ctx)
-	}
-	b.hashQ <- c
-	if b.cfg.compression != None {
-		c.done = make(chan struct{})
-		b.work <- c
-	}
-	b.sinkQ <- sinkItem{c: c}
-	return nil
-}
-
-// flushSegment ends a tar segment (padding its last entry) and emits its
-// last, possibly short, chunk, so that chunks never span two segments.
-func (cw *chunker) flushSegment(tw *tar.Writer, f *fragment) error {
-	if tw != nil {
-		if err := tw.Flush(); err != nil {
-			return err
-		}
-	}
-	if len(cw.buf) > 0 {
-		if err := cw.emit(); err != nil {
-			return err
-		}
-	}
-	if f != nil {
-		f.chunks = cw.n
-		cw.b.sinkQ <- sinkItem{fragEnd: f}
-	}
-	cw.frag, cw.n = nil, 0
-	return nil
-}
-
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
+	})
 }
 
 func writeDir(tw countingTar, name string, mt time.Time) error {
@@ -942,6 +591,3 @@ func writeFile(tw countingTar, hdr *tar.Header, e storeEntry, copyBuf []byte) er
 	}
 	return nil
 }
-
-// crc is the checksum used to match chunks with cache entries.
-func crc(b []byte) uint32 { return crc32.ChecksumIEEE(b) }

@@ -11,64 +11,17 @@ import (
 	"strings"
 	"testing"
 
-	appcaci "github.com/appc/spec/aci"
-
 	"github.com/nix2aci/nix2aci/aci"
-	"github.com/nix2aci/nix2aci/manifest"
+	"github.com/nix2aci/nix2aci/aci/acitest"
 	"github.com/nix2aci/nix2aci/nixstore"
 	"github.com/nix2aci/nix2aci/nixstore/nixtest"
 )
 
-// image returns an Image of root's closure with root as the one package.
-func image(t testing.TB, root string, thin bool) aci.Image {
-	t.Helper()
-	g, err := nixstore.Closure(context.Background(), []string{root})
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec := manifest.Spec{Name: "example.com/test", Version: "1.0", System: "x86_64-linux", Exec: []string{"/bin/hello"}}
-	if thin {
-		spec.Mounts = manifest.StoreMounts(g.StorePaths())
-	}
-	im, err := manifest.New(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return aci.Image{Manifest: im, Closure: g, Packages: []string{root}, Thin: thin}
-}
-
-// write writes img to a file in a new directory and checks it with appc's
-// validator, returning the file's bytes.
-func write(t *testing.T, img aci.Image, opts ...aci.Option) ([]byte, *aci.Result) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "x.aci")
-	res, err := aci.WriteFile(context.Background(), path, img, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if int64(len(b)) != res.Size {
-		t.Errorf("Result.Size = %d, file has %d bytes", res.Size, len(b))
-	}
-	d, _, err := aci.Decompress(bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := appcaci.ValidateArchive(tar.NewReader(d)); err != nil {
-		t.Fatalf("appc's validator rejects the archive: %v", err)
-	}
-	info, err := aci.Inspect(bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.ImageID != res.ImageID {
-		t.Errorf("Write says image ID %s, reading back gives %s", res.ImageID, info.ImageID)
-	}
-	return b, res
-}
+// image and write are the helpers the cache's tests use too.
+var (
+	image = acitest.Image
+	write = acitest.Write
+)
 
 func entries(t *testing.T, b []byte) []*tar.Header {
 	t.Helper()
@@ -163,73 +116,6 @@ func TestDeterministic(t *testing.T) {
 	b, _ := write(t, img, aci.WithJobs(1))
 	if !bytes.Equal(a, b) {
 		t.Error("two builds of the same closure differ")
-	}
-}
-
-func TestCacheGivesIdenticalArchives(t *testing.T) {
-	root := nixtest.Build(t, `mk "big-1.0" "mkdir -p $out/share; seq 1 600000 > $out/share/numbers; seq 5 900000 > $out/share/more"`)
-	img := image(t, root, false)
-	cold, _ := write(t, img)
-	cache := openCache(t, true)
-	first, res := write(t, img, aci.WithCache(cache))
-	if res.CachedPaths != 0 || !bytes.Equal(first, cold) {
-		t.Fatalf("filling the cache: %d cached paths, identical to no-cache build: %v", res.CachedPaths, bytes.Equal(first, cold))
-	}
-	warm, res := write(t, img, aci.WithCache(cache))
-	if res.CachedPaths != 1 {
-		t.Errorf("second build used %d cached paths, want 1", res.CachedPaths)
-	}
-	if !bytes.Equal(warm, cold) {
-		t.Error("the cached build differs from the cold build")
-	}
-	entry := cacheEntries(t, cache)[0]
-	good, _ := os.ReadFile(entry)
-
-	damage := map[string]func([]byte) []byte{
-		"flipped byte in the second member": func(b []byte) []byte { b = bytes.Clone(b); b[len(b)/2] ^= 0xff; return b },
-		"truncated":                         func(b []byte) []byte { return b[:len(b)/3] },
-		"empty":                             func([]byte) []byte { return nil },
-		"index of another path":             func(b []byte) []byte { return bytes.Replace(b, []byte("big-1.0"), []byte("big-1.1"), 1) },
-	}
-	for name, f := range damage {
-		t.Run(name, func(t *testing.T) {
-			if err := os.WriteFile(entry, f(good), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			got, res := write(t, img, aci.WithCache(cache))
-			if !bytes.Equal(got, cold) {
-				t.Fatal("a damaged cache entry changed the archive")
-			}
-			if res.CachedPaths != 0 {
-				t.Errorf("a damaged entry counted as a cache hit")
-			}
-			if now, _ := os.ReadFile(entry); !bytes.Equal(now, good) {
-				t.Error("the damaged entry was not rewritten")
-			}
-		})
-	}
-}
-
-func cacheEntries(t *testing.T, c *aci.Cache) []string {
-	t.Helper()
-	files, err := filepath.Glob(filepath.Join(c.Dir(), "*", "*.frag"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no cache entries in %s", c.Dir())
-	}
-	return files
-}
-
-func TestCacheGC(t *testing.T) {
-	img := image(t, nixtest.Hello(t), false)
-	cache := openCache(t, true)
-	write(t, img, aci.WithCache(cache))
-	res, err := cache.GC(1 << 30)
-	if err != nil || res.Entries != 3 || res.Removed != 0 {
-		t.Fatalf("GC with room: %+v, %v", res, err)
-	}
-	res, err = cache.GC(0)
-	if err != nil || res.Entries != 0 || res.Removed != 3 || res.Bytes != 0 {
-		t.Fatalf("GC to zero: %+v, %v", res, err)
 	}
 }
 

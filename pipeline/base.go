@@ -17,6 +17,7 @@ import (
 
 	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/fetch"
+	"github.com/nix2aci/nix2aci/fragcache"
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
@@ -36,7 +37,7 @@ const maxBasePaths = 100000
 // there is proven (its tag verifies under cache's key and the file is as
 // recorded: the image was written by this key's holder); otherwise the
 // whole archive is read, validated and hashed.
-func LoadBase(ctx context.Context, file string, cache *aci.Cache) (*Base, error) {
+func LoadBase(ctx context.Context, file string, cache *fragcache.Cache) (*Base, error) {
 	var near []string
 	if fi, err := os.Stat(file); err == nil && fi.IsDir() {
 		// A buildLayer output: its one image, and the files of the
@@ -143,7 +144,7 @@ func sameImage(e indexEntry, m *schema.ImageManifest) bool {
 
 // proven returns the entry of dir/name when its tag verifies under
 // cache's key and the file is as recorded, whatever it was written from.
-func (idx *layerIndex) proven(dir, name string, cache *aci.Cache) (indexEntry, bool) {
+func (idx *layerIndex) proven(dir, name string, cache *fragcache.Cache) (indexEntry, bool) {
 	e, ok := idx.Layers[name]
 	if !ok {
 		return e, false
@@ -296,7 +297,7 @@ type loaded struct {
 
 // loadImage reads file's manifest and image ID: the ID from a proven
 // layer index entry beside it, else by reading the whole archive.
-func loadImage(ctx context.Context, file string, cache *aci.Cache) (*loaded, error) {
+func loadImage(ctx context.Context, file string, cache *fragcache.Cache) (*loaded, error) {
 	f, err := OpenImage(file)
 	if err != nil {
 		return nil, err

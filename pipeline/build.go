@@ -15,6 +15,7 @@ import (
 
 	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/fetch"
+	"github.com/nix2aci/nix2aci/fragcache"
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
@@ -61,10 +62,10 @@ type Request struct {
 	CacheDir string
 	CacheMax int64
 	// CacheKey is the file of the key that tags cache entries: a warm
-	// build takes only members whose tags verify (see aci.Cache). It is
+	// build takes only members whose tags verify (see fragcache.Cache). It is
 	// created when missing. "" for none: the cache is then not used.
 	CacheKey string
-	// CacheKeyValue is the key itself (aci.CacheKeySize bytes, e.g. from
+	// CacheKeyValue is the key itself (fragcache.CacheKeySize bytes, e.g. from
 	// a CI secret), used instead of CacheKey's file and written nowhere.
 	CacheKeyValue []byte
 	// GroupOnly, when set, writes no app: only the layer group image of
@@ -220,7 +221,7 @@ func Build(ctx context.Context, r Request) (*Result, error) {
 type build struct {
 	Request
 	st    *outdir.Stage
-	cache *aci.Cache
+	cache *fragcache.Cache
 	opts  []aci.Option
 	// names are the staged files to move into place, stale the old files
 	// to remove; layersWritten what to record in the layer index.
@@ -475,7 +476,7 @@ func (b *build) openCache() error {
 		return nil
 	}
 	var err error
-	if b.cache, err = aci.OpenCache(b.CacheDir); err != nil {
+	if b.cache, err = fragcache.OpenCache(b.CacheDir); err != nil {
 		b.Warn(fmt.Sprintf("%v; building without the cache", err))
 		return nil
 	}

@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/fragcache"
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
@@ -191,7 +192,7 @@ func DefaultLayerPrefix(appName string) string {
 //
 // The index is input like any file in the output directory: whoever can
 // write the directory can edit it. Each entry therefore carries a tag
-// under the cache key (aci.Cache.TagRecord) over everything it claims:
+// under the cache key (fragcache.Cache.TagRecord) over everything it claims:
 // the file's name and stat data, the layer's name and labels, a digest of
 // what determines its bytes (its store paths with their NAR hashes, the
 // compression and level), its image ID and size, and its signature's
@@ -225,8 +226,9 @@ type indexEntry struct {
 	Tag      string   `json:"tag"` // hex HMAC under the cache key of file and the rest
 }
 
-// recordTagKind names the layer index's tags (aci.Cache.TagRecord).
-const recordTagKind = "layer index"
+// recordTagKind names the layer index's tags (fragcache.Cache.TagRecord),
+// bound to the format of the images it records.
+const recordTagKind = aci.FormatVersion + "\x00" + "layer index"
 
 // message is what an entry's tag covers: the file's name and every field
 // but the tag.
@@ -314,7 +316,7 @@ func isPlainACIName(name string) bool {
 // inputs), and, when signer is not empty, for a signature of it by that
 // key. The entry's tag must verify under cache's key: without a key,
 // nothing is reusable.
-func (idx *layerIndex) reusable(dir, name string, want indexEntry, signer string, cache *aci.Cache) (indexEntry, bool) {
+func (idx *layerIndex) reusable(dir, name string, want indexEntry, signer string, cache *fragcache.Cache) (indexEntry, bool) {
 	e, ok := idx.proven(dir, name, cache)
 	if !ok {
 		return e, false
@@ -337,7 +339,7 @@ func (idx *layerIndex) reusable(dir, name string, want indexEntry, signer string
 // under cache's key, re-reading the index on disk first (another build
 // may have added to it) and replacing it atomically. Without a key it
 // records nothing. The caller holds dir's lock.
-func recordLayers(dir string, written map[string]indexEntry, cache *aci.Cache) error {
+func recordLayers(dir string, written map[string]indexEntry, cache *fragcache.Cache) error {
 	if _, ok := cache.TagRecord(recordTagKind, nil); !ok {
 		return nil
 	}

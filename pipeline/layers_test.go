@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/fragcache"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
 )
@@ -126,9 +127,9 @@ func TestLayerNames(t *testing.T) {
 }
 
 // keyedCache returns a cache whose key tags layer index entries.
-func keyedCache(t testing.TB) *aci.Cache {
+func keyedCache(t testing.TB) *fragcache.Cache {
 	t.Helper()
-	c, err := aci.OpenCache(filepath.Join(t.TempDir(), "cache"))
+	c, err := fragcache.OpenCache(filepath.Join(t.TempDir(), "cache"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +180,7 @@ func TestLayerIndexEntriesAreProven(t *testing.T) {
 	id := "sha512-" + strings.Repeat("0", 128)
 	cache := keyedCache(t)
 	want := indexEntry{Name: "example.com/nix/l", Version: "v", OS: "linux", Arch: "amd64", Inputs: layerInputs("gzip", 6, []nixstore.PathInfo{{Path: sp("l"), NarHash: "00"}}, nil)}
-	record := func(c *aci.Cache) {
+	record := func(c *fragcache.Cache) {
 		os.Remove(filepath.Join(dir, indexFile))
 		e := want
 		e.ImageID, e.Size = id, 5
@@ -187,7 +188,7 @@ func TestLayerIndexEntriesAreProven(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	reusable := func(w indexEntry, signer string, c *aci.Cache) bool {
+	reusable := func(w indexEntry, signer string, c *fragcache.Cache) bool {
 		_, ok := readIndex(dir).reusable(dir, "l.aci", w, signer, c)
 		return ok
 	}

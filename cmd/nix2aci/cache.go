@@ -11,12 +11,12 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/fragcache"
 )
 
 func cacheCommand() *cli.Command {
 	dirFlag := &cli.StringFlag{Name: "cache-dir", Usage: "cache `DIR` (default $XDG_CACHE_HOME/nix2aci or ~/.cache/nix2aci)"}
-	open := func(c *cli.Context) (*aci.Cache, error) {
+	open := func(c *cli.Context) (*fragcache.Cache, error) {
 		dir := c.String("cache-dir")
 		if dir == "" {
 			dir = defaultCacheDir()
@@ -24,7 +24,7 @@ func cacheCommand() *cli.Command {
 		if dir == "" {
 			return nil, usagef("no cache directory: pass --cache-dir or set HOME")
 		}
-		return aci.OpenCache(dir)
+		return fragcache.OpenCache(dir)
 	}
 	return &cli.Command{
 		Name:  "cache",
@@ -103,8 +103,8 @@ func cacheKeyFrom(c *cli.Context, hexKey string) (file string, key []byte, err e
 		if file != "" {
 			return "", nil, usagef("both %s and %s are set: give the path of the key file, or the key itself, not both", source, cacheKeyHexEnv)
 		}
-		if key, err = aci.ParseCacheKey(hexKey); err != nil {
-			return "", nil, usagef("%s must hold the cache key itself: %d hex digits, which it does not (its value is not shown)", cacheKeyHexEnv, 2*aci.CacheKeySize)
+		if key, err = fragcache.ParseCacheKey(hexKey); err != nil {
+			return "", nil, usagef("%s must hold the cache key itself: %d hex digits, which it does not (its value is not shown)", cacheKeyHexEnv, 2*fragcache.CacheKeySize)
 		}
 		return "", key, nil
 	}
@@ -121,7 +121,7 @@ func cacheKeyFrom(c *cli.Context, hexKey string) (file string, key []byte, err e
 // directory), so no secret ever becomes a file name.
 func checkKeyPath(v, source string) error {
 	const fix = "it must be the path of a file holding the cache key (made there if missing, e.g. ./cache-key); to pass the key itself, use " + cacheKeyHexEnv + "; its value is not shown"
-	if _, err := aci.ParseCacheKey(v); err == nil {
+	if _, err := fragcache.ParseCacheKey(v); err == nil {
 		msg := fmt.Sprintf("%s must be the path of a file holding the cache key, not the key itself: put the key in a file (chmod 600) and give its path, or pass the key in %s; its value is not shown", source, cacheKeyHexEnv)
 		if _, err := os.Lstat(v); err == nil {
 			msg += "; a file named after it here, which an earlier nix2aci made holding a new key, is no key of yours: remove it"

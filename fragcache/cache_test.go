@@ -1,4 +1,4 @@
-package aci_test
+package fragcache_test
 
 import (
 	"bytes"
@@ -19,6 +19,8 @@ import (
 	"github.com/klauspost/compress/gzip"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/aci/acitest"
+	"github.com/nix2aci/nix2aci/fragcache"
 	"github.com/nix2aci/nix2aci/nixstore/nixtest"
 )
 
@@ -36,10 +38,16 @@ func TestCacheEntryWithOtherDeflateDataNeverReachesAnImage(t *testing.T) {
 	forgeFirstMember(t, img, openCache(t, true), cold, coldRes)
 }
 
+// image and write build and write images as aci's tests do.
+var (
+	image = acitest.Image
+	write = acitest.Write
+)
+
 // openCache opens a new cache, with a key of its own when withKey.
-func openCache(t *testing.T, withKey bool) *aci.Cache {
+func openCache(t *testing.T, withKey bool) *fragcache.Cache {
 	t.Helper()
-	cache, err := aci.OpenCache(t.TempDir())
+	cache, err := fragcache.OpenCache(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +65,7 @@ type entryFixture struct {
 	img     aci.Image
 	cold    []byte
 	coldRes *aci.Result
-	cache   *aci.Cache
+	cache   *fragcache.Cache
 	entry   string
 	members []byte
 	idx     entryIndex
@@ -108,7 +116,7 @@ func joinEntry(members []byte, idx entryIndex) []byte {
 	return append(out, foot[:]...)
 }
 
-func forgeFirstMember(t *testing.T, img aci.Image, cache *aci.Cache, cold []byte, coldRes *aci.Result) {
+func forgeFirstMember(t *testing.T, img aci.Image, cache *fragcache.Cache, cold []byte, coldRes *aci.Result) {
 	write(t, img, aci.WithCache(cache))
 	entry := cacheEntries(t, cache)[0]
 	raw, err := os.ReadFile(entry)
@@ -169,7 +177,7 @@ func TestCacheGCRemovesOnlyItsOwnEntries(t *testing.T) {
 	}
 	old := time.Now().Add(-2 * time.Hour)
 	os.Chtimes(filepath.Join(other, ".tmp-mine"), old, old)
-	if _, err := aci.OpenCache(other); err == nil || !strings.Contains(err.Error(), "is not a nix2aci cache") {
+	if _, err := fragcache.OpenCache(other); err == nil || !strings.Contains(err.Error(), "is not a nix2aci cache") {
 		t.Errorf("OpenCache of another directory: %v", err)
 	}
 	for _, f := range []string{"photo.frag", "ab/notes.frag", ".tmp-mine"} {
@@ -217,7 +225,7 @@ func TestCacheTagsAreTheOnlyProof(t *testing.T) {
 	root := nixtest.Build(t, `mk "tagged-1.0" "mkdir -p $out/share; seq 1 400000 > $out/share/numbers; seq 5 500000 > $out/share/more"`)
 	img := image(t, root, false)
 	cold, _ := write(t, img)
-	build := func(cache *aci.Cache) (hits int) {
+	build := func(cache *fragcache.Cache) (hits int) {
 		t.Helper()
 		got, res := write(t, img, aci.WithCache(cache))
 		if !bytes.Equal(got, cold) {
@@ -225,9 +233,9 @@ func TestCacheTagsAreTheOnlyProof(t *testing.T) {
 		}
 		return res.CachedPaths
 	}
-	withKey := func(dir string) *aci.Cache {
+	withKey := func(dir string) *fragcache.Cache {
 		t.Helper()
-		c, err := aci.OpenCache(dir)
+		c, err := fragcache.OpenCache(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -251,7 +259,7 @@ func TestCacheTagsAreTheOnlyProof(t *testing.T) {
 	if files, _ := filepath.Glob(filepath.Join(plain.Dir(), "*", "*.frag")); len(files) != 0 {
 		t.Errorf("a build without a key wrote %d entries", len(files))
 	}
-	keyless, _ := aci.OpenCache(keyed.Dir())
+	keyless, _ := fragcache.OpenCache(keyed.Dir())
 	if hits := build(keyless); hits != 0 {
 		t.Errorf("a build without a key took %d cached paths", hits)
 	}
@@ -317,7 +325,7 @@ func TestCacheTagsBindTheirChunk(t *testing.T) {
 // made private, never read from inside the cache, nor when others can
 // read it, nor when it is no key; a FIFO is refused at once.
 func TestCacheKeyFile(t *testing.T) {
-	cache, _ := aci.OpenCache(t.TempDir())
+	cache, _ := fragcache.OpenCache(t.TempDir())
 	dir := filepath.Join(t.TempDir(), "config", "nix2aci")
 	file := filepath.Join(dir, "cache-key")
 	created, err := cache.LoadKey(file)
@@ -372,10 +380,10 @@ func TestCacheKeyFile(t *testing.T) {
 	if err := cache.UseKey([]byte("short")); err == nil {
 		t.Error("UseKey took a 5-byte key")
 	}
-	if _, err := aci.ParseCacheKey("hunter2-hunter2"); err == nil || strings.Contains(err.Error(), "hunter2") {
+	if _, err := fragcache.ParseCacheKey("hunter2-hunter2"); err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Errorf("ParseCacheKey of no key: %v", err)
 	}
-	if key, err := aci.ParseCacheKey(string(first)); err != nil || len(key) != aci.CacheKeySize || cache.UseKey(key) != nil {
+	if key, err := fragcache.ParseCacheKey(string(first)); err != nil || len(key) != fragcache.CacheKeySize || cache.UseKey(key) != nil {
 		t.Errorf("ParseCacheKey of a key file's contents: %v", err)
 	}
 	fifo := filepath.Join(t.TempDir(), "fifo")
@@ -599,7 +607,7 @@ func TestCacheTakesOnlyMembersThisBuildWouldWrite(t *testing.T) {
 				cache := fx.cache
 				if !withKey {
 					var err error
-					if cache, err = aci.OpenCache(filepath.Dir(filepath.Dir(fx.entry))); err != nil {
+					if cache, err = fragcache.OpenCache(filepath.Dir(filepath.Dir(fx.entry))); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -756,11 +764,78 @@ func TestCacheEntryBoundFitsTheWorstStorePaths(t *testing.T) {
 		tarSize += int64(c.U)
 	}
 	nar := fx.img.Closure.Paths[0].NarSize
-	t.Logf("tar fragment %d bytes for %d bytes of NAR (%.1f times); %d chunks, at most %d", tarSize, nar, float64(tarSize)/float64(nar), len(fx.idx.Chunks), aci.MaxEntryChunks(nar))
+	t.Logf("tar fragment %d bytes for %d bytes of NAR (%.1f times); %d chunks, at most %d", tarSize, nar, float64(tarSize)/float64(nar), len(fx.idx.Chunks), fragcache.MaxEntryChunks(nar))
 	if float64(tarSize) < 40*float64(nar) {
 		t.Fatalf("the fixture's tar is only %.1f times its NAR: not a worst case", float64(tarSize)/float64(nar))
 	}
 	if got, res := write(t, fx.img, aci.WithCache(fx.cache)); res.CachedPaths != 1 || !bytes.Equal(got, fx.cold) {
 		t.Errorf("warm build: %d hits, identical %v; want a hit with the cold bytes", res.CachedPaths, bytes.Equal(got, fx.cold))
+	}
+}
+
+func TestCacheGivesIdenticalArchives(t *testing.T) {
+	root := nixtest.Build(t, `mk "big-1.0" "mkdir -p $out/share; seq 1 600000 > $out/share/numbers; seq 5 900000 > $out/share/more"`)
+	img := image(t, root, false)
+	cold, _ := write(t, img)
+	cache := openCache(t, true)
+	first, res := write(t, img, aci.WithCache(cache))
+	if res.CachedPaths != 0 || !bytes.Equal(first, cold) {
+		t.Fatalf("filling the cache: %d cached paths, identical to no-cache build: %v", res.CachedPaths, bytes.Equal(first, cold))
+	}
+	warm, res := write(t, img, aci.WithCache(cache))
+	if res.CachedPaths != 1 {
+		t.Errorf("second build used %d cached paths, want 1", res.CachedPaths)
+	}
+	if !bytes.Equal(warm, cold) {
+		t.Error("the cached build differs from the cold build")
+	}
+	entry := cacheEntries(t, cache)[0]
+	good, _ := os.ReadFile(entry)
+
+	damage := map[string]func([]byte) []byte{
+		"flipped byte in the second member": func(b []byte) []byte { b = bytes.Clone(b); b[len(b)/2] ^= 0xff; return b },
+		"truncated":                         func(b []byte) []byte { return b[:len(b)/3] },
+		"empty":                             func([]byte) []byte { return nil },
+		"index of another path":             func(b []byte) []byte { return bytes.Replace(b, []byte("big-1.0"), []byte("big-1.1"), 1) },
+	}
+	for name, f := range damage {
+		t.Run(name, func(t *testing.T) {
+			if err := os.WriteFile(entry, f(good), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			got, res := write(t, img, aci.WithCache(cache))
+			if !bytes.Equal(got, cold) {
+				t.Fatal("a damaged cache entry changed the archive")
+			}
+			if res.CachedPaths != 0 {
+				t.Errorf("a damaged entry counted as a cache hit")
+			}
+			if now, _ := os.ReadFile(entry); !bytes.Equal(now, good) {
+				t.Error("the damaged entry was not rewritten")
+			}
+		})
+	}
+}
+
+func cacheEntries(t *testing.T, c *fragcache.Cache) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(c.Dir(), "*", "*.frag"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no cache entries in %s", c.Dir())
+	}
+	return files
+}
+
+func TestCacheGC(t *testing.T) {
+	img := image(t, nixtest.Hello(t), false)
+	cache := openCache(t, true)
+	write(t, img, aci.WithCache(cache))
+	res, err := cache.GC(1 << 30)
+	if err != nil || res.Entries != 3 || res.Removed != 0 {
+		t.Fatalf("GC with room: %+v, %v", res, err)
+	}
+	res, err = cache.GC(0)
+	if err != nil || res.Entries != 0 || res.Removed != 3 || res.Bytes != 0 {
+		t.Fatalf("GC to zero: %+v, %v", res, err)
 	}
 }

@@ -1,4 +1,4 @@
-package aci
+package fragcache
 
 import (
 	"bytes"

@@ -1,9 +1,11 @@
-package aci
+package fragcache
 
 import (
 	"bytes"
 	"encoding/binary"
 	"testing"
+
+	"github.com/nix2aci/nix2aci/gzmember"
 )
 
 // A cache entry is data from disk: any bytes must parse to an error or to
@@ -33,7 +35,7 @@ func FuzzParseEntry(f *testing.F) {
 		}
 		var total int64
 		for i, c := range e.Chunks {
-			if c.off != total || c.C <= 0 || c.C > maxMember || c.U <= 0 || c.U > ChunkSize || c.U != ChunkSize && i != len(e.Chunks)-1 {
+			if c.off != total || c.C <= 0 || c.C > gzmember.MaxMember || c.U <= 0 || c.U > gzmember.ChunkSize || c.U != gzmember.ChunkSize && i != len(e.Chunks)-1 {
 				t.Fatalf("bad chunk accepted: %+v", c)
 			}
 			total += int64(c.C)

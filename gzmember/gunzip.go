@@ -1,4 +1,4 @@
-package aci
+package gzmember
 
 import (
 	"bufio"
@@ -10,7 +10,7 @@ import (
 	"sync"
 )
 
-// Every gzip member Write produces says how long it is, in an extra field
+// Every gzip member a Writer makes says how long it is, in an extra field
 // of its header (RFC 1952 FEXTRA, subfield "N2", 4 bytes little endian: the
 // member's whole length), as BGZF does. Other readers skip the field; ours
 // uses it to find where each member ends without inflating it, and so
@@ -22,7 +22,7 @@ import (
 // GNU tar, rkt) reads. So the fast path proves each claim: the claimed
 // bytes must be exactly one gzip member (header, deflate stream and
 // trailer using every byte, CRC-32 and ISIZE matching), inflating to at
-// most ChunkSize bytes, as every member Write emits does. A claim that is
+// most ChunkSize bytes, as every member a Writer makes does. A claim that is
 // not proven fails the read. What the fast path produces is therefore
 // exactly what compress/gzip reads from the same bytes, or an error;
 // FuzzGunzipMatchesCompressGzip checks this against the standard library.
@@ -30,12 +30,8 @@ var memberExtra = []byte{'N', '2', 4, 0, 0, 0, 0, 0}
 
 const (
 	lengthOffset = 16 // 10-byte header, 2-byte XLEN, 4-byte subfield header
-	// maxMember bounds a member's claimed length: Write's members hold at
-	// most ChunkSize bytes, which deflate never grows by more than a few
-	// bytes per 64 KiB block.
-	maxMember = ChunkSize + ChunkSize/8
 	// maxInflating and maxAhead bound the members held at once, whatever
-	// the core count: at most maxAhead members of at most maxMember
+	// the core count: at most maxAhead members of at most MaxMember
 	// compressed and ChunkSize inflated bytes each.
 	maxInflating = 8
 	maxAhead     = 16
@@ -49,7 +45,7 @@ func patchMemberLength(member []byte) {
 // memberLength returns the length a member header claims, or 0 when the
 // header makes no claim (not our format).
 func memberLength(h []byte) int {
-	// Exactly Write's header: deflate, FEXTRA and no other flag (no name,
+	// Exactly a Writer's header: deflate, FEXTRA and no other flag (no name,
 	// comment or header CRC that two parsers could treat differently).
 	if len(h) < lengthOffset+4 || h[0] != 0x1f || h[1] != 0x8b || h[2] != 8 || h[3] != 0x04 {
 		return 0
@@ -70,11 +66,12 @@ func (e *MemberError) Error() string {
 	return fmt.Sprintf("gzip member at byte %d: %s", e.Offset, e.Reason)
 }
 
-// gunzip returns the uncompressed stream of r, exactly as compress/gzip
+// NewReader returns the uncompressed stream of r, exactly as compress/gzip
 // reads it (all members, in order) or an error. Members that claim their
 // length are inflated in parallel once proven; from the first member that
-// makes no claim, compress/gzip itself reads the rest.
-func gunzip(r *bufio.Reader) (io.ReadCloser, error) {
+// makes no claim, compress/gzip itself reads the rest. Close the reader to
+// stop inflating ahead.
+func NewReader(r *bufio.Reader) (io.ReadCloser, error) {
 	h, _ := r.Peek(lengthOffset + 4)
 	if memberLength(h) == 0 {
 		zr, err := stdgzip.NewReader(r)
@@ -131,8 +128,8 @@ func (p *parallelGunzip) dispatch(r *bufio.Reader, workers int) {
 			close(m.done)
 			p.send(m)
 			return
-		case n < lengthOffset+4+8 || n > maxMember:
-			m.err = &MemberError{Offset: off, Reason: fmt.Sprintf("claims a length of %d bytes, which no member of an ACI written by nix2aci has (at most %d)", n, maxMember)}
+		case n < lengthOffset+4+8 || n > MaxMember:
+			m.err = &MemberError{Offset: off, Reason: fmt.Sprintf("claims a length of %d bytes, which no member of an ACI written by nix2aci has (at most %d)", n, MaxMember)}
 			close(m.done)
 			p.send(m)
 			return

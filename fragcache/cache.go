@@ -1,4 +1,4 @@
-package aci
+package fragcache
 
 import (
 	"bytes"
@@ -9,27 +9,28 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/nix2aci/nix2aci/gzmember"
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/nixstore"
 )
 
 // Cache keeps each store path's compressed members between builds.
 //
-// An entry is one file, named by a hash of the fragment format version, the
-// compressor (klauspost/compress's module version), the compression
-// settings, the store path and its NAR hash:
+// An entry is one file, named by a hash of the format its members are made
+// in (the version of the fragment a writer makes of a store path, the
+// compressor with its version, the compression settings: see Fragment),
+// the store path and its NAR hash:
 //
 //	member bytes of every chunk, in order
 //	index: JSON {storePath, chunks: [{u, uc, c, cc, t}]} (uncompressed and
@@ -55,12 +56,12 @@ import (
 // member, with a payload in its header or stored blocks, inflates the
 // same), and only compressing the chunk again proves the encoding, which
 // is what the cache saves. Without a key the cache is therefore not used
-// (see Write).
+// (Fragment returns nil).
 //
 // Before anything is read, an entry's size and its index's length are
-// checked against the most Write can produce for the store path's NAR
-// size (maxEntryChunks), and an index's chunks must be laid out as Write
-// cuts them.
+// checked against the most a writer can produce for the store path's NAR
+// size (maxEntryChunks), and an index's chunks must be laid out as
+// gzmember's Writer cuts a segment.
 //
 // A truncated, corrupt, oversized or mismatched entry, or one holding a
 // member that is not taken, is rewritten from this build. Entries are
@@ -163,37 +164,20 @@ type entryIndex struct {
 	Chunks    []chunkIndex `json:"chunks"`
 }
 
-func (c *Cache) path(cfg config, p nixstore.PathInfo) string {
+func (c *Cache) path(format string, p nixstore.PathInfo) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%d\x00%d\x00%s\x00%s", formatVersion, compressorVersion(), cfg.compression, cfg.level, ChunkSize, p.Path, p.NarHash)
+	fmt.Fprintf(h, "%s\x00%s\x00%s", format, p.Path, p.NarHash)
 	key := hex.EncodeToString(h.Sum(nil))
 	return filepath.Join(c.dir, key[:2], key+".frag")
 }
 
-// compressorVersion names the gzip compressor this binary was built with:
-// a member cached by one version is not taken by another, whose output for
-// the same chunk and level may differ.
-var compressorVersion = sync.OnceValue(func() string {
-	const mod = "github.com/klauspost/compress"
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, d := range bi.Deps {
-			if d.Path == mod {
-				if d.Replace != nil {
-					d = d.Replace
-				}
-				return mod + "@" + d.Version + " " + d.Sum
-			}
-		}
-	}
-	return mod + "@unknown"
-})
-
-// The most an entry may claim, derived from what Write emits for a store
-// path of a given NAR size. Every entry of a store path is one tar entry:
-// at most a 512-byte header, a PAX header of 512 bytes plus at most 8704
-// bytes of records (a path and a link target, each at most PATH_MAX = 4096
-// bytes, that the kernel lets Write read), and the file's contents padded
-// by at most 511 bytes: 10,239 bytes plus its contents. The NAR holds the
+// The most an entry may claim, derived from what the writer (aci.Write)
+// emits for a store path of a given NAR size. Every entry of a store path
+// is one tar entry: at most a 512-byte header, a PAX header of 512 bytes
+// plus at most 8704 bytes of records (a path and a link target, each at
+// most PATH_MAX = 4096 bytes, that the kernel lets aci.Write read), and
+// the file's contents padded by at most 511 bytes: 10,239 bytes plus its
+// contents. The NAR holds the
 // same contents (padded to 8 bytes), and at least 168 bytes of framing for
 // every entry below the root (a directory entry of "entry", "(", "name", a
 // name, "node", ")" around an object of at least 72 bytes) and 96 for the
@@ -201,42 +185,42 @@ var compressorVersion = sync.OnceValue(func() string {
 // NAR size; 64 times, plus a chunk, bounds it.
 const (
 	tarPerNar = 64
-	// maxChunkJSON bounds one chunk's record in the index as Write
+	// maxChunkJSON bounds one chunk's record in the index as a Fragment
 	// marshals it: {"u":1048576,"uc":4294967295,"c":1179648,
 	// "cc":4294967295,"t":"<64 hex digits>"}, and a comma (129 bytes).
 	maxChunkJSON = 160
 )
 
-// maxEntryChunks is the most chunks Write cuts a store path of narSize
+// maxEntryChunks is the most chunks aci.Write cuts a store path of narSize
 // bytes of NAR into.
 func maxEntryChunks(narSize int64) int64 {
 	if narSize <= 0 || narSize > 1<<50 {
 		return 0
 	}
-	return (tarPerNar*narSize+ChunkSize)/ChunkSize + 1
+	return (tarPerNar*narSize+gzmember.ChunkSize)/gzmember.ChunkSize + 1
 }
 
-// maxIndexLen is the longest index Write makes for chunks chunks of the
+// maxIndexLen is the longest index a Fragment writes for chunks chunks of the
 // store path storePath (JSON escapes a character in at most 6 bytes).
 func maxIndexLen(storePath string, chunks int64) int64 {
 	return 64 + 6*int64(len(storePath)) + chunks*maxChunkJSON
 }
 
-// fragment is the cache state of one store path during a build.
-type fragment struct {
+// Fragment is the cache state of one store path during a build: the
+// gzmember.Store of the store path's segment.
+type Fragment struct {
 	path     string
-	file     string // the entry's name; "" when not caching
+	file     string // the entry's name
 	old      *os.File
 	idx      *entryIndex
 	matched  bool // producer: every chunk so far matched idx
 	dirty    atomic.Bool
 	w        *entryWriter
-	chunks   int   // set by the producer at the end
-	narSize  int64 // for progress
+	chunks   int // set by the sink at the end
 	cacheHit bool
 	readBuf  []byte
 	key      []byte // the cache's key
-	// maxChunks is the most chunks Write cuts this store path into: no
+	// maxChunks is the most chunks a writer cuts this store path into: no
 	// entry that claims more is read, none is written.
 	maxChunks int64
 	// proven is, for each chunk the sink has recorded, whether its member
@@ -252,16 +236,25 @@ type provenMember struct {
 	tag []byte
 }
 
-func (b *builder) openFragment(p nixstore.PathInfo) *fragment {
-	f := &fragment{path: p.Path, narSize: p.NarSize}
-	if b.cfg.cache == nil || b.cfg.cache.key == nil {
-		return f
+// Fragment opens the cache state of store path p for a build whose
+// members are made in format: everything besides the store path's
+// contents that its members depend on (the writer's version of the
+// fragment it makes of a store path, and gzmember.Config.MemberFormat).
+// It returns nil when p is not cached: the cache has no key (no cached
+// member could be proven to be the one the build would write, short of
+// compressing the chunk again, and untagged entries would serve no later
+// build), or p has no NAR size to bound its entry by. Close it when the
+// build is done.
+func (c *Cache) Fragment(format string, p nixstore.PathInfo) *Fragment {
+	if c == nil || c.key == nil {
+		return nil
 	}
+	f := &Fragment{path: p.Path}
 	if f.maxChunks = maxEntryChunks(p.NarSize); f.maxChunks == 0 {
-		return f // no NAR size to bound its entry by: not cached
+		return nil
 	}
-	f.file = b.cfg.cache.path(b.cfg, p)
-	f.key = b.cfg.cache.key
+	f.file = c.path(format, p)
+	f.key = c.key
 	f.old, f.idx = readEntry(f.file, p.Path, f.maxChunks)
 	f.matched = f.idx != nil
 	return f
@@ -293,7 +286,7 @@ func readEntry(file, storePath string, maxChunks int64) (*os.File, *entryIndex) 
 // take, the index's against the most maxChunks records take.
 func parseEntry(fh io.ReaderAt, size int64, storePath string, maxChunks int64) (*entryIndex, error) {
 	maxIndex := maxIndexLen(storePath, maxChunks)
-	if size < 16 || size > 16+maxIndex+maxChunks*maxMember {
+	if size < 16 || size > 16+maxIndex+maxChunks*gzmember.MaxMember {
 		return nil, errors.New("bad size")
 	}
 	var foot [16]byte
@@ -324,8 +317,8 @@ func parseEntry(fh io.ReaderAt, size int64, storePath string, maxChunks int64) (
 	var off int64
 	for i := range idx.Chunks {
 		ci := &idx.Chunks[i]
-		// Write cuts a fragment into full chunks and a last, shorter one.
-		if ci.C <= 0 || ci.C > maxMember || ci.U <= 0 || ci.U > ChunkSize || ci.U != ChunkSize && i != len(idx.Chunks)-1 {
+		// A writer cuts a segment into full chunks and a last, shorter one.
+		if ci.C <= 0 || ci.C > gzmember.MaxMember || ci.U <= 0 || ci.U > gzmember.ChunkSize || ci.U != gzmember.ChunkSize && i != len(idx.Chunks)-1 {
 			return nil, errors.New("bad chunk")
 		}
 		ci.off = off
@@ -337,25 +330,34 @@ func parseEntry(fh io.ReaderAt, size int64, storePath string, maxChunks int64) (
 	return &idx, nil
 }
 
-// match is called by the producer for each chunk: it returns the cached
-// chunk to use, or nil to compress.
-func (f *fragment) match(i, ulen int, ucrc uint32) *chunkIndex {
+// Lookup is called by the producer for each chunk, in order: whether the
+// old entry holds a chunk of the same length and CRC-32 in its place, and
+// all before it did too.
+func (f *Fragment) Lookup(c gzmember.Chunk) bool {
 	if !f.matched {
-		return nil
+		return false
 	}
-	if i >= len(f.idx.Chunks) || f.idx.Chunks[i].U != ulen || f.idx.Chunks[i].UC != ucrc {
+	if c.Index >= len(f.idx.Chunks) || f.idx.Chunks[c.Index].U != c.Len || f.idx.Chunks[c.Index].UC != c.CRC {
 		f.matched = false
-		return nil
+		return false
 	}
-	return &f.idx.Chunks[i]
+	return true
 }
 
-// readCached reads chunk i's member from the old entry into out and
-// reports whether it is proven to be the member this build would write
-// for the chunk (whose length and CRC-32 match the index: see match): its
-// tag verifies under the cache's key. It returns the tag. Called from the
+// Take reads chunk c's member from the old entry into out and reports
+// whether it is proven to be the member this build would write for the
+// chunk (whose length and CRC-32 match the index: see Lookup): its tag
+// verifies under the cache's key. It returns the tag. Called from the
 // compression workers, concurrently for several chunks.
-func (f *fragment) readCached(i int, out *bytes.Buffer) (tag []byte, ok bool) {
+func (f *Fragment) Take(c gzmember.Chunk, out *bytes.Buffer) (tag []byte, ok bool) {
+	tag, ok = f.take(c.Index, out)
+	if !ok {
+		f.dirty.Store(true)
+	}
+	return tag, ok
+}
+
+func (f *Fragment) take(i int, out *bytes.Buffer) (tag []byte, ok bool) {
 	ci := f.idx.Chunks[i]
 	got, err := hex.DecodeString(ci.T)
 	if err != nil || len(got) != sha256.Size {
@@ -374,11 +376,16 @@ func (f *fragment) readCached(i int, out *bytes.Buffer) (tag []byte, ok bool) {
 	return tag, true
 }
 
+// Tag is the tag of the member this build compressed for chunk c.
+func (f *Fragment) Tag(c gzmember.Chunk, member []byte) []byte {
+	return f.tag(c.Index, c.Len, c.CRC, member)
+}
+
 // tag is the tag of chunk i's member, of a chunk of u bytes with CRC-32
 // uc: HMAC-SHA256 under the cache's key, bound to this entry's name (the
 // format, the compressor, the compression and its level, the store path
 // and its NAR hash) and the chunk's place.
-func (f *fragment) tag(i, u int, uc uint32, member []byte) []byte {
+func (f *Fragment) tag(i, u int, uc uint32, member []byte) []byte {
 	m := hmac.New(sha256.New, f.key)
 	var head [20]byte
 	binary.LittleEndian.PutUint64(head[0:], uint64(i))
@@ -393,7 +400,7 @@ func (f *fragment) tag(i, u int, uc uint32, member []byte) []byte {
 
 // readOld returns chunk i's member bytes from the old entry, to copy into
 // a rewritten entry; the caller checks they are the bytes it proved.
-func (f *fragment) readOld(i int) ([]byte, bool) {
+func (f *Fragment) readOld(i int) ([]byte, bool) {
 	ci := f.idx.Chunks[i]
 	if cap(f.readBuf) < ci.C {
 		f.readBuf = make([]byte, ci.C)
@@ -405,37 +412,37 @@ func (f *fragment) readOld(i int) ([]byte, bool) {
 	return buf, true
 }
 
-// record is called by the sink with each chunk it wrote; it writes a new
-// entry unless the whole fragment comes intact from the old one.
-func (b *builder) record(c *chunk, payload []byte, fromCache bool) {
-	f := c.frag
-	if f.file == "" || f.gaveUp {
+// Put is called by the sink with each chunk's member it wrote, and its
+// tag; it writes a new entry unless the whole fragment comes intact from
+// the old one.
+func (f *Fragment) Put(c gzmember.Chunk, member, tag []byte, fromCache bool) {
+	if f.gaveUp {
 		return
 	}
-	if int64(c.index) >= f.maxChunks {
-		// More chunks than Write can cut this store path into (see
+	if int64(c.Index) >= f.maxChunks {
+		// More chunks than aci.Write can cut this store path into (see
 		// maxEntryChunks): an entry no build would read.
 		f.giveUp()
 		return
 	}
-	if len(f.proven) == c.index {
-		f.proven = append(f.proven, provenMember{ok: fromCache, tag: c.tag})
+	if len(f.proven) == c.Index {
+		f.proven = append(f.proven, provenMember{ok: fromCache, tag: tag})
 	}
 	if f.w == nil && fromCache && !f.dirty.Load() {
 		return
 	}
 	if f.w == nil {
 		// Chunks before this one came proven from the old entry.
-		f.rewrite(c.index)
+		f.rewrite(c.Index)
 	}
 	if f.w != nil {
-		f.w.add(c.ulen, c.ucrc, payload, c.tag)
+		f.w.add(c.Len, c.CRC, member, tag)
 	}
 }
 
 // giveUp drops the new entry, if one was begun: the fragment is not
 // cached this build.
-func (f *fragment) giveUp() {
+func (f *Fragment) giveUp() {
 	if f.w != nil {
 		f.w.abort()
 		f.w = nil
@@ -447,7 +454,7 @@ func (f *fragment) giveUp() {
 // this build took from it by their tags; on any failure the fragment is
 // not cached this build. The members are read again, so each must still
 // have the tag it had when taken.
-func (f *fragment) rewrite(n int) {
+func (f *Fragment) rewrite(n int) {
 	if n > len(f.proven) {
 		f.gaveUp = true
 		return
@@ -470,11 +477,10 @@ func (f *fragment) rewrite(n int) {
 	}
 }
 
-// end is called by the sink after a fragment's last chunk.
-func (f *fragment) end() {
-	if f.file == "" {
-		return
-	}
+// End is called by the sink after a fragment's last chunk, with the
+// number of its chunks.
+func (f *Fragment) End(chunks int) {
+	f.chunks = chunks
 	if f.w == nil && !f.gaveUp && f.idx != nil && f.matched && f.chunks == len(f.idx.Chunks) && !f.dirty.Load() {
 		f.cacheHit = true
 		now := time.Now()
@@ -488,12 +494,26 @@ func (f *fragment) end() {
 		f.w = nil
 	}
 	f.closeOld()
-	// Write keeps its fragments until it returns: what an entry held
+	// A build keeps its fragments until it ends: what an entry held
 	// goes now.
 	f.idx, f.readBuf, f.proven = nil, nil, nil
 }
 
-func (f *fragment) closeOld() {
+// Hit reports, once the store path's segment has ended, whether every
+// member came proven from the cache and its entry was kept as it was.
+func (f *Fragment) Hit() bool { return f.cacheHit }
+
+// Close closes what a failed build left open: the old entry, and a new
+// one half written.
+func (f *Fragment) Close() {
+	if f.w != nil {
+		f.w.abort()
+		f.w = nil
+	}
+	f.closeOld()
+}
+
+func (f *Fragment) closeOld() {
 	if f.old != nil {
 		f.old.Close()
 		f.old = nil
@@ -624,3 +644,6 @@ func (c *Cache) GC(maxBytes int64) (GCResult, error) {
 	}
 	return res, nil
 }
+
+// crc is the checksum of members in an entry.
+func crc(b []byte) uint32 { return crc32.ChecksumIEEE(b) }

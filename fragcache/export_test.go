@@ -1,4 +1,4 @@
-package aci
+package fragcache
 
 // MaxEntryChunks is the most chunks an entry of a store path of narSize
 // bytes of NAR may claim.

@@ -1,6 +1,6 @@
 //go:build cgo
 
-package aci
+package gzmember
 
 /*
 #cgo LDFLAGS: -ldeflate
