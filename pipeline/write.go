@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
+	"sync"
 
 	"golang.org/x/sync/errgroup"
 
@@ -19,8 +20,13 @@ type written struct {
 	held   []string    // the store paths it and its dependencies hold
 	images int         // how many images its tree holds
 	res    *aci.Result // nil when reused
-	done   chan struct{}
+	// done is closed once the images above it can be written: its image
+	// ID is known (or it failed). Its signing may still run then.
+	done     chan struct{}
+	doneOnce sync.Once
 }
+
+func (w *written) finish() { w.doneOnce.Do(func() { close(w.done) }) }
 
 // writePlan writes (or reuses) every image of plan into the staging
 // directory, each once the images it depends on are written, a few at a
@@ -40,7 +46,7 @@ func (b *build) writePlan(ctx context.Context, plan *Plan) (map[*PlanImage]*writ
 	for _, im := range plan.Images {
 		w := out[im]
 		eg.Go(func() error {
-			defer close(w.done)
+			defer w.finish()
 			for _, d := range im.DependsOn {
 				select {
 				case <-out[d].done:
@@ -153,6 +159,9 @@ func (b *build) writeImage(ctx context.Context, plan *Plan, im *PlanImage, w *wr
 	}
 	w.res = res
 	w.ImageID, w.Size = res.ImageID, res.Size
+	// The images above need its ID, not its signature: they are written
+	// while it is signed.
+	w.finish()
 	signed, err := b.sign(ctx, file)
 	if err != nil {
 		return err
