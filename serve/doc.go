@@ -36,9 +36,15 @@
 // taken over when its holder stops renewing it (see store.go).
 //
 // What a name and a version mean: the name is the prefix followed by
-// package names (a recipe of the built-in set or of Options.Recipes, else
-// a package attribute, dotted attributes included); the image holds those
-// packages and CA certificates. The version is Options.Version, a label
+// meta names, then package names (a recipe of the built-in set or of
+// Options.Recipes, else an attribute of the package set: nixpkgs, the
+// offline set or Options.Flake, dotted attributes included); the image
+// holds those packages and CA certificates, for the Nix system the meta
+// name or the file's arch label asks for, when it is one of
+// Options.Systems (else 422 before anything is built). Meta names:
+// "shell" adds a shell and coreutils, "arm64" and "amd64" choose the
+// system. Each image's nix2aci.io/package-set annotation names its
+// package set (Options.Source). The version is Options.Version, a label
 // naming what determines the bytes (the package set and nix2aci's build,
 // see VersionLabel); "latest" is served as the current label's image.
 package serve
