@@ -102,6 +102,11 @@ type Request struct {
 	// ask: the target must then be a store path, nothing is realised, no
 	// GC root is made and no cache is used.
 	ClosureGraphs []string
+	// NoGCRoots registers no GC roots beside the images: for a caller
+	// that keeps nothing of them past the build (nix2aci serve publishes
+	// the images and removes the app's files). The build's own roots in
+	// its staging directory hold its packages while it runs.
+	NoGCRoots bool
 	// Signer, if set, signs every image written.
 	Signer *Signer
 	// Progress, if set, is told how writing each file goes.
@@ -288,7 +293,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if err := b.commit(ctx, t, names); err != nil {
 		return nil, err
 	}
-	if !b.inNix() {
+	if !b.inNix() && !b.NoGCRoots {
 		out.GCRoots = gcRoots(b.st.Final(names.base+".gcroot"), len(t.AllPackages()))
 	}
 	if b.cache != nil && b.CacheMax > 0 {
@@ -586,7 +591,7 @@ func (b *build) commit(ctx context.Context, t *pkgs.Target, names fileNames) err
 		// The new image is in place: point its roots at its packages. The
 		// staging roots still hold them until this is done. (Inside a Nix
 		// build, the derivation's references are its roots.)
-		if !b.inNix() {
+		if !b.inNix() && !b.NoGCRoots {
 			if err := t.Realise(context.WithoutCancel(ctx), gcroot); err != nil {
 				return fmt.Errorf("%s is written, but registering its GC roots failed (a garbage collection may remove what it needs; build again): %w", b.st.Final(names.image), err)
 			}

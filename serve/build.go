@@ -238,7 +238,7 @@ func (s *Server) buildIn(ctx context.Context, q *request) *failure {
 	}
 	res, err := s.o.Build(ctx, pipeline.Request{
 		Kind: pipeline.Layered, Target: recipe, Name: q.name, OutDir: s.out,
-		Signer:  s.signer,
+		Signer: s.signer, NoGCRoots: true,
 		Recipes: s.o.Recipes, Flakes: s.o.Flake != "", CacheDir: s.o.CacheDir, CacheKey: s.o.CacheKey, CacheMax: s.o.CacheMax,
 	})
 	if err == nil {

@@ -293,6 +293,14 @@ func TestImagesShareLayers(t *testing.T) {
 	if n := e.reused.Load(); n < 2 {
 		t.Fatalf("%d layers reused by the second and third builds, want at least 2", n)
 	}
+	// The build directory keeps layers only: no app files, no GC roots
+	// (serve needs none: its images are in the tree).
+	left, _ := filepath.Glob(filepath.Join(e.data, ".nix2aci-serve", "out", "*"))
+	for _, f := range left {
+		if b := filepath.Base(f); !strings.Contains(b, "_nix_") && b != ".nix2aci-layers.json" {
+			t.Errorf("the build directory keeps %s", filepath.Base(f))
+		}
+	}
 	after := stamps()
 	for f, st := range first {
 		if after[f] != st {
