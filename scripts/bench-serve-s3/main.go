@@ -10,11 +10,12 @@
 // 127.0.0.1/busybox. Then: the median time to first byte of the app image
 // fetched through the server's redirect (GET of the server, 307, GET of
 // the signed URL), against a GET of a signed URL of the object straight
-// from the store; and discovery requests per second, p50 and p99 at
-// -clients concurrent clients, against replica A alone and against A and
-// B in turn. Both replicas share this machine's cores, so the second
-// replica shows what a load balancer in front of two costs, not what two
-// machines would give.
+// from the store, in a rotating order; the same through a replica in a
+// process of its own (the nix2aci binary, as deployed); and discovery
+// requests per second, p50 and p99 at -clients concurrent clients,
+// against replica A alone and against A and B in turn. Both replicas
+// share this machine's cores, so the second replica shows what a load
+// balancer in front of two costs, not what two machines would give.
 package main
 
 import (
@@ -26,7 +27,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -124,6 +127,73 @@ func main() {
 	fmt.Printf("  through replica B's redirect (built by A, its disk empty): %s (%.2fx)\n", viaB.Round(time.Microsecond), float64(viaB)/float64(store))
 	fmt.Printf("  a signed URL, straight from the store: %s\n", store.Round(time.Microsecond))
 	fmt.Printf("  the redirect alone (307 from replica A): %s\n", median(dr).Round(time.Microsecond))
+
+	// A replica in a process of its own, as one is deployed: the server's
+	// work after its 307 does not share this process with the client.
+	{
+		bin := work + "/nix2aci"
+		out, err := exec.Command("go", "build", "-o", bin, "./cmd/nix2aci").CombinedOutput()
+		if err != nil {
+			log.Fatalf("go build: %v\n%s", err, out)
+		}
+		kf := work + "/key.asc"
+		f, err := os.OpenFile(kf, os.O_CREATE|os.O_WRONLY, 0o600)
+		check(err)
+		check(sign.WritePrivateKey(f, key))
+		check(f.Close())
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		check(err)
+		addr := l.Addr().String()
+		l.Close()
+		cmd := exec.Command(bin, "serve", "--listen", addr, "--prefix", "127.0.0.1", "--base-url", "http://"+addr+"/acis",
+			"--data", work+"/data-c", "--key", kf, "--store", "s3://images", "--s3-endpoint", g.Endpoint)
+		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+objstoretest.AccessKey, "AWS_SECRET_ACCESS_KEY="+objstoretest.SecretKey, "AWS_REGION=us-east-1")
+		// Its log goes to a file, as a service's goes to its journal.
+		logf, err := os.Create(work + "/replica-c.log")
+		check(err)
+		defer logf.Close()
+		cmd.Stderr = logf
+		check(cmd.Start())
+		defer func() { cmd.Process.Kill(); cmd.Wait() }()
+		label := ""
+		for i := 0; i < 300 && label == ""; i++ {
+			time.Sleep(50 * time.Millisecond)
+			b, _ := os.ReadFile(work + "/replica-c.log")
+			if s := string(b); strings.Contains(s, "rkt fetch") {
+				fmt.Sscanf(s[strings.Index(s, "version "):], "version %s", &label)
+			}
+		}
+		if label == "" {
+			b, _ := os.ReadFile(work + "/replica-c.log")
+			log.Fatalf("the replica process did not start:\n%s", b)
+		}
+		crel := "127.0.0.1/busybox-" + label + "-linux-amd64.aci"
+		get(client, "http://"+addr+"/acis/"+crel) // built, published, uploaded
+		cdirect, err := st.URL(context.Background(), "acis/"+crel)
+		check(err)
+		var dc, dd []time.Duration
+		for i := range *n {
+			if i%2 == 0 {
+				dc = append(dc, one("http://"+addr+"/acis/"+crel))
+				dd = append(dd, one(cdirect))
+			} else {
+				dd = append(dd, one(cdirect))
+				dc = append(dc, one("http://"+addr+"/acis/"+crel))
+			}
+		}
+		var dr2 []time.Duration
+		for range *n {
+			t := time.Now()
+			resp, err := noFollow.Get("http://" + addr + "/acis/" + crel)
+			check(err)
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			dr2 = append(dr2, time.Since(t))
+		}
+		fmt.Printf("  the redirect alone (307 from the replica process): %s\n", median(dr2).Round(time.Microsecond))
+		fmt.Printf("  through the redirect of a replica in its own process: %s (%.2fx a signed URL straight from the store, %s, in turn)\n",
+			median(dc).Round(time.Microsecond), float64(median(dc))/float64(median(dd)), median(dd).Round(time.Microsecond))
+	}
 
 	for _, c := range []struct {
 		what  string
