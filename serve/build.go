@@ -250,7 +250,7 @@ func (s *Server) buildIn(ctx context.Context, q *request) *failure {
 		var all, fresh []string
 		for _, l := range res.Layers {
 			all = append(all, l.ACI)
-			rel := path.Join(l.Name + "-" + l.Version + "-" + res.OS + "-" + res.Arch + ".aci")
+			rel := imageRel(l.Name, l.Version, res.OS, res.Arch)
 			if _, ok := s.stat(rel); ok {
 				if _, ok := s.stat(rel + ".asc"); ok {
 					continue
@@ -298,7 +298,7 @@ func (s *Server) buildIn(ctx context.Context, q *request) *failure {
 			}
 		}
 		for _, l := range res.Layers {
-			s.outLayers[path.Join(l.Name+"-"+l.Version+"-"+res.OS+"-"+res.Arch+".aci")] = l.ACI
+			s.outLayers[imageRel(l.Name, l.Version, res.OS, res.Arch)] = l.ACI
 		}
 		if err == nil {
 			s.touch(q.rel)
@@ -415,7 +415,7 @@ func (s *Server) uploadList(res *pipeline.Result, rep *publish.Report) *publish.
 	dir := strings.TrimPrefix(s.basePath, "/")
 	up := &publish.Report{}
 	add := func(name, version, id string) {
-		p := path.Join(dir, name+"-"+version+"-"+res.OS+"-"+res.Arch+".aci")
+		p := path.Join(dir, imageRel(name, version, res.OS, res.Arch))
 		if q, ok := byPath[p]; ok {
 			up.Images = append(up.Images, q)
 			delete(byPath, p)
@@ -444,4 +444,10 @@ func sortedPublished(m map[string]publish.Published) []publish.Published {
 		out = append(out, m[k])
 	}
 	return out
+}
+
+// imageRel is the file of an image in the tree, under the base path, as
+// the discovery template names it: NAME-VERSION-OS-ARCH.aci.
+func imageRel(name, version, os, arch string) string {
+	return path.Clean(name + "-" + version + "-" + os + "-" + arch + ".aci")
 }

@@ -564,7 +564,7 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request, rel string) {
 	latest := q.version == "latest"
 	if latest {
 		q.version = s.o.Version
-		q.rel = path.Join(path.Dir(q.rel), path.Base(q.name)+"-"+q.version+"-"+q.os+"-"+q.arch+".aci")
+		q.rel = imageRel(q.name, q.version, q.os, q.arch)
 		if q.asc {
 			q.rel += ".asc"
 		}

@@ -143,6 +143,7 @@ func runServe(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	source := serve.Source(nixpkgs, lock)
 	label, err := serve.VersionLabel(nixpkgs, flakeURL, c.String("pkgs"), buildIdentity())
 	if err != nil {
 		return err
@@ -155,7 +156,7 @@ func runServe(c *cli.Context) error {
 	s, err := serve.New(serve.Options{
 		Store: store, LeaseTTL: c.Duration("lease"), Replica: c.String("replica"),
 		Prefix: prefix, BaseURL: base, Key: key, Data: c.String("data"), Recipes: c.String("pkgs"),
-		Flake: flakeURL, Source: serve.Source(nixpkgs, lock), Systems: systems,
+		Flake: flakeURL, Source: source, Systems: systems,
 		Version: label, MaxBuilds: c.Int("max-builds"), Queue: c.Int("queue"),
 		BuildTimeout: c.Duration("build-timeout"), FailureTTL: c.Duration("failure-ttl"), MaxDisk: maxDisk, NoCache: c.Bool("no-cache"), Logger: log,
 	})
@@ -183,7 +184,7 @@ func runServe(c *cli.Context) error {
 	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	log.Info("serving", "listen", ln.Addr().String(), "prefix", prefix, "base", base, "version", label, "data", c.String("data"), "packages", serve.Source(nixpkgs, lock), "systems", strings.Join(systems, ","))
+	log.Info("serving", "listen", ln.Addr().String(), "prefix", prefix, "base", base, "version", label, "data", c.String("data"), "packages", source, "systems", strings.Join(systems, ","))
 	fmt.Fprintf(c.App.ErrWriter, "nix2aci: serving %s/PACKAGE… version %s on %s; rkt trust --prefix %s, then rkt fetch %s/busybox:%s\n", prefix, label, ln.Addr(), prefix, prefix, label)
 	select {
 	case err := <-served:
