@@ -28,13 +28,12 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nix2aci/nix2aci/objstore"
 	"github.com/nix2aci/nix2aci/objstore/objstoretest"
+	"github.com/nix2aci/nix2aci/scripts/internal/benchnet"
 	"github.com/nix2aci/nix2aci/serve"
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -45,22 +44,22 @@ func main() {
 	n := flag.Int("n", 200, "sequential GETs for the time to first byte")
 	flag.Parse()
 	work, err := os.MkdirTemp("", "bench-serve-s3-")
-	check(err)
+	benchnet.Check(err)
 	defer os.RemoveAll(work)
 	g, err := objstoretest.Launch(work)
-	check(err)
+	benchnet.Check(err)
 	defer g.Stop()
 	st, err := g.CreateBucket("images", objstore.S3Options{})
-	check(err)
+	benchnet.Check(err)
 	key, err := sign.GenerateKey(sign.KeyOptions{Name: "Bench", Email: "bench@example.com"})
-	check(err)
+	benchnet.Check(err)
 	version := "vbench" + fmt.Sprint(time.Now().Unix())
 	replica := func(name string) (string, *serve.Server) {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
-		check(err)
+		benchnet.Check(err)
 		base := fmt.Sprintf("http://%s/acis", l.Addr())
 		s, err := serve.New(serve.Options{Prefix: "127.0.0.1", BaseURL: base, Key: key, Data: work + "/data-" + name, Version: version, Store: st, Replica: name})
-		check(err)
+		benchnet.Check(err)
 		go http.Serve(l, s)
 		return l.Addr().String(), s
 	}
@@ -72,16 +71,16 @@ func main() {
 
 	rel := "127.0.0.1/busybox-" + version + "-linux-amd64.aci"
 	t0 := time.Now()
-	img := get(client, "http://"+a+"/acis/"+rel)
+	img := benchnet.Get(client, "http://"+a+"/acis/"+rel)
 	fmt.Printf("cold: build, publish and upload of 127.0.0.1/busybox through replica A: %s, %d bytes\n", time.Since(t0).Round(time.Millisecond), len(img))
 
 	one := func(u string) time.Duration {
 		t := time.Now()
 		resp, err := client.Get(u)
-		check(err)
+		benchnet.Check(err)
 		buf := make([]byte, 1)
 		_, err = io.ReadFull(resp.Body, buf)
-		check(err)
+		benchnet.Check(err)
 		d := time.Since(t)
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
@@ -91,7 +90,7 @@ func main() {
 		return d
 	}
 	direct, err := st.URL(context.Background(), "acis/"+rel)
-	check(err)
+	benchnet.Check(err)
 	// The three in turn, so that drift on a shared machine hits each
 	// alike, and in a rotating order, so that none always comes first.
 	var da, db, ds []time.Duration
@@ -107,26 +106,31 @@ func main() {
 			}
 		}
 	}
-	viaA, viaB, store := median(da), median(db), median(ds)
+	viaA, viaB, store := benchnet.Median(da), benchnet.Median(db), benchnet.Median(ds)
 	// The redirect alone: the server's share.
 	noFollow := &http.Client{Transport: client.Transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	var dr []time.Duration
-	for range *n {
-		t := time.Now()
-		resp, err := noFollow.Get("http://" + a + "/acis/" + rel)
-		check(err)
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		dr = append(dr, time.Since(t))
-		if resp.StatusCode != http.StatusTemporaryRedirect {
-			log.Fatalf("GET %s: %s, want 307", rel, resp.Status)
+	// redirectAlone is the median time of the 307 for url, not followed.
+	redirectAlone := func(url string) time.Duration {
+		var d []time.Duration
+		for range *n {
+			t := time.Now()
+			resp, err := noFollow.Get(url)
+			benchnet.Check(err)
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			d = append(d, time.Since(t))
+			if resp.StatusCode != http.StatusTemporaryRedirect {
+				log.Fatalf("GET %s: %s, want 307", url, resp.Status)
+			}
 		}
+		return benchnet.Median(d)
 	}
+	dr := redirectAlone("http://" + a + "/acis/" + rel)
 	fmt.Printf("time to first byte of the %d-byte app image, median of %d GETs:\n", len(img), *n)
 	fmt.Printf("  through replica A's redirect:        %s (%.2fx the store's)\n", viaA.Round(time.Microsecond), float64(viaA)/float64(store))
 	fmt.Printf("  through replica B's redirect (built by A, its disk empty): %s (%.2fx)\n", viaB.Round(time.Microsecond), float64(viaB)/float64(store))
 	fmt.Printf("  a signed URL, straight from the store: %s\n", store.Round(time.Microsecond))
-	fmt.Printf("  the redirect alone (307 from replica A): %s\n", median(dr).Round(time.Microsecond))
+	fmt.Printf("  the redirect alone (307 from replica A): %s\n", dr.Round(time.Microsecond))
 
 	// A replica in a process of its own, as one is deployed: the server's
 	// work after its 307 does not share this process with the client.
@@ -138,11 +142,11 @@ func main() {
 		}
 		kf := work + "/key.asc"
 		f, err := os.OpenFile(kf, os.O_CREATE|os.O_WRONLY, 0o600)
-		check(err)
-		check(sign.WritePrivateKey(f, key))
-		check(f.Close())
+		benchnet.Check(err)
+		benchnet.Check(sign.WritePrivateKey(f, key))
+		benchnet.Check(f.Close())
 		l, err := net.Listen("tcp", "127.0.0.1:0")
-		check(err)
+		benchnet.Check(err)
 		addr := l.Addr().String()
 		l.Close()
 		cmd := exec.Command(bin, "serve", "--listen", addr, "--prefix", "127.0.0.1", "--base-url", "http://"+addr+"/acis",
@@ -150,10 +154,10 @@ func main() {
 		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+objstoretest.AccessKey, "AWS_SECRET_ACCESS_KEY="+objstoretest.SecretKey, "AWS_REGION=us-east-1")
 		// Its log goes to a file, as a service's goes to its journal.
 		logf, err := os.Create(work + "/replica-c.log")
-		check(err)
+		benchnet.Check(err)
 		defer logf.Close()
 		cmd.Stderr = logf
-		check(cmd.Start())
+		benchnet.Check(cmd.Start())
 		defer func() { cmd.Process.Kill(); cmd.Wait() }()
 		label := ""
 		for i := 0; i < 300 && label == ""; i++ {
@@ -168,9 +172,9 @@ func main() {
 			log.Fatalf("the replica process did not start:\n%s", b)
 		}
 		crel := "127.0.0.1/busybox-" + label + "-linux-amd64.aci"
-		get(client, "http://"+addr+"/acis/"+crel) // built, published, uploaded
+		benchnet.Get(client, "http://"+addr+"/acis/"+crel) // built, published, uploaded
 		cdirect, err := st.URL(context.Background(), "acis/"+crel)
-		check(err)
+		benchnet.Check(err)
 		var dc, dd []time.Duration
 		for i := range *n {
 			if i%2 == 0 {
@@ -181,70 +185,15 @@ func main() {
 				dc = append(dc, one("http://"+addr+"/acis/"+crel))
 			}
 		}
-		var dr2 []time.Duration
-		for range *n {
-			t := time.Now()
-			resp, err := noFollow.Get("http://" + addr + "/acis/" + crel)
-			check(err)
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			dr2 = append(dr2, time.Since(t))
-		}
-		fmt.Printf("  the redirect alone (307 from the replica process): %s\n", median(dr2).Round(time.Microsecond))
+		fmt.Printf("  the redirect alone (307 from the replica process): %s\n", redirectAlone("http://"+addr+"/acis/"+crel).Round(time.Microsecond))
 		fmt.Printf("  through the redirect of a replica in its own process: %s (%.2fx a signed URL straight from the store, %s, in turn)\n",
-			median(dc).Round(time.Microsecond), float64(median(dc))/float64(median(dd)), median(dd).Round(time.Microsecond))
+			benchnet.Median(dc).Round(time.Microsecond), float64(benchnet.Median(dc))/float64(benchnet.Median(dd)), benchnet.Median(dd).Round(time.Microsecond))
 	}
 
 	for _, c := range []struct {
 		what  string
 		hosts []string
 	}{{"replica A alone", []string{a}}, {"replicas A and B in turn", []string{a, b}}} {
-		var mu sync.Mutex
-		var lat []time.Duration
-		deadline := time.Now().Add(time.Duration(*seconds * float64(time.Second)))
-		var wg sync.WaitGroup
-		for i := range *clients {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				var mine []time.Duration
-				for k := i; time.Now().Before(deadline); k++ {
-					t := time.Now()
-					get(client, fmt.Sprintf("http://%s/curl/jq?ac-discovery=1", c.hosts[k%len(c.hosts)]))
-					mine = append(mine, time.Since(t))
-				}
-				mu.Lock()
-				lat = append(lat, mine...)
-				mu.Unlock()
-			}()
-		}
-		wg.Wait()
-		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-		fmt.Printf("discovery, %s, %d clients, %.0f s: %.0f requests/s, p50 %s, p99 %s\n", c.what, *clients, *seconds, float64(len(lat))/(*seconds),
-			lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)*99/100].Round(time.Microsecond))
-	}
-}
-
-func get(c *http.Client, url string) []byte {
-	resp, err := c.Get(url)
-	check(err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	check(err)
-	if resp.StatusCode != 200 {
-		log.Fatalf("GET %s: %s: %s", url, resp.Status, b)
-	}
-	return b
-}
-
-func median(d []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2]
-}
-
-func check(err error) {
-	if err != nil {
-		log.Fatal(err)
+		fmt.Printf("discovery, %s, %d clients, %.0f s: %s\n", c.what, *clients, *seconds, benchnet.Discovery(client, c.hosts, *clients, *seconds))
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,6 +39,7 @@ import (
 
 	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/pipeline"
+	"github.com/nix2aci/nix2aci/scripts/internal/benchnet"
 	"github.com/nix2aci/nix2aci/serve"
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -47,24 +49,24 @@ func main() {
 	clients := flag.Int("clients", 32, "concurrent discovery clients")
 	flag.Parse()
 	work, err := os.MkdirTemp("", "bench-serve-")
-	check(err)
+	benchnet.Check(err)
 	defer os.RemoveAll(work)
 	key, err := sign.GenerateKey(sign.KeyOptions{Name: "Bench", Email: "bench@example.com"})
-	check(err)
+	benchnet.Check(err)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
-	check(err)
+	benchnet.Check(err)
 	port := uint(l.Addr().(*net.TCPAddr).Port)
 	base := fmt.Sprintf("http://127.0.0.1:%d/acis", port)
 	data := filepath.Join(work, "data")
 	recipes := filepath.Join(work, "recipes")
-	check(os.MkdirAll(recipes, 0o755))
+	benchnet.Check(os.MkdirAll(recipes, 0o755))
 	const extras = 5
 	for i := range extras {
 		// A small package of its own per image, realised before the
 		// timing (see below), so that both sides only write and sign.
 		drv := filepath.Join(recipes, fmt.Sprintf("drv%d.nix.in", i))
-		check(os.WriteFile(drv, []byte(fmt.Sprintf(`derivation { name = "extra%d-%d"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = [ "-c" "mkdir -p $out/bin; dd if=/dev/urandom of=$out/bin/data bs=1000 count=200 2>/dev/null; echo x > $out/bin/extra%d" ]; }`, i, time.Now().UnixNano(), i)), 0o644))
-		check(os.WriteFile(filepath.Join(recipes, fmt.Sprintf("extra%d.nix", i)), []byte(fmt.Sprintf("{ pkgs }: { packages = [ (import ./drv%d.nix.in) ]; exec = [ \"/bin/extra%d\" ]; }\n", i, i)), 0o644))
+		benchnet.Check(os.WriteFile(drv, []byte(fmt.Sprintf(`derivation { name = "extra%d-%d"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = [ "-c" "mkdir -p $out/bin; dd if=/dev/urandom of=$out/bin/data bs=1000 count=200 2>/dev/null; echo x > $out/bin/extra%d" ]; }`, i, time.Now().UnixNano(), i)), 0o644))
+		benchnet.Check(os.WriteFile(filepath.Join(recipes, fmt.Sprintf("extra%d.nix", i)), []byte(fmt.Sprintf("{ pkgs }: { packages = [ (import ./drv%d.nix.in) ]; exec = [ \"/bin/extra%d\" ]; }\n", i, i)), 0o644))
 	}
 	var recipeMu sync.Mutex
 	captured := map[string]string{} // image name -> the recipe serve built it from
@@ -75,7 +77,7 @@ func main() {
 	opts := serve.Options{Logger: logger, Prefix: "127.0.0.1", BaseURL: base, Key: key, Data: data, Recipes: recipes, Version: "vbench" + fmt.Sprint(time.Now().Unix()),
 		Build: func(ctx context.Context, r pipeline.Request) (*pipeline.Result, error) {
 			b, err := os.ReadFile(r.Target)
-			check(err)
+			benchnet.Check(err)
 			recipeMu.Lock()
 			captured[r.Name] = string(b)
 			recipeMu.Unlock()
@@ -87,7 +89,7 @@ func main() {
 			return res, err
 		}}
 	s, err := serve.New(opts)
-	check(err)
+	benchnet.Check(err)
 	defer s.Close()
 	go http.Serve(l, s)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
@@ -100,15 +102,15 @@ func main() {
 	var fetch func(name string, l map[types.ACIdentifier]string) int64
 	fetch = func(name string, l map[types.ACIdentifier]string) int64 {
 		app, err := discovery.NewApp(name, l)
-		check(err)
+		benchnet.Check(err)
 		eps, _, err := discovery.DiscoverACIEndpoints(*app, nil, discovery.InsecureHTTP, port)
-		check(err)
-		img := get(client, eps[0].ACI)
-		n := int64(len(img)) + int64(len(get(client, eps[0].ASC)))
+		benchnet.Check(err)
+		img := benchnet.Get(client, eps[0].ACI)
+		n := int64(len(img)) + int64(len(benchnet.Get(client, eps[0].ASC)))
 		tmp := filepath.Join(work, "img.aci")
-		check(os.WriteFile(tmp, img, 0o644))
+		benchnet.Check(os.WriteFile(tmp, img, 0o644))
 		info, err := aci.InspectFile(tmp)
-		check(err)
+		benchnet.Check(err)
 		for _, d := range info.Manifest.Dependencies {
 			dl := map[types.ACIdentifier]string{}
 			for _, lb := range d.Labels {
@@ -127,32 +129,10 @@ func main() {
 		fetch("127.0.0.1/busybox", labels(version))
 		warm = append(warm, time.Since(t0))
 	}
-	fmt.Printf("warm fetch of the same, median of 5: %s\n", median(warm).Round(time.Microsecond))
+	fmt.Printf("warm fetch of the same, median of 5: %s\n", benchnet.Median(warm).Round(time.Microsecond))
 
 	// Discovery under load.
-	var mu sync.Mutex
-	var lat []time.Duration
-	deadline := time.Now().Add(time.Duration(*seconds * float64(time.Second)))
-	var wg sync.WaitGroup
-	for range *clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var mine []time.Duration
-			for time.Now().Before(deadline) {
-				t := time.Now()
-				get(client, fmt.Sprintf("http://127.0.0.1:%d/curl/jq?ac-discovery=1", port))
-				mine = append(mine, time.Since(t))
-			}
-			mu.Lock()
-			lat = append(lat, mine...)
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	fmt.Printf("discovery, %d clients, %.0f s: %.0f requests/s, p50 %s, p99 %s\n", *clients, *seconds, float64(len(lat))/(*seconds),
-		lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)*99/100].Round(time.Microsecond))
+	fmt.Printf("discovery, %d clients, %.0f s: %s\n", *clients, *seconds, benchnet.Discovery(client, []string{fmt.Sprintf("127.0.0.1:%d", port)}, *clients, *seconds))
 
 	// An image already built: the server against http.FileServer.
 	matches, _ := filepath.Glob(filepath.Join(data, "acis", "127.0.0.1", "busybox-*.aci"))
@@ -161,7 +141,7 @@ func main() {
 	}
 	rel, _ := filepath.Rel(filepath.Join(data, "acis"), matches[0])
 	fl, err := net.Listen("tcp", "127.0.0.1:0")
-	check(err)
+	benchnet.Check(err)
 	go http.Serve(fl, http.FileServer(http.Dir(filepath.Join(data, "acis"))))
 	urls := []string{base + "/" + rel, fmt.Sprintf("http://%s/%s", fl.Addr(), rel)}
 	what := []string{"nix2aci serve  ", "http.FileServer"}
@@ -170,8 +150,8 @@ func main() {
 	// one block does not decide it.
 	if f := os.Getenv("BENCH_TTFB_PROFILE"); f != "" {
 		out, err := os.Create(f)
-		check(err)
-		check(pprof.StartCPUProfile(out))
+		benchnet.Check(err)
+		benchnet.Check(pprof.StartCPUProfile(out))
 	}
 	// A client of its own: its connections to both servers start alike
 	// (those of the discovery load above carry their own TCP state).
@@ -190,22 +170,22 @@ func main() {
 			}
 			t := time.Now()
 			resp, err := fresh.Get(urls[k])
-			check(err)
+			benchnet.Check(err)
 			buf := make([]byte, 1)
 			_, err = io.ReadFull(resp.Body, buf)
-			check(err)
+			benchnet.Check(err)
 			ttfb[k] = append(ttfb[k], time.Since(t))
 			n, err := io.Copy(io.Discard, resp.Body)
-			check(err)
+			benchnet.Check(err)
 			resp.Body.Close()
 			total[k] += time.Since(t)
 			size = n + 1
 		}
-		r := float64(median(ttfb[0])) / float64(median(ttfb[1]))
+		r := float64(benchnet.Median(ttfb[0])) / float64(benchnet.Median(ttfb[1]))
 		ratios = append(ratios, r)
 		tputs = append(tputs, float64(total[1])/float64(total[0]))
 		fmt.Printf("block %d: %d GETs each of a %d-byte image: TTFB median %s (%s) / %s (%s): %.2f\n", b+1, rounds, size,
-			median(ttfb[0]).Round(time.Microsecond), what[0], median(ttfb[1]).Round(time.Microsecond), what[1], r)
+			benchnet.Median(ttfb[0]).Round(time.Microsecond), what[0], benchnet.Median(ttfb[1]).Round(time.Microsecond), what[1], r)
 	}
 	if os.Getenv("BENCH_TTFB_PROFILE") != "" {
 		pprof.StopCPUProfile()
@@ -228,20 +208,20 @@ func main() {
 	pre := opts
 	pre.Data, pre.Version, pre.Build, pre.Work = filepath.Join(work, "pre"), "vpre"+fmt.Sprint(time.Now().Unix()), nil, ""
 	ps, err := serve.New(pre)
-	check(err)
+	benchnet.Check(err)
 	defer ps.Close()
 	warmDir := filepath.Join(work, "warm")
 	keyFile := filepath.Join(work, "key.asc")
 	kf, err := os.OpenFile(keyFile, os.O_CREATE|os.O_WRONLY, 0o600)
-	check(err)
-	check(sign.WritePrivateKey(kf, key))
-	check(kf.Close())
+	benchnet.Check(err)
+	benchnet.Check(sign.WritePrivateKey(kf, key))
+	benchnet.Check(kf.Close())
 	cli := func(name string, extra ...string) time.Duration {
 		recipeMu.Lock()
 		r := captured[name]
 		recipeMu.Unlock()
 		f := filepath.Join(work, "cli-recipe.nix")
-		check(os.WriteFile(f, []byte(r), 0o644))
+		benchnet.Check(os.WriteFile(f, []byte(r), 0o644))
 		cmd := exec.Command(bin, "build", f, "--layered", "--name", name, "--out", warmDir, "--no-link", "--pkgs", recipes,
 			"--cache-dir", filepath.Join(work, "cli-cache"), "--cache-key", filepath.Join(work, "cli-cache.key"))
 		cmd.Args = append(cmd.Args, extra...)
@@ -257,21 +237,20 @@ func main() {
 	var sv, cl, cs []time.Duration
 	if f := os.Getenv("BENCH_CPUPROFILE"); f != "" {
 		out, err := os.Create(f)
-		check(err)
-		check(pprof.StartCPUProfile(out))
+		benchnet.Check(err)
+		benchnet.Check(pprof.StartCPUProfile(out))
 		defer pprof.StopCPUProfile()
 	}
 	for i := range extras {
 		name := fmt.Sprintf("127.0.0.1/busybox/extra%d", i)
 		file := fmt.Sprintf("127.0.0.1/busybox/extra%d-latest-linux-amd64.aci", i)
-		rec := httptestRecorder{}
-		req, _ := http.NewRequest("GET", base+"/"+file, nil)
-		ps.ServeHTTP(&rec, req)
-		if rec.status != 0 && rec.status != 200 {
-			log.Fatalf("pre-building %s: %d %s", name, rec.status, rec.body)
+		rec := httptest.NewRecorder()
+		ps.ServeHTTP(rec, httptest.NewRequest("GET", base+"/"+file, nil))
+		if rec.Code != 200 {
+			log.Fatalf("pre-building %s: %d %s", name, rec.Code, rec.Body)
 		}
 		t := time.Now()
-		get(client, base+"/"+file)
+		benchnet.Get(client, base+"/"+file)
 		sv = append(sv, time.Since(t))
 		cl = append(cl, cli(name))
 		// The same, signed as serve signs (into another warm directory:
@@ -279,51 +258,6 @@ func main() {
 		cs = append(cs, cli(name, "--out", warmDir+"-signed", "--sign", "--key", keyFile))
 	}
 	fmt.Printf("new image on shared layers (busybox + a package), median of %d: serve %s (build, sign, publish, first GET), nix2aci build --layered into a warm directory %s: ratio %.2f\n",
-		extras, median(sv).Round(time.Millisecond), median(cl).Round(time.Millisecond), float64(median(sv))/float64(median(cl)))
-	fmt.Printf("  against nix2aci build --layered --sign into a warm directory %s: ratio %.2f\n", median(cs).Round(time.Millisecond), float64(median(sv))/float64(median(cs)))
-}
-
-// httptestRecorder is a ResponseWriter that keeps the status and body.
-type httptestRecorder struct {
-	h      http.Header
-	status int
-	body   []byte
-}
-
-func (r *httptestRecorder) Header() http.Header {
-	if r.h == nil {
-		r.h = http.Header{}
-	}
-	return r.h
-}
-func (r *httptestRecorder) Write(b []byte) (int, error) {
-	if len(r.body) < 4096 {
-		r.body = append(r.body, b...)
-	}
-	return len(b), nil
-}
-func (r *httptestRecorder) WriteHeader(c int) { r.status = c }
-
-func get(c *http.Client, url string) []byte {
-	resp, err := c.Get(url)
-	check(err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	check(err)
-	if resp.StatusCode != 200 {
-		log.Fatalf("GET %s: %s: %s", url, resp.Status, b)
-	}
-	return b
-}
-
-func median(d []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2]
-}
-
-func check(err error) {
-	if err != nil {
-		log.Fatal(err)
-	}
+		extras, benchnet.Median(sv).Round(time.Millisecond), benchnet.Median(cl).Round(time.Millisecond), float64(benchnet.Median(sv))/float64(benchnet.Median(cl)))
+	fmt.Printf("  against nix2aci build --layered --sign into a warm directory %s: ratio %.2f\n", benchnet.Median(cs).Round(time.Millisecond), float64(benchnet.Median(sv))/float64(benchnet.Median(cs)))
 }
