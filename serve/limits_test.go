@@ -1,12 +1,16 @@
 package serve_test
 
 import (
+	"context"
 	"crypto/sha256"
+	"io"
 	"io/fs"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -232,6 +236,44 @@ func TestQueueIsBounded(t *testing.T) {
 	} {
 		if !strings.Contains(string(m), want) {
 			t.Errorf("/metrics has no %q:\n%s", want, m)
+		}
+	}
+}
+
+// stalledLog is a log sink that hangs on request lines until released,
+// as a full pipe or a stalled journal does.
+type stalledLog struct{ release chan struct{} }
+
+func (h stalledLog) Enabled(context.Context, slog.Level) bool { return true }
+func (h stalledLog) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h stalledLog) WithGroup(string) slog.Handler            { return h }
+func (h stalledLog) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == "request" {
+		<-h.release
+	}
+	return nil
+}
+
+// TestAnswerPrecedesItsLogLine: a request is answered before its log line
+// is written, so that a slow log is not a slow answer. (The connection
+// waits for the line: each GET here is on a connection of its own.)
+func TestAnswerPrecedesItsLogLine(t *testing.T) {
+	log := stalledLog{make(chan struct{})}
+	e := start(t, func(o *serve.Options) { o.Logger = slog.New(log) })
+	defer close(log.release)
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	for _, u := range []string{
+		"http://127.0.0.1:" + strconv.Itoa(int(e.port)) + "/curl?ac-discovery=1",
+		e.base + "/127.0.0.1/Bad-Name-" + version + "-linux-amd64.aci",
+	} {
+		resp, err := c.Get(u)
+		if err != nil {
+			t.Fatalf("GET %s while the log is stalled: %v", u, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || len(b) == 0 {
+			t.Fatalf("GET %s while the log is stalled: %d bytes, %v", u, len(b), err)
 		}
 	}
 }

@@ -319,6 +319,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		s.serve(rw, r)
 	}
+	// An answer of known length is complete once written: it goes out
+	// now, not after the line below (net/http holds the last of it in
+	// its buffer until ServeHTTP returns), so that a slow log is not a
+	// slow answer.
+	if rw.wrote && w.Header().Get("Content-Length") != "" {
+		http.NewResponseController(w).Flush()
+	}
 	s.metrics.requests.WithLabelValues(strconv.Itoa(rw.status)).Inc()
 	s.o.Logger.Info("request", "method", r.Method, "path", bounded(r.URL.Path, 200), "name", rw.name,
 		"status", rw.status, "bytes", rw.bytes, "duration", time.Since(start))
@@ -374,8 +381,10 @@ func fail(w http.ResponseWriter, status int, format string, args ...any) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	msg = strings.TrimRight(msg, "\n") + "\n"
+	w.Header().Set("Content-Length", strconv.Itoa(len(msg)))
 	w.WriteHeader(status)
-	io.WriteString(w, strings.TrimRight(msg, "\n")+"\n")
+	io.WriteString(w, msg)
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
@@ -437,6 +446,7 @@ func (s *Server) discovery(w http.ResponseWriter, p string) {
 		html.EscapeString(s.o.Prefix), html.EscapeString(s.o.Version), html.EscapeString(s.o.Prefix), html.EscapeString(s.o.Prefix), html.EscapeString(s.o.Version))
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "public, max-age=300")
+	w.Header().Set("Content-Length", strconv.Itoa(b.Len()))
 	io.WriteString(w, b.String())
 }
 

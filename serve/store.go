@@ -80,6 +80,7 @@ func (s *Server) serveStored(w http.ResponseWriter, r *http.Request, rel string,
 	h := w.Header()
 	h["Cache-Control"] = []string{"no-store"}
 	h["Location"] = []string{u}
+	h["Content-Length"] = []string{"0"}
 	w.WriteHeader(http.StatusTemporaryRedirect)
 	return true
 }
