@@ -9,16 +9,21 @@
 // servers (replicas, in this process) on one bucket; replica A builds
 // 127.0.0.1/busybox. Then: the median time to first byte of the app image
 // fetched through the server's redirect (GET of the server, 307, GET of
-// the signed URL), against a GET of a signed URL of the object straight
-// from the store, in a rotating order; the same through a replica in a
-// process of its own (the nix2aci binary, as deployed); and discovery
-// requests per second, p50 and p99 at -clients concurrent clients,
-// against replica A alone and against A and B in turn. Both replicas
-// share this machine's cores, so the second replica shows what a load
-// balancer in front of two costs, not what two machines would give.
+// the signed URL), against a GET of the signed URL straight from the
+// store, all in turn and in a rotating order. The same through a replica
+// in a process of its own (the nix2aci binary, as deployed). Beside each,
+// the floor of a redirect: net/http answering the same 307 and nothing
+// else, in this process and in one of its own, and, in one of its own, a
+// fixed 307 written to the socket with no HTTP server at all (this
+// program started again in that mode). Last, discovery requests per
+// second, p50 and p99 at -clients concurrent clients, against replica A
+// alone and against A and B in turn. Both replicas share this machine's
+// cores, so the second replica shows what a load balancer in front of
+// two costs, not what two machines would give.
 package main
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -39,6 +44,10 @@ import (
 )
 
 func main() {
+	if mode := os.Getenv(floorEnv); mode != "" {
+		runFloor(mode, os.Getenv(floorEnv+"_TO"))
+		return
+	}
 	seconds := flag.Float64("seconds", 3, "how long each discovery load runs")
 	clients := flag.Int("clients", 32, "concurrent discovery clients")
 	n := flag.Int("n", 200, "sequential GETs for the time to first byte")
@@ -89,25 +98,23 @@ func main() {
 		}
 		return d
 	}
-	direct, err := st.URL(context.Background(), "acis/"+rel)
-	benchnet.Check(err)
-	// The three in turn, so that drift on a shared machine hits each
-	// alike, and in a rotating order, so that none always comes first.
-	var da, db, ds []time.Duration
-	for i := range *n {
-		for k := range 3 {
-			switch (i + k) % 3 {
-			case 0:
-				da = append(da, one("http://"+a+"/acis/"+rel))
-			case 1:
-				db = append(db, one("http://"+b+"/acis/"+rel))
-			case 2:
-				ds = append(ds, one(direct))
+	// inTurn is the median time to first byte of each of urls, GET in
+	// turn, so that drift on a shared machine hits each alike, and in a
+	// rotating order, so that none always comes first.
+	inTurn := func(urls ...string) []time.Duration {
+		d := make([][]time.Duration, len(urls))
+		for i := range *n {
+			for k := range urls {
+				j := (i + k) % len(urls)
+				d[j] = append(d[j], one(urls[j]))
 			}
 		}
+		m := make([]time.Duration, len(urls))
+		for j := range d {
+			m[j] = benchnet.Median(d[j])
+		}
+		return m
 	}
-	viaA, viaB, store := benchnet.Median(da), benchnet.Median(db), benchnet.Median(ds)
-	// The redirect alone: the server's share.
 	noFollow := &http.Client{Transport: client.Transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	// redirectAlone is the median time of the 307 for url, not followed.
 	redirectAlone := func(url string) time.Duration {
@@ -125,12 +132,24 @@ func main() {
 		}
 		return benchnet.Median(d)
 	}
-	dr := redirectAlone("http://" + a + "/acis/" + rel)
-	fmt.Printf("time to first byte of the %d-byte app image, median of %d GETs:\n", len(img), *n)
-	fmt.Printf("  through replica A's redirect:        %s (%.2fx the store's)\n", viaA.Round(time.Microsecond), float64(viaA)/float64(store))
-	fmt.Printf("  through replica B's redirect (built by A, its disk empty): %s (%.2fx)\n", viaB.Round(time.Microsecond), float64(viaB)/float64(store))
-	fmt.Printf("  a signed URL, straight from the store: %s\n", store.Round(time.Microsecond))
-	fmt.Printf("  the redirect alone (307 from replica A): %s\n", dr.Round(time.Microsecond))
+	ratio := func(d, store time.Duration) string {
+		return fmt.Sprintf("%s (%.2fx)", d.Round(time.Microsecond), float64(d)/float64(store))
+	}
+
+	direct, err := st.URL(context.Background(), "acis/"+rel)
+	benchnet.Check(err)
+	// The floor of a redirect in this process: net/http answering the
+	// same 307 and doing nothing else.
+	floor, err := net.Listen("tcp", "127.0.0.1:0")
+	benchnet.Check(err)
+	go http.Serve(floor, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { redirect(w, direct) }))
+	m := inTurn("http://"+a+"/acis/"+rel, "http://"+b+"/acis/"+rel, "http://"+floor.Addr().String()+"/", direct)
+	fmt.Printf("time to first byte of the %d-byte app image, median of %d GETs of each in turn (x: the store's):\n", len(img), *n)
+	fmt.Printf("  through replica A's redirect:        %s\n", ratio(m[0], m[3]))
+	fmt.Printf("  through replica B's redirect (built by A, its disk empty): %s\n", ratio(m[1], m[3]))
+	fmt.Printf("  through net/http answering the same 307 and nothing else (the floor in this process): %s\n", ratio(m[2], m[3]))
+	fmt.Printf("  a signed URL, straight from the store: %s\n", m[3].Round(time.Microsecond))
+	fmt.Printf("  the redirect alone (307 from replica A): %s\n", redirectAlone("http://"+a+"/acis/"+rel).Round(time.Microsecond))
 
 	// A replica in a process of its own, as one is deployed: the server's
 	// work after its 307 does not share this process with the client.
@@ -145,10 +164,7 @@ func main() {
 		benchnet.Check(err)
 		benchnet.Check(sign.WritePrivateKey(f, key))
 		benchnet.Check(f.Close())
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		benchnet.Check(err)
-		addr := l.Addr().String()
-		l.Close()
+		addr := freeAddr()
 		cmd := exec.Command(bin, "serve", "--listen", addr, "--prefix", "127.0.0.1", "--base-url", "http://"+addr+"/acis",
 			"--data", work+"/data-c", "--key", kf, "--store", "s3://images", "--s3-endpoint", g.Endpoint)
 		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+objstoretest.AccessKey, "AWS_SECRET_ACCESS_KEY="+objstoretest.SecretKey, "AWS_REGION=us-east-1")
@@ -175,19 +191,20 @@ func main() {
 		benchnet.Get(client, "http://"+addr+"/acis/"+crel) // built, published, uploaded
 		cdirect, err := st.URL(context.Background(), "acis/"+crel)
 		benchnet.Check(err)
-		var dc, dd []time.Duration
-		for i := range *n {
-			if i%2 == 0 {
-				dc = append(dc, one("http://"+addr+"/acis/"+crel))
-				dd = append(dd, one(cdirect))
-			} else {
-				dd = append(dd, one(cdirect))
-				dc = append(dc, one("http://"+addr+"/acis/"+crel))
-			}
-		}
-		fmt.Printf("  the redirect alone (307 from the replica process): %s\n", redirectAlone("http://"+addr+"/acis/"+crel).Round(time.Microsecond))
-		fmt.Printf("  through the redirect of a replica in its own process: %s (%.2fx a signed URL straight from the store, %s, in turn)\n",
-			benchnet.Median(dc).Round(time.Microsecond), float64(benchnet.Median(dc))/float64(benchnet.Median(dd)), benchnet.Median(dd).Round(time.Microsecond))
+		// The floors of a redirect from a process of its own: net/http
+		// answering the 307 and nothing else, and no HTTP server at all
+		// (a fixed 307 written for each request's end of headers).
+		httpFloor, stop1 := floorProcess("net/http", cdirect)
+		defer stop1()
+		rawFloor, stop2 := floorProcess("raw", cdirect)
+		defer stop2()
+		m := inTurn("http://"+addr+"/acis/"+crel, "http://"+httpFloor+"/", "http://"+rawFloor+"/", cdirect)
+		fmt.Printf("the same with each server in a process of its own (x: the store's, %s):\n", m[3].Round(time.Microsecond))
+		fmt.Printf("  through the redirect of a replica (the nix2aci binary): %s\n", ratio(m[0], m[3]))
+		fmt.Printf("  through net/http answering the same 307 and nothing else: %s\n", ratio(m[1], m[3]))
+		fmt.Printf("  through a fixed 307 written to the socket, no HTTP server (the floor of this machine): %s\n", ratio(m[2], m[3]))
+		fmt.Printf("  the redirect alone (307 from the replica process): %s; from the fixed 307: %s\n",
+			redirectAlone("http://"+addr+"/acis/"+crel).Round(time.Microsecond), redirectAlone("http://"+rawFloor+"/").Round(time.Microsecond))
 	}
 
 	for _, c := range []struct {
@@ -196,4 +213,84 @@ func main() {
 	}{{"replica A alone", []string{a}}, {"replicas A and B in turn", []string{a, b}}} {
 		fmt.Printf("discovery, %s, %d clients, %.0f s: %s\n", c.what, *clients, *seconds, benchnet.Discovery(client, c.hosts, *clients, *seconds))
 	}
+}
+
+// floorEnv names the mode in which this program, started again by
+// floorProcess, is a redirecting server and nothing else.
+const floorEnv = "BENCH_SERVE_S3_FLOOR"
+
+// redirect answers a 307 to u, as the server does.
+func redirect(w http.ResponseWriter, u string) {
+	h := w.Header()
+	h["Location"] = []string{u}
+	h["Content-Length"] = []string{"0"}
+	w.WriteHeader(http.StatusTemporaryRedirect)
+}
+
+// floorProcess starts this program again as a server that answers every
+// request with a 307 to u: through net/http ("net/http"), or by writing
+// a fixed answer for each end of headers it reads ("raw"). It returns
+// the server's address and how to stop it.
+func floorProcess(mode, u string) (string, func()) {
+	self, err := os.Executable()
+	benchnet.Check(err)
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), floorEnv+"="+mode, floorEnv+"_TO="+u)
+	out, err := cmd.StdoutPipe()
+	benchnet.Check(err)
+	cmd.Stderr = os.Stderr
+	benchnet.Check(cmd.Start())
+	var addr string
+	if _, err := fmt.Fscanln(out, &addr); err != nil {
+		log.Fatalf("the %s floor server did not start: %v", mode, err)
+	}
+	return addr, func() { cmd.Process.Kill(); cmd.Wait() }
+}
+
+// runFloor is the server floorProcess starts.
+func runFloor(mode, u string) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	benchnet.Check(err)
+	fmt.Println(l.Addr())
+	if mode == "net/http" {
+		log.Fatal(http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { redirect(w, u) })))
+	}
+	answer := []byte("HTTP/1.1 307 Temporary Redirect\r\nLocation: " + u + "\r\nContent-Length: 0\r\n\r\n")
+	for {
+		c, err := l.Accept()
+		benchnet.Check(err)
+		go func() {
+			defer c.Close()
+			buf := make([]byte, 16<<10)
+			have := 0
+			for {
+				n, err := c.Read(buf[have:])
+				if err != nil {
+					return
+				}
+				have += n
+				for {
+					i := bytes.Index(buf[:have], []byte("\r\n\r\n"))
+					if i < 0 {
+						break
+					}
+					have = copy(buf, buf[i+4:have])
+					if _, err := c.Write(answer); err != nil {
+						return
+					}
+				}
+				if have == len(buf) {
+					return // headers this long are no GET of an image
+				}
+			}
+		}()
+	}
+}
+
+// freeAddr is a free loopback address.
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	benchnet.Check(err)
+	defer l.Close()
+	return l.Addr().String()
 }
