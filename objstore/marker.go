@@ -9,8 +9,12 @@ import (
 	"regexp"
 )
 
-// MaxMarker bounds a marker's bytes.
-const MaxMarker = 4 << 10
+// MaxMarker bounds a marker's bytes: room for MaxDepends keys.
+const MaxMarker = 1 << 20
+
+// MaxDepends bounds the dependencies a marker names (as many as a
+// signed tree may hold besides its app, sign.DefaultMaxDependencies).
+const MaxDepends = 1000
 
 // maxObject bounds the size a marker may state (1 TiB).
 const maxObject = 1 << 40
@@ -21,6 +25,10 @@ type Marker struct {
 	ImageID string `json:"imageID"`
 	ACI     Part   `json:"aci"`
 	ASC     Part   `json:"asc"`
+	// Depends are the keys of the images it depends on, in the same
+	// store: each is complete before this marker is written, and an
+	// image is served only while they are still there.
+	Depends []string `json:"depends,omitempty"`
 }
 
 // Part is one object a marker names.
@@ -73,14 +81,29 @@ func ParseMarker(b []byte, key string) (*Marker, error) {
 			return nil, fmt.Errorf("the marker of %s gives %s no SHA-256", key, p.key)
 		}
 	}
+	if len(m.Depends) > MaxDepends {
+		return nil, fmt.Errorf("the marker of %s names %d dependencies, over %d", key, len(m.Depends), MaxDepends)
+	}
+	seen := map[string]bool{key: true}
+	for _, d := range m.Depends {
+		if err := CheckKey(d); err != nil {
+			return nil, fmt.Errorf("the marker of %s names a dependency that is no key: %v", key, err)
+		}
+		if seen[d] {
+			return nil, fmt.Errorf("the marker of %s names %.100q twice, or as its own dependency", key, d)
+		}
+		seen[d] = true
+	}
 	return &m, nil
 }
 
-// WriteMarker writes the marker of an image after its two objects.
-func WriteMarker(ctx context.Context, st Store, imageID string, aci, asc Object) error {
+// WriteMarker writes the marker of an image after its two objects and
+// after the markers of the images it depends on (depends: their keys).
+func WriteMarker(ctx context.Context, st Store, imageID string, aci, asc Object, depends []string) error {
 	m := Marker{Format: 1, ImageID: imageID,
-		ACI: Part{Key: aci.Key, Size: aci.Size, SHA256: aci.SHA256},
-		ASC: Part{Key: asc.Key, Size: asc.Size, SHA256: asc.SHA256}}
+		ACI:     Part{Key: aci.Key, Size: aci.Size, SHA256: aci.SHA256},
+		ASC:     Part{Key: asc.Key, Size: asc.Size, SHA256: asc.SHA256},
+		Depends: depends}
 	b, err := json.Marshal(m)
 	if err != nil {
 		return err

@@ -151,7 +151,7 @@ func TestCompleteRefusesIncomplete(t *testing.T) {
 		t.Fatalf("an image without signature nor marker: %v, want no marker", err)
 	}
 	// A marker naming a signature not there.
-	if err := objstore.WriteMarker(ctx, st, id, aci, objstore.Object{Key: key + ".asc", Size: 13, SHA256: strings.Repeat("0", 64)}); err != nil {
+	if err := objstore.WriteMarker(ctx, st, id, aci, objstore.Object{Key: key + ".asc", Size: 13, SHA256: strings.Repeat("0", 64)}, nil); err != nil {
 		t.Fatal(err)
 	}
 	var inc *objstore.IncompleteError
@@ -164,7 +164,7 @@ func TestCompleteRefusesIncomplete(t *testing.T) {
 	}
 	// Markers that lie about a size or a digest.
 	for _, lie := range []objstore.Object{{Key: asc.Key, Size: asc.Size + 1, SHA256: asc.SHA256}, {Key: asc.Key, Size: asc.Size, SHA256: aci.SHA256}} {
-		objstore.WriteMarker(ctx, st, id, aci, lie)
+		objstore.WriteMarker(ctx, st, id, aci, lie, nil)
 		if _, err := objstore.Complete(ctx, st, key); !errors.As(err, &inc) {
 			t.Fatalf("a marker that lies (%+v): %v", lie, err)
 		}
@@ -176,7 +176,7 @@ func TestCompleteRefusesIncomplete(t *testing.T) {
 			t.Fatalf("the marker %.40q was taken", b)
 		}
 	}
-	if err := objstore.WriteMarker(ctx, st, id, aci, asc); err != nil {
+	if err := objstore.WriteMarker(ctx, st, id, aci, asc, nil); err != nil {
 		t.Fatal(err)
 	}
 	if m, err := objstore.Complete(ctx, st, key); err != nil || m.ImageID != id {

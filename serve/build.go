@@ -406,7 +406,7 @@ func Source(nixpkgs string, flake *pkgs.FlakeLock) string {
 // uploadList is what a build puts into the store: its layers, in
 // rendering order, then the app, each as published now (rep) or as the
 // tree held it already (its path and the image ID the app pins, which
-// publish proved).
+// publish proved; the app depends on its layers).
 func (s *Server) uploadList(res *pipeline.Result, rep *publish.Report) *publish.Report {
 	byPath := map[string]publish.Published{}
 	for _, p := range rep.Images {
@@ -414,19 +414,21 @@ func (s *Server) uploadList(res *pipeline.Result, rep *publish.Report) *publish.
 	}
 	dir := strings.TrimPrefix(s.basePath, "/")
 	up := &publish.Report{}
-	add := func(name, version, id string) {
+	add := func(name, version, id string, depends []string) {
 		p := path.Join(dir, imageRel(name, version, res.OS, res.Arch))
 		if q, ok := byPath[p]; ok {
 			up.Images = append(up.Images, q)
 			delete(byPath, p)
 			return
 		}
-		up.Images = append(up.Images, publish.Published{Name: name, Version: version, OS: res.OS, Arch: res.Arch, ImageID: id, Path: p})
+		up.Images = append(up.Images, publish.Published{Name: name, Version: version, OS: res.OS, Arch: res.Arch, ImageID: id, Path: p, Depends: depends})
 	}
+	var layers []string
 	for _, l := range res.Layers {
-		add(l.Name, l.Version, l.ImageID)
+		add(l.Name, l.Version, l.ImageID, nil)
+		layers = append(layers, l.ImageID)
 	}
-	add(res.Name, res.Version, res.ImageID)
+	add(res.Name, res.Version, res.ImageID, layers)
 	for _, p := range sortedPublished(byPath) {
 		up.Images = append(up.Images, p)
 	}

@@ -163,8 +163,10 @@ type Server struct {
 	outLayers map[string]string
 	// signer signs each image as the pipeline writes it.
 	signer *pipeline.Signer
-	// stored are the images known complete in Options.Store.
-	stored map[string]bool
+	// stored are the images known complete in Options.Store, by key.
+	stored map[string]storedImage
+	// background are the questions to the store in flight (refresh).
+	background sync.WaitGroup
 }
 
 type etag struct {
@@ -305,6 +307,7 @@ func New(o Options) (*Server, error) {
 func (s *Server) Close() {
 	s.cancel()
 	s.builds.Wait()
+	s.background.Wait()
 }
 
 // Registry is the server's Prometheus registry (what /metrics shows).

@@ -11,7 +11,10 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/nix2aci/nix2aci/objstore"
 	"github.com/nix2aci/nix2aci/publish"
@@ -37,7 +40,7 @@ func (s *Server) startStore() error {
 		host, _ := os.Hostname()
 		s.o.Replica = bounded(host, 60) + "-" + hex.EncodeToString(b)
 	}
-	s.stored = map[string]bool{}
+	s.stored = map[string]storedImage{}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := s.o.Store.Check(ctx); err != nil {
@@ -103,32 +106,121 @@ func (s *Server) have(rel string) bool {
 	return ok
 }
 
-// inStore says whether the image rel (.aci) is complete in the store:
-// its marker there, valid, naming both objects as the store holds them.
-// Images are never replaced under a name and version, so an answer yes
-// is remembered.
+// storedFor is how long an image found complete in the store is taken
+// as there before the store is asked again, in the background while the
+// answer stands: an object removed from the bucket later (a lifecycle
+// rule, an operator) is noticed within about twice this (an app's
+// dependencies are asked through the same memory), and the image is
+// built and uploaded again on the next request.
+var storedFor = time.Minute
+
+// maxStored bounds the images remembered; maxDependsDepth how deep
+// dependencies of dependencies are followed (a chain this long, or a
+// cycle, in markers from the bucket is taken as incomplete).
+const (
+	maxStored       = 100_000
+	maxDependsDepth = 4
+)
+
+// storedImage is an image found complete in the store.
+type storedImage struct {
+	at         time.Time
+	refreshing bool
+}
+
+// inStore says whether the image rel (.aci) is complete in the store.
 func (s *Server) inStore(ctx context.Context, rel string) (bool, error) {
+	return s.complete(ctx, s.objKey(rel), 0)
+}
+
+// complete says whether the image at key is complete in the store: its
+// marker there, valid, naming both objects as the store holds them, and
+// each image it depends on complete too. A yes is remembered for
+// storedFor; after that it stands while the store is asked again.
+func (s *Server) complete(ctx context.Context, key string, depth int) (bool, error) {
 	s.mu.Lock()
-	ok := s.stored[rel]
+	e, ok := s.stored[key]
+	if ok && !e.refreshing && time.Since(e.at) >= storedFor {
+		e.refreshing = true
+		s.stored[key] = e
+		s.background.Add(1)
+		go s.refresh(key)
+	}
 	s.mu.Unlock()
 	if ok {
 		return true, nil
 	}
-	_, err := objstore.Complete(ctx, s.o.Store, s.objKey(rel))
+	return s.check(ctx, key, depth)
+}
+
+// check asks the store whether the image at key is complete (as
+// complete says) and remembers a yes.
+func (s *Server) check(ctx context.Context, key string, depth int) (bool, error) {
+	if depth > maxDependsDepth {
+		s.o.Logger.Warn("store", "image", key, "incomplete", fmt.Sprintf("dependencies deeper than %d (or a cycle) in the markers", maxDependsDepth))
+		return false, nil
+	}
+	m, err := objstore.Complete(ctx, s.o.Store, key)
 	var inc *objstore.IncompleteError
 	switch {
-	case err == nil:
-		s.mu.Lock()
-		s.stored[rel] = true
-		s.mu.Unlock()
-		return true, nil
 	case errors.Is(err, objstore.ErrNotExist):
 		return false, nil
 	case errors.As(err, &inc):
-		s.o.Logger.Warn("store", "image", rel, "incomplete", bounded(err.Error(), 300))
+		s.o.Logger.Warn("store", "image", key, "incomplete", bounded(err.Error(), 300))
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	// The dependencies, a few at a time: the first request for an app on
+	// an empty replica asks about each of its layers.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	var missing atomic.Value
+	for _, d := range m.Depends {
+		g.Go(func() error {
+			ok, err := s.complete(gctx, d, depth+1)
+			if err == nil && !ok {
+				missing.CompareAndSwap(nil, d)
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return false, err
+	}
+	if d := missing.Load(); d != nil {
+		s.o.Logger.Warn("store", "image", key, "incomplete", "its dependency "+d.(string)+" is not complete in the store")
 		return false, nil
 	}
-	return false, err
+	s.mu.Lock()
+	if len(s.stored) >= maxStored {
+		clear(s.stored)
+	}
+	s.stored[key] = storedImage{at: time.Now()}
+	s.mu.Unlock()
+	return true, nil
+}
+
+// refresh asks the store again about an image remembered as complete,
+// and forgets it when it no longer is.
+func (s *Server) refresh(key string) {
+	defer s.background.Done()
+	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+	defer cancel()
+	ok, err := s.check(ctx, key, 0)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case err != nil:
+		// The store could not be asked: the answer stands until the next
+		// try.
+		if e, there := s.stored[key]; there {
+			e.refreshing = false
+			s.stored[key] = e
+		}
+	case !ok:
+		delete(s.stored, key)
+	}
 }
 
 // claim takes the lease on building q's image, or waits while another
@@ -169,8 +261,20 @@ func (s *Server) relsOf(rep *publish.Report) []string {
 // both before its marker, written last. Images already complete there
 // are not uploaded again.
 func (s *Server) upload(ctx context.Context, rep *publish.Report) error {
+	keyOf := map[string]string{} // by image ID
+	for _, p := range rep.Images {
+		keyOf[p.ImageID] = filepath.ToSlash(p.Path)
+	}
 	for _, p := range rep.Images {
 		key := filepath.ToSlash(p.Path)
+		var deps []string
+		for _, id := range p.Depends {
+			k, ok := keyOf[id]
+			if !ok {
+				return fmt.Errorf("uploading %s: its dependency %s is not among the images of the build", key, id)
+			}
+			deps = append(deps, k)
+		}
 		m, err := objstore.Complete(ctx, s.o.Store, key)
 		var inc *objstore.IncompleteError
 		switch {
@@ -190,7 +294,7 @@ func (s *Server) upload(ctx context.Context, rep *publish.Report) error {
 			asc, err = s.o.Store.PutFile(ctx, key+".asc", local+".asc", "application/pgp-signature")
 		}
 		if err == nil {
-			err = objstore.WriteMarker(ctx, s.o.Store, p.ImageID, aci, asc)
+			err = objstore.WriteMarker(ctx, s.o.Store, p.ImageID, aci, asc, deps)
 		}
 		if err != nil {
 			return fmt.Errorf("uploading %s to %s: %w", key, s.o.Store, err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -130,14 +131,27 @@ func TestStoreNeverServesIncomplete(t *testing.T) {
 		t.Fatal(err)
 	}
 	notServed("image and signature without marker")
-	objstore.WriteMarker(ctx, st, id, aci, objstore.Object{Key: asc.Key, Size: asc.Size + 1, SHA256: asc.SHA256})
+	objstore.WriteMarker(ctx, st, id, aci, objstore.Object{Key: asc.Key, Size: asc.Size + 1, SHA256: asc.SHA256}, nil)
 	notServed("a marker lying about the signature's size")
-	objstore.WriteMarker(ctx, st, id, objstore.Object{Key: aci.Key, Size: aci.Size, SHA256: asc.SHA256}, asc)
+	objstore.WriteMarker(ctx, st, id, objstore.Object{Key: aci.Key, Size: aci.Size, SHA256: asc.SHA256}, asc, nil)
 	notServed("a marker lying about the image's digest")
 	st.Put(ctx, objstore.MarkerKey(key), []byte(`{"nix2aci-marker":1,"aci":{"key":"../../etc/passwd"}}`), "application/json", objstore.Cond{})
 	notServed("a marker naming another object")
+	objstore.WriteMarker(ctx, st, id, aci, asc, []string{"acis/127.0.0.1/gone-1-linux-amd64.aci"})
+	notServed("a dependency not in the store")
+	// Two images that depend on each other: asked about, not followed
+	// round for ever.
+	u2 := e.url("127.0.0.1/tiny2", "aci")
+	key2 := "acis/" + strings.TrimPrefix(u2, e.base+"/")
+	aci2, _ := st.PutFile(ctx, key2, filepath.Join(dir, "aci"), "application/octet-stream")
+	asc2, _ := st.PutFile(ctx, key2+".asc", filepath.Join(dir, "asc"), "application/pgp-signature")
+	if err := objstore.WriteMarker(ctx, st, id, aci2, asc2, []string{key}); err != nil {
+		t.Fatal(err)
+	}
+	objstore.WriteMarker(ctx, st, id, aci, asc, []string{key2})
+	notServed("dependencies in a cycle")
 
-	if err := objstore.WriteMarker(ctx, st, id, aci, asc); err != nil {
+	if err := objstore.WriteMarker(ctx, st, id, aci, asc, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, x := range []string{u, u + ".asc"} {
@@ -189,5 +203,51 @@ func TestStoreGetsSharedLayers(t *testing.T) {
 	}
 	if n := e2.built.Load(); n != 0 {
 		t.Fatalf("the replica with an empty disk built %d images, want 0", n)
+	}
+}
+
+// TestStoreNoticesRemovedObjects: objects removed from the bucket after
+// the server found their image complete (a lifecycle rule expiring old
+// objects, here a shared layer's image and signature) are noticed once
+// the server asks the bucket again: the app is built again, the layer
+// uploaded again, and the app fetches, verifies and runs whole.
+func TestStoreNoticesRemovedObjects(t *testing.T) {
+	serve.SetStoredFor(t, 300*time.Millisecond)
+	g := objstoretest.Start(t)
+	st := g.Bucket(t, "images", objstore.S3Options{})
+	e := start(t, func(o *serve.Options) { o.Store = st })
+	app := e.url("127.0.0.1/busybox", "aci")
+	mustGet(t, app)
+	ctx := context.Background()
+	layers, _ := filepath.Glob(filepath.Join(e.data, "acis", "127.0.0.1", "nix", "busybox-*.aci"))
+	if len(layers) != 1 {
+		t.Fatalf("busybox's layer in the tree: %v", layers)
+	}
+	key := "acis/127.0.0.1/nix/" + filepath.Base(layers[0])
+	for _, k := range []string{key + ".asc", key} {
+		if err := st.Delete(ctx, k, objstore.Cond{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if resp, err := http.Get(app); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		if _, err := objstore.Complete(ctx, st, key); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the layer removed from the bucket was not uploaded again within 30 s of requests for its app")
+		}
+	}
+	if n := e.built.Load(); n != 2 {
+		t.Fatalf("%d builds, want 2 (the app again, once its layer was found missing)", n)
+	}
+	dir := t.TempDir()
+	labels := map[types.ACIdentifier]string{"version": version, "os": "linux", "arch": "amd64"}
+	img := fetch(t, e, "127.0.0.1/busybox", labels, trustFromDiscovery(t, e, "127.0.0.1"), dir, "")
+	if got := run(t, dir, img, "echo", "whole again"); got != "whole again" {
+		t.Fatalf("the app said %q", got)
 	}
 }
