@@ -114,12 +114,15 @@ func (s *Server) have(rel string) bool {
 // built and uploaded again on the next request.
 var storedFor = time.Minute
 
-// maxStored bounds the images remembered; maxDependsDepth how deep
-// dependencies of dependencies are followed (a chain this long, or a
-// cycle, in markers from the bucket is taken as incomplete).
+// maxStored bounds the images remembered. Markers come from the bucket
+// and are followed at most maxDependsDepth deep (dependencies of
+// dependencies), asking the store about at most maxAsked images for one
+// image: a chain longer, a cycle, or a web wider in hostile markers is
+// taken as incomplete.
 const (
 	maxStored       = 100_000
 	maxDependsDepth = 4
+	maxAsked        = 2 * objstore.MaxDepends
 )
 
 // storedImage is an image found complete in the store.
@@ -130,14 +133,24 @@ type storedImage struct {
 
 // inStore says whether the image rel (.aci) is complete in the store.
 func (s *Server) inStore(ctx context.Context, rel string) (bool, error) {
-	return s.complete(ctx, s.objKey(rel), 0)
+	return s.complete(ctx, s.objKey(rel), newAsking())
 }
+
+// asking is one question to the store: how many images it asked about.
+type asking struct {
+	depth int
+	asked *atomic.Int64
+}
+
+func newAsking() *asking { return &asking{asked: new(atomic.Int64)} }
+
+func (a *asking) deeper() *asking { return &asking{a.depth + 1, a.asked} }
 
 // complete says whether the image at key is complete in the store: its
 // marker there, valid, naming both objects as the store holds them, and
 // each image it depends on complete too. A yes is remembered for
 // storedFor; after that it stands while the store is asked again.
-func (s *Server) complete(ctx context.Context, key string, depth int) (bool, error) {
+func (s *Server) complete(ctx context.Context, key string, a *asking) (bool, error) {
 	s.mu.Lock()
 	e, ok := s.stored[key]
 	if ok && !e.refreshing && time.Since(e.at) >= storedFor {
@@ -150,14 +163,15 @@ func (s *Server) complete(ctx context.Context, key string, depth int) (bool, err
 	if ok {
 		return true, nil
 	}
-	return s.check(ctx, key, depth)
+	return s.check(ctx, key, a)
 }
 
 // check asks the store whether the image at key is complete (as
 // complete says) and remembers a yes.
-func (s *Server) check(ctx context.Context, key string, depth int) (bool, error) {
-	if depth > maxDependsDepth {
-		s.o.Logger.Warn("store", "image", key, "incomplete", fmt.Sprintf("dependencies deeper than %d (or a cycle) in the markers", maxDependsDepth))
+func (s *Server) check(ctx context.Context, key string, a *asking) (bool, error) {
+	a = a.deeper()
+	if a.depth > maxDependsDepth || a.asked.Add(1) > maxAsked {
+		s.o.Logger.Warn("store", "image", key, "incomplete", fmt.Sprintf("its markers name dependencies over %d deep (or in a cycle) or over %d images", maxDependsDepth, maxAsked))
 		return false, nil
 	}
 	m, err := objstore.Complete(ctx, s.o.Store, key)
@@ -178,7 +192,7 @@ func (s *Server) check(ctx context.Context, key string, depth int) (bool, error)
 	var missing atomic.Value
 	for _, d := range m.Depends {
 		g.Go(func() error {
-			ok, err := s.complete(gctx, d, depth+1)
+			ok, err := s.complete(gctx, d, a)
 			if err == nil && !ok {
 				missing.CompareAndSwap(nil, d)
 			}
@@ -207,7 +221,7 @@ func (s *Server) refresh(key string) {
 	defer s.background.Done()
 	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
 	defer cancel()
-	ok, err := s.check(ctx, key, 0)
+	ok, err := s.check(ctx, key, newAsking())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
