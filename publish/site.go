@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/appc/spec/schema/types"
@@ -404,6 +405,12 @@ func readFound(root *os.Root, p string) *found {
 		return &found{err: err}
 	}
 	defer f.Close()
+	id, known := statOf(f)
+	if known {
+		if fd := manifests.get(id); fd != nil {
+			return fd
+		}
+	}
 	im, err := aci.ReadManifest(f, maxScanManifest)
 	if err != nil {
 		return &found{err: err}
@@ -418,7 +425,38 @@ func readFound(root *os.Root, p string) *found {
 		}
 	}
 	fd.deps = im.Dependencies
+	// Kept only if the file did not change while it was read.
+	if again, ok := statOf(f); known && ok && again == id {
+		manifests.put(id, fd)
+	}
 	return fd
+}
+
+// manifests remembers, in this process's memory only, what the
+// manifests of tree files said, keyed by the file's identity as verified
+// is (see there): a long-running publisher (nix2aci serve) scans a tree
+// of thousands of images without reading each manifest again. What it
+// holds is never changed: a *found is shared by every scan that finds it.
+var manifests = &manifestCache{m: map[statID]*found{}}
+
+type manifestCache struct {
+	mu sync.Mutex
+	m  map[statID]*found
+}
+
+func (c *manifestCache) get(id statID) *found {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[id]
+}
+
+func (c *manifestCache) put(id statID, fd *found) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= maxScanEntries {
+		clear(c.m) // files gone from trees leave their entries behind
+	}
+	c.m[id] = fd
 }
 
 // fileInfo reads the image at p in the tree whole: its manifest and image

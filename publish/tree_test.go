@@ -567,3 +567,46 @@ func TestChangedTreeLayerIsReadAgain(t *testing.T) {
 		t.Fatalf("an app on a layer changed in the tree: %v", err)
 	}
 }
+
+// TestChangedTreeManifestIsReadAgain: what a tree file's manifest says is
+// remembered between publishes in one process (a server publishing into
+// a tree of thousands of images), but a file rewritten in place, even to
+// the same size and modification time, is read again: index.html then
+// lists only what the files say.
+func TestChangedTreeManifestIsReadAgain(t *testing.T) {
+	work, key, imgs := unsignedApp1(t)
+	site := filepath.Join(work, "site")
+	o := publish.Options{Site: site, BaseURL: "https://example.com/acis", Key: key}
+	if _, err := publish.Publish(context.Background(), imgs, o); err != nil {
+		t.Fatal(err)
+	}
+	res := build(t, "app2", filepath.Join(work, "out2"), nil)
+	if _, err := publish.Publish(context.Background(), []string{res.ACI}, o); err != nil {
+		t.Fatal(err)
+	}
+	if page := string(mustRead(t, filepath.Join(site, "index.html"))); !strings.Contains(page, "127.0.0.1/app1:1.0") {
+		t.Fatalf("index.html lacks app1:\n%s", page)
+	}
+	// app1's file now holds app2's image, cut or padded to app1's size,
+	// with app1's modification time: only its change time tells.
+	dir := filepath.Join(site, "acis", "127.0.0.1")
+	app1 := filepath.Join(dir, "app1-1.0-linux-amd64.aci")
+	fi, err := os.Stat(app1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := mustRead(t, filepath.Join(dir, "app2-1.0-linux-amd64.aci"))
+	b = append(b, make([]byte, max(0, int(fi.Size())-len(b)))...)[:fi.Size()]
+	if err := os.WriteFile(app1, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(app1, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := publish.Publish(context.Background(), []string{res.ACI}, o); err != nil {
+		t.Fatal(err)
+	}
+	if page := string(mustRead(t, filepath.Join(site, "index.html"))); strings.Contains(page, "127.0.0.1/app1:1.0") {
+		t.Fatalf("index.html lists app1, whose file now says app2:\n%s", page)
+	}
+}
