@@ -35,6 +35,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha512"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -172,13 +173,20 @@ type job struct {
 	p        Published
 	deps     types.Dependencies
 	staged   string // the staged copy's name in the staging directory
+	// sum and ascSum are the SHA-512 of the image's and the signature's
+	// bytes as they were checked.
+	sum, ascSum []byte
 }
 
-// testMoved, if set, is called after each file is renamed into the tree.
-var testMoved func(rel string)
+// testMoved, if set, is called after each file is renamed into the tree;
+// testChecked after the images and the tree are checked, before staging.
+var (
+	testMoved   func(rel string)
+	testChecked func()
+)
 
 // Publish copies images (and signatures) into the tree o.Site, with the
-// public key and index.html. Each image is validated (aci.InspectFile)
+// public key and index.html. Each image is validated (aci.Inspect)
 // first, and with no Key its signature must verify with PublicKey for
 // its name: a tree never serves what rkt would refuse.
 //
@@ -204,6 +212,9 @@ func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 	var jobs []*job
 	for _, img := range images {
 		j, err := checkImage(ctx, img, o.Key != nil, base.String(), strings.TrimPrefix(base.Path, "/"), trust, fp)
+		if err != nil && ctx.Err() != nil {
+			return nil, fmt.Errorf("publishing interrupted; nothing was written to the site: %w", context.Cause(ctx))
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -239,9 +250,12 @@ func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 		return nil, err
 	}
 
+	if testChecked != nil {
+		testChecked()
+	}
 	// Stage everything inside the site, each image read once more as it
-	// is published: signed (and validated) now, or validated with its
-	// signature checked, and still the image checked above.
+	// is copied (and signed, with a key): the copy holds the bytes checked
+	// above, by their SHA-512, so it need not be checked again.
 	stage := stagePrefix + randomName()
 	if err := root.Mkdir(stage, 0o700); err != nil {
 		return nil, fmt.Errorf("writing into the site: %w", err)
@@ -257,7 +271,7 @@ func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 		j.staged = fmt.Sprintf("%d.aci", i)
 		g.Go(func() error {
 			if ctx.Err() == nil {
-				errs[i] = stageImage(ctx, j, o.Key, trust, filepath.Join(stageDir, j.staged))
+				errs[i] = stageImage(ctx, j, o.Key, filepath.Join(stageDir, j.staged))
 			}
 			return nil
 		})
@@ -384,25 +398,26 @@ func randomName() string {
 func checkImage(ctx context.Context, img string, signing bool, base, dir string, trust *sign.Trust, fp string) (*job, error) {
 	var im *schema.ImageManifest
 	var id, asc string
+	var sum, ascSum []byte
 	if signing {
-		info, err := aci.InspectFile(img)
+		info, s, err := inspectSum(ctx, img)
 		if err != nil {
 			return nil, err
 		}
-		im, id = info.Manifest, info.ImageID
+		im, id, sum = info.Manifest, info.ImageID, s
 	} else {
 		asc = img + ".asc"
 		if _, err := os.Lstat(asc); err != nil {
 			return nil, fmt.Errorf("%s is not signed (%v): sign it (nix2aci sign, build --sign), or publish with --key", img, err)
 		}
-		v, err := verifyFiles(ctx, img, asc, trust)
+		v, s, as, err := verifySum(ctx, img, asc, trust)
 		if err != nil {
 			if aci.IsInvalid(err) {
 				return nil, err
 			}
 			return nil, fmt.Errorf("%s: its signature does not verify with the published key %s: %w", img, fp, err)
 		}
-		im, id = v.Manifest, v.ImageID
+		im, id, sum, ascSum = v.Manifest, v.ImageID, s, as
 	}
 	name := im.Name.String()
 	labels := map[string]string{}
@@ -426,36 +441,117 @@ func checkImage(ctx context.Context, img string, signing bool, base, dir string,
 			p.Depends = append(p.Depends, d.ImageID.String())
 		}
 	}
-	return &job{src: img, asc: asc, p: p, deps: im.Dependencies}, nil
+	return &job{src: img, asc: asc, p: p, deps: im.Dependencies, sum: sum, ascSum: ascSum}, nil
 }
 
-// stageImage copies j's image to dst (and its signature, or a new one,
-// to dst.asc), and checks the copy is the image checked before.
-func stageImage(ctx context.Context, j *job, key *openpgp.Entity, trust *sign.Trust, dst string) error {
-	if err := copyFile(ctx, j.src, dst); err != nil {
+// inspectSum validates the image at img (aci.Inspect) and returns the
+// SHA-512 of its file's bytes, read once.
+func inspectSum(ctx context.Context, img string) (*aci.Info, []byte, error) {
+	f, err := pipeline.OpenImage(img)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	h := sha512.New()
+	r := io.TeeReader(safeio.WithContext(ctx, f), h)
+	info, err := aci.Inspect(r)
+	if err == nil {
+		_, err = io.Copy(io.Discard, r)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("inspecting %s: %w", img, err)
+	}
+	return info, h.Sum(nil), nil
+}
+
+// verifySum checks the signature asc of the image at img with trust,
+// reading the whole image, and returns the SHA-512 of
+// both files' bytes, each read once.
+func verifySum(ctx context.Context, img, asc string, trust *sign.Trust) (*sign.Verified, []byte, []byte, error) {
+	f, err := pipeline.OpenImage(img)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer f.Close()
+	sig, err := safeio.OpenRegular(asc)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer sig.Close()
+	hi, hs := sha512.New(), sha512.New()
+	ri, rs := io.TeeReader(safeio.WithContext(ctx, f), hi), io.TeeReader(sig, hs)
+	v, err := sign.VerifyWith(ri, rs, trust, sign.VerifyOptions{Full: true})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	// What the verification left unread (nothing, as it reads both to
+	// their ends) is hashed too: the sums are of the whole files.
+	if _, err := io.Copy(io.Discard, ri); err != nil {
+		return nil, nil, nil, err
+	}
+	if _, err := io.Copy(io.Discard, io.LimitReader(rs, 1<<20)); err != nil {
+		return nil, nil, nil, err
+	}
+	return v, hi.Sum(nil), hs.Sum(nil), nil
+}
+
+// stageImage copies j's image to dst (and its signature, or a new one
+// made as it is copied, to dst.asc), and checks that the copies hold the
+// bytes checked before: the same SHA-512 as the files had then, so that
+// nothing need be read again.
+func stageImage(ctx context.Context, j *job, key *openpgp.Entity, dst string) error {
+	var sum []byte
+	var err error
+	if key != nil {
+		sum, err = copySigned(ctx, j, key, dst)
+	} else {
+		sum, err = copyFile(ctx, j.src, dst)
+		if err == nil {
+			var ascSum []byte
+			ascSum, err = copyFile(ctx, j.asc, dst+".asc")
+			if err == nil && !bytes.Equal(ascSum, j.ascSum) {
+				return fmt.Errorf("%s changed while it was being published; publish it again", j.asc)
+			}
+		}
+	}
+	if err != nil {
 		return err
 	}
-	var id string
-	if key != nil {
-		info, err := pipeline.SignImage(ctx, key, dst, dst+".asc")
-		if err != nil {
-			return err
-		}
-		id = info.ImageID
-	} else {
-		if err := copyFile(ctx, j.asc, dst+".asc"); err != nil {
-			return err
-		}
-		v, err := verifyFiles(ctx, dst, dst+".asc", trust)
-		if err != nil {
-			return fmt.Errorf("%s: %w", j.src, err)
-		}
-		id = v.ImageID
-	}
-	if id != j.p.ImageID {
+	if !bytes.Equal(sum, j.sum) {
 		return fmt.Errorf("%s changed while it was being published; publish it again", j.src)
 	}
 	return nil
+}
+
+// copySigned copies j's image to dst and signs the bytes as they are
+// copied into dst.asc; it returns their SHA-512.
+func copySigned(ctx context.Context, j *job, key *openpgp.Entity, dst string) ([]byte, error) {
+	in, err := safeio.OpenRegular(j.src)
+	if err != nil {
+		return nil, err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	h := sha512.New()
+	r := io.TeeReader(safeio.WithContext(ctx, in), io.MultiWriter(out, h))
+	var sig bytes.Buffer
+	err = sign.Detached(&sig, key, r, sign.WithImage(j.p.Name, j.p.ImageID))
+	if err == nil {
+		_, err = io.Copy(io.Discard, r)
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.WriteFile(dst+".asc", sig.Bytes(), 0o644)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("copying %s into the site: %w", j.src, err)
+	}
+	return h.Sum(nil), nil
 }
 
 func depKey(name, version, os, arch string) string {
@@ -828,22 +924,6 @@ func statOf(f *os.File) (statID, bool) {
 	return statID{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}, true
 }
 
-// verifyFiles checks the signature asc of the image at path with trust,
-// reading the whole image (sign.VerifyWith with Full).
-func verifyFiles(ctx context.Context, path, asc string, trust *sign.Trust) (*sign.Verified, error) {
-	f, err := pipeline.OpenImage(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	sig, err := safeio.OpenRegular(asc)
-	if err != nil {
-		return nil, err
-	}
-	defer sig.Close()
-	return sign.VerifyWith(safeio.WithContext(ctx, f), sig, trust, sign.VerifyOptions{Full: true})
-}
-
 func contains(list []string, s string) bool {
 	for _, x := range list {
 		if x == s {
@@ -853,22 +933,24 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-func copyFile(ctx context.Context, src, dst string) error {
+// copyFile copies src to dst and returns the SHA-512 of the bytes.
+func copyFile(ctx context.Context, src, dst string) ([]byte, error) {
 	in, err := safeio.OpenRegular(src)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer in.Close()
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	_, err = io.Copy(out, safeio.WithContext(ctx, in))
+	h := sha512.New()
+	_, err = io.Copy(io.MultiWriter(out, h), safeio.WithContext(ctx, in))
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("copying %s into the site: %w", src, err)
+		return nil, fmt.Errorf("copying %s into the site: %w", src, err)
 	}
-	return nil
+	return h.Sum(nil), nil
 }

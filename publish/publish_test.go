@@ -503,3 +503,53 @@ func rewrite(t *testing.T, src, dst string, edit func(*schema.ImageManifest)) {
 		t.Fatal(err)
 	}
 }
+
+// TestImageChangedAfterItsCheckIsRefused: an image (or its signature)
+// rewritten between publish's check and its copy into the site is refused,
+// signing with a key or verifying a signature made before, and the site
+// is left as it was: the copy is proven to hold the bytes checked.
+func TestImageChangedAfterItsCheckIsRefused(t *testing.T) {
+	work := t.TempDir()
+	key := keyOf(t)
+	unsigned, signed := filepath.Join(work, "unsigned"), filepath.Join(work, "signed")
+	build(t, "app1", unsigned, nil)
+	build(t, "app1", signed, pipeline.KeySigner(key))
+	for _, tc := range []struct {
+		name   string
+		dir    string
+		o      publish.Options
+		change string // the file rewritten after the check
+	}{
+		{"signing, the image changed", unsigned, publish.Options{Key: key}, ".aci"},
+		{"verifying, the image changed", signed, publish.Options{PublicKey: key}, ".aci"},
+		{"verifying, the signature changed", signed, publish.Options{PublicKey: key}, ".aci.asc"},
+	} {
+		imgs := mustExpand(t, tc.dir)
+		var app string
+		for _, f := range imgs {
+			if strings.HasPrefix(filepath.Base(f), "app1-") {
+				app = f
+			}
+		}
+		victim := strings.TrimSuffix(app, ".aci") + tc.change
+		before := mustRead(t, victim)
+		restore := publish.SetCheckedHook(func() {
+			b := append([]byte(nil), before...)
+			b[len(b)-1] ^= 0x01
+			if err := os.WriteFile(victim, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		})
+		o := tc.o
+		o.Site, o.BaseURL = filepath.Join(work, "site"), "https://example.com/acis"
+		_, err := publish.Publish(context.Background(), imgs, o)
+		restore()
+		os.WriteFile(victim, before, 0o644)
+		if err == nil || !strings.Contains(err.Error(), "changed while it was being published") {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+		if m, _ := filepath.Glob(filepath.Join(o.Site, "acis", "127.0.0.1", "*")); len(m) != 0 {
+			t.Errorf("%s: the site holds %v", tc.name, m)
+		}
+	}
+}
