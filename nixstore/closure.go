@@ -113,18 +113,41 @@ func Closure(ctx context.Context, roots []string, opts ...Option) (*Graph, error
 	}
 	sort.Strings(paths)
 	g := newGraphReader(true, defaultLimits)
-	if err := stream(ctx, o.nixStore, g.read, append([]string{"--dump-db"}, paths...)...); err != nil {
-		var ce *CommandError
-		if errors.As(err, &ce) {
-			return nil, fmt.Errorf("reading registration of %d store paths: %w", len(paths), err)
+	for _, batch := range argBatches(paths, dumpBatch) {
+		if err := stream(ctx, o.nixStore, g.read, append([]string{"--dump-db"}, batch...)...); err != nil {
+			var ce *CommandError
+			if errors.As(err, &ce) {
+				return nil, fmt.Errorf("reading registration of %d store paths: %w", len(paths), err)
+			}
+			return nil, fmt.Errorf("parsing nix-store --dump-db output: %w", err)
 		}
-		return nil, fmt.Errorf("parsing nix-store --dump-db output: %w", err)
 	}
 	infos := g.graph().Paths
 	if len(infos) != len(paths) {
 		return nil, fmt.Errorf("nix-store --dump-db returned %d records for %d paths", len(infos), len(paths))
 	}
 	return &Graph{Roots: clean, Paths: infos}, nil
+}
+
+// dumpBatch bounds the bytes of the store paths one nix-store --dump-db
+// is given: the kernel refuses a command line and environment over
+// ARG_MAX (2 MiB by default), which a closure of 30,000 paths passes.
+var dumpBatch = 256 << 10
+
+// argBatches splits args into runs of at most max bytes (with a byte
+// each for its end), each holding one argument at least.
+func argBatches(args []string, max int) [][]string {
+	var out [][]string
+	for start := 0; start < len(args); {
+		end, n := start+1, len(args[start])+1
+		for end < len(args) && n+len(args[end])+1 <= max {
+			n += len(args[end]) + 1
+			end++
+		}
+		out = append(out, args[start:end])
+		start = end
+	}
+	return out
 }
 
 // invalidPathErr turns nix-store's complaint about an invalid path into an

@@ -3,6 +3,7 @@ package nixstore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -162,6 +163,56 @@ in mk "top-1.0" "echo ${toString leaves} > $out"`)
 	calls, _ := os.ReadFile(log)
 	if n := strings.Count(string(calls), "call"); n != 2 {
 		t.Errorf("nix-store ran %d times for 301 paths, want 2", n)
+	}
+}
+
+// A closure whose paths would not fit one command line (ARG_MAX) is
+// read in several nix-store --dump-db calls, to the same graph: here with
+// batches of 4 KiB, so that 301 paths take several.
+func TestClosureDumpsInBatches(t *testing.T) {
+	root := nixtest.Build(t, `let
+  leaf = i: mk "leaf-${toString i}" "echo ${toString i} > $out";
+  leaves = builtins.genList leaf 300;
+in mk "top-1.0" "echo ${toString leaves} > $out"`)
+	whole, err := nixstore.Closure(context.Background(), []string{root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	real, err := execLookPath("nix-store")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := filepath.Join(t.TempDir(), "calls")
+	wrapper := filepath.Join(t.TempDir(), "nix-store")
+	os.WriteFile(wrapper, []byte("#!/bin/sh\necho \"$1 $#\" >> "+log+"\nexec "+real+" \"$@\"\n"), 0o755)
+	restore := nixstore.SetDumpBatch(4 << 10)
+	g, err := nixstore.Closure(context.Background(), []string{root}, nixstore.WithNixStore(wrapper))
+	restore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls, _ := os.ReadFile(log)
+	dumps, args := 0, 0
+	for _, c := range strings.Split(strings.TrimSpace(string(calls)), "\n") {
+		var flag string
+		var n int
+		fmt.Sscanf(c, "%s %d", &flag, &n)
+		if flag == "--dump-db" {
+			dumps++
+			args += n - 1
+		}
+	}
+	if dumps < 4 || args != 301 {
+		t.Errorf("nix-store --dump-db ran %d times for %d paths, want at least 4 for 301", dumps, args)
+	}
+	if len(g.Paths) != len(whole.Paths) {
+		t.Fatalf("%d paths in batches, %d at once", len(g.Paths), len(whole.Paths))
+	}
+	for i, p := range g.Paths {
+		w := whole.Paths[i]
+		if p.Path != w.Path || p.NarHash != w.NarHash || p.NarSize != w.NarSize || strings.Join(p.References, " ") != strings.Join(w.References, " ") {
+			t.Errorf("%s in batches differs from %s at once", p.Path, w.Path)
+		}
 	}
 }
 
