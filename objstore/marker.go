@@ -9,8 +9,9 @@ import (
 	"regexp"
 )
 
-// MaxMarker bounds a marker's bytes: room for MaxDepends keys.
-const MaxMarker = 1 << 20
+// MaxMarker bounds a marker's bytes: room for MaxDepends layers of
+// usual keys (a few hundred bytes each).
+const MaxMarker = 512 << 10
 
 // MaxDepends bounds the dependencies a marker names (as many as a
 // signed tree may hold besides its app, sign.DefaultMaxDependencies).
@@ -25,10 +26,16 @@ type Marker struct {
 	ImageID string `json:"imageID"`
 	ACI     Part   `json:"aci"`
 	ASC     Part   `json:"asc"`
-	// Depends are the keys of the images it depends on, in the same
-	// store: each is complete before this marker is written, and an
+	// Depends are the images it depends on (an app's layers), in the
+	// same store: each is complete before this marker is written, and an
 	// image is served only while they are still there.
-	Depends []string `json:"depends,omitempty"`
+	Depends []Dep `json:"depends,omitempty"`
+}
+
+// Dep is an image a marker's image depends on: its key and image ID.
+type Dep struct {
+	Key     string `json:"key"`
+	ImageID string `json:"imageID"`
 }
 
 // Part is one object a marker names.
@@ -86,20 +93,23 @@ func ParseMarker(b []byte, key string) (*Marker, error) {
 	}
 	seen := map[string]bool{key: true}
 	for _, d := range m.Depends {
-		if err := CheckKey(d); err != nil {
+		if err := CheckKey(d.Key); err != nil {
 			return nil, fmt.Errorf("the marker of %s names a dependency that is no key: %v", key, err)
 		}
-		if seen[d] {
-			return nil, fmt.Errorf("the marker of %s names %.100q twice, or as its own dependency", key, d)
+		if seen[d.Key] {
+			return nil, fmt.Errorf("the marker of %s names %.100q twice, or as its own dependency", key, d.Key)
 		}
-		seen[d] = true
+		seen[d.Key] = true
+		if !imageIDRE.MatchString(d.ImageID) {
+			return nil, fmt.Errorf("the marker of %s gives its dependency %.100q no image ID", key, d.Key)
+		}
 	}
 	return &m, nil
 }
 
 // WriteMarker writes the marker of an image after its two objects and
-// after the markers of the images it depends on (depends: their keys).
-func WriteMarker(ctx context.Context, st Store, imageID string, aci, asc Object, depends []string) error {
+// after the markers of the images it depends on.
+func WriteMarker(ctx context.Context, st Store, imageID string, aci, asc Object, depends []Dep) error {
 	m := Marker{Format: 1, ImageID: imageID,
 		ACI:     Part{Key: aci.Key, Size: aci.Size, SHA256: aci.SHA256},
 		ASC:     Part{Key: asc.Key, Size: asc.Size, SHA256: asc.SHA256},

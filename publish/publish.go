@@ -505,10 +505,11 @@ func stageImage(ctx context.Context, j *job, key *openpgp.Entity, dst string) er
 	if key != nil {
 		sum, err = copySigned(ctx, j, key, dst)
 	} else {
-		sum, err = copyFile(ctx, j.src, dst)
+		sum, err = copyFile(ctx, j.src, dst, -1)
 		if err == nil {
 			var ascSum []byte
-			ascSum, err = copyFile(ctx, j.asc, dst+".asc")
+			// As read when checked: a signature file is at most 1 MiB.
+			ascSum, err = copyFile(ctx, j.asc, dst+".asc", 1<<20+1)
 			if err == nil && !bytes.Equal(ascSum, j.ascSum) {
 				return fmt.Errorf("%s changed while it was being published; publish it again", j.asc)
 			}
@@ -933,8 +934,9 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// copyFile copies src to dst and returns the SHA-512 of the bytes.
-func copyFile(ctx context.Context, src, dst string) ([]byte, error) {
+// copyFile copies src to dst, at most max bytes of it (-1: all), and
+// returns the SHA-512 of the bytes copied.
+func copyFile(ctx context.Context, src, dst string, max int64) ([]byte, error) {
 	in, err := safeio.OpenRegular(src)
 	if err != nil {
 		return nil, err
@@ -945,7 +947,11 @@ func copyFile(ctx context.Context, src, dst string) ([]byte, error) {
 		return nil, err
 	}
 	h := sha512.New()
-	_, err = io.Copy(io.MultiWriter(out, h), safeio.WithContext(ctx, in))
+	var r io.Reader = safeio.WithContext(ctx, in)
+	if max >= 0 {
+		r = io.LimitReader(r, max)
+	}
+	_, err = io.Copy(io.MultiWriter(out, h), r)
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}

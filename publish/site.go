@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -281,7 +282,7 @@ func loadSite(ctx context.Context, root *os.Root, base *url.URL) (*site, error) 
 		}
 		host := hostOf(f.name)
 		if r, ok := rec.images[p]; ok && r.Name == f.name && r.Version == f.version && r.OS == f.os && r.Arch == f.arch {
-			r.Depends = f.pins
+			r.Depends = slices.Clip(f.pins) // shared with later scans: an append copies
 			s.images[p] = r
 			s.addKey(host, "")
 			continue
@@ -297,7 +298,7 @@ func loadSite(ctx context.Context, root *os.Root, base *url.URL) (*site, error) 
 		}
 		s.infos[p] = &aci.Info{Manifest: v.Manifest, ImageID: v.ImageID}
 		pub := f.published(p)
-		pub.URL, pub.ImageID, pub.Depends = u, v.ImageID, f.pins
+		pub.URL, pub.ImageID, pub.Depends = u, v.ImageID, slices.Clip(f.pins)
 		s.images[p] = pub
 		s.addKey(host, strings.ToLower(v.Fingerprint))
 	}

@@ -406,7 +406,9 @@ func Source(nixpkgs string, flake *pkgs.FlakeLock) string {
 // uploadList is what a build puts into the store: its layers, in
 // rendering order, then the app, each as published now (rep) or as the
 // tree held it already (its path and the image ID the app pins, which
-// publish proved; the app depends on its layers).
+// publish proved). The app depends on all its layers, flat (its marker
+// names each), whatever the layers pin among themselves; a layer's
+// marker names none.
 func (s *Server) uploadList(res *pipeline.Result, rep *publish.Report) *publish.Report {
 	byPath := map[string]publish.Published{}
 	for _, p := range rep.Images {
@@ -416,12 +418,14 @@ func (s *Server) uploadList(res *pipeline.Result, rep *publish.Report) *publish.
 	up := &publish.Report{}
 	add := func(name, version, id string, depends []string) {
 		p := path.Join(dir, imageRel(name, version, res.OS, res.Arch))
-		if q, ok := byPath[p]; ok {
-			up.Images = append(up.Images, q)
+		q, ok := byPath[p]
+		if ok {
 			delete(byPath, p)
-			return
+		} else {
+			q = publish.Published{Name: name, Version: version, OS: res.OS, Arch: res.Arch, ImageID: id, Path: p}
 		}
-		up.Images = append(up.Images, publish.Published{Name: name, Version: version, OS: res.OS, Arch: res.Arch, ImageID: id, Path: p, Depends: depends})
+		q.Depends = depends
+		up.Images = append(up.Images, q)
 	}
 	var layers []string
 	for _, l := range res.Layers {
@@ -430,6 +434,7 @@ func (s *Server) uploadList(res *pipeline.Result, rep *publish.Report) *publish.
 	}
 	add(res.Name, res.Version, res.ImageID, layers)
 	for _, p := range sortedPublished(byPath) {
+		p.Depends = nil
 		up.Images = append(up.Images, p)
 	}
 	return up

@@ -165,8 +165,13 @@ type Server struct {
 	signer *pipeline.Signer
 	// stored are the images known complete in Options.Store, by key.
 	stored map[string]storedImage
-	// background are the questions to the store in flight (refresh).
+	// background are the questions to the store in flight (refresh);
+	// asking bounds those about layers (layersComplete).
 	background sync.WaitGroup
+	asking     chan struct{}
+	// closing is set (under mu) once Close begins: no build or question
+	// to the store starts after it.
+	closing bool
 }
 
 type etag struct {
@@ -305,6 +310,9 @@ func New(o Options) (*Server, error) {
 
 // Close cancels the builds running and waits for them to clean up.
 func (s *Server) Close() {
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
 	s.cancel()
 	s.builds.Wait()
 	s.background.Wait()
@@ -322,14 +330,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		s.serve(rw, r)
 	}
+	s.metrics.requests.WithLabelValues(strconv.Itoa(rw.status)).Inc()
 	// An answer of known length is complete once written: it goes out
 	// now, not after the line below (net/http holds the last of it in
 	// its buffer until ServeHTTP returns), so that a slow log is not a
-	// slow answer.
+	// slow answer. (Counted first: whoever has the answer can see it
+	// counted.)
 	if rw.wrote && w.Header().Get("Content-Length") != "" {
 		http.NewResponseController(w).Flush()
 	}
-	s.metrics.requests.WithLabelValues(strconv.Itoa(rw.status)).Inc()
 	s.o.Logger.Info("request", "method", r.Method, "path", bounded(r.URL.Path, 200), "name", rw.name,
 		"status", rw.status, "bytes", rw.bytes, "duration", time.Since(start))
 }
@@ -732,7 +741,14 @@ func (s *Server) ensure(ctx context.Context, q *request) *failure {
 	}
 	s.mu.Unlock()
 	ch := s.group.DoChan(key, func() (any, error) {
+		s.mu.Lock()
+		if s.closing {
+			delete(s.inflight, key)
+			s.mu.Unlock()
+			return &failure{status: http.StatusServiceUnavailable, msg: "the server is shutting down"}, nil
+		}
 		s.builds.Add(1)
+		s.mu.Unlock()
 		defer s.builds.Done()
 		f := s.build(q)
 		s.mu.Lock()

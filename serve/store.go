@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,7 @@ func (s *Server) startStore() error {
 		s.o.Replica = bounded(host, 60) + "-" + hex.EncodeToString(b)
 	}
 	s.stored = map[string]storedImage{}
+	s.asking = make(chan struct{}, maxAsking)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := s.o.Store.Check(ctx); err != nil {
@@ -109,119 +111,146 @@ func (s *Server) have(rel string) bool {
 // storedFor is how long an image found complete in the store is taken
 // as there before the store is asked again, in the background while the
 // answer stands: an object removed from the bucket later (a lifecycle
-// rule, an operator) is noticed within about twice this (an app's
-// dependencies are asked through the same memory), and the image is
-// built and uploaded again on the next request.
+// rule, an operator) is noticed within about twice this (an app's layers
+// are asked through the same memory), and the image is built and
+// uploaded again on the next request.
 var storedFor = time.Minute
 
-// maxStored bounds the images remembered. Markers come from the bucket
-// and are followed at most maxDependsDepth deep (dependencies of
-// dependencies), asking the store about at most maxAsked images for one
-// image: a chain longer, a cycle, or a web wider in hostile markers is
-// taken as incomplete.
+// maxStored bounds the images remembered; maxAsking the questions about
+// layers in flight to the store, over all requests.
 const (
-	maxStored       = 100_000
-	maxDependsDepth = 4
-	maxAsked        = 2 * objstore.MaxDepends
+	maxStored = 100_000
+	maxAsking = 16
 )
 
 // storedImage is an image found complete in the store.
 type storedImage struct {
 	at         time.Time
+	imageID    string
 	refreshing bool
 }
 
-// inStore says whether the image rel (.aci) is complete in the store.
+// errIncomplete stops the questions about an app's other layers once
+// one is found missing.
+var errIncomplete = errors.New("incomplete")
+
+// inStore says whether the image rel (.aci) is complete in the store:
+// its marker there, valid, naming both objects as the store holds them,
+// and each layer the marker names complete the same way, with the image
+// ID it names. A layer's own marker is not followed further: serve writes
+// an app's marker naming all its layers, and theirs naming none.
 func (s *Server) inStore(ctx context.Context, rel string) (bool, error) {
-	return s.complete(ctx, s.objKey(rel), newAsking())
+	_, ok, err := s.complete(ctx, s.objKey(rel), true)
+	return ok, err
 }
 
-// asking is one question to the store: how many images it asked about.
-type asking struct {
-	depth int
-	asked *atomic.Int64
-}
-
-func newAsking() *asking { return &asking{asked: new(atomic.Int64)} }
-
-func (a *asking) deeper() *asking { return &asking{a.depth + 1, a.asked} }
-
-// complete says whether the image at key is complete in the store: its
-// marker there, valid, naming both objects as the store holds them, and
-// each image it depends on complete too. A yes is remembered for
-// storedFor; after that it stands while the store is asked again.
-func (s *Server) complete(ctx context.Context, key string, a *asking) (bool, error) {
+// complete says whether the image at key is complete in the store (see
+// inStore; the layers its marker names only when withLayers), and its
+// image ID. A yes is remembered for storedFor; after that it stands while
+// the store is asked again.
+func (s *Server) complete(ctx context.Context, key string, withLayers bool) (string, bool, error) {
 	s.mu.Lock()
 	e, ok := s.stored[key]
-	if ok && !e.refreshing && time.Since(e.at) >= storedFor {
+	if ok && !e.refreshing && !s.closing && time.Since(e.at) >= storedFor {
 		e.refreshing = true
 		s.stored[key] = e
 		s.background.Add(1)
-		go s.refresh(key)
+		go s.refresh(key, withLayers)
 	}
 	s.mu.Unlock()
 	if ok {
-		return true, nil
+		return e.imageID, true, nil
 	}
-	return s.check(ctx, key, a)
+	id, why, err := s.check(ctx, key, withLayers)
+	if why != "" && withLayers {
+		s.o.Logger.Warn("store", "image", key, "incomplete", bounded(why, 300))
+	}
+	return id, why == "" && err == nil, err
 }
 
 // check asks the store whether the image at key is complete (as
-// complete says) and remembers a yes.
-func (s *Server) check(ctx context.Context, key string, a *asking) (bool, error) {
-	a = a.deeper()
-	if a.depth > maxDependsDepth || a.asked.Add(1) > maxAsked {
-		s.o.Logger.Warn("store", "image", key, "incomplete", fmt.Sprintf("its markers name dependencies over %d deep (or in a cycle) or over %d images", maxDependsDepth, maxAsked))
-		return false, nil
-	}
+// complete says) and remembers a yes; why says what is missing.
+func (s *Server) check(ctx context.Context, key string, withLayers bool) (id, why string, err error) {
 	m, err := objstore.Complete(ctx, s.o.Store, key)
 	var inc *objstore.IncompleteError
 	switch {
 	case errors.Is(err, objstore.ErrNotExist):
-		return false, nil
+		return "", "not in the store", nil
 	case errors.As(err, &inc):
-		s.o.Logger.Warn("store", "image", key, "incomplete", bounded(err.Error(), 300))
-		return false, nil
+		return "", err.Error(), nil
 	case err != nil:
-		return false, err
+		return "", "", err
 	}
-	// The dependencies, a few at a time: the first request for an app on
-	// an empty replica asks about each of its layers.
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(8)
-	var missing atomic.Value
-	for _, d := range m.Depends {
-		g.Go(func() error {
-			ok, err := s.complete(gctx, d, a)
-			if err == nil && !ok {
-				missing.CompareAndSwap(nil, d)
-			}
-			return err
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return false, err
-	}
-	if d := missing.Load(); d != nil {
-		s.o.Logger.Warn("store", "image", key, "incomplete", "its dependency "+d.(string)+" is not complete in the store")
-		return false, nil
+	if withLayers && len(m.Depends) > 0 {
+		if why, err := s.layersComplete(ctx, key, m.Depends); why != "" || err != nil {
+			return "", why, err
+		}
 	}
 	s.mu.Lock()
 	if len(s.stored) >= maxStored {
 		clear(s.stored)
 	}
-	s.stored[key] = storedImage{at: time.Now()}
+	s.stored[key] = storedImage{at: time.Now(), imageID: m.ImageID}
 	s.mu.Unlock()
-	return true, nil
+	return m.ImageID, "", nil
+}
+
+// layersComplete asks about the layers an app's marker names, a few at a
+// time (the first request for an app on an empty replica asks about each
+// of them), and stops at the first missing. Each must be an image of
+// this server's tree.
+func (s *Server) layersComplete(ctx context.Context, key string, deps []objstore.Dep) (string, error) {
+	under := strings.TrimPrefix(s.basePath, "/")
+	if under != "" {
+		under += "/"
+	}
+	for _, d := range deps {
+		if !strings.HasPrefix(d.Key, under) || !strings.HasSuffix(d.Key, ".aci") {
+			return fmt.Sprintf("its marker names the layer %.200q, which is no image under %s", d.Key, under), nil
+		}
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	var missing atomic.Value
+	for _, d := range deps {
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error {
+			select {
+			case s.asking <- struct{}{}:
+				defer func() { <-s.asking }()
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			id, ok, err := s.complete(gctx, d.Key, false)
+			switch {
+			case err != nil:
+				return err
+			case !ok:
+				missing.CompareAndSwap(nil, "its layer "+d.Key+" is not complete in the store")
+				return errIncomplete
+			case id != d.ImageID:
+				missing.CompareAndSwap(nil, fmt.Sprintf("its layer %s is the image %s in the store, its marker names %s", d.Key, id, d.ImageID))
+				return errIncomplete
+			}
+			return nil
+		})
+	}
+	err := g.Wait()
+	if why, _ := missing.Load().(string); why != "" {
+		return why, nil
+	}
+	return "", err
 }
 
 // refresh asks the store again about an image remembered as complete,
 // and forgets it when it no longer is.
-func (s *Server) refresh(key string) {
+func (s *Server) refresh(key string, withLayers bool) {
 	defer s.background.Done()
 	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
 	defer cancel()
-	ok, err := s.check(ctx, key, newAsking())
+	_, why, err := s.check(ctx, key, withLayers)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
@@ -232,8 +261,9 @@ func (s *Server) refresh(key string) {
 			e.refreshing = false
 			s.stored[key] = e
 		}
-	case !ok:
+	case why != "":
 		delete(s.stored, key)
+		s.o.Logger.Warn("store", "image", key, "gone", bounded(why, 300))
 	}
 }
 
@@ -281,21 +311,29 @@ func (s *Server) upload(ctx context.Context, rep *publish.Report) error {
 	}
 	for _, p := range rep.Images {
 		key := filepath.ToSlash(p.Path)
-		var deps []string
+		var deps []objstore.Dep
 		for _, id := range p.Depends {
 			k, ok := keyOf[id]
 			if !ok {
 				return fmt.Errorf("uploading %s: its dependency %s is not among the images of the build", key, id)
 			}
-			deps = append(deps, k)
+			deps = append(deps, objstore.Dep{Key: k, ImageID: id})
 		}
 		m, err := objstore.Complete(ctx, s.o.Store, key)
 		var inc *objstore.IncompleteError
 		switch {
-		case err == nil:
-			if m.ImageID != p.ImageID {
-				return fmt.Errorf("the store holds %s as the image %s, this build made %s (a build that is not reproducible); remove %s from the store to replace it", key, m.ImageID, p.ImageID, objstore.MarkerKey(key))
+		case err == nil && m.ImageID != p.ImageID:
+			return fmt.Errorf("the store holds %s as the image %s, this build made %s (a build that is not reproducible); remove %s from the store to replace it", key, m.ImageID, p.ImageID, objstore.MarkerKey(key))
+		case err == nil && !slices.Equal(m.Depends, deps):
+			// Complete, but its marker names other layers (or none, as
+			// an older nix2aci wrote it): the marker is written again.
+			aci := objstore.Object{Key: m.ACI.Key, Size: m.ACI.Size, SHA256: m.ACI.SHA256}
+			asc := objstore.Object{Key: m.ASC.Key, Size: m.ASC.Size, SHA256: m.ASC.SHA256}
+			if err := objstore.WriteMarker(ctx, s.o.Store, p.ImageID, aci, asc, deps); err != nil {
+				return fmt.Errorf("uploading the marker of %s to %s: %w", key, s.o.Store, err)
 			}
+			continue
+		case err == nil:
 			continue
 		case errors.Is(err, objstore.ErrNotExist), errors.As(err, &inc):
 		default:

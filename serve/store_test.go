@@ -137,20 +137,36 @@ func TestStoreNeverServesIncomplete(t *testing.T) {
 	notServed("a marker lying about the image's digest")
 	st.Put(ctx, objstore.MarkerKey(key), []byte(`{"nix2aci-marker":1,"aci":{"key":"../../etc/passwd"}}`), "application/json", objstore.Cond{})
 	notServed("a marker naming another object")
-	objstore.WriteMarker(ctx, st, id, aci, asc, []string{"acis/127.0.0.1/gone-1-linux-amd64.aci"})
-	notServed("a dependency not in the store")
-	// Two images that depend on each other: asked about, not followed
-	// round for ever.
-	u2 := e.url("127.0.0.1/tiny2", "aci")
+	// An app's marker names its layers: each must be complete too, with
+	// the image ID the app's marker names, and an image of this tree.
+	u2 := e.url("127.0.0.1/tiny-layer", "aci")
 	key2 := "acis/" + strings.TrimPrefix(u2, e.base+"/")
-	aci2, _ := st.PutFile(ctx, key2, filepath.Join(dir, "aci"), "application/octet-stream")
-	asc2, _ := st.PutFile(ctx, key2+".asc", filepath.Join(dir, "asc"), "application/pgp-signature")
-	if err := objstore.WriteMarker(ctx, st, id, aci2, asc2, []string{key}); err != nil {
+	id2 := "sha512-" + strings.Repeat("ef", 32)
+	objstore.WriteMarker(ctx, st, id, aci, asc, []objstore.Dep{{Key: key2, ImageID: id2}})
+	notServed("a layer not in the store")
+	key3 := strings.Replace(key2, "tiny-layer", "tiny-other", 1)
+	aci3, _ := st.PutFile(ctx, key3, filepath.Join(dir, "aci"), "application/octet-stream")
+	asc3, _ := st.PutFile(ctx, key3+".asc", filepath.Join(dir, "asc"), "application/pgp-signature")
+	if err := objstore.WriteMarker(ctx, st, id, aci3, asc3, nil); err != nil {
 		t.Fatal(err)
 	}
-	objstore.WriteMarker(ctx, st, id, aci, asc, []string{key2})
-	notServed("dependencies in a cycle")
-
+	objstore.WriteMarker(ctx, st, id, aci, asc, []objstore.Dep{{Key: key3, ImageID: id2}})
+	notServed("a layer that is another image than the app's marker names")
+	objstore.WriteMarker(ctx, st, id, aci, asc, []objstore.Dep{{Key: "elsewhere/x.aci", ImageID: id2}})
+	notServed("a layer outside the tree")
+	aci2, _ := st.PutFile(ctx, key2, filepath.Join(dir, "aci"), "application/octet-stream")
+	asc2, _ := st.PutFile(ctx, key2+".asc", filepath.Join(dir, "asc"), "application/pgp-signature")
+	if err := objstore.WriteMarker(ctx, st, id2, aci2, asc2, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := objstore.WriteMarker(ctx, st, id, aci, asc, []objstore.Dep{{Key: key2, ImageID: id2}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []string{u, u + ".asc"} {
+		if code, _ := redirectOf(t, x); code != http.StatusTemporaryRedirect {
+			t.Fatalf("a complete image on a complete layer: GET %s: %d, want 307", x, code)
+		}
+	}
 	if err := objstore.WriteMarker(ctx, st, id, aci, asc, nil); err != nil {
 		t.Fatal(err)
 	}
