@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -87,6 +88,9 @@ func Launch(dir string) (*Gateway, error) {
 	g.Endpoint = "http://" + g.Addr
 	g.cmd = exec.Command(bin, "--port", g.Addr, "--quiet", "posix", g.Dir)
 	g.cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+AccessKey, "ROOT_SECRET_KEY="+SecretKey)
+	// It ends with the process that started it, even one that dies
+	// without stopping it.
+	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var out lockedBuffer
 	g.cmd.Stdout, g.cmd.Stderr = &out, &out
 	if err := g.cmd.Start(); err != nil {

@@ -34,6 +34,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nix2aci/nix2aci/objstore"
@@ -167,6 +168,7 @@ func main() {
 		addr := freeAddr()
 		cmd := exec.Command(bin, "serve", "--listen", addr, "--prefix", "127.0.0.1", "--base-url", "http://"+addr+"/acis",
 			"--data", work+"/data-c", "--key", kf, "--store", "s3://images", "--s3-endpoint", g.Endpoint)
+		cmd.SysProcAttr = dieWithUs
 		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+objstoretest.AccessKey, "AWS_SECRET_ACCESS_KEY="+objstoretest.SecretKey, "AWS_REGION=us-east-1")
 		// Its log goes to a file, as a service's goes to its journal.
 		logf, err := os.Create(work + "/replica-c.log")
@@ -215,6 +217,10 @@ func main() {
 	}
 }
 
+// dieWithUs makes a child of this program end with it, also when a
+// failed check ends it without running its deferred stops.
+var dieWithUs = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+
 // floorEnv names the mode in which this program, started again by
 // floorProcess, is a redirecting server and nothing else.
 const floorEnv = "BENCH_SERVE_S3_FLOOR"
@@ -236,6 +242,7 @@ func floorProcess(mode, u string) (string, func()) {
 	benchnet.Check(err)
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), floorEnv+"="+mode, floorEnv+"_TO="+u)
+	cmd.SysProcAttr = dieWithUs
 	out, err := cmd.StdoutPipe()
 	benchnet.Check(err)
 	cmd.Stderr = os.Stderr
