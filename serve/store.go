@@ -182,7 +182,7 @@ func (s *Server) check(ctx context.Context, key string, withLayers bool) (id, wh
 		return "", "", err
 	}
 	if withLayers && len(m.Depends) > 0 {
-		if why, err := s.layersComplete(ctx, key, m.Depends); why != "" || err != nil {
+		if why, err := s.layersComplete(ctx, m.Depends); why != "" || err != nil {
 			return "", why, err
 		}
 	}
@@ -199,7 +199,7 @@ func (s *Server) check(ctx context.Context, key string, withLayers bool) (id, wh
 // time (the first request for an app on an empty replica asks about each
 // of them), and stops at the first missing. Each must be an image of
 // this server's tree.
-func (s *Server) layersComplete(ctx context.Context, key string, deps []objstore.Dep) (string, error) {
+func (s *Server) layersComplete(ctx context.Context, deps []objstore.Dep) (string, error) {
 	under := strings.TrimPrefix(s.basePath, "/")
 	if under != "" {
 		under += "/"
