@@ -9,9 +9,9 @@ import (
 	"regexp"
 )
 
-// MaxMarker bounds a marker's bytes: room for MaxDepends layers of
-// usual keys (a few hundred bytes each).
-const MaxMarker = 512 << 10
+// MaxMarker bounds a marker's bytes: room for MaxDepends layers with
+// keys of the longest (1,024 bytes).
+const MaxMarker = 1280 << 10
 
 // MaxDepends bounds the dependencies a marker names (as many as a
 // signed tree may hold besides its app, sign.DefaultMaxDependencies).

@@ -169,6 +169,7 @@ type Server struct {
 	// asking bounds those about layers (layersComplete).
 	background sync.WaitGroup
 	asking     chan struct{}
+	refreshes  chan struct{}
 	// closing is set (under mu) once Close begins: no build or question
 	// to the store starts after it.
 	closing bool
@@ -744,6 +745,7 @@ func (s *Server) ensure(ctx context.Context, q *request) *failure {
 		s.mu.Lock()
 		if s.closing {
 			delete(s.inflight, key)
+			s.group.Forget(key)
 			s.mu.Unlock()
 			return &failure{status: http.StatusServiceUnavailable, msg: "the server is shutting down"}, nil
 		}
@@ -752,7 +754,11 @@ func (s *Server) ensure(ctx context.Context, q *request) *failure {
 		defer s.builds.Done()
 		f := s.build(q)
 		s.mu.Lock()
+		// Forgotten with its in-flight mark, at once: a request that finds
+		// no mark starts a call of its own, never joins this ending one
+		// (its mark would stay, counted against the queue).
 		delete(s.inflight, key)
+		s.group.Forget(key)
 		if f != nil && f.status != http.StatusServiceUnavailable {
 			f.until = time.Now().Add(s.o.FailureTTL)
 			s.failures[key] = f

@@ -43,6 +43,7 @@ func (s *Server) startStore() error {
 	}
 	s.stored = map[string]storedImage{}
 	s.asking = make(chan struct{}, maxAsking)
+	s.refreshes = make(chan struct{}, maxRefreshes)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := s.o.Store.Check(ctx); err != nil {
@@ -117,16 +118,22 @@ func (s *Server) have(rel string) bool {
 var storedFor = time.Minute
 
 // maxStored bounds the images remembered; maxAsking the questions about
-// layers in flight to the store, over all requests.
+// layers in flight to the store, over all requests; maxRefreshes the
+// questions in the background (one more found due while these run waits
+// for a later request).
 const (
-	maxStored = 100_000
-	maxAsking = 16
+	maxStored    = 100_000
+	maxAsking    = 16
+	maxRefreshes = 16
 )
 
 // storedImage is an image found complete in the store.
 type storedImage struct {
-	at         time.Time
-	imageID    string
+	at      time.Time
+	imageID string
+	// layers: the layers its marker names were found complete too (it
+	// was asked about as an app).
+	layers     bool
 	refreshing bool
 }
 
@@ -151,11 +158,16 @@ func (s *Server) inStore(ctx context.Context, rel string) (bool, error) {
 func (s *Server) complete(ctx context.Context, key string, withLayers bool) (string, bool, error) {
 	s.mu.Lock()
 	e, ok := s.stored[key]
+	ok = ok && (e.layers || !withLayers)
 	if ok && !e.refreshing && !s.closing && time.Since(e.at) >= storedFor {
-		e.refreshing = true
-		s.stored[key] = e
-		s.background.Add(1)
-		go s.refresh(key, withLayers)
+		select {
+		case s.refreshes <- struct{}{}:
+			e.refreshing = true
+			s.stored[key] = e
+			s.background.Add(1)
+			go s.refresh(key, e.layers)
+		default:
+		}
 	}
 	s.mu.Unlock()
 	if ok {
@@ -190,7 +202,7 @@ func (s *Server) check(ctx context.Context, key string, withLayers bool) (id, wh
 	if len(s.stored) >= maxStored {
 		clear(s.stored)
 	}
-	s.stored[key] = storedImage{at: time.Now(), imageID: m.ImageID}
+	s.stored[key] = storedImage{at: time.Now(), imageID: m.ImageID, layers: withLayers}
 	s.mu.Unlock()
 	return m.ImageID, "", nil
 }
@@ -248,6 +260,7 @@ func (s *Server) layersComplete(ctx context.Context, deps []objstore.Dep) (strin
 // and forgets it when it no longer is.
 func (s *Server) refresh(key string, withLayers bool) {
 	defer s.background.Done()
+	defer func() { <-s.refreshes }()
 	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
 	defer cancel()
 	_, why, err := s.check(ctx, key, withLayers)
@@ -324,9 +337,9 @@ func (s *Server) upload(ctx context.Context, rep *publish.Report) error {
 		switch {
 		case err == nil && m.ImageID != p.ImageID:
 			return fmt.Errorf("the store holds %s as the image %s, this build made %s (a build that is not reproducible); remove %s from the store to replace it", key, m.ImageID, p.ImageID, objstore.MarkerKey(key))
-		case err == nil && !slices.Equal(m.Depends, deps):
-			// Complete, but its marker names other layers (or none, as
-			// an older nix2aci wrote it): the marker is written again.
+		case err == nil && len(deps) > 0 && !slices.Equal(m.Depends, deps):
+			// An app complete there, but its marker names other layers:
+			// the marker is written again.
 			aci := objstore.Object{Key: m.ACI.Key, Size: m.ACI.Size, SHA256: m.ACI.SHA256}
 			asc := objstore.Object{Key: m.ASC.Key, Size: m.ASC.Size, SHA256: m.ASC.SHA256}
 			if err := objstore.WriteMarker(ctx, s.o.Store, p.ImageID, aci, asc, deps); err != nil {
