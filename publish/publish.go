@@ -505,11 +505,11 @@ func stageImage(ctx context.Context, j *job, key *openpgp.Entity, dst string) er
 	if key != nil {
 		sum, err = copySigned(ctx, j, key, dst)
 	} else {
-		sum, err = copyFile(ctx, j.src, dst, -1)
+		sum, err = copyFile(ctx, j.src, dst, -1, nil)
 		if err == nil {
 			var ascSum []byte
 			// As read when checked: a signature file is at most 1 MiB.
-			ascSum, err = copyFile(ctx, j.asc, dst+".asc", 1<<20+1)
+			ascSum, err = copyFile(ctx, j.asc, dst+".asc", 1<<20+1, nil)
 			if err == nil && !bytes.Equal(ascSum, j.ascSum) {
 				return fmt.Errorf("%s changed while it was being published; publish it again", j.asc)
 			}
@@ -527,32 +527,17 @@ func stageImage(ctx context.Context, j *job, key *openpgp.Entity, dst string) er
 // copySigned copies j's image to dst and signs the bytes as they are
 // copied into dst.asc; it returns their SHA-512.
 func copySigned(ctx context.Context, j *job, key *openpgp.Entity, dst string) ([]byte, error) {
-	in, err := safeio.OpenRegular(j.src)
-	if err != nil {
-		return nil, err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	h := sha512.New()
-	r := io.TeeReader(safeio.WithContext(ctx, in), io.MultiWriter(out, h))
 	var sig bytes.Buffer
-	err = sign.Detached(&sig, key, r, sign.WithImage(j.p.Name, j.p.ImageID))
-	if err == nil {
-		_, err = io.Copy(io.Discard, r)
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.WriteFile(dst+".asc", sig.Bytes(), 0o644)
-	}
+	sum, err := copyFile(ctx, j.src, dst, -1, func(r io.Reader) error {
+		return sign.Detached(&sig, key, r, sign.WithImage(j.p.Name, j.p.ImageID))
+	})
 	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(dst+".asc", sig.Bytes(), 0o644); err != nil {
 		return nil, fmt.Errorf("copying %s into the site: %w", j.src, err)
 	}
-	return h.Sum(nil), nil
+	return sum, nil
 }
 
 func depKey(name, version, os, arch string) string {
@@ -935,8 +920,9 @@ func contains(list []string, s string) bool {
 }
 
 // copyFile copies src to dst, at most max bytes of it (-1: all), and
-// returns the SHA-512 of the bytes copied.
-func copyFile(ctx context.Context, src, dst string, max int64) ([]byte, error) {
+// returns the SHA-512 of the bytes copied. With read, the bytes are
+// copied as read takes them (the rest after it).
+func copyFile(ctx context.Context, src, dst string, max int64, read func(io.Reader) error) ([]byte, error) {
 	in, err := safeio.OpenRegular(src)
 	if err != nil {
 		return nil, err
@@ -951,7 +937,13 @@ func copyFile(ctx context.Context, src, dst string, max int64) ([]byte, error) {
 	if max >= 0 {
 		r = io.LimitReader(r, max)
 	}
-	_, err = io.Copy(io.MultiWriter(out, h), r)
+	r = io.TeeReader(r, io.MultiWriter(out, h))
+	if read != nil {
+		err = read(r)
+	}
+	if err == nil {
+		_, err = io.Copy(io.Discard, r)
+	}
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
