@@ -48,7 +48,6 @@ import (
 	"runtime"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -846,21 +845,20 @@ func verifyIn(ctx context.Context, root *os.Root, p string, trust *sign.Trust) (
 	defer sig.Close()
 	id, known := identify(f, sig)
 	if known {
-		if e, ok := verified.Load(id); ok {
-			e := e.(verifiedEntry)
+		if e, ok := verified.get(id); ok {
 			if time.Since(e.at) < verifiedFor {
 				if _, ok := trust.TrustedFor(e.v.Fingerprint, e.v.Name); ok {
 					return e.v, nil
 				}
 			}
-			verified.Delete(id)
+			verified.forget(id)
 		}
 	}
 	v, err := sign.VerifyWith(safeio.WithContext(ctx, f), sig, trust, sign.VerifyOptions{Full: true})
 	if err == nil && known {
 		// Kept only if neither file changed while it was read.
 		if again, ok := identify(f, sig); ok && again == id {
-			verified.Store(id, verifiedEntry{v: v, at: time.Now()})
+			verified.put(id, verifiedEntry{v: v, at: time.Now()})
 		}
 	}
 	return v, err
@@ -873,7 +871,7 @@ func verifyIn(ctx context.Context, root *os.Root, p string, trust *sign.Trust) (
 // change times: any write or rename over them changes it, and the change
 // time cannot be set back without the clock), holds for verifiedFor, and
 // is used only for a key the caller's trust still names for the image.
-var verified sync.Map // fileIdentity -> verifiedEntry
+var verified = newFileMemory[fileIdentity, verifiedEntry]()
 
 // verifiedFor bounds how long a verification is remembered (a key may
 // expire or be revoked meanwhile).

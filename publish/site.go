@@ -408,7 +408,7 @@ func readFound(root *os.Root, p string) *found {
 	defer f.Close()
 	id, known := statOf(f)
 	if known {
-		if fd := manifests.get(id); fd != nil {
+		if fd, ok := manifests.get(id); ok {
 			return fd
 		}
 	}
@@ -438,26 +438,40 @@ func readFound(root *os.Root, p string) *found {
 // is (see there): a long-running publisher (nix2aci serve) scans a tree
 // of thousands of images without reading each manifest again. What it
 // holds is never changed: a *found is shared by every scan that finds it.
-var manifests = &manifestCache{m: map[statID]*found{}}
+var manifests = newFileMemory[statID, *found]()
 
-type manifestCache struct {
+// fileMemory is what this process remembers of tree files by their
+// identity (verified, manifests), at most maxScanEntries entries: files
+// gone from trees leave theirs behind, and all are dropped at the bound.
+type fileMemory[K comparable, V any] struct {
 	mu sync.Mutex
-	m  map[statID]*found
+	m  map[K]V
 }
 
-func (c *manifestCache) get(id statID) *found {
+func newFileMemory[K comparable, V any]() *fileMemory[K, V] {
+	return &fileMemory[K, V]{m: map[K]V{}}
+}
+
+func (c *fileMemory[K, V]) get(id K) (V, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.m[id]
+	v, ok := c.m[id]
+	return v, ok
 }
 
-func (c *manifestCache) put(id statID, fd *found) {
+func (c *fileMemory[K, V]) put(id K, v V) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.m) >= maxScanEntries {
-		clear(c.m) // files gone from trees leave their entries behind
+		clear(c.m)
 	}
-	c.m[id] = fd
+	c.m[id] = v
+}
+
+func (c *fileMemory[K, V]) forget(id K) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, id)
 }
 
 // fileInfo reads the image at p in the tree whole: its manifest and image
