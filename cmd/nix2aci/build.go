@@ -226,7 +226,7 @@ func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
 		link:     !c.Bool("no-link"),
 		progress: !c.Bool("json") && isTerminal(c.App.ErrWriter),
 	}
-	keyHex := takeCacheKeyHex()
+	keyHex := secret(cacheKeyHexEnv) // taken from the environment at start (secrets.go)
 	if !c.Bool("no-cache") && kind != pipeline.Thin {
 		if o.CacheDir = c.String("cache-dir"); o.CacheDir == "" {
 			o.CacheDir = defaultCacheDir()

@@ -82,15 +82,6 @@ const (
 	cacheKeyHexEnv = "NIX2ACI_CACHE_KEY_HEX"
 )
 
-// takeCacheKeyHex returns NIX2ACI_CACHE_KEY_HEX and removes it from the
-// environment, so that no program a build runs (nix-instantiate, whose
-// builtins.getEnv a recipe may call; nix-build) ever sees it.
-func takeCacheKeyHex() string {
-	v := os.Getenv(cacheKeyHexEnv)
-	os.Unsetenv(cacheKeyHexEnv)
-	return v
-}
-
 // cacheKeyFrom returns the cache key's file, or the key itself from
 // hexKey (NIX2ACI_CACHE_KEY_HEX's value).
 func cacheKeyFrom(c *cli.Context, hexKey string) (file string, key []byte, err error) {

@@ -32,12 +32,12 @@ EXIT CODES:
 var environmentHelp = map[string]string{
 	"NIX_PATH":               "nixpkgs=PATH makes recipes use nixpkgs; without it, the offline package set",
 	"NIX2ACI_PKGS":           "a directory of recipes overriding the built-in ones (as --pkgs)",
-	"NIX2ACI_SIGNING_KEY":    "the armored private key, when --key is not given (a CI secret)",
-	"NIX2ACI_KEY_PASSPHRASE": "the signing key's passphrase, when --passphrase-file is not given",
+	"NIX2ACI_SIGNING_KEY":    "the armored private key, when --key is not given (a CI secret; no program nix2aci runs sees it)",
+	"NIX2ACI_KEY_PASSPHRASE": "the signing key's passphrase, when --passphrase-file is not given (no program nix2aci runs sees it)",
 	"SOURCE_DATE_EPOCH":      "seconds since 1970: the image's created time and non-store mtimes",
 	"XDG_CACHE_HOME":         "the cache lives in $XDG_CACHE_HOME/nix2aci (else ~/.cache/nix2aci)",
 	"NIX2ACI_CACHE_KEY":      "the path of the cache key's file, as --cache-key (never the key itself)",
-	"NIX2ACI_CACHE_KEY_HEX":  "the cache key itself, 64 hex digits (a CI secret), written nowhere",
+	"NIX2ACI_CACHE_KEY_HEX":  "the cache key itself, 64 hex digits (a CI secret), written nowhere; no program nix2aci runs sees it",
 }
 
 // commandDocs are each command's examples and the environment variables

@@ -107,8 +107,8 @@ func runKeyExport(c *cli.Context) error {
 	switch {
 	case file != "":
 		data, err = readKeyFile(file)
-	case os.Getenv("NIX2ACI_SIGNING_KEY") != "":
-		data = []byte(os.Getenv("NIX2ACI_SIGNING_KEY"))
+	case secret("NIX2ACI_SIGNING_KEY") != "":
+		data = []byte(secret("NIX2ACI_SIGNING_KEY"))
 	default:
 		return usagef("name the key: nix2aci key export KEY.asc (or set NIX2ACI_SIGNING_KEY)")
 	}
@@ -160,7 +160,7 @@ func loadSigningKey(c *cli.Context) (*openpgp.Entity, error) {
 			// As ssh warns of a private key others can read.
 			fmt.Fprintf(c.App.ErrWriter, "nix2aci: warning: the private key %s can be read by others (mode %04o); chmod 600 %s\n", source, fi.Mode().Perm(), source)
 		}
-	} else if env := os.Getenv("NIX2ACI_SIGNING_KEY"); env != "" {
+	} else if env := secret("NIX2ACI_SIGNING_KEY"); env != "" {
 		data, source = []byte(env), "NIX2ACI_SIGNING_KEY"
 	} else {
 		return nil, usagef("signing needs a key: --key FILE, or the armored key in NIX2ACI_SIGNING_KEY (make one with nix2aci key generate)")
@@ -187,7 +187,7 @@ func passphrase(c *cli.Context, confirm bool) ([]byte, error) {
 		}
 		return b, nil
 	}
-	if p, ok := os.LookupEnv("NIX2ACI_KEY_PASSPHRASE"); ok {
+	if p, ok := lookupSecret("NIX2ACI_KEY_PASSPHRASE"); ok {
 		if p == "" {
 			return nil, &sign.KeyError{Msg: "NIX2ACI_KEY_PASSPHRASE is set but empty"}
 		}

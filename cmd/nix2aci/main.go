@@ -36,6 +36,8 @@ func main() {
 // anyway: what a killed build leaves, the next build in that directory
 // removes.
 func run(args []string) int {
+	// Before anything else, and so before any child starts.
+	takeSecrets()
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
 	sigs := make(chan os.Signal, 2)

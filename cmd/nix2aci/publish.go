@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"os"
 
 	"github.com/urfave/cli/v2"
 
@@ -53,7 +52,7 @@ func runPublish(c *cli.Context) error {
 		return err
 	}
 	o := publish.Options{Site: c.String("out"), BaseURL: c.String("base-url"), Replace: c.Bool("replace")}
-	if c.String("key") == "" && c.String("public-key") == "" && os.Getenv("NIX2ACI_SIGNING_KEY") == "" {
+	if c.String("key") == "" && c.String("public-key") == "" && secret("NIX2ACI_SIGNING_KEY") == "" {
 		return usagef("publish needs the key rkt will trust: --key KEY.asc to sign every image (or the key in NIX2ACI_SIGNING_KEY), or --public-key PUB.asc for images signed already")
 	}
 	if c.String("key") != "" && c.String("public-key") != "" {

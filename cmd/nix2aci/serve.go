@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/urfave/cli/v2"
 
 	"github.com/nix2aci/nix2aci/objstore"
@@ -243,6 +244,15 @@ func openStore(c *cli.Context) (objstore.Store, error) {
 	var opts []func(*config.LoadOptions) error
 	if r := c.String("s3-region"); r != "" {
 		opts = append(opts, config.WithRegion(r))
+	}
+	// The environment's credentials were taken out of it at start
+	// (secrets.go): they come back as static credentials, which the SDK
+	// prefers to its other sources as it preferred the environment's.
+	if id, sec := secret("AWS_ACCESS_KEY_ID"), secret("AWS_SECRET_ACCESS_KEY"); id != "" || sec != "" {
+		if id == "" || sec == "" {
+			return nil, usagef("--store %s: set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither (then AWS_PROFILE or ~/.aws)", v)
+		}
+		opts = append(opts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(id, sec, secret("AWS_SESSION_TOKEN"))))
 	}
 	cfg, err := config.LoadDefaultConfig(c.Context, opts...)
 	if err != nil {
