@@ -33,7 +33,7 @@ func TestInspectReadsEveryCompressionTheSpecAllows(t *testing.T) {
 			cmd.Stdin = bytes.NewReader(plain)
 			out, err := cmd.Output()
 			if err != nil {
-				t.Fatalf("%s: %v (scripts/setup installs it)", tc.tool[0], err)
+				t.Fatalf("%s: %v (scripts/setup-test installs it)", tc.tool[0], err)
 			}
 			in = out
 		}

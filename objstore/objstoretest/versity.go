@@ -1,6 +1,6 @@
 // Package objstoretest starts a real S3-compatible server for tests:
 // Versity's S3 gateway (versitygw v1.8.0) over a temporary directory, on
-// loopback, with real signature checks. scripts/setup installs it.
+// loopback, with real signature checks. scripts/setup-test installs it.
 package objstoretest
 
 import (
@@ -37,7 +37,7 @@ type Gateway struct {
 	cmd      *exec.Cmd
 }
 
-// Binary finds versitygw: on PATH, in /usr/local/bin (where scripts/setup
+// Binary finds versitygw: on PATH, in /usr/local/bin (where scripts/setup-test
 // puts it), or in Go's bin directory.
 func Binary() (string, error) {
 	if p, err := exec.LookPath("versitygw"); err == nil {
@@ -54,7 +54,7 @@ func Binary() (string, error) {
 			return c, nil
 		}
 	}
-	return "", fmt.Errorf("versitygw (Versity's S3 gateway v1.8.0) is not on PATH, in /usr/local/bin nor in Go's bin directory: run scripts/setup")
+	return "", fmt.Errorf("versitygw (Versity's S3 gateway v1.8.0) is not on PATH, in /usr/local/bin nor in Go's bin directory: run scripts/setup-test")
 }
 
 // Start starts a gateway on a free loopback port; it is stopped when the

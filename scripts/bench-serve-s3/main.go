@@ -1,7 +1,7 @@
 // Command bench-serve-s3 measures nix2aci serve on a bucket, on loopback:
 // a benchmark, not a test; it prints figures and exits 0 unless it cannot
 // run. Needs Nix (the offline package set is enough) and versitygw
-// (scripts/setup installs it).
+// (scripts/setup-test installs it).
 //
 //	NIX_CONFIG="substituters =" go run ./scripts/bench-serve-s3 [-seconds 3] [-clients 32] [-n 200]
 //
