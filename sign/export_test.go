@@ -12,3 +12,7 @@ func SetNewSalt(f func() ([]byte, error)) (restore func()) {
 	newSalt = f
 	return func() { newSalt = old }
 }
+
+// FullLengthSelfSignatures is fullLengthSelfSignatures, for the test that
+// makes a key's self-signatures short first.
+var FullLengthSelfSignatures = fullLengthSelfSignatures

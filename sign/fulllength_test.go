@@ -14,6 +14,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
+	xopenpgp "golang.org/x/crypto/openpgp"
 
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -193,4 +194,64 @@ func TestVerifyAcceptsShortSignatures(t *testing.T) {
 		return
 	}
 	t.Fatal("no short signature in 10,000")
+}
+
+// TestKeySelfSignaturesAreFullLength: rkt reads a key with the same code,
+// and refuses one whose user ID or subkey self-signature is short.
+func TestKeySelfSignaturesAreFullLength(t *testing.T) {
+	key := key2048(t)
+	// A copy of the key whose self-signatures are short.
+	var priv bytes.Buffer
+	if err := sign.WritePrivateKey(&priv, key); err != nil {
+		t.Fatal(err)
+	}
+	e, err := sign.ReadKey(&priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &packet.Config{DefaultHash: crypto.SHA512}
+	id := e.PrimaryIdentity()
+	for tries := 0; mpiLen(id.SelfSignature) == modulusLen(e.PrimaryKey); tries++ {
+		if tries == 10000 {
+			t.Fatal("no short user ID signature in 10,000")
+		}
+		if err := id.SelfSignature.SignUserId(id.Name, e.PrimaryKey, e.PrivateKey, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sub := &e.Subkeys[0]
+	for tries := 0; mpiLen(sub.Sig) == modulusLen(e.PrimaryKey); tries++ {
+		if tries == 10000 {
+			t.Fatal("no short subkey signature in 10,000")
+		}
+		if err := sub.Sig.SignKey(sub.PublicKey, e.PrivateKey, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	if err := sign.FullLengthSelfSignatures(e); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*packet.Signature{id.SelfSignature, sub.Sig} {
+		if got, want := mpiLen(s), modulusLen(e.PrimaryKey); got != want {
+			t.Fatalf("self-signature of type %v: MPI of %d bytes, modulus of %d", s.SigType, got, want)
+		}
+	}
+	// The key still reads, its self-signatures checked, here and by the
+	// x/crypto/openpgp rkt uses.
+	pubKey := pub(t, e)
+	if _, err := sign.ReadKey(bytes.NewReader(pubKey)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := xopenpgp.ReadArmoredKeyRing(bytes.NewReader(pubKey)); err != nil {
+		t.Fatal(err)
+	}
+
+	// And GenerateKey's keys have full-length self-signatures.
+	gen := testKey(t)
+	for _, s := range []*packet.Signature{gen.PrimaryIdentity().SelfSignature, gen.Subkeys[0].Sig} {
+		if got, want := mpiLen(s), modulusLen(gen.PrimaryKey); got != want {
+			t.Errorf("generated key: self-signature of type %v: MPI of %d bytes, modulus of %d", s.SigType, got, want)
+		}
+	}
 }
