@@ -10,6 +10,15 @@
 // file can be told apart from a file changed after signing. Verify refuses
 // SHA-1 and MD5 signatures whoever made them.
 //
+// Every RSA signature written here is as long as the key's modulus.
+// OpenPGP writes the signature as an MPI, without its leading zero bytes,
+// so one in 256 would be shorter; rkt's x/crypto/openpgp passes those
+// bytes to crypto/rsa unpadded, and an rkt built with Go 1.20 or later
+// refuses them. Detached signs again with a new salt until the signature
+// is full-length, and GenerateKey does the same for a new key's
+// self-signatures, which rkt checks when it reads the key. Verify accepts
+// short signatures, which gpg and others make.
+//
 // RSA keys are the default because rkt checks signatures with Go's old
 // golang.org/x/crypto/openpgp, which cannot verify EdDSA; ed25519 keys are
 // allowed for pipelines that verify with nix2aci or gpg only.

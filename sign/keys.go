@@ -3,6 +3,7 @@ package sign
 import (
 	"bytes"
 	"crypto"
+	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -66,12 +67,59 @@ func GenerateKey(o KeyOptions) (*openpgp.Entity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("generating key: %w", err)
 	}
+	if err := fullLengthSelfSignatures(e); err != nil {
+		return nil, fmt.Errorf("generating key: %w", err)
+	}
 	if len(o.Passphrase) > 0 {
 		if err := e.EncryptPrivateKeys(o.Passphrase, cfg); err != nil {
 			return nil, fmt.Errorf("protecting key: %w", err)
 		}
 	}
 	return e, nil
+}
+
+// fullLengthSelfSignatures signs again each RSA self-signature of e (its
+// user IDs' and its subkeys' bindings) that is shorter than the modulus,
+// until none is. rkt reads a trusted key with the same x/crypto/openpgp
+// that checks images, and an rkt built with Go 1.20 or later refuses a key
+// whose self-signature is short, as it refuses such an image signature
+// (see Detached).
+func fullLengthSelfSignatures(e *openpgp.Entity) error {
+	// go-crypto salts each signature with a random notation: a new try has
+	// a new hash. A version 6 signature has a salt of its own, drawn anew.
+	cfg := &packet.Config{NonDeterministicSignaturesViaNotation: packet.BoolPointer(true)}
+	resign := func(s *packet.Signature, sign func() error) error {
+		for try := 0; !fullLength(s, e.PrimaryKey); try++ {
+			if try == maxSignTries {
+				return fmt.Errorf("%d self-signatures in a row came out shorter than the key's modulus, which a working RSA key does once in 256", maxSignTries)
+			}
+			if s.Version == 6 {
+				salt, err := packet.SignatureSaltForHash(s.Hash, rand.Reader)
+				if err != nil {
+					return err
+				}
+				if err := s.SetSalt(salt); err != nil {
+					return err
+				}
+			}
+			if err := sign(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, id := range e.Identities {
+		s := id.SelfSignature
+		if err := resign(s, func() error { return s.SignUserId(id.Name, e.PrimaryKey, e.PrivateKey, cfg) }); err != nil {
+			return err
+		}
+	}
+	for _, sub := range e.Subkeys {
+		if err := resign(sub.Sig, func() error { return sub.Sig.SignKey(sub.PublicKey, e.PrivateKey, cfg) }); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // WritePrivateKey writes e's private key, armored (still encrypted if it
