@@ -197,6 +197,9 @@ func Build(ctx context.Context, r Request) (*Result, error) {
 		if b.GroupOnly == "" || !nixstore.IsStorePath(p) {
 			return nil, &UsageError{fmt.Sprintf("more packages (%s) go with --layer-group, as store paths", safeio.Quote(p))}
 		}
+		if _, err := nixstore.ToStorePath(p); err != nil {
+			return nil, err // not in the store: nothing to build it from
+		}
 	}
 	if b.GroupOnly != "" {
 		if b.Kind != Fat && b.Kind != Layered {
@@ -290,11 +293,8 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	}
 	// 5. Everything moved into place at once.
 	committed = true
-	if err := b.commit(ctx, t, names); err != nil {
+	if out.GCRoots, err = b.commit(ctx, names, in.full.Roots); err != nil {
 		return nil, err
-	}
-	if !b.inNix() && !b.NoGCRoots {
-		out.GCRoots = gcRoots(b.st.Final(names.base+".gcroot"), len(t.AllPackages()))
 	}
 	if b.cache != nil && b.CacheMax > 0 {
 		if _, err := b.cache.GC(b.CacheMax); err != nil {
@@ -377,10 +377,10 @@ func (b *build) inputs(ctx context.Context, t *pkgs.Target) (*inputs, error) {
 	switch {
 	case b.inNix():
 		realised <- nil
-	case allPresent(t):
-		go func() { realised <- t.Realise(ctx, b.st.Path("gcroot")) }()
+	case allPresent(t, b.GroupPackages):
+		go func() { realised <- t.Realise(ctx, b.st.Path("gcroot"), b.GroupPackages...) }()
 	default:
-		if err := t.Realise(ctx, b.st.Path("gcroot")); err != nil {
+		if err := t.Realise(ctx, b.st.Path("gcroot"), b.GroupPackages...); err != nil {
 			return nil, err
 		}
 		realised <- nil
@@ -395,10 +395,16 @@ func (b *build) inputs(ctx context.Context, t *pkgs.Target) (*inputs, error) {
 	return in, b.appImage(t, in)
 }
 
-// allPresent reports whether every package's output is in the store.
-func allPresent(t *pkgs.Target) bool {
+// allPresent reports whether every package's output, and every one of
+// more, is in the store.
+func allPresent(t *pkgs.Target, more []string) bool {
 	for _, p := range t.AllPackages() {
 		if _, err := os.Lstat(p.OutPath); err != nil {
+			return false
+		}
+	}
+	for _, p := range more {
+		if _, err := os.Lstat(p); err != nil {
 			return false
 		}
 	}
@@ -583,19 +589,26 @@ func (b *build) finish(ctx context.Context, t *pkgs.Target, in *inputs, plan *Pl
 	return out, nil
 }
 
-// commit moves the staged files into place, then points the GC roots at
-// the packages and records the layers written.
-func (b *build) commit(ctx context.Context, t *pkgs.Target, names fileNames) error {
+// commit moves the staged files into place, then registers GC roots on
+// paths, the store paths the images were made from (the roots of their
+// closure), and records the layers written. It returns the roots made.
+func (b *build) commit(ctx context.Context, names fileNames, paths []string) ([]string, error) {
 	gcroot := b.st.Final(names.base + ".gcroot")
-	return b.st.Commit(b.names, b.stale, func() error {
-		// The new image is in place: point its roots at its packages. The
-		// staging roots still hold them until this is done. (Inside a Nix
-		// build, the derivation's references are its roots.)
+	var roots []string
+	err := b.st.Commit(b.names, b.stale, func() error {
+		// The new image is in place: point its roots at the paths it was
+		// made from, one root each: the app's packages, and its layer
+		// groups' (a recipe's groups, or every path of a --layer-group
+		// build). Their closures, and so everything the images hold or
+		// mount, follow. The staging roots still hold them until this is
+		// done. (Inside a Nix build, the derivation's references are its
+		// roots.)
 		if !b.inNix() && !b.NoGCRoots {
-			if err := t.Realise(context.WithoutCancel(ctx), gcroot); err != nil {
+			var err error
+			if roots, err = nixstore.AddRoots(context.WithoutCancel(ctx), gcroot, paths); err != nil {
 				return fmt.Errorf("%s is written, but registering its GC roots failed (a garbage collection may remove what it needs; build again): %w", b.st.Final(names.image), err)
 			}
-			removeStaleRoots(gcroot, len(t.AllPackages()))
+			removeStaleRoots(gcroot, roots)
 		}
 		if len(b.layersWritten) > 0 && !b.inNix() { // stat data would make a derivation's output differ
 			if err := recordLayers(b.OutDir, b.layersWritten, b.cache); err != nil {
@@ -604,6 +617,7 @@ func (b *build) commit(ctx context.Context, t *pkgs.Target, names fileNames) err
 		}
 		return nil
 	})
+	return roots, err
 }
 
 // plan decides what the build writes: one image holding the closure
@@ -758,24 +772,31 @@ func readIndexOnce(b *build) *layerIndex {
 	return b.index
 }
 
-func gcRoots(gcroot string, n int) []string {
-	roots := []string{gcroot}
-	for i := 2; i <= n; i++ {
-		roots = append(roots, fmt.Sprintf("%s-%d", gcroot, i))
+// removeStaleRoots removes the roots beside gcroot that a previous build
+// made and this one did not (kept): gcroot-N of a path the image is no
+// longer made from, and gcroot-N-OUTPUT, a derivation's other output
+// that nix2aci once rooted too. Only links into the store named gcroot-
+// and a suffix without a dot go: another image's roots have ".gcroot"
+// after its own name, which no such suffix holds.
+func removeStaleRoots(gcroot string, kept []string) {
+	dir, name := filepath.Split(gcroot)
+	ents, err := os.ReadDir(filepath.Clean(dir))
+	if err != nil {
+		return
 	}
-	return roots
-}
-
-// removeStaleRoots removes the roots gcroot-N, N > n, that a previous
-// build with more packages left.
-func removeStaleRoots(gcroot string, n int) {
-	for i := max(n+1, 2); ; i++ {
-		r := fmt.Sprintf("%s-%d", gcroot, i)
-		fi, err := os.Lstat(r)
-		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
-			return
+	keep := map[string]bool{}
+	for _, r := range kept {
+		keep[filepath.Base(r)] = true
+	}
+	for _, e := range ents {
+		suffix, ok := strings.CutPrefix(e.Name(), name+"-")
+		if !ok || suffix == "" || strings.Contains(suffix, ".") || keep[e.Name()] || e.Type()&os.ModeSymlink == 0 {
+			continue
 		}
-		os.Remove(r)
+		r := filepath.Join(dir, e.Name())
+		if target, err := os.Readlink(r); err == nil && strings.HasPrefix(target, nixstore.StoreDir+"/") {
+			os.Remove(r)
+		}
 	}
 }
 

@@ -339,10 +339,12 @@ func busyboxVersion(ctx context.Context, bin string) string {
 	return string(m[1])
 }
 
-// Realise builds the target's packages and registers a GC root for each at
-// gcroot (gcroot, gcroot-2, ...) so the store paths outlive a garbage
-// collection; an empty gcroot builds without roots.
-func (t *Target) Realise(ctx context.Context, gcroot string) error {
+// Realise builds the target's packages, and makes sure of the store paths
+// more, and registers GC roots for all of them at gcroot (gcroot,
+// gcroot-2, ..., and a derivation's outputs other than out suffixed with
+// their names) so that they outlive a garbage collection; an empty gcroot
+// builds without roots.
+func (t *Target) Realise(ctx context.Context, gcroot string, more ...string) error {
 	var args []string
 	for _, p := range t.AllPackages() {
 		if p.DrvPath != "" {
@@ -351,6 +353,7 @@ func (t *Target) Realise(ctx context.Context, gcroot string) error {
 			args = append(args, p.OutPath)
 		}
 	}
+	args = append(args, more...)
 	if gcroot != "" {
 		if err := os.MkdirAll(filepath.Dir(gcroot), 0o755); err != nil {
 			return err
