@@ -20,12 +20,7 @@ import (
 // written is what the site holds (stdout lists exactly the images
 // published), every image there complete; no staging directory is left.
 func TestPublishInterruptedSaysWhatWasWritten(t *testing.T) {
-	// A binary of its own: binary's shared path can be rebuilt from
-	// another checkout meanwhile.
-	bin := filepath.Join(t.TempDir(), "nix2aci")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := binary(t)
 	big := bigStorePath(t)
 	small := nixtest.Build(t, `mk "small-1.0" "mkdir -p $out/bin; cp /bin/busybox $out/bin/small"`)
 	dir := t.TempDir()

@@ -23,7 +23,7 @@ import (
 	"github.com/nix2aci/nix2aci/objstore/objstoretest"
 )
 
-// replicas builds the binary and a key once per test.
+// replicas holds the binary and a key made once per test.
 type replicas struct {
 	bin, key, pkgs string
 	g              *objstoretest.Gateway
@@ -31,10 +31,7 @@ type replicas struct {
 
 func newReplicas(t *testing.T) *replicas {
 	t.Helper()
-	r := &replicas{bin: filepath.Join(t.TempDir(), "nix2aci")}
-	if out, err := exec.Command("go", "build", "-o", r.bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	r := &replicas{bin: binary(t)}
 	r.key = filepath.Join(t.TempDir(), "key.asc")
 	if out, err := exec.Command(r.bin, "key", "generate", "--name", "S", "--email", "s@example.com", "--no-passphrase", "--out", r.key).CombinedOutput(); err != nil {
 		t.Fatalf("key generate: %v\n%s", err, out)

@@ -20,10 +20,7 @@ import (
 // request waiting on it answered 503, the process exits 0 and leaves no
 // build staged.
 func TestServeStopsCleanlyOnSIGTERM(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "nix2aci")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := binary(t)
 	dir := t.TempDir()
 	key := filepath.Join(dir, "key.asc")
 	if out, err := exec.Command(bin, "key", "generate", "--name", "S", "--email", "s@example.com", "--no-passphrase", "--out", key).CombinedOutput(); err != nil {
