@@ -249,8 +249,42 @@ func summary(b []byte) string {
 	return ""
 }
 
-// eval runs the driver expression on a target, once.
-func (o options) eval(ctx context.Context, kind, target, shown string) (*Target, error) {
+// Evaluate evaluates the Nix file file (an absolute path) strictly, in
+// one nix-instantiate call, and returns its value as JSON. The file is
+// called as a recipe is, with the package set recipes get ({ pkgs, lib }:
+// …), so that a caller reads what it needs of that set (such as its
+// attribute names) without building anything. The JSON is at most max
+// bytes: past that the evaluation is stopped and refused.
+func Evaluate(ctx context.Context, file string, max int, opts ...Option) ([]byte, error) {
+	if !filepath.IsAbs(file) {
+		return nil, fmt.Errorf("evaluating %s: give an absolute path", file)
+	}
+	return newOptions(opts).instantiate(ctx, "value", file, file, max)
+}
+
+// errTooLarge is what a limitedBuffer returns once it is full.
+var errTooLarge = errors.New("too large")
+
+// limitedBuffer keeps at most max bytes (when max > 0), then refuses
+// more: a child writing to it gets a broken pipe and stops. (No embedded
+// bytes.Buffer: its ReadFrom would be used instead of Write.)
+type limitedBuffer struct {
+	buf  bytes.Buffer
+	max  int
+	over bool
+}
+
+func (b *limitedBuffer) Write(p []byte) (int, error) {
+	if b.max > 0 && len(p) > b.max-b.buf.Len() {
+		b.over = true
+		return 0, errTooLarge
+	}
+	return b.buf.Write(p)
+}
+
+// instantiate runs the driver expression on a target, once, and returns
+// what it printed (at most max bytes, when max > 0).
+func (o options) instantiate(ctx context.Context, kind, target, shown string, max int) ([]byte, error) {
 	if _, err := exec.LookPath(o.nixBin); err != nil {
 		return nil, nixstore.ErrNixNotInstalled
 	}
@@ -273,13 +307,26 @@ func (o options) eval(ctx context.Context, kind, target, shown string) (*Target,
 		"--argstr", "kind", kind, "--argstr", "target", target,
 		"--argstr", "hostBusybox", o.busybox, "--argstr", "hostBusyboxVersion", busyboxVersion(ctx, o.busybox))
 	cmd := nixstore.Command(ctx, o.nixBin, args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		if ctx.Err() != nil {
+	var stderr bytes.Buffer
+	stdout := &limitedBuffer{max: max}
+	cmd.Stdout, cmd.Stderr = stdout, &stderr
+	if err := cmd.Run(); err != nil || stdout.over {
+		switch {
+		case ctx.Err() != nil:
 			return nil, context.Cause(ctx)
+		case stdout.over:
+			return nil, &NotFoundError{Target: shown, Reason: fmt.Sprintf("its evaluation printed over %d bytes", max)}
 		}
 		return nil, evalError(kind, shown, stderr.String())
+	}
+	return stdout.buf.Bytes(), nil
+}
+
+// eval runs the driver expression on a target, once.
+func (o options) eval(ctx context.Context, kind, target, shown string) (*Target, error) {
+	stdout, err := o.instantiate(ctx, kind, target, shown, 0)
+	if err != nil {
+		return nil, err
 	}
 	var raw struct {
 		Offline  bool         `json:"offline"`
@@ -287,7 +334,7 @@ func (o options) eval(ctx context.Context, kind, target, shown string) (*Target,
 		Layers   []LayerGroup `json:"layerGroups"`
 		manifest.Spec
 	}
-	if err := json.Unmarshal(stdout.Bytes(), &raw); err != nil {
+	if err := json.Unmarshal(stdout, &raw); err != nil {
 		return nil, fmt.Errorf("reading evaluation of %s: %w", shown, err)
 	}
 	if len(raw.Packages) == 0 {

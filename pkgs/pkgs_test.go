@@ -87,3 +87,32 @@ func TestBuildSystems(t *testing.T) {
 		}
 	}
 }
+
+// TestEvaluate: a file called as a recipe is, with the package set
+// recipes get (here the offline set), evaluates to its JSON; output past
+// the bound and an evaluation error are refused, naming the file.
+func TestEvaluate(t *testing.T) {
+	t.Setenv("NIX_PATH", "")
+	dir := t.TempDir()
+	names := filepath.Join(dir, "names.nix")
+	os.WriteFile(names, []byte("{ pkgs }: builtins.attrNames pkgs\n"), 0o644)
+	out, err := pkgs.Evaluate(context.Background(), names, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), `"busybox"`) || !strings.HasPrefix(string(out), "[") {
+		t.Fatalf("the offline set's names: %s", out)
+	}
+	var nf *pkgs.NotFoundError
+	if _, err := pkgs.Evaluate(context.Background(), names, 10); !errors.As(err, &nf) || !strings.Contains(err.Error(), "over 10 bytes") || !strings.Contains(err.Error(), names) {
+		t.Errorf("past the bound: %v, want a NotFoundError naming the file and the bound", err)
+	}
+	bad := filepath.Join(dir, "bad.nix")
+	os.WriteFile(bad, []byte(`{ pkgs }: throw "no names here"`), 0o644)
+	if _, err := pkgs.Evaluate(context.Background(), bad, 1<<20); !errors.As(err, &nf) || !strings.Contains(err.Error(), "no names here") {
+		t.Errorf("a failing evaluation: %v, want a NotFoundError with Nix's message", err)
+	}
+	if _, err := pkgs.Evaluate(context.Background(), "names.nix", 1<<20); err == nil {
+		t.Error("a relative path was evaluated")
+	}
+}

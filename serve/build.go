@@ -49,6 +49,25 @@ func writeRecipes(dir string) error {
 // cannot be had for the system asked for.
 const systemMarker = "nix2aci-serve: no package set for the system: "
 
+// packageSetNix defines packageSetFor, for the Nix expressions a server
+// generates (an image's recipe, and the names it reads at start, see
+// readNames), so that both see one package set: for a system, { set =
+// …; } (the flake's packages over its legacyPackages over its nixpkgs
+// input's, nixpkgs imported for the system, or the driver's own set when
+// it is for this host), or { error = "why there is none"; }. It needs
+// pkgs (the set recipes get) and flakeRef (null or a locked reference)
+// in scope.
+const packageSetNix = `packageSetFor = system:
+    if flakeRef != null then
+      let
+        f = builtins.getFlake flakeRef;
+        of = o: if builtins.isAttrs o && o ? ${system} then o.${system} else { };
+      in { set = of (f.inputs.nixpkgs.legacyPackages or { }) // of (f.legacyPackages or { }) // of (f.packages or { }); }
+    else if system == builtins.currentSystem then { set = pkgs; }
+    else if pkgs ? nix2aciOffline then { error = "the offline package set has this host's busybox only, for ${builtins.currentSystem}: serve --nixpkgs or --flake to build for ${system}"; }
+    else if pkgs ? path then { set = import pkgs.path { inherit system; }; }
+    else { error = "this package set cannot be imported for ${system}"; };`
+
 // recipeFor returns the recipe of q's image: its packages (sorted, so
 // that their order in the name does not change the image's contents),
 // each a recipe (the user's, then a built-in one) or a package
@@ -105,18 +124,9 @@ func (s *Server) recipeFor(q *request) string {
 let
   system = %s;
   flakeRef = %s;
-  # The package set for system: the flake's, nixpkgs imported for it, or
-  # the driver's own when it is for this host.
-  P =
-    if flakeRef != null then
-      let
-        f = builtins.getFlake flakeRef;
-        of = o: if builtins.isAttrs o && o ? ${system} then o.${system} else { };
-      in of (f.inputs.nixpkgs.legacyPackages or { }) // of (f.legacyPackages or { }) // of (f.packages or { })
-    else if system == builtins.currentSystem then pkgs
-    else if pkgs ? nix2aciOffline then throw "%sthe offline package set has this host's busybox only, for ${builtins.currentSystem}: serve --nixpkgs or --flake to build for ${system}"
-    else if pkgs ? path then import pkgs.path { inherit system; }
-    else throw "%sthis package set cannot be imported for ${system}";
+  %s
+  PS = packageSetFor system;
+  P = PS.set or (throw "%s${PS.error}");
   splitDot = s: builtins.filter builtins.isString (builtins.split "[.]" s);
   at = path: set:
     if path == [ ] then set
@@ -163,7 +173,7 @@ in
     exec = builtins.head %s;
     annotations = { "nix2aci.io/package-set" = %s; };
   }
-`, q.name, strconv.Quote(q.system), flake, systemMarker, systemMarker, strings.Join(attrs, " "), unknownMarker, strings.Join(exprs, " ++ "), unknownMarker, strconv.Quote(q.name), strconv.Quote(s.o.Version), "[ "+strings.Join(execs, " ")+" ]", strconv.Quote(source))
+`, q.name, strconv.Quote(q.system), flake, packageSetNix, systemMarker, strings.Join(attrs, " "), unknownMarker, strings.Join(exprs, " ++ "), unknownMarker, strconv.Quote(q.name), strconv.Quote(s.o.Version), "[ "+strings.Join(execs, " ")+" ]", strconv.Quote(source))
 }
 
 func dedup(s []string) []string {

@@ -15,6 +15,13 @@
 //     (golang.org/x/sync/singleflight); at most MaxBuilds run at a time,
 //     at most Queue more wait, and beyond that a request is answered 503
 //     with Retry-After.
+//   - A name of packages that are neither a recipe nor a top-level
+//     attribute of the package set (a dotted one by its first part) is
+//     answered 404 naming them at once, on discovery too: the recipe names
+//     and, in one Nix evaluation, the package set's attribute names for
+//     each system are read at start, so that unknown names take no build
+//     slot and no evaluation. A package set that cannot be read stops the
+//     start.
 //   - A build has a deadline: past it the build is cancelled, Nix
 //     processes included, the answer is 504 and nothing is left behind.
 //   - Every failure is answered with a status that says what kind it is

@@ -100,6 +100,9 @@ func TestMetaNames(t *testing.T) {
 	if resp.StatusCode != 422 || !strings.Contains(string(body), "serve --nixpkgs or --flake") {
 		t.Fatalf("arm64 from the offline set: %s %q", resp.Status, body)
 	}
+	if n := e2.built.Load(); n != 0 {
+		t.Fatalf("%d builds, want none: a system without a package set is known at start", n)
+	}
 }
 
 // TestOtherSystem: with a package set that imports for any system (as
@@ -177,6 +180,9 @@ func TestFlakePackages(t *testing.T) {
 	resp, body := get(t, e.fileURL("127.0.0.1/nosuchpackage", "amd64"))
 	if resp.StatusCode != 404 || !bytes.Contains(body, []byte("nosuchpackage")) {
 		t.Fatalf("an unknown package of the flake: %s %q", resp.Status, body)
+	}
+	if n := e.built.Load(); n != 1 {
+		t.Fatalf("%d builds, want 1: the flake's names are read at start", n)
 	}
 
 	// Another flake revision is another version.

@@ -68,7 +68,8 @@ type Options struct {
 	// Work is where builds are staged ("": Data/.nix2aci-serve, which
 	// publish trees ignore).
 	Work string
-	// Recipes is a directory of recipes beside the built-in ones.
+	// Recipes is a directory of recipes beside the built-in ones. Its
+	// recipe names are read at start (New), with the package set's.
 	Recipes string
 	// Flake, when set, is the package set: a locked flake reference
 	// (pkgs.LockFlake). Package names are then attributes of its
@@ -131,6 +132,7 @@ type Server struct {
 	pubkey   []byte
 	host     string // this host's Nix system
 	recipes  string // private directory of built-in recipes
+	names    *packageNames
 	ctx      context.Context
 	cancel   context.CancelFunc
 	builds   sync.WaitGroup
@@ -256,6 +258,10 @@ func New(o Options) (*Server, error) {
 	if o.Build == nil {
 		o.Build = pipeline.Build
 	}
+	names, err := readNames(o)
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(o.Data, 0o755); err != nil {
 		return nil, fmt.Errorf("the data directory: %w", err)
 	}
@@ -282,7 +288,7 @@ func New(o Options) (*Server, error) {
 	}
 	s := &Server{
 		o: o, base: u.String(), basePath: u.Path, fp: strings.ToLower(sign.Fingerprint(o.Key)),
-		pubkey: key.Bytes(), host: pkgs.HostSystem(), recipes: recipes,
+		pubkey: key.Bytes(), host: pkgs.HostSystem(), recipes: recipes, names: names,
 		sem: make(chan struct{}, o.MaxBuilds), metrics: newMetrics(),
 		inflight: map[string]bool{}, failures: map[string]*failure{}, etags: map[string]etag{},
 		used: map[string]time.Time{}, reading: map[string]int{},
@@ -444,11 +450,17 @@ func checkComponents(comps []string) error {
 	return nil
 }
 
-// discovery answers ?ac-discovery=1 for any name under the prefix.
+// discovery answers ?ac-discovery=1 for any name under the prefix but
+// those of unknown packages (see unknownDiscovered).
 func (s *Server) discovery(w http.ResponseWriter, p string) {
 	if t := strings.Trim(p, "/"); t != "" {
-		if err := checkComponents(strings.Split(t, "/")); err != nil {
+		comps := strings.Split(t, "/")
+		if err := checkComponents(comps); err != nil {
 			fail(w, http.StatusBadRequest, "%v", err)
+			return
+		}
+		if unknown := s.unknownDiscovered(comps); len(unknown) > 0 {
+			fail(w, http.StatusNotFound, "%s/%s: no recipe and no package attribute is named %s", s.o.Prefix, t, strings.Join(unknown, " "))
 			return
 		}
 	}
@@ -606,6 +618,11 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request, rel string) {
 	}
 	if q.version != s.o.Version {
 		fail(w, http.StatusNotFound, "%s:%s is not here: this server builds version %s (or ask for latest)", q.name, q.version, s.o.Version)
+		return
+	}
+	// Refused without a build slot or an evaluation.
+	if f := s.unknown(q); f != nil {
+		fail(w, f.status, "%s", f.msg)
 		return
 	}
 	if f := s.ensure(r.Context(), q); f != nil {

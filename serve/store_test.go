@@ -99,8 +99,10 @@ func TestStoreNeverServesIncomplete(t *testing.T) {
 	g := objstoretest.Start(t)
 	st := g.Bucket(t, "images", objstore.S3Options{})
 	ctx := context.Background()
+	recipes, _ := filepath.Abs("testdata")
 	e := start(t, func(o *serve.Options) {
 		o.Store = st
+		o.Recipes = recipes // tiny, a name the server knows
 		o.FailureTTL = time.Millisecond
 		o.Build = func(context.Context, pipeline.Request) (*pipeline.Result, error) {
 			e := errors.New("no builds in this test")

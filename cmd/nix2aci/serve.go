@@ -44,7 +44,9 @@ nix2aci build (printed at start); latest is served as that version.
 Concurrent requests for one image build it once; --max-builds run at a
 time and --queue more wait (then 503 with Retry-After); a build past
 --build-timeout is cancelled, Nix included (504). Failures answer with a
-plain-text reason: 404 naming unknown packages, 502 with Nix's message;
+plain-text reason: 404 naming unknown packages (at once: the recipe
+names and the package set's are read at start, in one evaluation),
+502 with Nix's message;
 a failed name is answered from memory for --failure-ttl. With --max-disk,
 the least recently used apps are removed after a build, whole, never the
 one just built nor a file being served. One log line per

@@ -1,6 +1,8 @@
 # Evaluates one build target to the JSON nix2aci reads: the recipe's
-# settings and, for each package, its derivation and output path.
-{ kind # "recipe", "file" or "attr"
+# settings and, for each package, its derivation and output path. Kind
+# "value" evaluates a .nix file called as a recipe is to its value, as
+# it is (see pkgs.Evaluate).
+{ kind # "recipe", "file", "attr" or "value"
 , target # recipe file, .nix file, or attribute path
 , hostBusybox ? "/bin/busybox"
 , hostBusyboxVersion ? ""
@@ -57,7 +59,8 @@ let
     if !(builtins.isAttrs set) then throw "paths must be an attribute set keyed by path in the image, such as { \"/var/lib/web\" = { user = \"web\"; }; }"
     else map (p: pathRule p set.${p}) (builtins.attrNames set);
 in
-  if !(builtins.isAttrs recipe) || !(recipe ? packages) then
+  if kind == "value" then call (import (/. + target)) args
+  else if !(builtins.isAttrs recipe) || !(recipe ? packages) then
     throw "${target} is neither a derivation nor a recipe (an attribute set with `packages`)"
   else {
     offline = !hasNixpkgs;
