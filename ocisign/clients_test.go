@@ -10,6 +10,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -547,5 +550,90 @@ func TestClientsEnforceOurSignatures(t *testing.T) {
 		if (err == nil) != c.ok {
 			t.Errorf("%s: ocisign.Verify: %v", c.ref, err)
 		}
+	}
+}
+
+// A registry that offers the signature extension (its /v2/ answer says
+// X-Registry-Supports-Signatures: 1) is asked for signatures at
+// /extensions/v2/<repo>/signatures/<digest>; answered with
+// ExtensionSignatures of what ReadLookasideRepo reads, skopeo copy with a
+// signedBy policy and no lookaside configured accepts the signed image and
+// refuses an unsigned one.
+func TestSkopeoReadsSignaturesFromTheExtension(t *testing.T) {
+	need(t, "skopeo", "docker-registry")
+	reg := startRegistry(t)
+	dir := t.TempDir()
+	nk := nix2aciKey(t)
+	img := makeImage(t, filepath.Join(dir, "layout"), "latest", "")
+	reg.push(t, img, "nix2aci/busybox:signed")
+	reg.push(t, img, "nix2aci/unsigned:latest")
+	lookaside := filepath.Join(dir, "lookaside")
+
+	var asked []string
+	var mu sync.Mutex
+	target, _ := url.Parse("http://" + reg.host)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.ModifyResponse = func(resp *http.Response) error {
+		if resp.Request.URL.Path == "/v2/" {
+			resp.Header.Set("X-Registry-Supports-Signatures", "1")
+		}
+		return nil
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rest, ok := strings.CutPrefix(r.URL.Path, "/extensions/v2/")
+		if !ok {
+			proxy.ServeHTTP(w, r)
+			return
+		}
+		mu.Lock()
+		asked = append(asked, r.URL.Path)
+		mu.Unlock()
+		i := strings.LastIndex(rest, "/signatures/")
+		if i < 0 {
+			http.NotFound(w, r)
+			return
+		}
+		digest := rest[i+len("/signatures/"):]
+		sigs, err := ocisign.ReadLookasideRepo(lookaside, rest[:i], digest)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		body, err := ocisign.ExtensionSignatures(digest, sigs)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(body)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	signedRef := host + "/nix2aci/busybox:signed"
+	if err := ocisign.WriteLookaside(lookaside, signedRef, img.digest, signFor(t, nk, img.digest, signedRef)); err != nil {
+		t.Fatal(err)
+	}
+	policy, _ := json.Marshal(map[string]any{
+		"default": []any{map[string]string{"type": "reject"}},
+		"transports": map[string]any{"docker": map[string]any{
+			host: []any{map[string]string{"type": "signedBy", "keyType": "GPGKeys", "keyPath": write(t, filepath.Join(dir, "key.asc"), armoredPublic(t, nk))}},
+		}},
+	})
+	policyPath := write(t, filepath.Join(dir, "policy.json"), policy)
+	regD := filepath.Join(dir, "registries.d") // empty: no lookaside
+	os.MkdirAll(regD, 0o755)
+	copyFrom := func(ref string) (string, bool) {
+		return run(t, nil, "skopeo", "copy", "--policy", policyPath, "--registries.d", regD, "--src-tls-verify=false", "docker://"+ref, "dir:"+filepath.Join(t.TempDir(), "out"))
+	}
+	if out, ok := copyFrom(signedRef); !ok {
+		t.Errorf("skopeo copy refuses the image signed through the extension:\n%s", out)
+	}
+	if out, ok := copyFrom(host + "/nix2aci/unsigned:latest"); ok || !strings.Contains(out, "signature") {
+		t.Errorf("skopeo copy of an unsigned image: accepted=%v\n%s", ok, out)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := "/extensions/v2/nix2aci/busybox/signatures/" + img.digest; len(asked) == 0 || asked[0] != want {
+		t.Errorf("skopeo asked for %v, want %s", asked, want)
 	}
 }

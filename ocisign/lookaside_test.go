@@ -137,3 +137,22 @@ func TestReadLookasideHostile(t *testing.T) {
 		t.Error("a missing root is no error")
 	}
 }
+
+func TestExtensionSignatures(t *testing.T) {
+	d := "sha256:" + hex64
+	b, err := ocisign.ExtensionSignatures(d, [][]byte{[]byte("sig")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// sha256("sig"), first 16 bytes.
+	want := `{"signatures":[{"schemaVersion":2,"type":"atomic","name":"` + d + `@` + digestOf([]byte("sig"))[7:39] + `","content":"c2ln"}]}`
+	if string(b) != want {
+		t.Errorf("got  %s\nwant %s", b, want)
+	}
+	if b, err := ocisign.ExtensionSignatures(d, nil); err != nil || string(b) != `{"signatures":[]}` {
+		t.Errorf("no signatures: %s, %v", b, err)
+	}
+	if _, err := ocisign.ExtensionSignatures("sha256:x/../y", nil); err == nil {
+		t.Error("a bad digest is accepted")
+	}
+}
