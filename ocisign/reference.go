@@ -73,7 +73,7 @@ func ParseReference(s string) (Reference, error) {
 		return bad("it is empty; give a name like registry.example.com/app:1.0")
 	}
 	if len(s) > 1024 {
-		return bad("it is %d bytes long; a reference is at most %d bytes of name, a tag and a digest", len(s), maxNameLength)
+		return bad("it is %d bytes long, too long for a reference (a repository name is at most %d bytes)", len(s), maxNameLength)
 	}
 	var r Reference
 	rest := s
