@@ -17,6 +17,7 @@ import (
 // refused with a warning naming the fix, and the build still gives the
 // bytes of a cold build. NIX2ACI_CACHE_KEY names another key.
 func TestCacheKey(t *testing.T) {
+	t.Parallel()
 	bin := binary(t)
 	root := nixtest.Build(t, `mk "cache-key-1.0" "mkdir -p $out/bin; cp /bin/busybox $out/bin/cache-key; seq 1 200000 > $out/numbers"`)
 	work := t.TempDir()

@@ -70,6 +70,7 @@ in rec {
 // paths takes the roots it no longer needs away. The roots are what keep
 // the paths: without them, every one is collectable.
 func TestGCRootsHoldEveryPathOfTheBuild(t *testing.T) {
+	t.Parallel()
 	bin := binary(t)
 	dir := t.TempDir()
 	nix2aci := func(args ...string) []byte {

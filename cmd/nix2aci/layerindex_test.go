@@ -23,6 +23,7 @@ import (
 // forged one does not verify, and the build writes the layer again and
 // pins its own bytes.
 func TestSwappedLayerIsNotPinned(t *testing.T) {
+	t.Parallel()
 	bin := binary(t)
 	hello := nixtest.Hello(t)
 	dir := t.TempDir()

@@ -18,6 +18,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// Fixtures are built locally: no test waits on a binary cache. Set for
+	// the whole process (not per test) so that tests can run in parallel.
+	os.Setenv("NIX_CONFIG", os.Getenv("NIX_CONFIG")+"\nsubstituters =")
 	code := testscript.RunMain(m, map[string]func() int{
 		"nix2aci": func() int { return run(os.Args) },
 	})
@@ -44,6 +47,7 @@ func toolDir(t *testing.T) string {
 // TestScripts runs the end-to-end scripts in testdata/script: the real CLI
 // against real Nix, actool, bubblewrap and gpg, the way the README uses it.
 func TestScripts(t *testing.T) {
+	t.Parallel()
 	for _, tool := range []string{"nix-build", "bwrap", "jq", "gpg"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s not found: run the tests with scripts/test, which installs what they need", tool)

@@ -15,7 +15,7 @@ import (
 // those `nix2aci build` writes for the same package and options: fat,
 // thin and layered.
 func TestBuildACIInsideNixMatchesTheCLI(t *testing.T) {
-	t.Setenv("NIX_CONFIG", "substituters =")
+	t.Parallel()
 	repo, _ := filepath.Abs("../..")
 	work := t.TempDir()
 	storeBin := staticInStore(t, work)
@@ -101,7 +101,7 @@ in sh {
 // app on the top one: each image is byte for byte the one `nix2aci build
 // --layered` writes for a recipe with the same layer groups.
 func TestBuildLayerInsideNixMatchesTheCLI(t *testing.T) {
-	t.Setenv("NIX_CONFIG", "substituters =")
+	t.Parallel()
 	repo, _ := filepath.Abs("../..")
 	work := t.TempDir()
 	storeBin := staticInStore(t, work)
@@ -206,7 +206,7 @@ func staticInStore(t *testing.T, work string) string {
 // no store path is in two images, and the app renders on its chain as rkt
 // renders it and runs.
 func TestDebianChainByCLIAndNix(t *testing.T) {
-	t.Setenv("NIX_CONFIG", "substituters =")
+	t.Parallel()
 	repo, _ := filepath.Abs("../..")
 	corpus := filepath.Join(repo, "..", "shared", "bench", "make-corpus")
 	if _, err := os.Stat(corpus); err != nil {

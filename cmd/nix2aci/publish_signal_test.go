@@ -20,6 +20,7 @@ import (
 // written is what the site holds (stdout lists exactly the images
 // published), every image there complete; no staging directory is left.
 func TestPublishInterruptedSaysWhatWasWritten(t *testing.T) {
+	t.Parallel()
 	bin := binary(t)
 	big := bigStorePath(t)
 	small := nixtest.Build(t, `mk "small-1.0" "mkdir -p $out/bin; cp /bin/busybox $out/bin/small"`)

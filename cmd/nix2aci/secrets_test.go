@@ -36,6 +36,7 @@ const leakNix = `derivation {
 // with none of them, and Nix code that reads them with builtins.getEnv
 // writes nothing of them into an image.
 func TestSecretsReachNoChild(t *testing.T) {
+	t.Parallel()
 	bin := binary(t)
 	dir := t.TempDir()
 	key := filepath.Join(dir, "key.asc")

@@ -112,6 +112,7 @@ func (r *replicas) bucket(t *testing.T, name string) *objstore.S3 {
 // spread over both, build it once; every answer is a redirect to the same
 // bytes.
 func TestServeReplicasBuildOnce(t *testing.T) {
+	t.Parallel()
 	r := newReplicas(t)
 	r.bucket(t, "images")
 	a := r.start(t, "images", "--lease", "10s")
@@ -156,6 +157,7 @@ func TestServeReplicasBuildOnce(t *testing.T) {
 // asked for the same image, waits on its lease, takes it over within the
 // lease's time and finishes the image.
 func TestServeReplicaKilledMidBuild(t *testing.T) {
+	t.Parallel()
 	r := newReplicas(t)
 	st := r.bucket(t, "images")
 	const lease = 6 * time.Second
@@ -212,6 +214,7 @@ func TestServeReplicaKilledMidBuild(t *testing.T) {
 // Bad credentials, a missing bucket and an unreachable endpoint stop
 // serve at start, with a message naming the fix.
 func TestServeStoreFailsAtStart(t *testing.T) {
+	t.Parallel()
 	r := newReplicas(t)
 	r.bucket(t, "images")
 	l, _ := net.Listen("tcp", "127.0.0.1:0")

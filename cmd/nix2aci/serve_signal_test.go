@@ -20,6 +20,7 @@ import (
 // request waiting on it answered 503, the process exits 0 and leaves no
 // build staged.
 func TestServeStopsCleanlyOnSIGTERM(t *testing.T) {
+	t.Parallel()
 	bin := binary(t)
 	dir := t.TempDir()
 	key := filepath.Join(dir, "key.asc")
