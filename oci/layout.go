@@ -188,8 +188,10 @@ type Image struct {
 
 // WriteImage completes the layout: config (cfg with the layers' DiffIDs),
 // manifest (the layers bottom first), and index.json naming the manifest
-// by tag.
-func (l *Layout) WriteImage(cfg *ocispec.Image, layers []Layer, tag string) (*Image, error) {
+// by refName (its org.opencontainers.image.ref.name): the tag alone for
+// oci:DIR:TAG, or NAME:TAG, which podman load names the image of an
+// oci-archive by.
+func (l *Layout) WriteImage(cfg *ocispec.Image, layers []Layer, tag, refName string) (*Image, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.manifest != nil {
@@ -214,7 +216,7 @@ func (l *Layout) WriteImage(cfg *ocispec.Image, layers []Layer, tag string) (*Im
 	}
 	plat := c.Platform
 	out.Manifest.Platform = &plat
-	out.Manifest.Annotations = map[string]string{ocispec.AnnotationRefName: tag}
+	out.Manifest.Annotations = map[string]string{ocispec.AnnotationRefName: refName}
 	out.Config = m.Config
 	out.Size += m.Config.Size + out.Manifest.Size
 	idx := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{out.Manifest}}

@@ -138,7 +138,12 @@ func (b *build) finishOCI(ctx context.Context, t *pkgs.Target, in *inputs, plan 
 	out.Version, _ = im.Labels.Get("version")
 	out.OS, _ = im.Labels.Get("os")
 	out.Arch, _ = im.Labels.Get("arch")
-	written, err := b.layout.WriteImage(cfg, layers, oci.Tag(out.Version))
+	tag := oci.Tag(out.Version)
+	ref := tag
+	if b.Format == oci.Archive {
+		ref = oci.RepoName(out.Name) + ":" + tag // what podman load names it
+	}
+	written, err := b.layout.WriteImage(cfg, layers, tag, ref)
 	if err != nil {
 		return nil, fmt.Errorf("writing the image layout: %w", err)
 	}
