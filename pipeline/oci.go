@@ -41,7 +41,7 @@ func (b *build) checkOCI() error {
 	}
 	switch {
 	case b.Signer != nil:
-		return &UsageError{"--format " + b.Format + " images are not signed by nix2aci build: build without a signing key"}
+		return &UsageError{"nix2aci build signs ACIs only, not --format " + b.Format + " images: build without --sign"}
 	case b.Base != "":
 		return &UsageError{"--base takes an ACI base: build the app with --format aci, or without --base"}
 	case b.GroupOnly != "":

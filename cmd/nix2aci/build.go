@@ -49,6 +49,11 @@ image of its own (the same file whichever app needs it) and an app image
 that lists them as dependencies, with <image>.deps naming them in order:
   (cd ACIs && sudo rkt fetch $(cat X.deps)) && sudo rkt run ACIs/X.aci
 
+--format oci writes an OCI image layout (<image>.oci) instead, from the
+same plan; oci-archive and docker-archive the tar files podman load and
+docker load take:
+  podman run oci:ACIs/X.oci:VERSION
+
 Without nixpkgs in NIX_PATH, recipes use nix2aci's offline package set,
 which has busybox and busybox-static (from the host's busybox-static).
 SOURCE_DATE_EPOCH, if set, is the image's "created" time.`,
@@ -83,7 +88,7 @@ SOURCE_DATE_EPOCH, if set, is the image's "created" time.`,
 			&cli.StringFlag{Name: "cache-dir", Usage: "cache `DIR` (default $XDG_CACHE_HOME/nix2aci or ~/.cache/nix2aci)"},
 			&cli.StringFlag{Name: "cache-key", EnvVars: []string{"NIX2ACI_CACHE_KEY"}, Usage: "path of the `FILE` holding the secret key that tags cache entries (never the key itself: for that, NIX2ACI_CACHE_KEY_HEX); a warm build takes only members tagged under it; made if missing; never inside the cache (default $XDG_CONFIG_HOME/nix2aci/cache-key or ~/.config/nix2aci/cache-key)"},
 			&cli.StringFlag{Name: "cache-max-size", Value: "10G", Usage: "after a build, trim the cache to this `SIZE` (least recently used first)"},
-			&cli.BoolFlag{Name: "no-link", Usage: "do not create the ./result.aci (and result.aci.asc, result.rkt-args) symlinks"},
+			&cli.BoolFlag{Name: "no-link", Usage: "do not create the ./result.aci (and result.aci.asc, result.rkt-args) symlinks, or an OCI build's ./result.oci (.oci.tar, .docker.tar) and result.podman-args"},
 			&cli.StringSliceFlag{Name: "closure-graph", Usage: "inside a Nix build (buildACI): the target's closure from exportReferencesGraph `FILE` instead of nix-store; no cache, no GC roots"},
 			&cli.BoolFlag{Name: "no-exec-check", Usage: "build even if the app's program or its interpreter (#! line, ELF loader) is not in the image"},
 		}, buildSignFlags()...),
