@@ -118,7 +118,7 @@ func (l *Layout) WriteLayer(ctx context.Context, img aci.Image, c aci.Compressio
 		return Layer{}, nil, err
 	}
 	res, err := l.writeBlob(func(w io.Writer) (digest.Digest, int64, *aci.Result, error) {
-		res, err := aci.Write(ctx, w, img, append(opts, aci.AsLayer())...)
+		res, err := aci.Write(ctx, w, img, append(slices.Clip(opts), aci.AsLayer())...)
 		if err != nil {
 			return "", 0, nil, err
 		}
@@ -150,7 +150,8 @@ func (l *Layout) writeBlob(write func(io.Writer) (digest.Digest, int64, *aci.Res
 		}
 	}
 	if err == nil {
-		if fi, serr := os.Stat(tmp.Name()); serr != nil || fi.Size() != size {
+		var fi os.FileInfo
+		if fi, err = os.Stat(tmp.Name()); err == nil && fi.Size() != size {
 			err = fmt.Errorf("blob %s: %d bytes written, %d said", d, fi.Size(), size)
 		}
 	}
