@@ -11,6 +11,8 @@ require (
 	github.com/aws/smithy-go v1.28.9
 	github.com/coreos/go-semver v0.3.1
 	github.com/klauspost/compress v1.17.11
+	github.com/opencontainers/go-digest v1.0.0
+	github.com/opencontainers/image-spec v1.1.1
 	github.com/prometheus/client_golang v1.20.5
 	github.com/rogpeppe/go-internal v1.13.1
 	github.com/ulikunitz/xz v0.5.12

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -52,6 +53,11 @@ const DefaultLevel = gzmember.DefaultLevel
 // bound to it.
 const FormatVersion = "nix2aci-fragment-3"
 
+// LayerFormatVersion is FormatVersion for OCI layers (AsLayer): their tar
+// names have no rootfs/ prefix, so their fragments differ from an ACI's
+// and are cached apart from them.
+const LayerFormatVersion = "nix2aci-oci-layer-1"
+
 // Image is what Write puts into an archive.
 type Image struct {
 	Manifest *schema.ImageManifest
@@ -69,7 +75,12 @@ type Image struct {
 
 // Result says what Write wrote.
 type Result struct {
-	ImageID     string     `json:"imageID"`
+	ImageID string `json:"imageID"`
+	// DiffID and Digest are an OCI layer's (AsLayer) SHA-256 digests of
+	// its uncompressed tar stream and of its compressed bytes, as
+	// "sha256:<hex>"; ImageID is then empty.
+	DiffID      string     `json:"diffID,omitempty"`
+	Digest      string     `json:"digest,omitempty"`
 	Size        int64      `json:"size"`
 	TarSize     int64      `json:"uncompressedSize"`
 	StorePaths  int        `json:"storePaths"`
@@ -90,6 +101,8 @@ type config struct {
 	cache       *fragcache.Cache
 	modTime     time.Time
 	progress    func(Progress)
+	// layer writes an OCI layer (AsLayer) instead of an ACI.
+	layer bool
 	// maxEntries and maxNameBytes are what Inspect reads (tests lower
 	// them).
 	maxEntries, maxNameBytes int
@@ -116,6 +129,12 @@ func WithModTime(t time.Time) Option { return func(o *config) { o.modTime = t } 
 
 // WithProgress calls f after each store path is written, from one goroutine.
 func WithProgress(f func(Progress)) Option { return func(o *config) { o.progress = f } }
+
+// AsLayer makes Write write an OCI image layer instead of an ACI: the
+// same entries, written by the same rules, but no manifest and no rootfs/
+// prefix (the tar's root is the container's root), and the Result says
+// the layer's DiffID and Digest. The image needs no manifest then.
+func AsLayer() Option { return func(o *config) { o.layer = true } }
 
 // WriteFile writes the image to path atomically: to a temporary file in the
 // same directory, renamed into place only when complete. On any error,
@@ -170,12 +189,15 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 		// time and use none.
 		cfg.cache = nil
 	}
-	if img.Manifest == nil || img.Closure == nil {
+	if (img.Manifest == nil && !cfg.layer) || img.Closure == nil {
 		return nil, errors.New("image needs a manifest and a closure")
 	}
-	mjson, err := manifest.Marshal(img.Manifest)
-	if err != nil {
-		return nil, fmt.Errorf("manifest: %w", err)
+	var mjson []byte
+	if !cfg.layer {
+		var err error
+		if mjson, err = manifest.Marshal(img.Manifest); err != nil {
+			return nil, fmt.Errorf("manifest: %w", err)
+		}
 	}
 	// Every store path must be there before anything is written: a thin
 	// image with a missing path would run with an empty directory.
@@ -189,7 +211,15 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 		return nil, err
 	}
 
-	h := sha512.New()
+	// An ACI's image ID hashes its tar stream with SHA-512; an OCI
+	// layer's DiffID with SHA-256, and its digest hashes what is written.
+	h, version, root := sha512.New(), FormatVersion, "rootfs/"
+	var digest hash.Hash
+	if cfg.layer {
+		h, version, root = sha256.New(), LayerFormatVersion, ""
+		digest = sha256.New()
+		w = io.MultiWriter(w, digest)
+	}
 	mcfg := gzmember.Config{Compression: cfg.compression, Level: cfg.level, Jobs: max(1, cfg.jobs), Tap: h}
 	mw, err := gzmember.NewWriter(ctx, w, mcfg)
 	if err != nil {
@@ -198,7 +228,8 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 	b := &builder{
 		cfg:    cfg,
 		mw:     mw,
-		format: FormatVersion + "\x00" + mcfg.MemberFormat(),
+		root:   root,
+		format: version + "\x00" + mcfg.MemberFormat(),
 		done:   Progress{TotalStorePaths: len(img.Closure.Paths), TotalBytes: img.Closure.NarSize()},
 	}
 	var sizes gzmember.Totals
@@ -213,14 +244,20 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 	if err != nil {
 		return nil, err
 	}
-	return &Result{
-		ImageID:     "sha512-" + hex.EncodeToString(h.Sum(nil)),
+	res := &Result{
 		Size:        sizes.Out,
 		TarSize:     sizes.In,
 		StorePaths:  len(img.Closure.Paths),
 		CachedPaths: b.cachedPaths,
 		Conflicts:   conflicts,
-	}, nil
+	}
+	if cfg.layer {
+		res.DiffID = "sha256:" + hex.EncodeToString(h.Sum(nil))
+		res.Digest = "sha256:" + hex.EncodeToString(digest.Sum(nil))
+	} else {
+		res.ImageID = "sha512-" + hex.EncodeToString(h.Sum(nil))
+	}
+	return res, nil
 }
 
 // builder writes the entries of one archive, in archive order, into the
@@ -230,6 +267,9 @@ func Write(ctx context.Context, w io.Writer, img Image, opts ...Option) (*Result
 type builder struct {
 	cfg config
 	mw  *gzmember.Writer
+	// root is the prefix of every entry's name: "rootfs/" in an ACI,
+	// nothing in an OCI layer.
+	root string
 	// format names what a store path's members depend on besides its
 	// contents, for the cache (fragcache.Cache.Fragment).
 	format string
@@ -270,31 +310,33 @@ func (tw countingTar) WriteHeader(hdr *tar.Header) error {
 // writer, cutting a segment around each store path.
 func (b *builder) produce(img Image, mjson []byte, farm []farmEntry) error {
 	tw := countingTar{tar.NewWriter(b.mw), b}
-	mt := b.cfg.modTime
-	if err := tw.WriteHeader(&tar.Header{Name: "manifest", Mode: 0o644, Size: int64(len(mjson)), ModTime: mt, Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
-		return err
-	}
-	if _, err := tw.Write(mjson); err != nil {
-		return err
-	}
-	if err := writeDir(tw, "rootfs/", mt); err != nil {
-		return err
-	}
-	i := 0
-	for ; i < len(farm) && pathLess(farm[i].rel, "nix"); i++ {
-		if err := writeFarmEntry(tw, farm[i], mt); err != nil {
+	mt, root := b.cfg.modTime, b.root
+	if !b.cfg.layer {
+		if err := tw.WriteHeader(&tar.Header{Name: "manifest", Mode: 0o644, Size: int64(len(mjson)), ModTime: mt, Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
+			return err
+		}
+		if _, err := tw.Write(mjson); err != nil {
+			return err
+		}
+		if err := writeDir(tw, root, mt); err != nil {
 			return err
 		}
 	}
-	if err := writeDir(tw, "rootfs/nix/", mt); err != nil {
+	i := 0
+	for ; i < len(farm) && pathLess(farm[i].rel, "nix"); i++ {
+		if err := writeFarmEntry(tw, root, farm[i], mt); err != nil {
+			return err
+		}
+	}
+	if err := writeDir(tw, root+"nix/", mt); err != nil {
 		return err
 	}
-	if err := writeDir(tw, "rootfs/nix/store/", mt); err != nil {
+	if err := writeDir(tw, root+"nix/store/", mt); err != nil {
 		return err
 	}
 	if img.Thin {
 		for _, p := range img.Closure.Paths {
-			if err := writeMountTarget(tw, p.Path); err != nil {
+			if err := writeMountTarget(tw, root, p.Path); err != nil {
 				return err
 			}
 		}
@@ -322,7 +364,7 @@ func (b *builder) produce(img Image, mjson []byte, farm []farmEntry) error {
 				return err
 			}
 			tw = countingTar{tar.NewWriter(b.mw), b}
-			if err := writeTree(tw, p.Path, copyBuf); err != nil {
+			if err := writeTree(tw, root, p.Path, copyBuf); err != nil {
 				return err
 			}
 			if err := b.cut(tw); err != nil {
@@ -333,7 +375,7 @@ func (b *builder) produce(img Image, mjson []byte, farm []farmEntry) error {
 	}
 	tw = countingTar{tar.NewWriter(b.mw), b}
 	for ; i < len(farm); i++ {
-		if err := writeFarmEntry(tw, farm[i], mt); err != nil {
+		if err := writeFarmEntry(tw, root, farm[i], mt); err != nil {
 			return err
 		}
 	}
@@ -368,13 +410,13 @@ func writeDir(tw countingTar, name string, mt time.Time) error {
 	return tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mt, Format: tar.FormatPAX})
 }
 
-func writeFarmEntry(tw countingTar, e farmEntry, mt time.Time) error {
+func writeFarmEntry(tw countingTar, root string, e farmEntry, mt time.Time) error {
 	if e.file {
 		mode := e.mode
 		if mode == 0 {
 			mode = 0o644
 		}
-		if err := tw.WriteHeader(&tar.Header{Name: "rootfs/" + e.rel, Typeflag: tar.TypeReg, Mode: mode, Uid: e.uid, Gid: e.gid, Size: int64(len(e.data)), ModTime: mt, Format: tar.FormatPAX}); err != nil {
+		if err := tw.WriteHeader(&tar.Header{Name: root + e.rel, Typeflag: tar.TypeReg, Mode: mode, Uid: e.uid, Gid: e.gid, Size: int64(len(e.data)), ModTime: mt, Format: tar.FormatPAX}); err != nil {
 			return err
 		}
 		_, err := tw.Write(e.data)
@@ -385,21 +427,21 @@ func writeFarmEntry(tw countingTar, e farmEntry, mt time.Time) error {
 		if mode == 0 {
 			mode = 0o755
 		}
-		return tw.WriteHeader(&tar.Header{Name: "rootfs/" + e.rel + "/", Typeflag: tar.TypeDir, Mode: mode, Uid: e.uid, Gid: e.gid, ModTime: mt, Format: tar.FormatPAX})
+		return tw.WriteHeader(&tar.Header{Name: root + e.rel + "/", Typeflag: tar.TypeDir, Mode: mode, Uid: e.uid, Gid: e.gid, ModTime: mt, Format: tar.FormatPAX})
 	}
-	return tw.WriteHeader(&tar.Header{Name: "rootfs/" + e.rel, Typeflag: tar.TypeSymlink, Linkname: e.target, Mode: 0o777, ModTime: mt, Format: tar.FormatPAX})
+	return tw.WriteHeader(&tar.Header{Name: root + e.rel, Typeflag: tar.TypeSymlink, Linkname: e.target, Mode: 0o777, ModTime: mt, Format: tar.FormatPAX})
 }
 
 // writeMountTarget writes the empty entry a thin image's volume is mounted
 // on: a directory for a directory, an empty file for anything else (rkt
 // refuses to bind a file onto a directory). Symlinks count as what they
 // point to, since the bind mount follows them.
-func writeMountTarget(tw countingTar, p string) error {
+func writeMountTarget(tw countingTar, root, p string) error {
 	fi, err := os.Stat(p)
 	if err != nil {
 		return &nixstore.InvalidPathError{Path: p, Reason: err.Error()}
 	}
-	name := "rootfs" + p
+	name := root + p[1:]
 	if fi.IsDir() {
 		return tw.WriteHeader(&tar.Header{Name: name + "/", Typeflag: tar.TypeDir, Mode: 0o555, ModTime: time.Unix(1, 0), Format: tar.FormatPAX})
 	}
@@ -416,8 +458,8 @@ func writeMountTarget(tw countingTar, p string) error {
 // the walk is written as a hard link to that file, whatever the inodes
 // say; every other file is written whole. Links never leave the store
 // path, so its bytes never depend on any other.
-func writeTree(tw countingTar, p string, copyBuf []byte) error {
-	ents, err := walkStorePath(p)
+func writeTree(tw countingTar, root, p string, copyBuf []byte) error {
+	ents, err := walkStorePath(root, p)
 	if err != nil {
 		return err
 	}
@@ -468,8 +510,9 @@ type storeEntry struct {
 	fi        os.FileInfo
 }
 
-// walkStorePath lists p and everything below it in archive order.
-func walkStorePath(p string) ([]storeEntry, error) {
+// walkStorePath lists p and everything below it in archive order, named
+// with root before the path (less its leading "/").
+func walkStorePath(root, p string) ([]storeEntry, error) {
 	var out []storeEntry
 	var walk func(src, name string) error
 	walk = func(src, name string) error {
@@ -497,7 +540,7 @@ func walkStorePath(p string) ([]storeEntry, error) {
 		}
 		return nil
 	}
-	return out, walk(p, "rootfs"+p)
+	return out, walk(p, root+p[1:])
 }
 
 // identicalFiles returns, for each entry, the index of the first earlier

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const stagePrefix = ".nix2aci-stage-"
@@ -138,7 +140,7 @@ func (s *Stage) Commit(names, stale []string, then func() error) error {
 		}
 	}
 	for _, n := range names {
-		if err := os.Rename(s.Path(n), s.Final(n)); err != nil {
+		if err := rename(s.Path(n), s.Final(n)); err != nil {
 			return fmt.Errorf("moving %s into place: %w", s.Final(n), err)
 		}
 	}
@@ -146,6 +148,17 @@ func (s *Stage) Commit(names, stale []string, then func() error) error {
 		err = then()
 	}
 	s.removeStage()
+	return err
+}
+
+// rename moves src to dst. A directory (an OCI image layout) replaces an
+// old directory dst as one step too: the two are exchanged, and the old
+// one, now in the staging directory, goes with it.
+func rename(src, dst string) error {
+	err := os.Rename(src, dst)
+	if errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY) {
+		return unix.Renameat2(unix.AT_FDCWD, src, unix.AT_FDCWD, dst, unix.RENAME_EXCHANGE)
+	}
 	return err
 }
 

@@ -158,3 +158,38 @@ func TestBeginsAtOnceDoNotSweepEachOther(t *testing.T) {
 		}
 	}
 }
+
+// A directory (an OCI image layout) replaces the previous build's
+// directory of that name whole, with none of its old files left inside.
+func TestCommitReplacesADirectory(t *testing.T) {
+	out := t.TempDir()
+	for i, files := range [][]string{{"index.json", "old-blob"}, {"index.json", "new-blob"}} {
+		s, err := outdir.Begin(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(s.Path("x.oci"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range files {
+			os.WriteFile(filepath.Join(s.Path("x.oci"), f), []byte(fmt.Sprint(i)), 0o644)
+		}
+		if err := s.Commit([]string{"x.oci"}, nil, nil); err != nil {
+			t.Fatalf("build %d: %v", i, err)
+		}
+	}
+	ents, err := os.ReadDir(filepath.Join(out, "x.oci"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if got := strings.Join(names, " "); got != "index.json new-blob" {
+		t.Errorf("x.oci holds %s, want index.json new-blob", got)
+	}
+	if n := stages(t, out); n != 0 {
+		t.Errorf("%d staging directories left", n)
+	}
+}

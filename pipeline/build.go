@@ -19,6 +19,7 @@ import (
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
+	"github.com/nix2aci/nix2aci/oci"
 	"github.com/nix2aci/nix2aci/outdir"
 	"github.com/nix2aci/nix2aci/pkgs"
 )
@@ -37,6 +38,9 @@ type Request struct {
 	Target string
 	// Kind is Fat (the default), Thin or Layered.
 	Kind string
+	// Format is what is written: oci.ACI (the default), or an OCI image
+	// as oci.LayoutFormat, oci.Archive or oci.DockerArchive (see oci.go).
+	Format string
 	// MaxLayers is the layer budget of a Layered build (0:
 	// DefaultMaxLayers); LayerPrefix names its layers (empty:
 	// DefaultLayerPrefix of the app's name).
@@ -117,7 +121,7 @@ type Request struct {
 
 // Image is one image file a build wrote (or reused).
 type Image struct {
-	ACI        string `json:"aci"`
+	ACI        string `json:"aci,omitempty"`
 	Signature  string `json:"signature,omitempty"`
 	Name       string `json:"name"`
 	Version    string `json:"version"`
@@ -126,11 +130,22 @@ type Image struct {
 	Size       int64  `json:"size"`
 	// Reused says the file was already there, written by an earlier build.
 	Reused bool `json:"reused,omitempty"`
+	// Digest is an OCI layer's blob digest (ImageID is then its DiffID).
+	Digest string `json:"digest,omitempty"`
 }
 
 // Result is what a build wrote.
 type Result struct {
-	ACI         string         `json:"aci"`
+	ACI string `json:"aci,omitempty"`
+	// Format is the request's; OCI is the path of an OCI build's image
+	// layout or archive, Digest its manifest's digest, Tag its tag, and
+	// PodmanArgs the .podman-args of a thin one. ImageID is then the
+	// config's digest, the image ID podman and docker show.
+	Format      string         `json:"format"`
+	OCI         string         `json:"oci,omitempty"`
+	Digest      string         `json:"digest,omitempty"`
+	Tag         string         `json:"tag,omitempty"`
+	PodmanArgs  string         `json:"podmanArgs,omitempty"`
 	RktArgs     string         `json:"rktArgs,omitempty"`
 	Deps        string         `json:"deps,omitempty"`
 	Signature   string         `json:"signature,omitempty"`
@@ -180,6 +195,9 @@ func Build(ctx context.Context, r Request) (*Result, error) {
 	case Fat, Thin, Layered:
 	default:
 		return nil, &UsageError{fmt.Sprintf("unknown kind %q: fat, thin or layered", b.Kind)}
+	}
+	if err := b.checkOCI(); err != nil {
+		return nil, err
 	}
 	if b.Kind == Thin {
 		if b.Base != "" {
@@ -238,7 +256,8 @@ type build struct {
 	index         *layerIndex
 	base          *Base
 	baseStaged    bool
-	baseFiles     []string // the base's files in the output directory (stageBase)
+	baseFiles     []string    // the base's files in the output directory (stageBase)
+	layout        *oci.Layout // an OCI build's image layout (oci.go)
 	// mu guards the fields above and Progress, for layers written at once.
 	mu sync.Mutex
 }
@@ -254,6 +273,9 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	if b.isOCI() {
+		names = b.ociNames(names)
+	}
 	if b.st, err = outdir.Begin(b.OutDir); err != nil {
 		return nil, err
 	}
@@ -263,6 +285,11 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 			b.st.Abort()
 		}
 	}()
+	if b.isOCI() {
+		if err := b.beginOCI(names); err != nil {
+			return nil, err
+		}
+	}
 	// 2. The packages built, and their closure.
 	in, err := b.inputs(ctx, t)
 	if err != nil {
@@ -287,7 +314,12 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, err := b.finish(ctx, t, in, plan, images, &names)
+	var out *Result
+	if b.isOCI() {
+		out, err = b.finishOCI(ctx, t, in, plan, images, names)
+	} else {
+		out, err = b.finish(ctx, t, in, plan, images, &names)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -508,7 +540,7 @@ func (b *build) openCache() error {
 // into the staging directory and says what the build made.
 func (b *build) finish(ctx context.Context, t *pkgs.Target, in *inputs, plan *Plan, images map[*PlanImage]*written, names *fileNames) (*Result, error) {
 	im := in.app.Manifest
-	out := &Result{Name: im.Name.String(), Kind: b.Kind, Offline: t.Offline}
+	out := &Result{Name: im.Name.String(), Kind: b.Kind, Offline: t.Offline, Format: b.Format}
 	app := images[plan.Images[len(plan.Images)-1]]
 	if b.GroupOnly != "" {
 		names.image = app.ACI

@@ -12,6 +12,7 @@ import (
 	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
+	"github.com/nix2aci/nix2aci/oci"
 )
 
 // written is what the writer made of one planned image.
@@ -20,6 +21,7 @@ type written struct {
 	held   []string    // the store paths it and its dependencies hold
 	images int         // how many images its tree holds
 	res    *aci.Result // nil when reused
+	layer  oci.Layer   // an OCI build's layer
 	// done is closed once the images above it can be written: its image
 	// ID is known (or it failed). Its signing may still run then.
 	done     chan struct{}
@@ -79,6 +81,9 @@ func (b *build) writePlan(ctx context.Context, plan *Plan) (map[*PlanImage]*writ
 // written) and writes it, or reuses a shared image the output directory
 // holds already.
 func (b *build) writeImage(ctx context.Context, plan *Plan, im *PlanImage, w *written, all map[*PlanImage]*written) error {
+	if b.isOCI() {
+		return b.writeLayer(ctx, im, w)
+	}
 	m := im.Manifest
 	var deps []manifest.Dependency
 	var depIDs, below []string

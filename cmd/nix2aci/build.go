@@ -21,6 +21,7 @@ import (
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
+	"github.com/nix2aci/nix2aci/oci"
 	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -48,6 +49,11 @@ image of its own (the same file whichever app needs it) and an app image
 that lists them as dependencies, with <image>.deps naming them in order:
   (cd ACIs && sudo rkt fetch $(cat X.deps)) && sudo rkt run ACIs/X.aci
 
+--format oci writes an OCI image layout (<image>.oci) instead, from the
+same plan; oci-archive and docker-archive the tar files podman load and
+docker load take:
+  podman run oci:ACIs/X.oci:VERSION
+
 Without nixpkgs in NIX_PATH, recipes use nix2aci's offline package set,
 which has busybox and busybox-static (from the host's busybox-static).
 SOURCE_DATE_EPOCH, if set, is the image's "created" time.`,
@@ -62,6 +68,7 @@ SOURCE_DATE_EPOCH, if set, is the image's "created" time.`,
 			&cli.StringFlag{Name: "base", Usage: "build the app on the base `FILE` (a layer group image, or a buildLayer output) or NAME:VERSION (fetched by appc discovery, its signature checked against --trust-dir): it depends on it by image ID and holds none of its store paths"},
 			&cli.StringFlag{Name: "trust-dir", Value: "/etc/rkt/trustedkeys", Usage: "with --base NAME:VERSION, the trust store `DIR` in rkt's layout whose keys a fetched base must be signed by"},
 			&cli.StringFlag{Name: "insecure-options", Usage: "with --base NAME:VERSION, \"http\" allows fetching it over plain http (as rkt's --insecure-options=http)"},
+			&cli.StringFlag{Name: "format", Value: "aci", Usage: "write an ACI (aci), an OCI image layout directory <image>.oci (oci, for skopeo, podman and umoci as oci:DIR:TAG), or the tar file podman load takes as <image>.oci.tar (oci-archive) or docker load as <image>.docker.tar (docker-archive)"},
 			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Value: "ACIs", Usage: "output `DIR`"},
 			&cli.StringFlag{Name: "name", Usage: "image name (an AC Identifier, e.g. example.com/busybox)"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object describing what was built"},
@@ -81,7 +88,7 @@ SOURCE_DATE_EPOCH, if set, is the image's "created" time.`,
 			&cli.StringFlag{Name: "cache-dir", Usage: "cache `DIR` (default $XDG_CACHE_HOME/nix2aci or ~/.cache/nix2aci)"},
 			&cli.StringFlag{Name: "cache-key", EnvVars: []string{"NIX2ACI_CACHE_KEY"}, Usage: "path of the `FILE` holding the secret key that tags cache entries (never the key itself: for that, NIX2ACI_CACHE_KEY_HEX); a warm build takes only members tagged under it; made if missing; never inside the cache (default $XDG_CONFIG_HOME/nix2aci/cache-key or ~/.config/nix2aci/cache-key)"},
 			&cli.StringFlag{Name: "cache-max-size", Value: "10G", Usage: "after a build, trim the cache to this `SIZE` (least recently used first)"},
-			&cli.BoolFlag{Name: "no-link", Usage: "do not create the ./result.aci (and result.aci.asc, result.rkt-args) symlinks"},
+			&cli.BoolFlag{Name: "no-link", Usage: "do not create the ./result.aci (and result.aci.asc, result.rkt-args) symlinks, or an OCI build's ./result.oci (.oci.tar, .docker.tar) and result.podman-args"},
 			&cli.StringSliceFlag{Name: "closure-graph", Usage: "inside a Nix build (buildACI): the target's closure from exportReferencesGraph `FILE` instead of nix-store; no cache, no GC roots"},
 			&cli.BoolFlag{Name: "no-exec-check", Usage: "build even if the app's program or its interpreter (#! line, ELF loader) is not in the image"},
 		}, buildSignFlags()...),
@@ -121,12 +128,19 @@ func runBuild(c *cli.Context) error {
 			return err
 		}
 		result = resultLink
+		if out.OCI != "" {
+			result = "result" + oci.Extension(out.Format)
+		}
 	}
 	if o.json {
 		return printJSON(c.App.Writer, struct {
 			*pipeline.Result
 			Link string `json:"result,omitempty"`
 		}{out, result})
+	}
+	if out.OCI != "" {
+		printOCI(c.App.Writer, stderr, out)
+		return nil
 	}
 	fmt.Fprintln(c.App.Writer, out.ACI)
 	fmt.Fprintln(stderr, out.ImageID)
@@ -191,6 +205,10 @@ func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
 	if c.IsSet("max-layers") && c.Int("max-layers") < 1 {
 		return nil, usagef("--max-layers %d: give at least 1", c.Int("max-layers"))
 	}
+	format, err := oci.ParseFormat(c.String("format"))
+	if err != nil {
+		return nil, usagef("--format: %v", err)
+	}
 	comp, err := aci.ParseCompression(c.String("compression"))
 	if err != nil {
 		return nil, usagef("--compression: %v", err)
@@ -206,6 +224,7 @@ func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
 		Request: pipeline.Request{
 			Target:        c.Args().First(),
 			Kind:          kind,
+			Format:        format,
 			MaxLayers:     c.Int("max-layers"),
 			LayerPrefix:   c.String("layer-prefix"),
 			OutDir:        c.String("out"),
@@ -284,11 +303,20 @@ const (
 	resultArgs = "result.rkt-args"
 )
 
+// The links an OCI build leaves: result.oci (an image layout directory),
+// result.oci.tar or result.docker.tar, and result.podman-args.
+const resultPodmanArgs = "result.podman-args"
+
 // linkResults points result.aci (and result.aci.asc, result.rkt-args) at
 // what the build wrote, and removes a link of the previous build that
-// would now lie (a signature or volume list of another image).
+// would now lie (a signature or volume list of another image). An OCI
+// build points result<extension> and result.podman-args at its files.
 func linkResults(out *pipeline.Result) error {
-	for _, l := range []struct{ link, target string }{{resultLink, out.ACI}, {resultSig, out.Signature}, {resultArgs, out.RktArgs}} {
+	links := []struct{ link, target string }{{resultLink, out.ACI}, {resultSig, out.Signature}, {resultArgs, out.RktArgs}}
+	if out.OCI != "" {
+		links = []struct{ link, target string }{{"result" + oci.Extension(out.Format), out.OCI}, {resultPodmanArgs, out.PodmanArgs}}
+	}
+	for _, l := range links {
 		if l.target == "" {
 			if fi, err := os.Lstat(l.link); err == nil && fi.Mode()&os.ModeSymlink != 0 {
 				os.Remove(l.link)
@@ -300,6 +328,28 @@ func linkResults(out *pipeline.Result) error {
 		}
 	}
 	return nil
+}
+
+// printOCI says what an OCI build wrote: its path on stdout, its
+// manifest digest and how to run it on stderr.
+func printOCI(stdout, stderr io.Writer, out *pipeline.Result) {
+	fmt.Fprintln(stdout, out.OCI)
+	fmt.Fprintln(stderr, out.Digest)
+	if len(out.Layers) > 0 {
+		fmt.Fprintf(stderr, "%d %s below the app's own\n", len(out.Layers), plural(len(out.Layers), "layer", "layers"))
+	}
+	args := ""
+	if out.PodmanArgs != "" {
+		args = "$(cat " + out.PodmanArgs + ") "
+	}
+	switch out.Format {
+	case oci.LayoutFormat:
+		fmt.Fprintf(stderr, "run it with: podman run %soci:%s:%s\n", args, out.OCI, out.Tag)
+	case oci.Archive:
+		fmt.Fprintf(stderr, "load it with: podman load -i %s (or run it: podman run %soci-archive:%s)\n", out.OCI, args, out.OCI)
+	case oci.DockerArchive:
+		fmt.Fprintf(stderr, "load it with: docker load -i %s (or podman load -i)\n", out.OCI)
+	}
 }
 
 // replaceSymlink points link at target (relative to link's directory when

@@ -1,0 +1,211 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/internal/safeio"
+	"github.com/nix2aci/nix2aci/nixstore"
+	"github.com/nix2aci/nix2aci/oci"
+	"github.com/nix2aci/nix2aci/pkgs"
+)
+
+// An OCI build (Request.Format oci, oci-archive or docker-archive) makes
+// the same plan as an ACI build and writes each of its images as one
+// layer of an OCI image layout in the staging directory (writeLayer); the
+// target's image is then the layers of its dependency tree in rendering
+// order with its own on top, and a config made from its manifest
+// (finishOCI). Layers are not reused from the output directory: each
+// build's layout holds all of its blobs, and the fragment cache makes
+// writing them again cheap.
+
+// isOCI reports whether the build writes an OCI image.
+func (b *build) isOCI() bool { return b.Format != "" && b.Format != oci.ACI }
+
+// checkOCI refuses what an OCI build cannot do (yet).
+func (b *build) checkOCI() error {
+	f, err := oci.ParseFormat(orDefault(b.Format, oci.ACI))
+	if err != nil {
+		return &UsageError{err.Error()}
+	}
+	b.Format = f
+	if !b.isOCI() {
+		return nil
+	}
+	if _, err := oci.LayerMediaType(b.Compression); err != nil {
+		return &UsageError{err.Error()}
+	}
+	switch {
+	case b.Signer != nil:
+		return &UsageError{"nix2aci build signs ACIs only, not --format " + b.Format + " images: build without --sign"}
+	case b.Base != "":
+		return &UsageError{"--base takes an ACI base: build the app with --format aci, or without --base"}
+	case b.GroupOnly != "":
+		return &UsageError{"--layer-group writes an ACI layer group: build it with --format aci"}
+	}
+	return nil
+}
+
+// ociNames names the target's OCI output after its ACI's stem.
+func (b *build) ociNames(names fileNames) fileNames {
+	names.image = names.base + oci.Extension(b.Format)
+	return names
+}
+
+// beginOCI makes the image layout in the staging directory: the output
+// itself for --format oci, a scratch directory an archive is made of
+// otherwise.
+func (b *build) beginOCI(names fileNames) error {
+	dir := b.st.Path(names.image)
+	if b.Format != oci.LayoutFormat {
+		dir = b.st.Path("." + names.base + ".layout")
+	}
+	var err error
+	if b.layout, err = oci.Create(dir); err != nil {
+		return fmt.Errorf("creating the image layout %s: %w", b.st.Final(names.image), err)
+	}
+	return nil
+}
+
+// writeLayer writes im as one layer blob of the layout.
+func (b *build) writeLayer(ctx context.Context, im *PlanImage, w *written) error {
+	var paths []nixstore.PathInfo
+	if im.Content.Closure != nil {
+		paths = im.Content.Closure.Paths
+	}
+	name := im.Manifest.Name.String()
+	version, _ := im.Manifest.Labels.Get("version")
+	if im.VersionFromContents {
+		version = contentVersion(paths, nil)
+	}
+	created := im.Created
+	if created.IsZero() {
+		created = time.Unix(0, 0)
+	}
+	opts := append(b.opts[:len(b.opts):len(b.opts)], aci.WithModTime(created))
+	if b.Progress != nil {
+		opts = append(opts, aci.WithProgress(func(p aci.Progress) {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			b.Progress(name, p)
+		}))
+	}
+	layer, res, err := b.layout.WriteLayer(ctx, im.Content, b.Compression, opts...)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("build of %s interrupted; nothing was written: %w", name, context.Cause(ctx))
+		}
+		return fmt.Errorf("writing the layer of %s: %w", name, err)
+	}
+	w.res = res
+	w.layer = layer
+	w.Image = Image{Name: name, Version: version, ImageID: res.DiffID, Digest: res.Digest, Size: res.Size, StorePaths: len(paths)}
+	return nil
+}
+
+// finishOCI writes the target's image from its layers (bottom first, its
+// own last) and config, the archive when one is asked for, and the
+// .podman-args of a thin image, and says what the build made.
+func (b *build) finishOCI(ctx context.Context, t *pkgs.Target, in *inputs, plan *Plan, images map[*PlanImage]*written, names fileNames) (*Result, error) {
+	im := in.app.Manifest
+	created := b.Created
+	if created.IsZero() {
+		created = time.Unix(0, 0)
+	}
+	cfg, err := oci.Config(im, created)
+	if err != nil {
+		return nil, err
+	}
+	app := images[plan.Images[len(plan.Images)-1]]
+	out := &Result{Name: im.Name.String(), Kind: b.Kind, Offline: t.Offline, Format: b.Format}
+	var layers []oci.Layer
+	for _, d := range plan.renderOrder() {
+		w := images[d]
+		layers = append(layers, w.layer)
+		out.CachedPaths += w.res.CachedPaths
+		l := w.Image
+		out.Layers = append(out.Layers, l)
+	}
+	layers = append(layers, app.layer)
+	out.CachedPaths += app.res.CachedPaths
+	for _, cf := range app.res.Conflicts {
+		b.Warn(fmt.Sprintf("two packages provide %s", cf))
+	}
+	out.Version, _ = im.Labels.Get("version")
+	out.OS, _ = im.Labels.Get("os")
+	out.Arch, _ = im.Labels.Get("arch")
+	tag := oci.Tag(out.Version)
+	ref := tag
+	if b.Format == oci.Archive {
+		ref = oci.RepoName(out.Name) + ":" + tag // what podman load names it
+	}
+	written, err := b.layout.WriteImage(cfg, layers, tag, ref)
+	if err != nil {
+		return nil, fmt.Errorf("writing the image layout: %w", err)
+	}
+	switch b.Format {
+	case oci.Archive:
+		err = b.writeArchive(names.image, func(f *os.File) error { return b.layout.WriteArchive(f) })
+	case oci.DockerArchive:
+		err = b.writeArchive(names.image, func(f *os.File) error {
+			return b.layout.WriteDockerArchive(f, oci.RepoName(out.Name)+":"+written.Tag)
+		})
+	}
+	if err != nil {
+		return nil, err
+	}
+	b.add(names.image, "")
+	argsName := names.base + ".podman-args"
+	if b.Kind == Thin {
+		args, err := oci.PodmanArgs(in.app.Closure.StorePaths())
+		if err != nil {
+			return nil, &UsageError{err.Error()}
+		}
+		if err := os.WriteFile(b.st.Path(argsName), []byte(args), 0o644); err != nil {
+			return nil, fmt.Errorf("writing %s: %w", b.st.Final(argsName), err)
+		}
+		b.add(argsName, "")
+		out.PodmanArgs = b.st.Final(argsName)
+	} else {
+		b.add("", argsName)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("build of %s interrupted; nothing was written: %w", names.image, context.Cause(ctx))
+	}
+	out.OCI = b.st.Final(names.image)
+	out.Tag = written.Tag
+	out.Digest = written.Manifest.Digest.String()
+	out.ImageID = written.Config.Digest.String()
+	out.Size = written.Size
+	out.StorePaths = app.StorePaths
+	out.Conflicts = app.res.Conflicts
+	return out, nil
+}
+
+// writeArchive writes the staged file name with write, atomically.
+func (b *build) writeArchive(name string, write func(*os.File) error) error {
+	path := b.st.Path(name)
+	f, err := os.CreateTemp(filepath.Dir(path), "."+name+".tmp-*")
+	if err != nil {
+		return err
+	}
+	err = write(f)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("writing %s: %w", safeio.Quote(b.st.Final(name)), err)
+	}
+	return nil
+}
