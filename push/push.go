@@ -3,6 +3,7 @@ package push
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -261,11 +262,28 @@ func registryError(ctx context.Context, dest ocisign.Reference, err error) error
 	if errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden) {
 		return &RegistryError{Registry: dest.Domain, Err: fmt.Errorf("%w; log in with podman login %s (or docker login), whose credentials push reads", err, dest.Domain)}
 	}
+	if tlsTrouble(err) {
+		return &RegistryError{Registry: dest.Domain, Err: fmt.Errorf("%w; if the registry serves plain HTTP, or HTTPS with a certificate this machine does not trust, push with --insecure", err)}
+	}
 	var ne *net.OpError
 	if errors.As(err, &ne) {
 		return &RegistryError{Registry: dest.Domain, Err: fmt.Errorf("no registry answers there: %w", err)}
 	}
 	return &RegistryError{Registry: dest.Domain, Err: err}
+}
+
+// tlsTrouble reports whether err is a registry not speaking HTTPS, or
+// not with a certificate this machine trusts.
+func tlsTrouble(err error) bool {
+	var (
+		rh tls.RecordHeaderError
+		cv *tls.CertificateVerificationError
+		ua x509.UnknownAuthorityError
+		hn x509.HostnameError
+		ci x509.CertificateInvalidError
+	)
+	return errors.As(err, &rh) || errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &hn) || errors.As(err, &ci) ||
+		strings.Contains(err.Error(), "server gave HTTP response to HTTPS client")
 }
 
 // recorder is the transport under go-containerregistry's: it refuses

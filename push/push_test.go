@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -327,4 +328,43 @@ func TestPushToNoRegistry(t *testing.T) {
 			t.Errorf("destination %q: %v", dest, err)
 		}
 	}
+}
+
+// A registry not on this machine (by name: the host's name, whatever it
+// resolves to) is not spoken to over plain HTTP without Insecure, and the
+// error says so.
+func TestPushPlainHTTPNeedsInsecure(t *testing.T) {
+	ocitest.Need(t, "docker-registry")
+	host := must(os.Hostname())
+	addrs, err := net.LookupHost(host)
+	if err != nil || len(addrs) == 0 {
+		t.Fatalf("the host's name %s does not resolve: %v", host, err)
+	}
+	reg, err := ocitest.StartOn(t.TempDir(), addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(reg.Stop)
+	_, port := must2(net.SplitHostPort(reg.Host))
+	dest := net.JoinHostPort(host, port) + "/x/a:1.0"
+	l := makeLayout(t, filepath.Join(t.TempDir(), "a.oci"), "1.0", gzLayer(t, "a", 1<<10, 7))
+	_, err = push.Push(context.Background(), open(t, l.dir), push.Options{Dest: dest})
+	var re *push.RegistryError
+	if !errors.As(err, &re) || !strings.Contains(err.Error(), "push with --insecure") {
+		t.Errorf("pushing over plain HTTP to %s: %v", dest, err)
+	}
+	if blobs := must(reg.Blobs()); len(blobs) != 0 {
+		t.Errorf("the registry got %v", blobs)
+	}
+	res, err := push.Push(context.Background(), open(t, l.dir), push.Options{Dest: dest, Insecure: true})
+	if err != nil || res.Uploaded != 2 {
+		t.Errorf("with Insecure: %+v, %v", res, err)
+	}
+}
+
+func must2[T, U any](v T, w U, err error) (T, U) {
+	if err != nil {
+		panic(err)
+	}
+	return v, w
 }

@@ -30,8 +30,10 @@ type Registry struct {
 
 // FreeAddr returns a loopback address with a port nothing listens on
 // (at the time of the call).
-func FreeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func FreeAddr() (string, error) { return freeAddr("127.0.0.1") }
+
+func freeAddr(ip string) (string, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		return "", err
 	}
@@ -39,14 +41,20 @@ func FreeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// Start starts docker-registry with its configuration and storage in
-// dir and returns once it answers /v2/. A missing docker-registry is an
-// error saying how to install it.
-func Start(dir string) (*Registry, error) {
+// Start starts docker-registry on a loopback port with its configuration
+// and storage in dir and returns once it answers /v2/. A missing
+// docker-registry is an error saying how to install it.
+func Start(dir string) (*Registry, error) { return StartOn(dir, "127.0.0.1") }
+
+// StartOn is Start listening on the address ip.
+func StartOn(dir, ip string) (*Registry, error) {
 	if _, err := exec.LookPath("docker-registry"); err != nil {
 		return nil, fmt.Errorf("docker-registry not found: scripts/setup-test installs it (apt-get install docker-registry)")
 	}
-	host, err := FreeAddr()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	host, err := freeAddr(ip)
 	if err != nil {
 		return nil, err
 	}
