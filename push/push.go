@@ -237,7 +237,6 @@ func Push(ctx context.Context, im *Image, o Options) (*Result, error) {
 		if err := ocisign.WriteLookaside(o.SigStore, dest.String(), im.Digest, sigs...); err != nil {
 			return nil, fmt.Errorf("%s is in the registry, but its signatures are not published: %w", dest, err)
 		}
-		res.Signatures = 0
 		for _, s := range sigs {
 			if c, err := ocisign.ReadClaim(s); err == nil && sameRef(c.Reference, dest) {
 				res.Signatures++
