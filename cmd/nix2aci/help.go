@@ -20,7 +20,7 @@ EXIT CODES:
    0    success
    1    the operation failed (build error, missing tool, missing store path, ...)
    2    the command line is wrong (a flag, a name, a missing argument)
-   3    an input file isn't a valid ACI
+   3    an input file isn't a valid ACI (or OCI image layout)
    4    verification failed (signature missing, bad, weak, by an untrusted,
         expired or revoked key, or .rkt-args not matching the image)
    5    a key can't be used (unreadable, public where a private key is
@@ -71,6 +71,11 @@ var commandDocs = map[string]struct {
 	"publish": {[]string{
 		"nix2aci publish --out site --base-url https://example.com/acis --key key.asc ACIs",
 		"nix2aci publish --out site --base-url https://example.com/acis --public-key pub.asc signed/*.aci",
+	}, []string{"NIX2ACI_SIGNING_KEY", "NIX2ACI_KEY_PASSPHRASE"}},
+	"push": {[]string{
+		"nix2aci push result.oci docker://registry.example.com/app:1.0",
+		"nix2aci push ACIs/app-1.0-linux-amd64.oci docker://localhost:5000/app:1.0 --key key.asc --sigstore /srv/sigstore",
+		"nix2aci push ACIs/app2-1.0-linux-amd64.oci docker://localhost:5000/app2:1.0 --mount-from localhost:5000/app --json",
 	}, []string{"NIX2ACI_SIGNING_KEY", "NIX2ACI_KEY_PASSPHRASE"}},
 	"serve": {[]string{
 		"nix2aci serve --prefix images.example.com --data /srv/acis --key key.asc --listen :8080",

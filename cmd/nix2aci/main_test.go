@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/internal/ocitest"
 	"github.com/nix2aci/nix2aci/manifest"
 )
 
@@ -71,6 +72,7 @@ func TestScripts(t *testing.T) {
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"acnames":  checkMountNames,
 			"exitcode": checkExitCode,
+			"registry": startRegistry,
 		},
 		RequireExplicitExec: true,
 	})
@@ -100,6 +102,20 @@ func checkMountNames(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("mount point names: bad %v", bad)
 	}
 	fmt.Fprintf(ts.Stdout(), "%d valid mount names\n", len(seen))
+}
+
+// registry starts a docker-registry on a loopback port for the rest of
+// the script and sets $REGISTRY to its HOST:PORT.
+func startRegistry(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 0 {
+		ts.Fatalf("usage: registry")
+	}
+	dir := ts.MkAbs("registry")
+	ts.Check(os.MkdirAll(dir, 0o755))
+	r, err := ocitest.Start(dir)
+	ts.Check(err)
+	ts.Defer(r.Stop)
+	ts.Setenv("REGISTRY", r.Host)
 }
 
 // exitcode N CMD ARGS... runs CMD and checks that it exits with N.
