@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/internal/ocitest"
 	"github.com/nix2aci/nix2aci/manifest"
 )
 
@@ -48,7 +49,7 @@ func toolDir(t *testing.T) string {
 // against real Nix, actool, bubblewrap and gpg, the way the README uses it.
 func TestScripts(t *testing.T) {
 	t.Parallel()
-	for _, tool := range []string{"nix-build", "bwrap", "jq", "gpg", "podman", "skopeo", "umoci", "runc"} {
+	for _, tool := range []string{"nix-build", "bwrap", "jq", "gpg", "podman", "skopeo", "umoci", "runc", "docker-registry"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s not found: run the tests with scripts/test, which installs what they need", tool)
 		}
@@ -71,6 +72,7 @@ func TestScripts(t *testing.T) {
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"acnames":  checkMountNames,
 			"exitcode": checkExitCode,
+			"registry": startRegistry,
 		},
 		RequireExplicitExec: true,
 	})
@@ -100,6 +102,18 @@ func checkMountNames(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("mount point names: bad %v", bad)
 	}
 	fmt.Fprintf(ts.Stdout(), "%d valid mount names\n", len(seen))
+}
+
+// registry starts a docker-registry on a loopback port for the rest of the
+// script and sets REGISTRY to its host:port.
+func startRegistry(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 0 {
+		ts.Fatalf("usage: registry")
+	}
+	r, err := ocitest.StartRegistry(ts.MkAbs("."))
+	ts.Check(err)
+	ts.Defer(r.Stop)
+	ts.Setenv("REGISTRY", r.Host)
 }
 
 // exitcode N CMD ARGS... runs CMD and checks that it exits with N.
