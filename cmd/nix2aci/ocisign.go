@@ -182,8 +182,11 @@ type ociBuildSigning struct {
 // part; nil without --sign.
 func buildOCISigning(c *cli.Context, o *buildOptions) (*ociBuildSigning, error) {
 	if !c.Bool("sign") {
-		if c.IsSet("identity") {
+		switch {
+		case c.IsSet("identity"):
 			return nil, usagef("--identity names what an image is signed as: add --sign")
+		case c.String("key") != "":
+			return nil, usagef("--key is given without --sign: add --sign to sign the image")
 		}
 		return nil, nil
 	}
