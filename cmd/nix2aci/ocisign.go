@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
@@ -144,6 +145,11 @@ func signOCI(key *openpgp.Entity, img *oci.Checked, identities []string, sigstor
 		sigs[r.Path] = append(sigs[r.Path], sig.Bytes())
 		signing[r.String()] = true
 	}
+	unlock, err := lockSigstore(sigstore)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	for _, repo := range repos {
 		old, err := ocisign.ReadLookaside(sigstore, first[repo], img.Digest)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -168,6 +174,24 @@ func signOCI(key *openpgp.Entity, img *oci.Checked, identities []string, sigstor
 		}
 	}
 	return nil
+}
+
+// lockSigstore makes the lookaside tree dir if needed and holds an
+// exclusive flock on it until unlock is called, so that two signers
+// merging signatures of one image never drop each other's.
+func lockSigstore(dir string) (unlock func(), err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("making the lookaside tree: %w", err)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("locking %s: %w", safeio.Quote(dir), err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // ociBuildSigning is what build --sign needs to sign an OCI image once it
