@@ -132,7 +132,7 @@ func runBuild(c *cli.Context) error {
 	var sigstore string
 	var identities []string
 	if ociSigning != nil {
-		if sigstore, identities, err = ociSigning.sign(out, o.OutDir); err != nil {
+		if sigstore, identities, err = ociSigning.sign(out, o.OutDir, o.Warn); err != nil {
 			return err
 		}
 	}

@@ -235,13 +235,17 @@ func buildOCISigning(c *cli.Context, o *buildOptions) (*ociBuildSigning, error) 
 
 // sign signs the image a build wrote, read back and checked, into the
 // lookaside tree in the build's output directory, and returns that tree
-// and the identities signed.
-func (s *ociBuildSigning) sign(out *pipeline.Result, outDir string) (string, []string, error) {
+// and the identities signed. An image name with no registry host is
+// Docker Hub's, as podman reads it, which warn says.
+func (s *ociBuildSigning) sign(out *pipeline.Result, outDir string, warn func(string)) (string, []string, error) {
 	ids := s.identities
 	if len(ids) == 0 {
 		id, err := defaultIdentity(out.Name, out.Tag)
 		if err != nil {
 			return "", nil, fmt.Errorf("%w; %s was written unsigned: sign it with nix2aci sign %s --identity REF", err, out.OCI, out.OCI)
+		}
+		if strings.HasPrefix(id, "docker.io/") && !strings.HasPrefix(out.Name, "docker.io/") {
+			warn(fmt.Sprintf("the image's name %s names no registry, so it is signed as %s, on Docker Hub; give --name HOST/NAME or --identity REF to sign it for your registry", out.Name, id))
 		}
 		ids = []string{id}
 	}
