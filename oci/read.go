@@ -31,6 +31,7 @@ const (
 	MaxBlobSize    = 1 << 40
 	maxSmallBlobs  = 64 << 20 // an archive's small blobs kept in memory, in all
 	maxIndexImages = 1024
+	maxArchiveBlob = 1 << 16 // blobs in an oci-archive
 )
 
 // Checked is an image read back from an OCI image layout or oci-archive
@@ -162,6 +163,9 @@ func ReadArchive(file string, names ...string) (*Checked, error) {
 			d := "sha256:" + hx
 			if _, dup := ab.seen[d]; dup {
 				return nil, bad("it holds %s twice", safeio.QuoteAlways(name))
+			}
+			if len(ab.seen) == maxArchiveBlob {
+				return nil, bad("it holds more than %d blobs", maxArchiveBlob)
 			}
 			if h.Size > MaxBlobSize {
 				return nil, bad("blob %s is %d bytes, more than the %d allowed", d, h.Size, int64(MaxBlobSize))
