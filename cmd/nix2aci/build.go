@@ -116,6 +116,9 @@ func runBuild(c *cli.Context) error {
 	}
 	stderr := c.App.ErrWriter
 	o.Warn = func(msg string) { fmt.Fprintf(stderr, "nix2aci: warning: %s\n", safeio.Terminal(msg, 300, 2000)) }
+	if ociSigning != nil {
+		o.SignOCI = ociSigning.signer(o.OutDir, o.Warn)
+	}
 	var bar *progressBar
 	if o.progress {
 		bar = newProgressBar(stderr)
@@ -132,9 +135,7 @@ func runBuild(c *cli.Context) error {
 	var sigstore string
 	var identities []string
 	if ociSigning != nil {
-		if sigstore, identities, err = ociSigning.sign(out, o.OutDir, o.Warn); err != nil {
-			return err
-		}
+		sigstore, identities = ociSigning.sigstore, ociSigning.signed
 	}
 	result := ""
 	if o.link {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -199,6 +200,9 @@ func lockSigstore(dir string) (unlock func(), err error) {
 type ociBuildSigning struct {
 	key        *openpgp.Entity
 	identities []string // the given ones; none: the image's name and tag
+	// Once signed: the lookaside tree and the identities signed.
+	sigstore string
+	signed   []string
 }
 
 // buildOCISigning loads the key and checks the identities before an OCI
@@ -233,34 +237,38 @@ func buildOCISigning(c *cli.Context, o *buildOptions) (*ociBuildSigning, error) 
 	return &ociBuildSigning{key: key, identities: ids}, nil
 }
 
-// sign signs the image a build wrote, read back and checked, into the
-// lookaside tree in the build's output directory, and returns that tree
-// and the identities signed. An image name with no registry host is
-// Docker Hub's, as podman reads it, which warn says.
-func (s *ociBuildSigning) sign(out *pipeline.Result, outDir string, warn func(string)) (string, []string, error) {
-	ids := s.identities
-	if len(ids) == 0 {
-		id, err := defaultIdentity(out.Name, out.Tag)
+// signer returns the function that signs the image a build wrote, read
+// back and checked in the build's staging directory, into the lookaside
+// tree in its output directory, and records there the tree and the
+// identities signed. An image name with no registry host is Docker
+// Hub's, as podman reads it, which warn says.
+func (s *ociBuildSigning) signer(outDir string, warn func(string)) func(ctx context.Context, staged string, out *pipeline.Result) error {
+	return func(ctx context.Context, staged string, out *pipeline.Result) error {
+		ids := s.identities
+		if len(ids) == 0 {
+			id, err := defaultIdentity(out.Name, out.Tag)
+			if err != nil {
+				return fmt.Errorf("%w; nothing was written", err)
+			}
+			if strings.HasPrefix(id, "docker.io/") && !strings.HasPrefix(out.Name, "docker.io/") {
+				warn(fmt.Sprintf("the image's name %s names no registry, so it is signed as %s, on Docker Hub; give --name HOST/NAME or --identity REF to sign it for your registry", out.Name, id))
+			}
+			ids = []string{id}
+		}
+		img, err := readOCI(staged, out.Tag)
 		if err != nil {
-			return "", nil, fmt.Errorf("%w; %s was written unsigned: sign it with nix2aci sign %s --identity REF", err, out.OCI, out.OCI)
+			return err
 		}
-		if strings.HasPrefix(id, "docker.io/") && !strings.HasPrefix(out.Name, "docker.io/") {
-			warn(fmt.Sprintf("the image's name %s names no registry, so it is signed as %s, on Docker Hub; give --name HOST/NAME or --identity REF to sign it for your registry", out.Name, id))
+		if img.Digest != out.Digest {
+			return fmt.Errorf("%s changed after it was written (its manifest is %s, not %s); not signing it", out.OCI, img.Digest, out.Digest)
 		}
-		ids = []string{id}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("build of %s interrupted; nothing was written: %w", out.OCI, context.Cause(ctx))
+		}
+		s.sigstore = filepath.Join(outDir, sigstoreDir)
+		s.signed = ids
+		return signOCI(s.key, img, ids, s.sigstore)
 	}
-	img, err := readOCI(out.OCI, out.Tag)
-	if err != nil {
-		return "", nil, err
-	}
-	if img.Digest != out.Digest {
-		return "", nil, fmt.Errorf("%s changed after it was written (its manifest is %s, not %s); not signing it", out.OCI, img.Digest, out.Digest)
-	}
-	store := filepath.Join(outDir, sigstoreDir)
-	if err := signOCI(s.key, img, ids, store); err != nil {
-		return "", nil, err
-	}
-	return store, ids, nil
 }
 
 // printSigned says where the signatures went and how podman finds them.
