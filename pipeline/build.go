@@ -113,6 +113,11 @@ type Request struct {
 	NoGCRoots bool
 	// Signer, if set, signs every image written.
 	Signer *Signer
+	// SignOCI, if set, signs an OCI build's image before it is moved into
+	// place: it gets the image as staged (a layout directory or an
+	// archive) and what the build made. An error fails the build, and the
+	// output directory stays as it was.
+	SignOCI func(ctx context.Context, staged string, out *Result) error
 	// Progress, if set, is told how writing each file goes.
 	Progress func(file string, p aci.Progress)
 	// Warn, if set, is told what the build noticed but went on with.
@@ -317,6 +322,9 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	var out *Result
 	if b.isOCI() {
 		out, err = b.finishOCI(ctx, t, in, plan, images, names)
+		if err == nil && b.SignOCI != nil {
+			err = b.SignOCI(ctx, b.st.Path(names.image), out)
+		}
 	} else {
 		out, err = b.finish(ctx, t, in, plan, images, &names)
 	}

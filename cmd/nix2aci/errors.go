@@ -10,6 +10,8 @@ import (
 	"github.com/nix2aci/nix2aci/fetch"
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
+	"github.com/nix2aci/nix2aci/oci"
+	"github.com/nix2aci/nix2aci/ocisign"
 	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/publish"
 	"github.com/nix2aci/nix2aci/push"
@@ -40,6 +42,7 @@ var exitCodes = []struct {
 	{func(err error) bool { var u *publish.UsageError; return errors.As(err, &u) }, exitUsage},
 	{func(err error) bool { var r *manifest.RktArgsError; return errors.As(err, &r) }, exitVerify},
 	{func(err error) bool { var p *sign.PrefixError; return errors.As(err, &p) }, exitUsage},
+	{func(err error) bool { var r *ocisign.ReferenceError; return errors.As(err, &r) }, exitUsage},
 	{func(err error) bool { var v *sign.VerifyError; return errors.As(err, &v) }, exitVerify},
 	{func(err error) bool { var u *fetch.UsageError; return errors.As(err, &u) }, exitUsage},
 	{func(err error) bool { var m *fetch.MismatchError; return errors.As(err, &m) }, exitVerify},
@@ -47,6 +50,7 @@ var exitCodes = []struct {
 	{func(err error) bool { var u *push.UsageError; return errors.As(err, &u) }, exitUsage},
 	{func(err error) bool { var l *push.LayoutError; return errors.As(err, &l) }, exitInvalid},
 	{func(err error) bool { var m *push.MissingSignatureError; return errors.As(err, &m) }, exitVerify},
+	{func(err error) bool { var i *oci.InvalidError; return errors.As(err, &i) }, exitInvalid},
 	{func(err error) bool { var k *sign.KeyError; return errors.As(err, &k) }, exitKey},
 }
 

@@ -50,7 +50,7 @@ func toolDir(t *testing.T) string {
 // against real Nix, actool, bubblewrap and gpg, the way the README uses it.
 func TestScripts(t *testing.T) {
 	t.Parallel()
-	for _, tool := range []string{"nix-build", "bwrap", "jq", "gpg", "podman", "skopeo", "umoci", "runc"} {
+	for _, tool := range []string{"nix-build", "bwrap", "jq", "gpg", "podman", "skopeo", "umoci", "runc", "docker-registry"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s not found: run the tests with scripts/test, which installs what they need", tool)
 		}
