@@ -142,6 +142,7 @@ type Server struct {
 	// metricsHandler answers /metrics. No http.ServeMux: it would
 	// clean paths and redirect, and names are checked as they are asked.
 	metricsHandler http.Handler
+	back           backend  // where the images are served from
 	root           *os.Root // the data directory
 	dir            *os.File // the data directory (O_PATH), for openat2; nil: none
 	dirfd          int      // its descriptor (-1: none), valid while the Server is
@@ -306,11 +307,13 @@ func New(o Options) (*Server, error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.metricsHandler = promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
+	s.back = disk{s}
 	if o.Store != nil {
 		if err := s.startStore(); err != nil {
 			s.root.Close()
 			return nil, err
 		}
+		s.back = store{s}
 	}
 	return s, nil
 }
@@ -604,8 +607,8 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request, rel string) {
 			q.rel += ".asc"
 		}
 	}
-	if s.serveStored(w, r, q.rel, latest) {
-		s.metrics.hits.WithLabelValues(s.hitKind()).Inc()
+	if s.back.send(w, r, q.rel, latest) {
+		s.metrics.hits.WithLabelValues(s.back.kind()).Inc()
 		return
 	}
 	if !strings.HasPrefix(q.name, s.o.Prefix+"/") {
@@ -632,7 +635,7 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request, rel string) {
 		fail(w, f.status, "%s", f.msg)
 		return
 	}
-	if !s.serveStored(w, r, q.rel, latest) {
+	if !s.back.send(w, r, q.rel, latest) {
 		fail(w, http.StatusInternalServerError, "%s was built but its file %s is not in the data directory", q.name, q.rel)
 	}
 }
@@ -652,7 +655,11 @@ func (s *Server) stat(rel string) (os.FileInfo, bool) {
 // inside it are followed, none leads out), where the kernel has openat2
 // (Linux 5.6); else os.Root, which walks the path a component at a time.
 func (s *Server) open(rel string) (*os.File, os.FileInfo, bool) {
-	name := path.Join(strings.TrimPrefix(s.basePath, "/"), rel)
+	return s.openData(path.Join(strings.TrimPrefix(s.basePath, "/"), rel))
+}
+
+// openData opens name, a path in the data directory, as open does.
+func (s *Server) openData(name string) (*os.File, os.FileInfo, bool) {
 	var f *os.File
 	if s.dirfd >= 0 && !s.noOpenat2.Load() {
 		defer runtime.KeepAlive(s.dir)

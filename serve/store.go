@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nix2aci/nix2aci/objstore"
+	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/publish"
 )
 
@@ -61,14 +62,21 @@ func (s *Server) objKey(rel string) string {
 	return path.Join(strings.TrimPrefix(s.basePath, "/"), rel)
 }
 
-// serveStored answers rel if it is there to answer: from the data
-// directory, or with a store, with a redirect to it once the image and
-// its signature are complete there.
-func (s *Server) serveStored(w http.ResponseWriter, r *http.Request, rel string, latest bool) bool {
-	if s.o.Store == nil {
-		return s.sendFile(w, r, rel, latest)
-	}
-	ok, err := s.inStore(r.Context(), strings.TrimSuffix(rel, ".asc"))
+// store serves the bucket of Options.Store; the data directory is its
+// staging tree.
+type store struct{ s *Server }
+
+func (store) kind() string { return "store" }
+
+func (st store) have(ctx context.Context, rel string) (bool, error) {
+	return st.s.inStore(ctx, strings.TrimSuffix(rel, ".asc"))
+}
+
+// send redirects to rel in the bucket once the image and its signature
+// are complete there.
+func (st store) send(w http.ResponseWriter, r *http.Request, rel string, latest bool) bool {
+	s := st.s
+	ok, err := st.have(r.Context(), rel)
 	if err != nil {
 		fail(w, http.StatusBadGateway, "asking the image store %s: %v", s.o.Store, err)
 		return true
@@ -91,22 +99,41 @@ func (s *Server) serveStored(w http.ResponseWriter, r *http.Request, rel string,
 	return true
 }
 
-// hitKind labels a request answered without a build.
-func (s *Server) hitKind() string {
-	if s.o.Store != nil {
-		return "store"
+// claim takes the build's lease (see Server.claim); the build is
+// cancelled when the lease is lost.
+func (st store) claim(q *request) (context.Context, func(), *failure) {
+	lease, f := st.s.claim(q)
+	if lease == nil {
+		return nil, nil, f
 	}
-	return "disk"
+	ctx, cancel := context.WithCancel(st.s.ctx)
+	go func() {
+		select {
+		case <-lease.Lost():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() { cancel(); lease.Release() }, nil
 }
 
-// have says whether rel's image is there to serve.
-func (s *Server) have(rel string) bool {
-	if s.o.Store == nil {
-		_, ok := s.stat(rel)
-		return ok
+// complete uploads every image of the build, the layers the tree held
+// already too (upload skips those complete there), without publishMu,
+// the images held as read so that they are not collected meanwhile.
+func (st store) complete(ctx context.Context, res *pipeline.Result, rep *publish.Report) error {
+	s := st.s
+	up := s.uploadList(res, rep)
+	rels := s.relsOf(up)
+	for _, r := range rels {
+		s.acquire(r)
 	}
-	ok, _ := s.inStore(s.ctx, strings.TrimSuffix(rel, ".asc"))
-	return ok
+	s.publishMu.Unlock()
+	err := s.upload(ctx, up)
+	for _, r := range rels {
+		s.release(r)
+	}
+	s.publishMu.Lock()
+	return err
 }
 
 // storedFor is how long an image found complete in the store is taken

@@ -1,0 +1,61 @@
+package serve
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/nix2aci/nix2aci/pipeline"
+	"github.com/nix2aci/nix2aci/publish"
+)
+
+// backend is where the images served are: the data directory (disk), or
+// with Options.Store the bucket (store). It is chosen once, in New, so
+// that each protocol is written once over both and no request asks
+// which one it is talking to.
+//
+// An image file is named by its path under the base path
+// (HOST/NAME-VERSION-OS-ARCH.aci), as the request names it.
+type backend interface {
+	// kind labels the requests answered without a build (the hits
+	// metric).
+	kind() string
+	// have says whether the image file rel (".aci", with or without
+	// ".asc") is there to serve, complete with its signature (and, in the
+	// store, its layers).
+	have(ctx context.Context, rel string) (bool, error)
+	// send answers r with rel when have would say it is there: its bytes
+	// from disk, or a redirect to the bucket. latest says the name asked
+	// for was "latest", whose answer must not be kept. False: it is not
+	// there, nothing was written.
+	send(w http.ResponseWriter, r *http.Request, rel string, latest bool) bool
+	// claim makes the build of q's image this server's alone: it returns
+	// the context the build runs within and a release to call after it;
+	// a nil release with no failure says another replica built it
+	// meanwhile.
+	claim(q *request) (context.Context, func(), *failure)
+	// complete makes the images a build published into the data
+	// directory servable (rep says which were published now, res what
+	// the build made). It is called with publishMu held and may let it
+	// go while it waits, holding the images as read.
+	complete(ctx context.Context, res *pipeline.Result, rep *publish.Report) error
+}
+
+// disk serves the data directory itself.
+type disk struct{ s *Server }
+
+func (disk) kind() string { return "disk" }
+
+func (d disk) have(_ context.Context, rel string) (bool, error) {
+	_, ok := d.s.stat(rel)
+	return ok, nil
+}
+
+func (d disk) send(w http.ResponseWriter, r *http.Request, rel string, latest bool) bool {
+	return d.s.sendFile(w, r, rel, latest)
+}
+
+func (d disk) claim(*request) (context.Context, func(), *failure) {
+	return d.s.ctx, func() {}, nil
+}
+
+func (disk) complete(context.Context, *pipeline.Result, *publish.Report) error { return nil }
