@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/http"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/publish"
 )
@@ -38,6 +40,9 @@ type backend interface {
 	// the build made). It is called with publishMu held and may let it
 	// go while it waits, holding the images as read.
 	complete(ctx context.Context, res *pipeline.Result, rep *publish.Report) error
+	// sendBlob answers r with the OCI blob d, as send does (see
+	// registry.go).
+	sendBlob(w http.ResponseWriter, r *http.Request, d digest.Digest) bool
 }
 
 // disk serves the data directory itself.
@@ -56,6 +61,10 @@ func (d disk) send(w http.ResponseWriter, r *http.Request, rel string, latest bo
 
 func (d disk) claim(*request) (context.Context, func(), *failure) {
 	return d.s.ctx, func() {}, nil
+}
+
+func (d disk) sendBlob(w http.ResponseWriter, r *http.Request, dg digest.Digest) bool {
+	return d.s.sendBlobFile(w, r, dg)
 }
 
 func (disk) complete(context.Context, *pipeline.Result, *publish.Report) error { return nil }

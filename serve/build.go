@@ -188,6 +188,13 @@ func dedup(s []string) []string {
 
 // build builds q's image and publishes it into the data directory.
 func (s *Server) build(q *request) *failure {
+	if q.oci {
+		// Each server builds its own (see registry.go).
+		if _, ok := s.manifestOf(q); ok {
+			return nil
+		}
+		return s.buildWith(s.ctx, q)
+	}
 	if ok, _ := s.back.have(s.ctx, q.rel); ok {
 		return nil // built while this request waited
 	}
@@ -212,7 +219,12 @@ func (s *Server) buildWith(parent context.Context, q *request) *failure {
 	s.metrics.started.Inc()
 	ctx, cancel := context.WithTimeout(parent, s.o.BuildTimeout)
 	defer cancel()
-	f := s.buildIn(ctx, q)
+	var f *failure
+	if q.oci {
+		f = s.buildOCI(ctx, q)
+	} else {
+		f = s.buildIn(ctx, q)
+	}
 	d := time.Since(start)
 	s.metrics.duration.Observe(d.Seconds())
 	if f != nil {

@@ -152,6 +152,7 @@ type Server struct {
 	inflight map[string]bool
 	failures map[string]*failure
 	etags    map[string]etag
+	sigs     map[string][]byte    // OCI signatures by identity and digest (registry.go)
 	used     map[string]time.Time // image file -> last asked for
 	reading  map[string]int       // image file -> requests reading it
 
@@ -291,7 +292,7 @@ func New(o Options) (*Server, error) {
 		o: o, base: u.String(), basePath: u.Path, fp: strings.ToLower(sign.Fingerprint(o.Key)),
 		pubkey: key.Bytes(), host: pkgs.HostSystem(), recipes: recipes, names: names,
 		sem: make(chan struct{}, o.MaxBuilds), metrics: newMetrics(),
-		inflight: map[string]bool{}, failures: map[string]*failure{}, etags: map[string]etag{},
+		inflight: map[string]bool{}, failures: map[string]*failure{}, etags: map[string]etag{}, sigs: map[string][]byte{},
 		used: map[string]time.Time{}, reading: map[string]int{},
 		out: filepath.Join(o.Work, "out"), outLayers: map[string]string{}, signer: pipeline.KeySigner(o.Key),
 	}
@@ -410,12 +411,22 @@ func fail(w http.ResponseWriter, status int, format string, args ...any) {
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	p := r.URL.Path
+	if isRegistryPath(p) {
+		if len(p) > MaxPath || len(r.URL.RawQuery) > MaxPath {
+			regFail(w, http.StatusRequestURITooLong, "NAME_INVALID", "the path is over %d bytes", MaxPath)
+		} else if r.URL.EscapedPath() != p || strings.Contains(r.URL.RawPath, "%") {
+			regFail(w, http.StatusBadRequest, "NAME_INVALID", "the path has %%-escapes: names are plain lower-case letters, digits and - . _")
+		} else {
+			s.registry(w, r)
+		}
+		return
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		fail(w, http.StatusMethodNotAllowed, "only GET and HEAD are served")
 		return
 	}
-	p := r.URL.Path
 	if len(p) > MaxPath || len(r.URL.RawQuery) > MaxPath {
 		fail(w, http.StatusRequestURITooLong, "the path is over %d bytes", MaxPath)
 		return
@@ -486,6 +497,7 @@ type request struct {
 	version  string
 	os, arch string
 	asc      bool
+	oci      bool // an OCI image, asked through the registry API
 
 	// From the meta names at the front of packages (see meta):
 	wanted []string // the package names
@@ -746,6 +758,9 @@ func (s *Server) etag(rel string, f *os.File, fi os.FileInfo) (string, error) {
 // many ask at a time; it returns the failure to answer, if any.
 func (s *Server) ensure(ctx context.Context, q *request) *failure {
 	key := q.name + ":" + q.version + ":" + q.system
+	if q.oci {
+		key += ":oci"
+	}
 	s.mu.Lock()
 	if f, ok := s.failures[key]; ok {
 		if time.Now().Before(f.until) {

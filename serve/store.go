@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nix2aci/nix2aci/objstore"
@@ -97,6 +98,12 @@ func (st store) send(w http.ResponseWriter, r *http.Request, rel string, latest 
 	h["Content-Length"] = []string{"0"}
 	w.WriteHeader(http.StatusTemporaryRedirect)
 	return true
+}
+
+// sendBlob serves OCI blobs from the data directory: the OCI images are
+// not in the bucket (yet).
+func (st store) sendBlob(w http.ResponseWriter, r *http.Request, d digest.Digest) bool {
+	return st.s.sendBlobFile(w, r, d)
 }
 
 // claim takes the build's lease (see Server.claim); the build is

@@ -1,0 +1,214 @@
+package serve_test
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ProtonMail/go-crypto/openpgp"
+
+	"github.com/nix2aci/nix2aci/ocisign"
+	"github.com/nix2aci/nix2aci/sign"
+)
+
+// regError is the code and message of a registry's JSON error.
+func regError(t *testing.T, method, url string) (int, string, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Errors []struct{ Code, Message string }
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil && method != "HEAD" {
+		t.Fatalf("%s %s: %s with no JSON error body: %v", method, url, resp.Status, err)
+	}
+	if len(body.Errors) == 0 {
+		return resp.StatusCode, "", ""
+	}
+	return resp.StatusCode, body.Errors[0].Code, body.Errors[0].Message
+}
+
+// podmanIn is podman with a store, configuration and run state of its
+// own under dir, and the signature policy policy.
+func podmanIn(t *testing.T, dir, policy string) func(args ...string) (string, bool) {
+	t.Helper()
+	for _, tool := range []string{"podman", "skopeo", "runc"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not found: run the tests with scripts/test, which installs it", tool)
+		}
+	}
+	// podman wants a run root of at most 50 characters.
+	runroot, err := os.MkdirTemp("", "podman")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(runroot) })
+	conf := filepath.Join(dir, "registries.conf")
+	os.WriteFile(conf, []byte("unqualified-search-registries = []\n"), 0o644)
+	env := append(os.Environ(), "HOME="+filepath.Join(dir, "home"), "CONTAINERS_REGISTRIES_CONF="+conf, "XDG_RUNTIME_DIR="+filepath.Join(dir, "run"))
+	return func(args ...string) (string, bool) {
+		if args[0] == "pull" {
+			args = append([]string{"pull", "--tls-verify=false", "--signature-policy", policy}, args[1:]...)
+		}
+		args = append([]string{"--root", filepath.Join(dir, "root"), "--runroot", runroot, "--storage-driver", "vfs", "--events-backend", "none", "--cgroup-manager", "cgroupfs"}, args...)
+		cmd := exec.Command("podman", args...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		return string(out), err == nil
+	}
+}
+
+// signedByPolicy is a policy.json that accepts images from host signed by
+// key only, and rejects everything else.
+func signedByPolicy(t *testing.T, dir, host string, key *openpgp.Entity) string {
+	t.Helper()
+	var b bytes.Buffer
+	if err := sign.WritePublicKey(&b, key); err != nil {
+		t.Fatal(err)
+	}
+	keys := filepath.Join(dir, "keys.asc")
+	os.WriteFile(keys, b.Bytes(), 0o644)
+	policy, _ := json.Marshal(map[string]any{
+		"default": []any{map[string]string{"type": "reject"}},
+		"transports": map[string]any{"docker": map[string]any{
+			host: []any{map[string]string{"type": "signedBy", "keyType": "GPGKeys", "keyPath": keys}},
+		}},
+	})
+	p := filepath.Join(dir, "policy.json")
+	os.WriteFile(p, policy, 0o644)
+	return p
+}
+
+// TestRegistryPullSignedRun: podman pull HOST/busybox from the server,
+// with a policy.json requiring the server's key and nothing else (no
+// lookaside, no registries.d), builds the image once, accepts its
+// signature for the name asked (127.0.0.1 and localhost alike, by tag
+// and by digest), and the image runs; a policy naming another key
+// refuses it. Bad requests are answered with the spec's JSON errors and
+// take no build.
+func TestRegistryPullSignedRun(t *testing.T) {
+	e := start(t, nil)
+	v2 := fmt.Sprintf("http://127.0.0.1:%d/v2/", e.port)
+
+	resp, _ := get(t, v2)
+	if resp.StatusCode != 200 || resp.Header.Get("X-Registry-Supports-Signatures") != "1" {
+		t.Fatalf("GET /v2/: %s, X-Registry-Supports-Signatures %q", resp.Status, resp.Header.Get("X-Registry-Supports-Signatures"))
+	}
+	const zero = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+	for _, c := range []struct {
+		method, path string
+		status       int
+		code, says   string
+	}{
+		{"GET", "nosuchpackage/manifests/latest", 404, "NAME_UNKNOWN", "nosuchpackage"},
+		{"HEAD", "busybox/nosuchpackage/blobs/" + zero, 404, "", ""},
+		{"GET", "busybox/manifests/1.0", 404, "MANIFEST_UNKNOWN", "latest and " + version},
+		{"GET", "busybox/manifests/" + zero, 404, "MANIFEST_UNKNOWN", zero},
+		{"GET", "busybox/manifests/sha256:nothex", 400, "DIGEST_INVALID", "sha256:nothex"},
+		{"GET", "busybox/blobs/sha256:nothex", 400, "DIGEST_INVALID", "sha256:nothex"},
+		{"GET", "busybox/blobs/" + zero, 404, "BLOB_UNKNOWN", zero},
+		{"GET", "Busybox/manifests/latest", 400, "NAME_INVALID", "Busybox"},
+		{"DELETE", "busybox/manifests/latest", 405, "UNSUPPORTED", "read-only"},
+	} {
+		status, code, msg := regError(t, c.method, v2+c.path)
+		if status != c.status || code != c.code || !strings.Contains(msg, c.says) {
+			t.Errorf("%s /v2/%s: %d %s %q, want %d %s naming %q", c.method, c.path, status, code, msg, c.status, c.code, c.says)
+		}
+	}
+	if n := e.built.Load(); n != 0 {
+		t.Fatalf("bad requests started %d builds", n)
+	}
+
+	dir := t.TempDir()
+	host := fmt.Sprintf("127.0.0.1:%d", e.port)
+	local := fmt.Sprintf("localhost:%d", e.port)
+	policy := signedByPolicy(t, dir, host, e.key)
+	// The same key for localhost, in the same policy.
+	var p map[string]any
+	b, _ := os.ReadFile(policy)
+	json.Unmarshal(b, &p)
+	docker := p["transports"].(map[string]any)["docker"].(map[string]any)
+	docker[local] = docker[host]
+	b, _ = json.Marshal(p)
+	os.WriteFile(policy, b, 0o644)
+	podman := podmanIn(t, dir, policy)
+
+	if out, ok := podman("pull", host+"/busybox:latest"); !ok {
+		t.Fatalf("podman pull %s/busybox:latest:\n%s", host, out)
+	}
+	out, ok := podman("run", "--rm", "--runtime", "runc", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", host+"/busybox:latest", "echo", "pulled")
+	if !ok || strings.TrimSpace(out) != "pulled" {
+		t.Fatalf("podman run: %v\n%s", ok, out)
+	}
+	for _, ref := range []string{host + "/busybox:" + version, local + "/busybox:latest"} {
+		if out, ok := podman("pull", ref); !ok {
+			t.Fatalf("podman pull %s:\n%s", ref, out)
+		}
+	}
+	digest, _ := podman("image", "inspect", "--format", "{{.Digest}}", host+"/busybox:latest")
+	digest = strings.TrimSpace(digest)
+	if out, ok := podman("pull", host+"/busybox@"+digest); !ok {
+		t.Fatalf("podman pull by digest %s:\n%s", digest, out)
+	}
+	if n := e.built.Load(); n != 1 {
+		t.Fatalf("%d builds for four pulls of one image, want 1", n)
+	}
+
+	// The manifest is the same bytes every time, under both tags, and
+	// its digest is the one served; the signatures name the host asked.
+	m1 := mustGet(t, v2+"busybox/manifests/latest")
+	m2 := mustGet(t, v2+"busybox/manifests/"+version)
+	m3 := mustGet(t, v2+"busybox/manifests/"+digest)
+	if !bytes.Equal(m1, m2) || !bytes.Equal(m1, m3) {
+		t.Fatal("the manifest differs between requests")
+	}
+	var sigs struct {
+		Signatures []struct {
+			SchemaVersion int
+			Type, Name    string
+			Content       string
+		}
+	}
+	json.Unmarshal(mustGet(t, fmt.Sprintf("http://%s/extensions/v2/busybox/signatures/%s", local, digest)), &sigs)
+	if len(sigs.Signatures) != 2 {
+		t.Fatalf("%d signatures, want 2 (latest and %s)", len(sigs.Signatures), version)
+	}
+	for _, tag := range []string{"latest", version} {
+		ok := false
+		for _, s := range sigs.Signatures {
+			sig, _ := base64.StdEncoding.DecodeString(s.Content)
+			if _, err := ocisign.Verify(sig, openpgp.EntityList{e.key}, m1, local+"/busybox:"+tag); err == nil && s.Type == "atomic" && s.SchemaVersion == 2 && strings.HasPrefix(s.Name, digest+"@") {
+				ok = true
+			}
+		}
+		if !ok {
+			t.Errorf("no signature verifies for %s/busybox:%s", local, tag)
+		}
+	}
+	none := mustGet(t, fmt.Sprintf("http://%s/extensions/v2/busybox/signatures/%s", local, zero))
+	if strings.TrimSpace(string(none)) != `{"signatures":[]}` {
+		t.Errorf("signatures of a digest not served: %s", none)
+	}
+
+	// A policy naming another key refuses the image.
+	other, err := sign.GenerateKey(sign.KeyOptions{Name: "Other", Email: "other@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir2 := t.TempDir()
+	podman2 := podmanIn(t, dir2, signedByPolicy(t, dir2, host, other))
+	if out, ok := podman2("pull", host+"/busybox:latest"); ok || !strings.Contains(out, "signature") {
+		t.Fatalf("podman pull with a policy naming another key: ok=%v\n%s", ok, out)
+	}
+}
