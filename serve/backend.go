@@ -43,6 +43,9 @@ type backend interface {
 	// sendBlob answers r with the OCI blob d, as send does (see
 	// registry.go).
 	sendBlob(w http.ResponseWriter, r *http.Request, d digest.Digest) bool
+	// completeBlobs makes the OCI blobs ds, in the data directory,
+	// servable (before the reference naming them is written).
+	completeBlobs(ctx context.Context, ds []digest.Digest) error
 }
 
 // disk serves the data directory itself.
@@ -66,5 +69,7 @@ func (d disk) claim(*request) (context.Context, func(), *failure) {
 func (d disk) sendBlob(w http.ResponseWriter, r *http.Request, dg digest.Digest) bool {
 	return d.s.sendBlobFile(w, r, dg)
 }
+
+func (disk) completeBlobs(context.Context, []digest.Digest) error { return nil }
 
 func (disk) complete(context.Context, *pipeline.Result, *publish.Report) error { return nil }

@@ -54,7 +54,11 @@ import (
 //
 // A reference file is written after its blobs, so that it names only
 // complete images, and never again: a manifest is the same bytes every
-// time it is served, which its signatures sign.
+// time it is served, which its signatures sign. With Options.Store the
+// blobs are uploaded to the bucket under the same keys before the
+// reference is written, and blob requests are redirected there; manifests
+// are answered from the data directory, and each replica builds the
+// images it is asked for (lease-free: the bytes are the same).
 //
 // Signatures are made when asked for, through the registry extension
 // podman and skopeo read (containers/image's X-Registry-Supports-Signatures),
@@ -476,17 +480,16 @@ func (s *Server) buildOCI(ctx context.Context, q *request) *failure {
 		NoGCRoots: true, Recipes: s.o.Recipes, Flakes: s.o.Flake != "", CacheDir: s.o.CacheDir, CacheKey: s.o.CacheKey, CacheMax: s.o.CacheMax,
 	})
 	if err == nil {
-		s.publishMu.Lock()
-		err = s.importOCI(q, res)
-		s.publishMu.Unlock()
+		err = s.importOCI(ctx, q, res)
 	}
 	return s.buildFailure(ctx, q, err)
 }
 
 // importOCI moves the blobs of the image layout a build of q made into
-// the blob store (those it holds already stay) and then writes q's
-// reference file, which is never replaced.
-func (s *Server) importOCI(q *request, res *pipeline.Result) error {
+// the blob store (those it holds already stay), makes them servable
+// (with a bucket: uploads them), and then writes q's reference file,
+// which is never replaced.
+func (s *Server) importOCI(ctx context.Context, q *request, res *pipeline.Result) error {
 	d, err := digest.Parse(res.Digest)
 	if err != nil {
 		return fmt.Errorf("the build's manifest digest: %w", err)
@@ -500,11 +503,13 @@ func (s *Server) importOCI(q *request, res *pipeline.Result) error {
 	if err != nil {
 		return err
 	}
+	var blobs []digest.Digest
 	for _, e := range ents {
 		name := e.Name()
 		if _, err := hex.DecodeString(name); err != nil || len(name) != 64 || !e.Type().IsRegular() {
 			continue
 		}
+		blobs = append(blobs, digest.NewDigestFromEncoded(digest.SHA256, name))
 		if fi, err := os.Lstat(filepath.Join(dst, name)); err == nil && fi.Mode().IsRegular() {
 			continue
 		}
@@ -514,6 +519,9 @@ func (s *Server) importOCI(q *request, res *pipeline.Result) error {
 	}
 	if _, err := os.Stat(filepath.Join(dst, d.Encoded())); err != nil {
 		return fmt.Errorf("the build's layout has no manifest %s", d)
+	}
+	if err := s.back.completeBlobs(ctx, blobs); err != nil {
+		return err
 	}
 	if res.Name != q.name || res.Version != q.version || res.OS != q.os || res.Arch != q.arch {
 		return fmt.Errorf("the build made %s:%s for %s/%s, not the image asked for", res.Name, res.Version, res.OS, res.Arch)

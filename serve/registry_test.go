@@ -2,19 +2,25 @@ package serve_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 
+	"github.com/nix2aci/nix2aci/objstore"
+	"github.com/nix2aci/nix2aci/objstore/objstoretest"
 	"github.com/nix2aci/nix2aci/ocisign"
+	"github.com/nix2aci/nix2aci/serve"
 	"github.com/nix2aci/nix2aci/sign"
 )
 
@@ -210,5 +216,53 @@ func TestRegistryPullSignedRun(t *testing.T) {
 	podman2 := podmanIn(t, dir2, signedByPolicy(t, dir2, host, other))
 	if out, ok := podman2("pull", host+"/busybox:latest"); ok || !strings.Contains(out, "signature") {
 		t.Fatalf("podman pull with a policy naming another key: ok=%v\n%s", ok, out)
+	}
+}
+
+// TestStoreRedirectsBlobs: with a bucket, an OCI image's blobs are
+// uploaded after its build and each blob request is answered with a
+// redirect to a signed URL of the bucket; skopeo copy following them,
+// with a policy requiring the server's signature, gets the image whole.
+func TestStoreRedirectsBlobs(t *testing.T) {
+	if _, err := exec.LookPath("skopeo"); err != nil {
+		t.Fatal("skopeo not found: run the tests with scripts/test, which installs it")
+	}
+	g := objstoretest.Start(t)
+	st := g.Bucket(t, "images", objstore.S3Options{Expiry: 5 * time.Minute})
+	e := start(t, func(o *serve.Options) { o.Store = st })
+	host := fmt.Sprintf("127.0.0.1:%d", e.port)
+	dir := t.TempDir()
+	policy := signedByPolicy(t, dir, host, e.key)
+	out := filepath.Join(dir, "image")
+	cmd := exec.Command("skopeo", "copy", "--policy", policy, "--registries.d", t.TempDir(), "--src-tls-verify=false", "docker://"+host+"/busybox:latest", "dir:"+out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("skopeo copy from the server: %v\n%s", err, b)
+	}
+	manifest, err := os.ReadFile(filepath.Join(out, "manifest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if served := mustGet(t, "http://"+host+"/v2/busybox/manifests/latest"); !bytes.Equal(served, manifest) {
+		t.Fatal("skopeo copied another manifest than the server serves")
+	}
+	var m struct {
+		Config struct{ Digest string }
+		Layers []struct{ Digest string }
+	}
+	json.Unmarshal(manifest, &m)
+	blobs := []string{m.Config.Digest}
+	for _, l := range m.Layers {
+		blobs = append(blobs, l.Digest)
+	}
+	for _, d := range blobs {
+		code, loc := redirectOf(t, "http://"+host+"/v2/busybox/blobs/"+d)
+		u, err := url.Parse(loc)
+		if code != http.StatusTemporaryRedirect || err != nil || u.Host != g.Addr || u.Query().Get("X-Amz-Signature") == "" {
+			t.Errorf("GET of the blob %s: %d to %q, want 307 to a signed URL of %s", d, code, loc, g.Addr)
+		}
+		o, err := st.Stat(context.Background(), "oci/blobs/sha256/"+strings.TrimPrefix(d, "sha256:"))
+		if err != nil || "sha256:"+o.SHA256 != d {
+			t.Errorf("the bucket's blob %s: %+v, %v", d, o, err)
+		}
 	}
 }

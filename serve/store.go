@@ -100,10 +100,85 @@ func (st store) send(w http.ResponseWriter, r *http.Request, rel string, latest 
 	return true
 }
 
-// sendBlob serves OCI blobs from the data directory: the OCI images are
-// not in the bucket (yet).
+// sendBlob redirects to the blob d in the bucket once it is complete
+// there: its key names its digest, and the store checked its bytes
+// against that digest when they were uploaded. A blob not there is
+// served from the data directory, if it holds it.
 func (st store) sendBlob(w http.ResponseWriter, r *http.Request, d digest.Digest) bool {
-	return st.s.sendBlobFile(w, r, d)
+	s := st.s
+	ok, err := st.haveBlob(r.Context(), d)
+	if err != nil {
+		regFail(w, http.StatusBadGateway, "UNKNOWN", "asking the image store %s: %v", s.o.Store, err)
+		return true
+	}
+	if !ok {
+		return s.sendBlobFile(w, r, d)
+	}
+	u, err := s.o.Store.URL(r.Context(), blobRel(d))
+	if err != nil {
+		regFail(w, http.StatusBadGateway, "UNKNOWN", "%v", err)
+		return true
+	}
+	h := w.Header()
+	h["Cache-Control"] = []string{"no-store"}
+	h["Location"] = []string{u}
+	h["Docker-Content-Digest"] = []string{d.String()}
+	h["Content-Length"] = []string{"0"}
+	w.WriteHeader(http.StatusTemporaryRedirect)
+	return true
+}
+
+// haveBlob says whether the blob d is complete in the store: there, with
+// the SHA-256 the store checked at upload equal to its digest. A yes is
+// remembered for storedFor.
+func (st store) haveBlob(ctx context.Context, d digest.Digest) (bool, error) {
+	s := st.s
+	key := blobRel(d)
+	s.mu.Lock()
+	e, ok := s.stored[key]
+	s.mu.Unlock()
+	if ok && time.Since(e.at) < storedFor {
+		return true, nil
+	}
+	o, err := s.o.Store.Stat(ctx, key)
+	switch {
+	case errors.Is(err, objstore.ErrNotExist):
+		return false, nil
+	case err != nil:
+		return false, err
+	case o.SHA256 != d.Encoded():
+		return false, nil
+	}
+	s.mu.Lock()
+	if len(s.stored) >= maxStored {
+		clear(s.stored)
+	}
+	s.stored[key] = storedImage{at: time.Now()}
+	s.mu.Unlock()
+	return true, nil
+}
+
+// completeBlobs uploads the blobs ds from the data directory, but those
+// complete in the store already.
+func (st store) completeBlobs(ctx context.Context, ds []digest.Digest) error {
+	s := st.s
+	for _, d := range ds {
+		if ok, err := st.haveBlob(ctx, d); err != nil || ok {
+			if err != nil {
+				return fmt.Errorf("asking the image store %s: %w", s.o.Store, err)
+			}
+			continue
+		}
+		o, err := s.o.Store.PutFile(ctx, blobRel(d), filepath.Join(s.o.Data, filepath.FromSlash(blobRel(d))), "application/octet-stream")
+		if err != nil {
+			return fmt.Errorf("uploading the blob %s to %s: %w", d, s.o.Store, err)
+		}
+		if o.SHA256 != d.Encoded() {
+			return fmt.Errorf("uploading the blob %s to %s: the data directory's file has the SHA-256 %s", d, s.o.Store, o.SHA256)
+		}
+		s.o.Logger.Info("upload", "blob", d.String(), "bytes", o.Size)
+	}
+	return nil
 }
 
 // claim takes the build's lease (see Server.claim); the build is
