@@ -43,9 +43,15 @@ type backend interface {
 	// sendBlob answers r with the OCI blob d, as send does (see
 	// registry.go).
 	sendBlob(w http.ResponseWriter, r *http.Request, d digest.Digest) bool
-	// completeBlobs makes the OCI blobs ds, in the data directory,
-	// servable (before the reference naming them is written).
-	completeBlobs(ctx context.Context, ds []digest.Digest) error
+	// completeOCI makes the OCI image q, its blobs ds in the data
+	// directory and its manifest m among them, servable: the store
+	// uploads the blobs, then q's reference naming m. It is called before
+	// the reference is written into the data directory.
+	completeOCI(ctx context.Context, q *request, ds []digest.Digest, m digest.Digest) error
+	// fetchOCI brings the OCI image q, built by another replica, into the
+	// data directory: its manifest and reference (its blobs are served
+	// from where they are). False: it is not complete elsewhere.
+	fetchOCI(ctx context.Context, q *request) (bool, error)
 }
 
 // disk serves the data directory itself.
@@ -70,6 +76,10 @@ func (d disk) sendBlob(w http.ResponseWriter, r *http.Request, dg digest.Digest)
 	return d.s.sendBlobFile(w, r, dg)
 }
 
-func (disk) completeBlobs(context.Context, []digest.Digest) error { return nil }
+func (disk) completeOCI(context.Context, *request, []digest.Digest, digest.Digest) error {
+	return nil
+}
+
+func (disk) fetchOCI(context.Context, *request) (bool, error) { return false, nil }
 
 func (disk) complete(context.Context, *pipeline.Result, *publish.Report) error { return nil }

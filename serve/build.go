@@ -189,13 +189,15 @@ func dedup(s []string) []string {
 // build builds q's image and publishes it into the data directory.
 func (s *Server) build(q *request) *failure {
 	if q.oci {
-		// Each server builds its own (see registry.go).
 		if _, ok := s.manifestOf(q); ok {
-			return nil
+			return nil // built while this request waited
 		}
-		return s.buildWith(s.ctx, q)
-	}
-	if ok, _ := s.back.have(s.ctx, q.rel); ok {
+		if ok, err := s.back.fetchOCI(s.ctx, q); err != nil {
+			return &failure{status: http.StatusBadGateway, msg: fmt.Sprintf("asking the image store %s: %v", s.o.Store, err)}
+		} else if ok {
+			return nil // built by another replica
+		}
+	} else if ok, _ := s.back.have(s.ctx, q.rel); ok {
 		return nil // built while this request waited
 	}
 	ctx, release, f := s.back.claim(q)

@@ -55,10 +55,13 @@ import (
 // A reference file is written after its blobs, so that it names only
 // complete images, and never again: a manifest is the same bytes every
 // time it is served, which its signatures sign. With Options.Store the
-// blobs are uploaded to the bucket under the same keys before the
-// reference is written, and blob requests are redirected there; manifests
-// are answered from the data directory, and each replica builds the
-// images it is asked for (lease-free: the bytes are the same).
+// blobs are uploaded to the bucket under the same keys, then the
+// reference (the image's completion marker there), and blob requests are
+// redirected to the bucket; manifests are answered from the data
+// directory, where a replica that finds an image complete in the bucket
+// copies its manifest and reference instead of building it. Replicas
+// build an image once between them, through a lease in the bucket on its
+// reference's key, as for ACIs.
 //
 // Signatures are made when asked for, through the registry extension
 // podman and skopeo read (containers/image's X-Registry-Supports-Signatures),
@@ -520,18 +523,29 @@ func (s *Server) importOCI(ctx context.Context, q *request, res *pipeline.Result
 	if _, err := os.Stat(filepath.Join(dst, d.Encoded())); err != nil {
 		return fmt.Errorf("the build's layout has no manifest %s", d)
 	}
-	if err := s.back.completeBlobs(ctx, blobs); err != nil {
-		return err
-	}
 	if res.Name != q.name || res.Version != q.version || res.OS != q.os || res.Arch != q.arch {
 		return fmt.Errorf("the build made %s:%s for %s/%s, not the image asked for", res.Name, res.Version, res.OS, res.Arch)
 	}
-	ref := filepath.Join(s.o.Data, filepath.FromSlash(q.rel))
-	if err := os.MkdirAll(filepath.Dir(ref), 0o755); err != nil {
+	if err := s.back.completeOCI(ctx, q, blobs, d); err != nil {
 		return err
 	}
-	// Never replaced: an image built before keeps its manifest.
-	err = safeio.CreateFileAtomic(ref, []byte(d.String()+"\n"), 0o644)
+	// With a bucket, its reference is the one served, by every replica:
+	// another's, if it was there first.
+	if ok, err := s.back.fetchOCI(ctx, q); err != nil || ok {
+		return err
+	}
+	return s.writeLocal(q.rel, []byte(d.String()+"\n"))
+}
+
+// writeLocal writes the file rel of the data directory whole, unless it
+// is there: a reference file or a blob is never replaced (an image built
+// before keeps its manifest).
+func (s *Server) writeLocal(rel string, data []byte) error {
+	p := filepath.Join(s.o.Data, filepath.FromSlash(rel))
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	err := safeio.CreateFileAtomic(p, data, 0o644)
 	if errors.Is(err, fs.ErrExist) {
 		return nil
 	}

@@ -223,6 +223,8 @@ func TestRegistryPullSignedRun(t *testing.T) {
 // uploaded after its build and each blob request is answered with a
 // redirect to a signed URL of the bucket; skopeo copy following them,
 // with a policy requiring the server's signature, gets the image whole.
+// A replica on the same bucket with an empty disk serves the same
+// manifest without building.
 func TestStoreRedirectsBlobs(t *testing.T) {
 	if _, err := exec.LookPath("skopeo"); err != nil {
 		t.Fatal("skopeo not found: run the tests with scripts/test, which installs it")
@@ -234,14 +236,19 @@ func TestStoreRedirectsBlobs(t *testing.T) {
 	dir := t.TempDir()
 	policy := signedByPolicy(t, dir, host, e.key)
 	out := filepath.Join(dir, "image")
-	cmd := exec.Command("skopeo", "copy", "--policy", policy, "--registries.d", t.TempDir(), "--src-tls-verify=false", "docker://"+host+"/busybox:latest", "dir:"+out)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("skopeo copy from the server: %v\n%s", err, b)
+	copyFrom := func(host, policy, out string) []byte {
+		t.Helper()
+		cmd := exec.Command("skopeo", "copy", "--policy", policy, "--registries.d", t.TempDir(), "--src-tls-verify=false", "docker://"+host+"/busybox:latest", "dir:"+out)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("skopeo copy from %s: %v\n%s", host, err, b)
+		}
+		manifest, err := os.ReadFile(filepath.Join(out, "manifest.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return manifest
 	}
-	manifest, err := os.ReadFile(filepath.Join(out, "manifest.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	manifest := copyFrom(host, policy, out)
 	if served := mustGet(t, "http://"+host+"/v2/busybox/manifests/latest"); !bytes.Equal(served, manifest) {
 		t.Fatal("skopeo copied another manifest than the server serves")
 	}
@@ -264,5 +271,21 @@ func TestStoreRedirectsBlobs(t *testing.T) {
 		if err != nil || "sha256:"+o.SHA256 != d {
 			t.Errorf("the bucket's blob %s: %+v, %v", d, o, err)
 		}
+	}
+
+	if n := e.built.Load(); n != 1 {
+		t.Fatalf("%d builds, want 1", n)
+	}
+
+	// A replica with an empty disk: the manifest from the bucket, the
+	// same bytes, signed by it for the name asked; no build.
+	e2 := start(t, func(o *serve.Options) { o.Store = st; o.Key = e.key })
+	host2 := fmt.Sprintf("127.0.0.1:%d", e2.port)
+	dir2 := t.TempDir()
+	if got := copyFrom(host2, signedByPolicy(t, dir2, host2, e.key), filepath.Join(dir2, "image")); !bytes.Equal(got, manifest) {
+		t.Fatal("the replica served another manifest")
+	}
+	if n := e2.built.Load(); n != 0 {
+		t.Fatalf("the replica with an empty disk built %d images, want 0", n)
 	}
 }

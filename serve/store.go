@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -158,9 +159,10 @@ func (st store) haveBlob(ctx context.Context, d digest.Digest) (bool, error) {
 	return true, nil
 }
 
-// completeBlobs uploads the blobs ds from the data directory, but those
-// complete in the store already.
-func (st store) completeBlobs(ctx context.Context, ds []digest.Digest) error {
+// completeOCI uploads the blobs ds from the data directory, but those
+// complete in the store already, and then q's reference, naming m: the
+// reference is the image's completion marker there.
+func (st store) completeOCI(ctx context.Context, q *request, ds []digest.Digest, m digest.Digest) error {
 	s := st.s
 	for _, d := range ds {
 		if ok, err := st.haveBlob(ctx, d); err != nil || ok {
@@ -178,7 +180,73 @@ func (st store) completeBlobs(ctx context.Context, ds []digest.Digest) error {
 		}
 		s.o.Logger.Info("upload", "blob", d.String(), "bytes", o.Size)
 	}
+	_, err := s.o.Store.Put(ctx, q.rel, []byte(m.String()+"\n"), "text/plain", objstore.Cond{IfNoneMatch: true})
+	if errors.Is(err, objstore.ErrPrecondition) {
+		// Another replica's, or an earlier build's: the same image, if
+		// builds are reproducible; the store's stands.
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("uploading the reference of %s to %s: %w", q.name, s.o.Store, err)
+	}
 	return nil
+}
+
+// fetchOCI reads q's reference from the store and, when the manifest it
+// names and every blob the manifest names are complete there, writes the
+// manifest and the reference into the data directory.
+func (st store) fetchOCI(ctx context.Context, q *request) (bool, error) {
+	s := st.s
+	b, _, err := s.o.Store.Get(ctx, q.rel, 200)
+	if errors.Is(err, objstore.ErrNotExist) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	m, err := digest.Parse(strings.TrimSpace(string(b)))
+	if err != nil || m.Algorithm() != digest.SHA256 {
+		s.o.Logger.Warn("store", "reference", q.rel, "incomplete", "it names no sha256 digest")
+		return false, nil
+	}
+	if ok, err := st.haveBlob(ctx, m); !ok || err != nil {
+		return false, err
+	}
+	body, _, err := s.o.Store.Get(ctx, blobRel(m), maxManifest)
+	if err != nil {
+		return false, err
+	}
+	if digest.FromBytes(body) != m {
+		return false, fmt.Errorf("the store's manifest %s has other bytes", m)
+	}
+	var man struct {
+		Config struct{ Digest digest.Digest }
+		Layers []struct{ Digest digest.Digest }
+	}
+	if err := json.Unmarshal(body, &man); err != nil {
+		return false, fmt.Errorf("the store's manifest %s: %w", m, err)
+	}
+	blobs := []digest.Digest{man.Config.Digest}
+	for _, l := range man.Layers {
+		blobs = append(blobs, l.Digest)
+	}
+	for _, d := range blobs {
+		if d.Validate() != nil || d.Algorithm() != digest.SHA256 {
+			return false, fmt.Errorf("the store's manifest %s names the blob %.80q", m, d)
+		}
+		if ok, err := st.haveBlob(ctx, d); !ok || err != nil {
+			if err == nil {
+				s.o.Logger.Warn("store", "reference", q.rel, "incomplete", "its blob "+d.String()+" is not in the store")
+			}
+			return false, err
+		}
+	}
+	if err := s.writeLocal(blobRel(m), body); err != nil {
+		return false, err
+	}
+	if err := s.writeLocal(q.rel, []byte(m.String()+"\n")); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // claim takes the build's lease (see Server.claim); the build is
@@ -396,9 +464,15 @@ func (s *Server) claim(q *request) (*objstore.Lease, *failure) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.o.BuildTimeout)
 	defer cancel()
 	img := strings.TrimSuffix(q.rel, ".asc")
+	key := objstore.LeaseKey(s.objKey(img))
 	done := func(ctx context.Context) (bool, error) { return s.inStore(ctx, img) }
+	if q.oci {
+		// An OCI image's reference file is its key (see registry.go).
+		key = objstore.LeaseKey(q.rel)
+		done = func(ctx context.Context) (bool, error) { return store{s}.fetchOCI(ctx, q) }
+	}
 	poll := min(max(s.o.LeaseTTL/10, 100*time.Millisecond), 2*time.Second)
-	l, err := objstore.Claim(ctx, s.o.Store, objstore.LeaseKey(s.objKey(img)), s.o.Replica, s.o.LeaseTTL, poll, done)
+	l, err := objstore.Claim(ctx, s.o.Store, key, s.o.Replica, s.o.LeaseTTL, poll, done)
 	switch {
 	case err == nil && l == nil:
 		s.metrics.hits.WithLabelValues("replica").Inc()
