@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 
+	"github.com/nix2aci/nix2aci/internal/ocitest"
 	"github.com/nix2aci/nix2aci/ocisign"
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -358,44 +358,7 @@ type registry struct{ host string }
 
 func startRegistry(t *testing.T) *registry {
 	t.Helper()
-	need(t, "docker-registry")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	host := l.Addr().String()
-	l.Close()
-	dir := t.TempDir()
-	config := write(t, filepath.Join(dir, "config.yml"), []byte(fmt.Sprintf(
-		"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", filepath.Join(dir, "storage"), host)))
-	cmd := exec.Command("docker-registry", "serve", config)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-done
-	})
-	// Wait until it answers (or has exited).
-	for {
-		select {
-		case <-done:
-			t.Fatalf("docker-registry exited:\n%s", logs.String())
-		default:
-		}
-		resp, err := http.Get("http://" + host + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return &registry{host: host}
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return &registry{host: ocitest.StartT(t).Host}
 }
 
 // push copies img to the registry as repo:tag without signing, and checks

@@ -122,20 +122,16 @@ func algorithmName(a packet.PublicKeyAlgorithm) string {
 	return fmt.Sprintf("a key of algorithm %d, which cannot make these signatures", a)
 }
 
-// maxShortRetries bounds how often a signature whose RSA value came out
-// shorter than the modulus is made again.
-const maxShortRetries = 16
-
 // signedMessage returns the signed message of payload by key's primary
 // key. An RSA signature is an integer below the modulus and OpenPGP
 // writes it without leading zero bytes, so about one in 256 is shorter
 // than the modulus; golang.org/x/crypto/openpgp (containers/image
-// without gpgme, and rkt) refuses those. Such a signature is made again
-// dated a second earlier, which changes what is signed.
+// without gpgme, and rkt) refuses those (sign.FullLength). Such a
+// signature is made again dated a second earlier, which changes what is
+// signed, at most sign.MaxSignTries times.
 func signedMessage(key *openpgp.Entity, payload []byte, at time.Time) ([]byte, error) {
 	pk := key.PrimaryKey
-	rsaPub, ok := pk.PublicKey.(*rsa.PublicKey)
-	if !ok {
+	if _, ok := pk.PublicKey.(*rsa.PublicKey); !ok {
 		return nil, fmt.Errorf("the primary key is not RSA")
 	}
 	for try := 0; ; try++ {
@@ -156,9 +152,9 @@ func signedMessage(key *openpgp.Entity, payload []byte, at time.Time) ([]byte, e
 		if err := sig.Sign(h, key.PrivateKey, nil); err != nil {
 			return nil, err
 		}
-		if len(sig.RSASignature.Bytes()) != rsaPub.Size() {
-			if try == maxShortRetries {
-				return nil, fmt.Errorf("%d signatures in a row came out shorter than the key's modulus", try+1)
+		if !sign.FullLength(sig, pk) {
+			if try+1 == sign.MaxSignTries {
+				return nil, fmt.Errorf("%d signatures in a row came out shorter than the key's modulus, which a working RSA key does once in 256: the key is broken; make a new one (nix2aci key generate)", try+1)
 			}
 			continue
 		}

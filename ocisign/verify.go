@@ -347,3 +347,16 @@ func cleanErr(err error) string {
 	}
 	return safeio.Quote(err.Error())
 }
+
+// UnverifiedClaim returns what the payload of signature claims, without
+// checking the signature or who made it: for a signer sorting the
+// signatures already stored for an image (to replace its own), never for
+// trusting one. A signature that is not a simple signing signature is an
+// error.
+func UnverifiedClaim(signature []byte) (*Claim, error) {
+	msg, err := readSignedMessage(signature)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePayload(msg.body)
+}

@@ -113,6 +113,11 @@ type Request struct {
 	NoGCRoots bool
 	// Signer, if set, signs every image written.
 	Signer *Signer
+	// SignOCI, if set, signs an OCI build's image before it is moved into
+	// place: it gets the image as staged (a layout directory or an
+	// archive) and what the build made. An error fails the build, and the
+	// output directory stays as it was.
+	SignOCI func(ctx context.Context, staged string, out *Result) error
 	// Progress, if set, is told how writing each file goes.
 	Progress func(file string, p aci.Progress)
 	// Warn, if set, is told what the build noticed but went on with.
@@ -317,6 +322,9 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	var out *Result
 	if b.isOCI() {
 		out, err = b.finishOCI(ctx, t, in, plan, images, names)
+		if err == nil && b.SignOCI != nil {
+			err = b.SignOCI(ctx, b.st.Path(names.image), out)
+		}
 	} else {
 		out, err = b.finish(ctx, t, in, plan, images, &names)
 	}
@@ -593,16 +601,13 @@ func (b *build) finish(ctx context.Context, t *pkgs.Target, in *inputs, plan *Pl
 	} else {
 		b.add("", depsName)
 	}
-	argsName := names.base + ".rkt-args"
-	if b.Kind == Thin {
-		if err := os.WriteFile(b.st.Path(argsName), []byte(manifest.RktVolumeArgs(in.app.Closure.StorePaths())), 0o644); err != nil {
-			return nil, fmt.Errorf("writing %s: %w", b.st.Final(argsName), err)
-		}
-		b.add(argsName, "")
-		out.RktArgs = b.st.Final(argsName)
-	} else {
-		b.add("", argsName)
+	rktArgs, err := b.argsFile(names.base+".rkt-args", func() (string, error) {
+		return manifest.RktVolumeArgs(in.app.Closure.StorePaths()), nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	out.RktArgs = rktArgs
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("build of %s interrupted; nothing was written: %w", names.image, context.Cause(ctx))
 	}
@@ -784,6 +789,25 @@ func (b *build) sign(ctx context.Context, name string) (bool, error) {
 
 // add notes a staged file to move into place and an old one to remove
 // ("" for none), safely from the goroutines writing layers.
+// argsFile stages the file of a thin image's volume arguments, made by
+// args, and returns its final path; for other kinds it marks a file of
+// that name left by an earlier thin build as stale, and returns "".
+func (b *build) argsFile(name string, args func() (string, error)) (string, error) {
+	if b.Kind != Thin {
+		b.add("", name)
+		return "", nil
+	}
+	text, err := args()
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(b.st.Path(name), []byte(text), 0o644); err != nil {
+		return "", fmt.Errorf("writing %s: %w", b.st.Final(name), err)
+	}
+	b.add(name, "")
+	return b.st.Final(name), nil
+}
+
 func (b *build) add(name, stale string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

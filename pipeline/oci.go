@@ -159,20 +159,17 @@ func (b *build) finishOCI(ctx context.Context, t *pkgs.Target, in *inputs, plan 
 		return nil, err
 	}
 	b.add(names.image, "")
-	argsName := names.base + ".podman-args"
-	if b.Kind == Thin {
+	podmanArgs, err := b.argsFile(names.base+".podman-args", func() (string, error) {
 		args, err := oci.PodmanArgs(in.app.Closure.StorePaths())
 		if err != nil {
-			return nil, &UsageError{err.Error()}
+			return "", &UsageError{err.Error()}
 		}
-		if err := os.WriteFile(b.st.Path(argsName), []byte(args), 0o644); err != nil {
-			return nil, fmt.Errorf("writing %s: %w", b.st.Final(argsName), err)
-		}
-		b.add(argsName, "")
-		out.PodmanArgs = b.st.Final(argsName)
-	} else {
-		b.add("", argsName)
+		return args, nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	out.PodmanArgs = podmanArgs
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("build of %s interrupted; nothing was written: %w", names.image, context.Cause(ctx))
 	}

@@ -89,9 +89,9 @@ func fullLengthSelfSignatures(e *openpgp.Entity) error {
 	// a new hash. A version 6 signature has a salt of its own, drawn anew.
 	cfg := &packet.Config{NonDeterministicSignaturesViaNotation: packet.BoolPointer(true)}
 	resign := func(s *packet.Signature, sign func() error) error {
-		for try := 0; !fullLength(s, e.PrimaryKey); try++ {
-			if try == maxSignTries {
-				return fmt.Errorf("%d self-signatures in a row came out shorter than the key's modulus, which a working RSA key does once in 256", maxSignTries)
+		for try := 0; !FullLength(s, e.PrimaryKey); try++ {
+			if try == MaxSignTries {
+				return fmt.Errorf("%d self-signatures in a row came out shorter than the key's modulus, which a working RSA key does once in 256", MaxSignTries)
 			}
 			if s.Version == 6 {
 				salt, err := packet.SignatureSaltForHash(s.Hash, rand.Reader)

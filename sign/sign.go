@@ -43,10 +43,12 @@ func WithImage(name, imageID string) Option {
 // every try signs a new hash.
 const saltNotation = "salt@nix2aci.io"
 
-// maxSignTries bounds how often Detached signs again when an RSA signature
-// comes out shorter than the key's modulus. A working key makes a short one
-// once in 256 tries, so 64 in a row (once in 2^512) mean a broken key.
-const maxSignTries = 64
+// MaxSignTries bounds how often a signature is made again when an RSA
+// signature comes out shorter than the key's modulus (see FullLength): by
+// Detached, by a key's self-signatures and by container signatures
+// (package ocisign). A working key makes a short one once in 256 tries, so
+// 64 in a row (once in 2^512) mean a broken key.
+const MaxSignTries = 64
 
 // newSalt returns the value of a try's salt notation; tests replace it.
 var newSalt = func() ([]byte, error) {
@@ -123,7 +125,7 @@ func Detached(w io.Writer, key *openpgp.Entity, r io.Reader, opts ...Option) err
 	if !ok {
 		return errors.New("signing: the SHA-512 state cannot be copied")
 	}
-	for range maxSignTries {
+	for range MaxSignTries {
 		salt, err := newSalt()
 		if err != nil {
 			return err
@@ -140,17 +142,19 @@ func Detached(w io.Writer, key *openpgp.Entity, r io.Reader, opts ...Option) err
 		if err := sig.Sign(hc, signer.PrivateKey, cfg); err != nil {
 			return &KeyError{Msg: fmt.Sprintf("signing with key %s: %v", Fingerprint(key), err)}
 		}
-		if fullLength(sig, signer.PublicKey) {
+		if FullLength(sig, signer.PublicKey) {
 			return writeArmored(w, sig)
 		}
 	}
-	return &KeyError{Msg: fmt.Sprintf("signing with key %s: %d signatures in a row came out shorter than the key's modulus, which a working RSA key does once in 256: the key is broken; make a new one (nix2aci key generate)", Fingerprint(key), maxSignTries)}
+	return &KeyError{Msg: fmt.Sprintf("signing with key %s: %d signatures in a row came out shorter than the key's modulus, which a working RSA key does once in 256: the key is broken; make a new one (nix2aci key generate)", Fingerprint(key), MaxSignTries)}
 }
 
-// fullLength reports whether sig, if it is an RSA signature, is as long as
+// FullLength reports whether sig, if it is an RSA signature, is as long as
 // the modulus of pub, the key that made it. Other signatures have no such
-// trouble.
-func fullLength(sig *packet.Signature, pub *packet.PublicKey) bool {
+// trouble. A signature that is not is refused by
+// golang.org/x/crypto/openpgp since Go 1.20 (rkt, and containers/image
+// built without gpgme): signers make it again, at most MaxSignTries times.
+func FullLength(sig *packet.Signature, pub *packet.PublicKey) bool {
 	k, ok := pub.PublicKey.(*rsa.PublicKey)
 	if !ok || sig.RSASignature == nil {
 		return true

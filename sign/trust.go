@@ -39,6 +39,11 @@ func (t *Trust) AddPrefix(prefix string, key *openpgp.Entity) {
 	t.prefixes[prefix][Fingerprint(key)] = key
 }
 
+// Keys returns every key of t, whatever it is trusted for: the keys a
+// signature is checked with before TrustedFor judges its signer for the
+// image's name (container signatures, package ocisign).
+func (t *Trust) Keys() openpgp.EntityList { return t.keyring() }
+
 // keyring holds every key of t, whatever it is trusted for.
 func (t *Trust) keyring() openpgp.EntityList {
 	seen := map[string]bool{}

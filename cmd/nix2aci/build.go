@@ -91,7 +91,7 @@ SOURCE_DATE_EPOCH, if set, is the image's "created" time.`,
 			&cli.BoolFlag{Name: "no-link", Usage: "do not create the ./result.aci (and result.aci.asc, result.rkt-args) symlinks, or an OCI build's ./result.oci (.oci.tar, .docker.tar) and result.podman-args"},
 			&cli.StringSliceFlag{Name: "closure-graph", Usage: "inside a Nix build (buildACI): the target's closure from exportReferencesGraph `FILE` instead of nix-store; no cache, no GC roots"},
 			&cli.BoolFlag{Name: "no-exec-check", Usage: "build even if the app's program or its interpreter (#! line, ELF loader) is not in the image"},
-		}, buildSignFlags()...),
+		}, append(buildSignFlags(), identityFlag())...),
 		BashComplete: completeRecipes,
 		Action:       runBuild,
 	}
@@ -103,12 +103,22 @@ func runBuild(c *cli.Context) error {
 		return err
 	}
 	// Load (and unlock) any signing key before the long part, so a wrong
-	// passphrase fails at once.
-	if o.Signer, err = buildSigner(c); err != nil {
+	// passphrase fails at once. An OCI image is signed once written.
+	var ociSigning *ociBuildSigning
+	if o.Format != oci.ACI {
+		if ociSigning, err = buildOCISigning(c, o); err != nil {
+			return err
+		}
+	} else if c.IsSet("identity") {
+		return usagef("--identity names what an OCI image is signed as: it goes with --format oci or oci-archive")
+	} else if o.Signer, err = buildSigner(c); err != nil {
 		return err
 	}
 	stderr := c.App.ErrWriter
 	o.Warn = func(msg string) { fmt.Fprintf(stderr, "nix2aci: warning: %s\n", safeio.Terminal(msg, 300, 2000)) }
+	if ociSigning != nil {
+		o.SignOCI = ociSigning.signer(o.OutDir, o.Warn)
+	}
 	var bar *progressBar
 	if o.progress {
 		bar = newProgressBar(stderr)
@@ -121,6 +131,11 @@ func runBuild(c *cli.Context) error {
 			return usagef("%v", err)
 		}
 		return err
+	}
+	var sigstore string
+	var identities []string
+	if ociSigning != nil {
+		sigstore, identities = ociSigning.sigstore, ociSigning.signed
 	}
 	result := ""
 	if o.link {
@@ -136,10 +151,17 @@ func runBuild(c *cli.Context) error {
 		return printJSON(c.App.Writer, struct {
 			*pipeline.Result
 			Link string `json:"result,omitempty"`
-		}{out, result})
+			// An OCI image's lookaside tree and the identities it was
+			// signed as.
+			Sigstore   string   `json:"sigstore,omitempty"`
+			Identities []string `json:"identities,omitempty"`
+		}{out, result, sigstore, identities})
 	}
 	if out.OCI != "" {
 		printOCI(c.App.Writer, stderr, out)
+		if sigstore != "" {
+			printSigned(c, sigstore, identities)
+		}
 		return nil
 	}
 	fmt.Fprintln(c.App.Writer, out.ACI)

@@ -10,8 +10,11 @@ import (
 	"github.com/nix2aci/nix2aci/fetch"
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
+	"github.com/nix2aci/nix2aci/oci"
+	"github.com/nix2aci/nix2aci/ocisign"
 	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/publish"
+	"github.com/nix2aci/nix2aci/push"
 	"github.com/nix2aci/nix2aci/sign"
 )
 
@@ -20,7 +23,7 @@ const (
 	exitOK      = 0
 	exitFailure = 1 // the operation failed (build error, missing tool, ...)
 	exitUsage   = 2 // the command line is wrong
-	exitInvalid = 3 // an input archive is not a valid ACI
+	exitInvalid = 3 // an input archive is not a valid ACI (or OCI image layout)
 	exitVerify  = 4 // a signature is missing, bad, or not trusted for the image
 	exitKey     = 5 // a key cannot be used (unreadable, wrong passphrase, ...)
 
@@ -39,10 +42,15 @@ var exitCodes = []struct {
 	{func(err error) bool { var u *publish.UsageError; return errors.As(err, &u) }, exitUsage},
 	{func(err error) bool { var r *manifest.RktArgsError; return errors.As(err, &r) }, exitVerify},
 	{func(err error) bool { var p *sign.PrefixError; return errors.As(err, &p) }, exitUsage},
+	{func(err error) bool { var r *ocisign.ReferenceError; return errors.As(err, &r) }, exitUsage},
 	{func(err error) bool { var v *sign.VerifyError; return errors.As(err, &v) }, exitVerify},
 	{func(err error) bool { var u *fetch.UsageError; return errors.As(err, &u) }, exitUsage},
 	{func(err error) bool { var m *fetch.MismatchError; return errors.As(err, &m) }, exitVerify},
 	{aci.IsInvalid, exitInvalid},
+	{func(err error) bool { var u *push.UsageError; return errors.As(err, &u) }, exitUsage},
+	{func(err error) bool { var l *push.LayoutError; return errors.As(err, &l) }, exitInvalid},
+	{func(err error) bool { var m *push.MissingSignatureError; return errors.As(err, &m) }, exitVerify},
+	{func(err error) bool { var i *oci.InvalidError; return errors.As(err, &i) }, exitInvalid},
 	{func(err error) bool { var k *sign.KeyError; return errors.As(err, &k) }, exitKey},
 }
 

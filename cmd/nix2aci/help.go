@@ -20,7 +20,7 @@ EXIT CODES:
    0    success
    1    the operation failed (build error, missing tool, missing store path, ...)
    2    the command line is wrong (a flag, a name, a missing argument)
-   3    an input file isn't a valid ACI
+   3    an input file isn't a valid ACI (or OCI image layout)
    4    verification failed (signature missing, bad, weak, by an untrusted,
         expired or revoked key, or .rkt-args not matching the image)
    5    a key can't be used (unreadable, public where a private key is
@@ -65,12 +65,17 @@ var commandDocs = map[string]struct {
 	"key":          {[]string{"nix2aci key generate --name 'Build Bot' --email bot@example.com --out key.asc --public pub.asc"}, []string{"NIX2ACI_KEY_PASSPHRASE", "NIX2ACI_SIGNING_KEY"}},
 	"key generate": {[]string{"nix2aci key generate --name 'Build Bot' --email bot@example.com --out key.asc --public pub.asc", "nix2aci key generate --name CI --email ci@example.com --no-passphrase --out ci.asc"}, []string{"NIX2ACI_KEY_PASSPHRASE"}},
 	"key export":   {[]string{"nix2aci key export key.asc > pub.asc", "nix2aci key export key.asc --out pub.asc"}, []string{"NIX2ACI_SIGNING_KEY"}},
-	"sign":         {[]string{"nix2aci sign result.aci --key key.asc", "NIX2ACI_SIGNING_KEY=\"$(cat key.asc)\" nix2aci sign ACIs/app-1.0-linux-amd64.aci"}, []string{"NIX2ACI_SIGNING_KEY", "NIX2ACI_KEY_PASSPHRASE"}},
-	"verify":       {[]string{"nix2aci verify result.aci --trust-dir /etc/rkt/trustedkeys", "nix2aci verify X.aci --keyring pub.asc --json", "nix2aci verify X.aci --trust-dir trust --rkt-args X.rkt-args", "nix2aci verify ACIs/app-1.0-linux-amd64.aci --trust-dir trust --json   # a layered app, with its layers", "nix2aci verify site/acis/example.com/app-1.0-linux-amd64.aci --trust-dir trust --deps-dir site/acis"}, nil},
+	"sign":         {[]string{"nix2aci sign result.aci --key key.asc", "NIX2ACI_SIGNING_KEY=\"$(cat key.asc)\" nix2aci sign ACIs/app-1.0-linux-amd64.aci", "nix2aci sign ACIs/app-1.0-linux-amd64.oci --key key.asc --identity registry.example.com/app:1.0   # into ACIs/sigstore"}, []string{"NIX2ACI_SIGNING_KEY", "NIX2ACI_KEY_PASSPHRASE"}},
+	"verify":       {[]string{"nix2aci verify result.aci --trust-dir /etc/rkt/trustedkeys", "nix2aci verify X.aci --keyring pub.asc --json", "nix2aci verify X.aci --trust-dir trust --rkt-args X.rkt-args", "nix2aci verify ACIs/app-1.0-linux-amd64.aci --trust-dir trust --json   # a layered app, with its layers", "nix2aci verify site/acis/example.com/app-1.0-linux-amd64.aci --trust-dir trust --deps-dir site/acis", "nix2aci verify ACIs/app-1.0-linux-amd64.oci --identity registry.example.com/app:1.0 --keyring pub.asc"}, nil},
 	"trust":        {[]string{"nix2aci trust --prefix example.com pub.asc --trust-dir trust", "sudo nix2aci trust --root pub.asc"}, nil},
 	"publish": {[]string{
 		"nix2aci publish --out site --base-url https://example.com/acis --key key.asc ACIs",
 		"nix2aci publish --out site --base-url https://example.com/acis --public-key pub.asc signed/*.aci",
+	}, []string{"NIX2ACI_SIGNING_KEY", "NIX2ACI_KEY_PASSPHRASE"}},
+	"push": {[]string{
+		"nix2aci push result.oci docker://registry.example.com/app:1.0",
+		"nix2aci push ACIs/app-1.0-linux-amd64.oci docker://localhost:5000/app:1.0 --key key.asc --sigstore /srv/sigstore",
+		"nix2aci push ACIs/app2-1.0-linux-amd64.oci docker://localhost:5000/app2:1.0 --mount-from localhost:5000/app --json",
 	}, []string{"NIX2ACI_SIGNING_KEY", "NIX2ACI_KEY_PASSPHRASE"}},
 	"serve": {[]string{
 		"nix2aci serve --prefix images.example.com --data /srv/acis --key key.asc --listen :8080",

@@ -92,6 +92,41 @@ func binary(t *testing.T) string {
 	return binPath
 }
 
+var (
+	keyOnce          sync.Once
+	keyFile, pubFile string
+	keyErr           error
+)
+
+// testKey writes an unprotected signing key and its public key, made once
+// per test process by `nix2aci key generate`, into dir as k.asc and p.asc
+// and returns their paths: tests that need a key, not its making, share it.
+func testKey(t *testing.T, dir string) (key, pub string) {
+	t.Helper()
+	bin := binary(t)
+	keyOnce.Do(func() {
+		keyFile, pubFile = filepath.Join(binDir, "k.asc"), filepath.Join(binDir, "p.asc")
+		out, err := exec.Command(bin, "key", "generate", "--name", "Test", "--email", "test@example.com", "--no-passphrase", "--out", keyFile, "--public", pubFile).CombinedOutput()
+		if err != nil {
+			keyErr = fmt.Errorf("key generate: %v\n%s", err, out)
+		}
+	})
+	if keyErr != nil {
+		t.Fatal(keyErr)
+	}
+	key, pub = filepath.Join(dir, "k.asc"), filepath.Join(dir, "p.asc")
+	for _, c := range [][2]string{{keyFile, key}, {pubFile, pub}} {
+		b, err := os.ReadFile(c[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(c[1], b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return key, pub
+}
+
 // bigStorePath is a store path of 160 MB of incompressible data: a build
 // of it at level 9 takes seconds, long enough to be interrupted.
 func bigStorePath(t *testing.T) string {
@@ -267,11 +302,7 @@ func TestNixErrorsAreKeptButBounded(t *testing.T) {
 func TestConcurrentBuildsInOneDirectory(t *testing.T) {
 	bin := binary(t)
 	dir := t.TempDir()
-	keygen := exec.Command(bin, "key", "generate", "--name", "C", "--email", "c@example.com", "--no-passphrase", "--out", "k.asc", "--public", "p.asc")
-	keygen.Dir = dir
-	if b, err := keygen.CombinedOutput(); err != nil {
-		t.Fatalf("%v\n%s", err, b)
-	}
+	testKey(t, dir)
 	errs := make(chan error, 4)
 	for i := 0; i < 4; i++ {
 		go func() {

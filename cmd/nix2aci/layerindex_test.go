@@ -39,7 +39,7 @@ func TestSwappedLayerIsNotPinned(t *testing.T) {
 		}
 		return stdout.Bytes()
 	}
-	nix2aci("key", "generate", "--name", "L", "--email", "l@example.com", "--no-passphrase", "--out", "k.asc", "--public", "p.asc")
+	testKey(t, dir)
 	build := func() (layers map[string]string, pins map[string]string) {
 		var res struct {
 			ACI    string `json:"aci"`

@@ -107,6 +107,7 @@ func newApp() *cli.App {
 			verifyCommand(),
 			trustCommand(),
 			publishCommand(),
+			pushCommand(),
 			serveCommand(),
 			versionCommand(),
 			completionCommand(),

@@ -8,12 +8,14 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
 	"github.com/urfave/cli/v2"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/internal/ocitest"
 	"github.com/nix2aci/nix2aci/manifest"
 )
 
@@ -48,7 +50,7 @@ func toolDir(t *testing.T) string {
 // against real Nix, actool, bubblewrap and gpg, the way the README uses it.
 func TestScripts(t *testing.T) {
 	t.Parallel()
-	for _, tool := range []string{"nix-build", "bwrap", "jq", "gpg", "podman", "skopeo", "umoci", "runc"} {
+	for _, tool := range []string{"nix-build", "bwrap", "jq", "gpg", "podman", "skopeo", "umoci", "runc", "docker-registry"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s not found: run the tests with scripts/test, which installs what they need", tool)
 		}
@@ -71,9 +73,61 @@ func TestScripts(t *testing.T) {
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"acnames":  checkMountNames,
 			"exitcode": checkExitCode,
+			"keygen":   cachedKeyGenerate,
+			"registry": startRegistry,
 		},
 		RequireExplicitExec: true,
 	})
+}
+
+var (
+	keysMu sync.Mutex
+	keys   = map[string][2][]byte{} // private, public key files by keygen's other arguments
+)
+
+// keygen ARGS... is `exec nix2aci key generate ARGS...` (with --out and
+// --public) run once per test process for each set of other arguments:
+// later scripts get a copy of the key it made. A 4096-bit RSA key takes
+// seconds to make, and most scripts need a key, not its making (sign.txtar
+// and exitcodes.txtar make theirs with key generate itself).
+func cachedKeyGenerate(ts *testscript.TestScript, neg bool, args []string) {
+	if neg {
+		ts.Fatalf("keygen: no negation")
+	}
+	var out, pub string
+	var rest []string
+	for i := 0; i < len(args); i++ {
+		switch args[i] {
+		case "--out", "--public":
+			if i+1 == len(args) {
+				ts.Fatalf("keygen: %s needs a file", args[i])
+			}
+			if args[i] == "--out" {
+				out = args[i+1]
+			} else {
+				pub = args[i+1]
+			}
+			i++
+		default:
+			rest = append(rest, args[i])
+		}
+	}
+	if out == "" || pub == "" {
+		ts.Fatalf("usage: keygen [key generate's flags] --out KEY --public PUB")
+	}
+	id := strings.Join(rest, "\x00")
+	keysMu.Lock()
+	defer keysMu.Unlock()
+	k, ok := keys[id]
+	if !ok {
+		ts.Check(ts.Exec("nix2aci", append([]string{"key", "generate"}, args...)...))
+		k[0] = []byte(ts.ReadFile(out))
+		k[1] = []byte(ts.ReadFile(pub))
+		keys[id] = k
+		return
+	}
+	ts.Check(os.WriteFile(ts.MkAbs(out), k[0], 0o600))
+	ts.Check(os.WriteFile(ts.MkAbs(pub), k[1], 0o644))
 }
 
 // acnames IMAGE.aci checks that every mount point of the image has a valid
@@ -100,6 +154,20 @@ func checkMountNames(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("mount point names: bad %v", bad)
 	}
 	fmt.Fprintf(ts.Stdout(), "%d valid mount names\n", len(seen))
+}
+
+// registry starts a docker-registry on a loopback port for the rest of
+// the script and sets $REGISTRY to its HOST:PORT.
+func startRegistry(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 0 {
+		ts.Fatalf("usage: registry")
+	}
+	dir := ts.MkAbs("registry")
+	ts.Check(os.MkdirAll(dir, 0o755))
+	r, err := ocitest.Start(dir)
+	ts.Check(err)
+	ts.Defer(r.Stop)
+	ts.Setenv("REGISTRY", r.Host)
 }
 
 // exitcode N CMD ARGS... runs CMD and checks that it exits with N.

@@ -31,8 +31,7 @@ func TestPublishInterruptedSaysWhatWasWritten(t *testing.T) {
 			t.Fatalf("nix2aci %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
-	key := filepath.Join(dir, "key.asc")
-	run("key", "generate", "--name", "P", "--email", "p@example.com", "--no-passphrase", "--out", key, "--public", filepath.Join(dir, "pub.asc"))
+	key, _ := testKey(t, dir)
 	// The small app's images come first: published before the big one
 	// is staged, they would be in the site when the signal comes.
 	run("build", small, "--layered", "--name", "example.com/small", "--out", filepath.Join(dir, "a"), "--no-link")

@@ -32,10 +32,7 @@ type replicas struct {
 func newReplicas(t *testing.T) *replicas {
 	t.Helper()
 	r := &replicas{bin: binary(t)}
-	r.key = filepath.Join(t.TempDir(), "key.asc")
-	if out, err := exec.Command(r.bin, "key", "generate", "--name", "S", "--email", "s@example.com", "--no-passphrase", "--out", r.key).CombinedOutput(); err != nil {
-		t.Fatalf("key generate: %v\n%s", err, out)
-	}
+	r.key, _ = testKey(t, t.TempDir())
 	r.pkgs, _ = filepath.Abs("../../serve/testdata")
 	r.g = objstoretest.Start(t)
 	return r

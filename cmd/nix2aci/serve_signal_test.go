@@ -23,10 +23,7 @@ func TestServeStopsCleanlyOnSIGTERM(t *testing.T) {
 	t.Parallel()
 	bin := binary(t)
 	dir := t.TempDir()
-	key := filepath.Join(dir, "key.asc")
-	if out, err := exec.Command(bin, "key", "generate", "--name", "S", "--email", "s@example.com", "--no-passphrase", "--out", key).CombinedOutput(); err != nil {
-		t.Fatalf("key generate: %v\n%s", err, out)
-	}
+	key, _ := testKey(t, dir)
 	pkgsDir, _ := filepath.Abs("../../serve/testdata")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -19,12 +19,28 @@ import (
 func signCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "sign",
-		Usage:     "write IMAGE.aci.asc, an armored detached SHA-512 signature of the image",
-		ArgsUsage: "IMAGE.aci",
-		Flags:     signingKeyFlags(),
+		Usage:     "write IMAGE.aci.asc, an armored detached SHA-512 signature of the image (or an OCI image's container signatures)",
+		ArgsUsage: "IMAGE.aci|IMAGE.oci|IMAGE.oci.tar",
+		Description: `An OCI image (a layout directory or an oci-archive) is checked blob by
+blob, then signed with containers' simple signing, as podman and skopeo
+check it: one signature for each --identity (default: the name its
+index.json gives it, when that is a whole reference), by the key's
+primary key, which must be RSA. The signatures go into the lookaside
+tree beside the image (sigstore, or --sigstore DIR), at
+<repository path>@sha256=<hex>/signature-N, which registries.d's
+lookaside: file:///ABS/DIR makes podman and skopeo read.`,
+		Flags: append(signingKeyFlags(), identityFlag(), sigstoreFlag()),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return usagef("sign takes one IMAGE.aci (got %d)", c.NArg())
+				return usagef("sign takes one IMAGE.aci or OCI image (got %d)", c.NArg())
+			}
+			if isOCIPath(c.Args().First()) {
+				return runSignOCI(c, c.Args().First())
+			}
+			for _, f := range []string{"identity", "sigstore"} {
+				if c.IsSet(f) {
+					return usagef("--%s applies to OCI images; an ACI's signature is IMAGE.aci.asc", f)
+				}
 			}
 			key, err := loadSigningKey(c)
 			if err != nil {
@@ -83,7 +99,7 @@ func verifyCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "verify",
 		Usage:     "check an image's signature against trusted keys, as a deploy pipeline or rkt would",
-		ArgsUsage: "IMAGE.aci",
+		ArgsUsage: "IMAGE.aci|IMAGE.oci|IMAGE.oci.tar",
 		Description: `Succeeds only if the signature (IMAGE.aci.asc unless --signature) is a
 good signature of the file's bytes made with SHA-2, the key has neither
 expired nor been revoked, and the key is trusted for the name in the
@@ -105,7 +121,16 @@ equal the pin; cycles and images reached twice are refused. The files
 are found through the .deps file beside the app (or --deps FILE.deps),
 or by name in the app's directory (or --deps-dir DIR: a build's --out
 or a site's base path). A layered app whose dependencies are not at hand
-fails; --no-deps skips them, with a warning.`,
+fails; --no-deps skips them, with a warning.
+
+An OCI image (a layout directory or an oci-archive) passes when every
+blob its manifest names has its digest and size, and one of its
+signatures in the lookaside tree (sigstore beside it, or --sigstore DIR)
+is a good simple signing signature of the manifest's digest for
+--identity (default: the name its index.json gives it, when that is a
+whole reference), by the primary key of a key trusted for the identity's
+repository (its registry host and path: a trust store prefix matches it
+as it matches an ACI's name).`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "signature", Usage: "signature `FILE` (default IMAGE.aci.asc)"},
 			&cli.StringSliceFlag{Name: "keyring", Usage: "trust the armored public key in `FILE` for every name (repeatable)"},
@@ -117,6 +142,8 @@ fails; --no-deps skips them, with a warning.`,
 			&cli.StringFlag{Name: "deps-dir", Usage: "look for the dependency files by name in `DIR` (a build's --out, a site's base path)"},
 			&cli.BoolFlag{Name: "no-deps", Usage: "do not verify a layered app's dependencies (rkt fetches and checks them itself); says so on stderr"},
 			&cli.IntFlag{Name: "max-deps", Value: sign.DefaultMaxDependencies, Usage: "refuse a dependency tree of more than `N` images besides the app"},
+			&cli.StringFlag{Name: "identity", Usage: "the docker reference `REF` an OCI image must be signed as, e.g. localhost:5000/app:1.0"},
+			sigstoreFlag(),
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object"},
 		},
 		BashComplete: completeImages,
@@ -129,29 +156,17 @@ func runVerify(c *cli.Context) error {
 		return usagef("verify takes one IMAGE.aci (got %d)", c.NArg())
 	}
 	image := c.Args().First()
-	keyrings, dir := c.StringSlice("keyring"), c.String("trust-dir")
-	if (len(keyrings) == 0) == (dir == "") {
-		return usagef("say whom to trust: --keyring PUB.asc (repeatable) or --trust-dir DIR, one of the two")
+	if isOCIPath(image) {
+		return runVerifyOCI(c, image)
 	}
-	var trust *sign.Trust
-	if dir != "" {
-		var err error
-		if trust, err = sign.LoadTrustDir(dir); err != nil {
-			return err
+	for _, f := range []string{"identity", "sigstore"} {
+		if c.IsSet(f) {
+			return usagef("--%s applies to OCI images; an ACI is verified against its manifest's name", f)
 		}
-	} else {
-		trust = sign.NewTrust()
-		for _, k := range keyrings {
-			data, err := readKeyFile(k)
-			if err != nil {
-				return &sign.KeyError{Msg: fmt.Sprintf("reading keyring: %v", err)}
-			}
-			key, err := sign.ReadKey(bytes.NewReader(data))
-			if err != nil {
-				return fmt.Errorf("keyring %s: %w", k, err)
-			}
-			trust.AddRoot(key)
-		}
+	}
+	trust, err := loadTrust(c)
+	if err != nil {
+		return err
 	}
 	sigPath := c.String("signature")
 	if sigPath == "" {
@@ -259,6 +274,31 @@ func runVerify(c *cli.Context) error {
 		}
 	}
 	return nil
+}
+
+// loadTrust reads the keys verify trusts: --keyring's, for every name, or
+// a trust store's (--trust-dir), one of the two.
+func loadTrust(c *cli.Context) (*sign.Trust, error) {
+	keyrings, dir := c.StringSlice("keyring"), c.String("trust-dir")
+	if (len(keyrings) == 0) == (dir == "") {
+		return nil, usagef("say whom to trust: --keyring PUB.asc (repeatable) or --trust-dir DIR, one of the two")
+	}
+	if dir != "" {
+		return sign.LoadTrustDir(dir)
+	}
+	trust := sign.NewTrust()
+	for _, k := range keyrings {
+		data, err := readKeyFile(k)
+		if err != nil {
+			return nil, &sign.KeyError{Msg: fmt.Sprintf("reading keyring: %v", err)}
+		}
+		key, err := sign.ReadKey(bytes.NewReader(data))
+		if err != nil {
+			return nil, fmt.Errorf("keyring %s: %w", k, err)
+		}
+		trust.AddRoot(key)
+	}
+	return trust, nil
 }
 
 func trustCommand() *cli.Command {
