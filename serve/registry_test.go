@@ -202,9 +202,31 @@ func TestRegistryPullSignedRun(t *testing.T) {
 			t.Errorf("no signature verifies for %s/busybox:%s", local, tag)
 		}
 	}
+	// Asked through 127.0.0.1, the signatures name 127.0.0.1: none
+	// passes for localhost, which a policy takes for another registry.
+	json.Unmarshal(mustGet(t, fmt.Sprintf("http://%s/extensions/v2/busybox/signatures/%s", host, digest)), &sigs)
+	forHost := 0
+	for _, s := range sigs.Signatures {
+		sig, _ := base64.StdEncoding.DecodeString(s.Content)
+		if _, err := ocisign.Verify(sig, openpgp.EntityList{e.key}, m1, host+"/busybox:latest"); err == nil {
+			forHost++
+		}
+		if _, err := ocisign.Verify(sig, openpgp.EntityList{e.key}, m1, local+"/busybox:latest"); err == nil {
+			t.Errorf("a signature asked through %s verifies for %s", host, local)
+		}
+	}
+	if forHost != 1 {
+		t.Errorf("%d signatures asked through %s verify for %s/busybox:latest, want 1", forHost, host, host)
+	}
 	none := mustGet(t, fmt.Sprintf("http://%s/extensions/v2/busybox/signatures/%s", local, zero))
 	if strings.TrimSpace(string(none)) != `{"signatures":[]}` {
 		t.Errorf("signatures of a digest not served: %s", none)
+	}
+
+	// The ACI of the same name is served beside it, from the same data
+	// directory, which stays a publish tree.
+	if got := mustGet(t, e.url("127.0.0.1/busybox", "aci")); len(got) == 0 {
+		t.Fatal("no ACI beside the OCI image")
 	}
 
 	// A policy naming another key refuses the image.
