@@ -139,6 +139,9 @@ func TestRegistryPullSignedRun(t *testing.T) {
 	dir := t.TempDir()
 	host := fmt.Sprintf("127.0.0.1:%d", e.port)
 	local := fmt.Sprintf("localhost:%d", e.port)
+	if root := mustGet(t, "http://"+local+"/"); !strings.Contains(string(root), "podman pull "+local+"/busybox") {
+		t.Errorf("the root page does not say how to pull through the host asked:\n%s", root)
+	}
 	policy := signedByPolicy(t, dir, host, e.key)
 	// The same key for localhost, in the same policy.
 	var p map[string]any

@@ -445,7 +445,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	if p == "/" {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintf(w, "nix2aci serve: images of %s/PACKAGE[/PACKAGE…], version %s, signed by %s.\nWith rkt: rkt trust --prefix %s, then rkt fetch %s/busybox:%s\n", s.o.Prefix, s.o.Version, s.fp, s.o.Prefix, s.o.Prefix, s.o.Version)
+		fmt.Fprintf(w, "nix2aci serve: images of %s/PACKAGE[/PACKAGE…], version %s, signed by %s.\nWith rkt: rkt trust --prefix %s, then rkt fetch %s/busybox:%s\nWith podman: podman pull %s/busybox (a policy.json with signedBy the key %s/pubkeys/%s.asc checks it)\n", s.o.Prefix, s.o.Version, s.fp, s.o.Prefix, s.o.Prefix, s.o.Version, bounded(r.Host, 100), s.base, s.fp)
 		return
 	}
 	fail(w, http.StatusNotFound, "nothing is served at %s: images are under %s/", bounded(p, 200), s.base)
