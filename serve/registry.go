@@ -78,14 +78,6 @@ const (
 	maxSignatures = 4096
 )
 
-// registryError is an error of the distribution spec, answered as its
-// JSON.
-type registryError struct {
-	status int
-	code   string
-	msg    string
-}
-
 // regFail answers an error as the distribution spec's JSON: every error,
 // 404 included, has a body saying what was wrong.
 func regFail(w http.ResponseWriter, status int, code, format string, args ...any) {

@@ -135,6 +135,10 @@ func TestRegistryPullSignedRun(t *testing.T) {
 	if n := e.built.Load(); n != 0 {
 		t.Fatalf("bad requests started %d builds", n)
 	}
+	// Discovery of a name whose package is v2 is still discovery.
+	if resp, body := get(t, fmt.Sprintf("http://127.0.0.1:%d/v2?ac-discovery=1", e.port)); resp.StatusCode != 404 || !strings.Contains(string(body), "attribute is named v2") {
+		t.Errorf("discovery of 127.0.0.1/v2: %s\n%s", resp.Status, body)
+	}
 
 	dir := t.TempDir()
 	host := fmt.Sprintf("127.0.0.1:%d", e.port)

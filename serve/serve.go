@@ -412,7 +412,8 @@ func fail(w http.ResponseWriter, status int, format string, args ...any) {
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
-	if isRegistryPath(p) {
+	// Discovery of a name whose first package is v2 stays discovery.
+	if isRegistryPath(p) && (r.URL.RawQuery == "" || r.URL.Query().Get("ac-discovery") != "1") {
 		if len(p) > MaxPath || len(r.URL.RawQuery) > MaxPath {
 			regFail(w, http.StatusRequestURITooLong, "NAME_INVALID", "the path is over %d bytes", MaxPath)
 		} else if r.URL.EscapedPath() != p || strings.Contains(r.URL.RawPath, "%") {
