@@ -188,27 +188,24 @@ func dedup(s []string) []string {
 
 // build builds q's image and publishes it into the data directory.
 func (s *Server) build(q *request) *failure {
-	if s.have(q.rel) {
+	if q.oci {
+		if _, ok := s.manifestOf(q); ok {
+			return nil // built while this request waited
+		}
+		if ok, err := s.back.fetchOCI(s.ctx, q); err != nil {
+			return &failure{status: http.StatusBadGateway, msg: fmt.Sprintf("asking the image store %s: %v", s.o.Store, err)}
+		} else if ok {
+			return nil // built by another replica
+		}
+	} else if ok, _ := s.back.have(s.ctx, q.rel); ok {
 		return nil // built while this request waited
 	}
-	if s.o.Store != nil {
-		lease, f := s.claim(q)
-		if lease == nil {
-			return f // nil: another replica built it
-		}
-		defer lease.Release()
-		ctx, cancel := context.WithCancel(s.ctx)
-		defer cancel()
-		go func() {
-			select {
-			case <-lease.Lost():
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
-		return s.buildWith(ctx, q)
+	ctx, release, f := s.back.claim(q)
+	if release == nil {
+		return f // nil: another replica built it
 	}
-	return s.buildWith(s.ctx, q)
+	defer release()
+	return s.buildWith(ctx, q)
 }
 
 // buildWith builds q's image within parent (the server's life, or a
@@ -224,7 +221,12 @@ func (s *Server) buildWith(parent context.Context, q *request) *failure {
 	s.metrics.started.Inc()
 	ctx, cancel := context.WithTimeout(parent, s.o.BuildTimeout)
 	defer cancel()
-	f := s.buildIn(ctx, q)
+	var f *failure
+	if q.oci {
+		f = s.buildOCI(ctx, q)
+	} else {
+		f = s.buildIn(ctx, q)
+	}
 	d := time.Since(start)
 	s.metrics.duration.Observe(d.Seconds())
 	if f != nil {
@@ -283,21 +285,8 @@ func (s *Server) buildIn(ctx context.Context, q *request) *failure {
 		if err == nil {
 			s.o.Logger.Info("publish", "name", q.name, "images", len(fresh), "of", len(all), "duration", time.Since(pstart))
 		}
-		if err == nil && s.o.Store != nil {
-			// Every image of the build goes to the store, the layers the
-			// tree held already too (upload skips those complete there).
-			up := s.uploadList(res, rep)
-			// Uploaded without the lock, held as read: not collected.
-			rels := s.relsOf(up)
-			for _, r := range rels {
-				s.acquire(r)
-			}
-			s.publishMu.Unlock()
-			err = s.upload(ctx, up)
-			for _, r := range rels {
-				s.release(r)
-			}
-			s.publishMu.Lock()
+		if err == nil {
+			err = s.back.complete(ctx, res, rep)
 		}
 		// The app's own files leave the build directory (the tree has
 		// them now, or the build failed); its layers stay, for the next
@@ -316,6 +305,12 @@ func (s *Server) buildIn(ctx context.Context, q *request) *failure {
 		}
 		s.publishMu.Unlock()
 	}
+	return s.buildFailure(ctx, q, err)
+}
+
+// buildFailure is the answer to a build of q that ended with err within
+// ctx (nil: none).
+func (s *Server) buildFailure(ctx context.Context, q *request, err error) *failure {
 	if err == nil {
 		return nil
 	}

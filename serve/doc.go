@@ -42,6 +42,11 @@
 // through a lease in the store, created with a conditional write and
 // taken over when its holder stops renewing it (see store.go).
 //
+// The same names are answered through the OCI distribution pull API
+// (podman pull HOST/curl/jq), as OCI images built on their first request,
+// stored beside the publish tree and signed at request time for the
+// reference the client asked for (see registry.go).
+//
 // What a name and a version mean: the name is the prefix followed by
 // meta names, then package names (a recipe of the built-in set or of
 // Options.Recipes, else an attribute of the package set: nixpkgs, the

@@ -142,6 +142,7 @@ type Server struct {
 	// metricsHandler answers /metrics. No http.ServeMux: it would
 	// clean paths and redirect, and names are checked as they are asked.
 	metricsHandler http.Handler
+	back           backend  // where the images are served from
 	root           *os.Root // the data directory
 	dir            *os.File // the data directory (O_PATH), for openat2; nil: none
 	dirfd          int      // its descriptor (-1: none), valid while the Server is
@@ -151,6 +152,7 @@ type Server struct {
 	inflight map[string]bool
 	failures map[string]*failure
 	etags    map[string]etag
+	sigs     map[string][]byte    // OCI signatures by identity and digest (registry.go)
 	used     map[string]time.Time // image file -> last asked for
 	reading  map[string]int       // image file -> requests reading it
 
@@ -290,7 +292,7 @@ func New(o Options) (*Server, error) {
 		o: o, base: u.String(), basePath: u.Path, fp: strings.ToLower(sign.Fingerprint(o.Key)),
 		pubkey: key.Bytes(), host: pkgs.HostSystem(), recipes: recipes, names: names,
 		sem: make(chan struct{}, o.MaxBuilds), metrics: newMetrics(),
-		inflight: map[string]bool{}, failures: map[string]*failure{}, etags: map[string]etag{},
+		inflight: map[string]bool{}, failures: map[string]*failure{}, etags: map[string]etag{}, sigs: map[string][]byte{},
 		used: map[string]time.Time{}, reading: map[string]int{},
 		out: filepath.Join(o.Work, "out"), outLayers: map[string]string{}, signer: pipeline.KeySigner(o.Key),
 	}
@@ -306,11 +308,13 @@ func New(o Options) (*Server, error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.metricsHandler = promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
+	s.back = disk{s}
 	if o.Store != nil {
 		if err := s.startStore(); err != nil {
 			s.root.Close()
 			return nil, err
 		}
+		s.back = store{s}
 	}
 	return s, nil
 }
@@ -407,12 +411,23 @@ func fail(w http.ResponseWriter, status int, format string, args ...any) {
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	p := r.URL.Path
+	// Discovery of a name whose first package is v2 stays discovery.
+	if isRegistryPath(p) && (r.URL.RawQuery == "" || r.URL.Query().Get("ac-discovery") != "1") {
+		if len(p) > MaxPath || len(r.URL.RawQuery) > MaxPath {
+			regFail(w, http.StatusRequestURITooLong, "NAME_INVALID", "the path is over %d bytes", MaxPath)
+		} else if r.URL.EscapedPath() != p || strings.Contains(r.URL.RawPath, "%") {
+			regFail(w, http.StatusBadRequest, "NAME_INVALID", "the path has %%-escapes: names are plain lower-case letters, digits and - . _")
+		} else {
+			s.registry(w, r)
+		}
+		return
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		fail(w, http.StatusMethodNotAllowed, "only GET and HEAD are served")
 		return
 	}
-	p := r.URL.Path
 	if len(p) > MaxPath || len(r.URL.RawQuery) > MaxPath {
 		fail(w, http.StatusRequestURITooLong, "the path is over %d bytes", MaxPath)
 		return
@@ -431,7 +446,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	if p == "/" {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintf(w, "nix2aci serve: images of %s/PACKAGE[/PACKAGE…], version %s, signed by %s.\nWith rkt: rkt trust --prefix %s, then rkt fetch %s/busybox:%s\n", s.o.Prefix, s.o.Version, s.fp, s.o.Prefix, s.o.Prefix, s.o.Version)
+		fmt.Fprintf(w, "nix2aci serve: images of %s/PACKAGE[/PACKAGE…], version %s, signed by %s.\nWith rkt: rkt trust --prefix %s, then rkt fetch %s/busybox:%s\nWith podman: podman pull %s/busybox (a policy.json with signedBy the key %s/pubkeys/%s.asc checks it)\n", s.o.Prefix, s.o.Version, s.fp, s.o.Prefix, s.o.Prefix, s.o.Version, bounded(r.Host, 100), s.base, s.fp)
 		return
 	}
 	fail(w, http.StatusNotFound, "nothing is served at %s: images are under %s/", bounded(p, 200), s.base)
@@ -483,6 +498,7 @@ type request struct {
 	version  string
 	os, arch string
 	asc      bool
+	oci      bool // an OCI image, asked through the registry API
 
 	// From the meta names at the front of packages (see meta):
 	wanted []string // the package names
@@ -604,8 +620,8 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request, rel string) {
 			q.rel += ".asc"
 		}
 	}
-	if s.serveStored(w, r, q.rel, latest) {
-		s.metrics.hits.WithLabelValues(s.hitKind()).Inc()
+	if s.back.send(w, r, q.rel, latest) {
+		s.metrics.hits.WithLabelValues(s.back.kind()).Inc()
 		return
 	}
 	if !strings.HasPrefix(q.name, s.o.Prefix+"/") {
@@ -632,7 +648,7 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request, rel string) {
 		fail(w, f.status, "%s", f.msg)
 		return
 	}
-	if !s.serveStored(w, r, q.rel, latest) {
+	if !s.back.send(w, r, q.rel, latest) {
 		fail(w, http.StatusInternalServerError, "%s was built but its file %s is not in the data directory", q.name, q.rel)
 	}
 }
@@ -652,7 +668,11 @@ func (s *Server) stat(rel string) (os.FileInfo, bool) {
 // inside it are followed, none leads out), where the kernel has openat2
 // (Linux 5.6); else os.Root, which walks the path a component at a time.
 func (s *Server) open(rel string) (*os.File, os.FileInfo, bool) {
-	name := path.Join(strings.TrimPrefix(s.basePath, "/"), rel)
+	return s.openData(path.Join(strings.TrimPrefix(s.basePath, "/"), rel))
+}
+
+// openData opens name, a path in the data directory, as open does.
+func (s *Server) openData(name string) (*os.File, os.FileInfo, bool) {
 	var f *os.File
 	if s.dirfd >= 0 && !s.noOpenat2.Load() {
 		defer runtime.KeepAlive(s.dir)
@@ -739,6 +759,9 @@ func (s *Server) etag(rel string, f *os.File, fi os.FileInfo) (string, error) {
 // many ask at a time; it returns the failure to answer, if any.
 func (s *Server) ensure(ctx context.Context, q *request) *failure {
 	key := q.name + ":" + q.version + ":" + q.system
+	if q.oci {
+		key += ":oci"
+	}
 	s.mu.Lock()
 	if f, ok := s.failures[key]; ok {
 		if time.Now().Before(f.until) {

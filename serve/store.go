@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -15,9 +16,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nix2aci/nix2aci/objstore"
+	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/publish"
 )
 
@@ -61,14 +64,21 @@ func (s *Server) objKey(rel string) string {
 	return path.Join(strings.TrimPrefix(s.basePath, "/"), rel)
 }
 
-// serveStored answers rel if it is there to answer: from the data
-// directory, or with a store, with a redirect to it once the image and
-// its signature are complete there.
-func (s *Server) serveStored(w http.ResponseWriter, r *http.Request, rel string, latest bool) bool {
-	if s.o.Store == nil {
-		return s.sendFile(w, r, rel, latest)
-	}
-	ok, err := s.inStore(r.Context(), strings.TrimSuffix(rel, ".asc"))
+// store serves the bucket of Options.Store; the data directory is its
+// staging tree.
+type store struct{ s *Server }
+
+func (store) kind() string { return "store" }
+
+func (st store) have(ctx context.Context, rel string) (bool, error) {
+	return st.s.inStore(ctx, strings.TrimSuffix(rel, ".asc"))
+}
+
+// send redirects to rel in the bucket once the image and its signature
+// are complete there.
+func (st store) send(w http.ResponseWriter, r *http.Request, rel string, latest bool) bool {
+	s := st.s
+	ok, err := st.have(r.Context(), rel)
 	if err != nil {
 		fail(w, http.StatusBadGateway, "asking the image store %s: %v", s.o.Store, err)
 		return true
@@ -91,22 +101,189 @@ func (s *Server) serveStored(w http.ResponseWriter, r *http.Request, rel string,
 	return true
 }
 
-// hitKind labels a request answered without a build.
-func (s *Server) hitKind() string {
-	if s.o.Store != nil {
-		return "store"
+// sendBlob redirects to the blob d in the bucket once it is complete
+// there: its key names its digest, and the store checked its bytes
+// against that digest when they were uploaded. A blob not there is
+// served from the data directory, if it holds it.
+func (st store) sendBlob(w http.ResponseWriter, r *http.Request, d digest.Digest) bool {
+	s := st.s
+	ok, err := st.haveBlob(r.Context(), d)
+	if err != nil {
+		regFail(w, http.StatusBadGateway, "UNKNOWN", "asking the image store %s: %v", s.o.Store, err)
+		return true
 	}
-	return "disk"
+	if !ok {
+		return s.sendBlobFile(w, r, d)
+	}
+	u, err := s.o.Store.URL(r.Context(), blobRel(d))
+	if err != nil {
+		regFail(w, http.StatusBadGateway, "UNKNOWN", "%v", err)
+		return true
+	}
+	h := w.Header()
+	h["Cache-Control"] = []string{"no-store"}
+	h["Location"] = []string{u}
+	h["Docker-Content-Digest"] = []string{d.String()}
+	h["Content-Length"] = []string{"0"}
+	w.WriteHeader(http.StatusTemporaryRedirect)
+	return true
 }
 
-// have says whether rel's image is there to serve.
-func (s *Server) have(rel string) bool {
-	if s.o.Store == nil {
-		_, ok := s.stat(rel)
-		return ok
+// haveBlob says whether the blob d is complete in the store: there, with
+// the SHA-256 the store checked at upload equal to its digest. A yes is
+// remembered for storedFor.
+func (st store) haveBlob(ctx context.Context, d digest.Digest) (bool, error) {
+	s := st.s
+	key := blobRel(d)
+	s.mu.Lock()
+	e, ok := s.stored[key]
+	s.mu.Unlock()
+	if ok && time.Since(e.at) < storedFor {
+		return true, nil
 	}
-	ok, _ := s.inStore(s.ctx, strings.TrimSuffix(rel, ".asc"))
-	return ok
+	o, err := s.o.Store.Stat(ctx, key)
+	switch {
+	case errors.Is(err, objstore.ErrNotExist):
+		return false, nil
+	case err != nil:
+		return false, err
+	case o.SHA256 != d.Encoded():
+		return false, nil
+	}
+	s.mu.Lock()
+	if len(s.stored) >= maxStored {
+		clear(s.stored)
+	}
+	s.stored[key] = storedImage{at: time.Now()}
+	s.mu.Unlock()
+	return true, nil
+}
+
+// completeOCI uploads the blobs ds from the data directory, but those
+// complete in the store already, and then q's reference, naming m: the
+// reference is the image's completion marker there.
+func (st store) completeOCI(ctx context.Context, q *request, ds []digest.Digest, m digest.Digest) error {
+	s := st.s
+	for _, d := range ds {
+		if ok, err := st.haveBlob(ctx, d); err != nil || ok {
+			if err != nil {
+				return fmt.Errorf("asking the image store %s: %w", s.o.Store, err)
+			}
+			continue
+		}
+		o, err := s.o.Store.PutFile(ctx, blobRel(d), filepath.Join(s.o.Data, filepath.FromSlash(blobRel(d))), "application/octet-stream")
+		if err != nil {
+			return fmt.Errorf("uploading the blob %s to %s: %w", d, s.o.Store, err)
+		}
+		if o.SHA256 != d.Encoded() {
+			return fmt.Errorf("uploading the blob %s to %s: the data directory's file has the SHA-256 %s", d, s.o.Store, o.SHA256)
+		}
+		s.o.Logger.Info("upload", "blob", d.String(), "bytes", o.Size)
+	}
+	_, err := s.o.Store.Put(ctx, q.rel, []byte(m.String()+"\n"), "text/plain", objstore.Cond{IfNoneMatch: true})
+	if errors.Is(err, objstore.ErrPrecondition) {
+		// Another replica's, or an earlier build's: the same image, if
+		// builds are reproducible; the store's stands.
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("uploading the reference of %s to %s: %w", q.name, s.o.Store, err)
+	}
+	return nil
+}
+
+// fetchOCI reads q's reference from the store and, when the manifest it
+// names and every blob the manifest names are complete there, writes the
+// manifest and the reference into the data directory.
+func (st store) fetchOCI(ctx context.Context, q *request) (bool, error) {
+	s := st.s
+	b, _, err := s.o.Store.Get(ctx, q.rel, 200)
+	if errors.Is(err, objstore.ErrNotExist) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	m, err := digest.Parse(strings.TrimSpace(string(b)))
+	if err != nil || m.Algorithm() != digest.SHA256 {
+		s.o.Logger.Warn("store", "reference", q.rel, "incomplete", "it names no sha256 digest")
+		return false, nil
+	}
+	if ok, err := st.haveBlob(ctx, m); !ok || err != nil {
+		return false, err
+	}
+	body, _, err := s.o.Store.Get(ctx, blobRel(m), maxManifest)
+	if err != nil {
+		return false, err
+	}
+	if digest.FromBytes(body) != m {
+		return false, fmt.Errorf("the store's manifest %s has other bytes", m)
+	}
+	var man struct {
+		Config struct{ Digest digest.Digest }
+		Layers []struct{ Digest digest.Digest }
+	}
+	if err := json.Unmarshal(body, &man); err != nil {
+		return false, fmt.Errorf("the store's manifest %s: %w", m, err)
+	}
+	blobs := []digest.Digest{man.Config.Digest}
+	for _, l := range man.Layers {
+		blobs = append(blobs, l.Digest)
+	}
+	for _, d := range blobs {
+		if d.Validate() != nil || d.Algorithm() != digest.SHA256 {
+			return false, fmt.Errorf("the store's manifest %s names the blob %.80q", m, d)
+		}
+		if ok, err := st.haveBlob(ctx, d); !ok || err != nil {
+			if err == nil {
+				s.o.Logger.Warn("store", "reference", q.rel, "incomplete", "its blob "+d.String()+" is not in the store")
+			}
+			return false, err
+		}
+	}
+	if err := s.writeLocal(blobRel(m), body); err != nil {
+		return false, err
+	}
+	if err := s.writeLocal(q.rel, []byte(m.String()+"\n")); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// claim takes the build's lease (see Server.claim); the build is
+// cancelled when the lease is lost.
+func (st store) claim(q *request) (context.Context, func(), *failure) {
+	lease, f := st.s.claim(q)
+	if lease == nil {
+		return nil, nil, f
+	}
+	ctx, cancel := context.WithCancel(st.s.ctx)
+	go func() {
+		select {
+		case <-lease.Lost():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() { cancel(); lease.Release() }, nil
+}
+
+// complete uploads every image of the build, the layers the tree held
+// already too (upload skips those complete there), without publishMu,
+// the images held as read so that they are not collected meanwhile.
+func (st store) complete(ctx context.Context, res *pipeline.Result, rep *publish.Report) error {
+	s := st.s
+	up := s.uploadList(res, rep)
+	rels := s.relsOf(up)
+	for _, r := range rels {
+		s.acquire(r)
+	}
+	s.publishMu.Unlock()
+	err := s.upload(ctx, up)
+	for _, r := range rels {
+		s.release(r)
+	}
+	s.publishMu.Lock()
+	return err
 }
 
 // storedFor is how long an image found complete in the store is taken
@@ -287,9 +464,15 @@ func (s *Server) claim(q *request) (*objstore.Lease, *failure) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.o.BuildTimeout)
 	defer cancel()
 	img := strings.TrimSuffix(q.rel, ".asc")
+	key := objstore.LeaseKey(s.objKey(img))
 	done := func(ctx context.Context) (bool, error) { return s.inStore(ctx, img) }
+	if q.oci {
+		// An OCI image's reference file is its key (see registry.go).
+		key = objstore.LeaseKey(q.rel)
+		done = func(ctx context.Context) (bool, error) { return store{s}.fetchOCI(ctx, q) }
+	}
 	poll := min(max(s.o.LeaseTTL/10, 100*time.Millisecond), 2*time.Second)
-	l, err := objstore.Claim(ctx, s.o.Store, objstore.LeaseKey(s.objKey(img)), s.o.Replica, s.o.LeaseTTL, poll, done)
+	l, err := objstore.Claim(ctx, s.o.Store, key, s.o.Replica, s.o.LeaseTTL, poll, done)
 	switch {
 	case err == nil && l == nil:
 		s.metrics.hits.WithLabelValues("replica").Inc()

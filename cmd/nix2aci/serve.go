@@ -53,6 +53,13 @@ one just built nor a file being served. One log line per
 request and per build on stderr; Prometheus metrics at /metrics. SIGTERM
 or SIGINT: builds are cancelled, requests in flight finish, exit 0.
 
+The same names are a read-only registry for podman pull and skopeo (the
+OCI distribution pull API at /v2/): HOST:PORT/curl/jq:latest (or the
+version) is built on its first pull as a layered OCI image, and signed
+with --key when a client asks, through the registry signature extension,
+for the reference it pulled: a policy.json with signedBy for the key is
+all a client needs.
+
 With --store s3://BUCKET (and --s3-endpoint for a store other than
 AWS), --data is a staging tree: images built are uploaded to the bucket,
 a completion marker last, and image requests are answered with a
