@@ -316,7 +316,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	}
 	var out *Result
 	if b.isOCI() {
-		out, err = b.finishOCI(ctx, t, in, plan, images, names)
+		out, err = b.finishOCI(ctx, t, in, plan, images, &names)
 	} else {
 		out, err = b.finish(ctx, t, in, plan, images, &names)
 	}
