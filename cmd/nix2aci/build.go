@@ -338,6 +338,13 @@ func printOCI(stdout, stderr io.Writer, out *pipeline.Result) {
 	if len(out.Layers) > 0 {
 		fmt.Fprintf(stderr, "%d %s below the app's own\n", len(out.Layers), plural(len(out.Layers), "layer", "layers"))
 	}
+	if len(out.Base) > 0 {
+		fmt.Fprintf(stderr, "on the base %s, its layers linked in lowest\n", out.Base[0])
+	}
+	if out.Kind == manifest.LayerKind { // a base runs nothing
+		fmt.Fprintf(stderr, "build apps on it with: nix2aci build APP --format oci --base %s\n", out.OCI)
+		return
+	}
 	args := ""
 	if out.PodmanArgs != "" {
 		args = "$(cat " + out.PodmanArgs + ") "
