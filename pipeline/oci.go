@@ -24,7 +24,8 @@ import (
 // order with its own on top, and a config made from its manifest
 // (finishOCI). Layers are not reused from the output directory: each
 // build's layout holds all of its blobs, and the fragment cache makes
-// writing them again cheap.
+// writing them again cheap; only an OCI base's layers are linked in
+// unread (ocibase.go).
 
 // isOCI reports whether the build writes an OCI image.
 func (b *build) isOCI() bool { return b.Format != "" && b.Format != oci.ACI }
