@@ -152,3 +152,16 @@ func unsafeRune(r rune) bool {
 	}
 	return !strings.ContainsRune("+-._=/", r)
 }
+
+// BaseConfig returns the configuration of an image that runs nothing on
+// its own: a base whose layers apps are built on.
+func BaseConfig(osName, arch string, created time.Time) (*ocispec.Image, error) {
+	plat, err := Platform(osName, arch)
+	if err != nil {
+		return nil, err
+	}
+	created = created.UTC()
+	img := &ocispec.Image{Created: &created, Platform: plat}
+	img.RootFS.Type = "layers"
+	return img, nil
+}

@@ -27,6 +27,14 @@
 // Like rkt, which gives an app a PATH when it has none, the config then
 // sets one.
 //
+// # Bases
+//
+// ReadLayout reads the one image of a layout for an app to be built on:
+// its index, manifest and config, bounded and checked against their
+// digests. Its layer blobs are only looked at (present, regular, of their
+// size); LinkLayer hard-links them into the app's layout, so that the
+// app's lowest layers are the base's very blobs.
+//
 // # Files
 //
 // Blobs, index.json, the oci-layout file and the archives' tar headers

@@ -193,6 +193,12 @@ type Image struct {
 // oci:DIR:TAG, or NAME:TAG, which podman load names the image of an
 // oci-archive by.
 func (l *Layout) WriteImage(cfg *ocispec.Image, layers []Layer, tag, refName string) (*Image, error) {
+	return l.WriteAnnotatedImage(cfg, layers, tag, refName, nil)
+}
+
+// WriteAnnotatedImage is WriteImage with annotations on the manifest (a
+// base image says there which store paths it holds).
+func (l *Layout) WriteAnnotatedImage(cfg *ocispec.Image, layers []Layer, tag, refName string, annotations map[string]string) (*Image, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.manifest != nil {
@@ -200,7 +206,7 @@ func (l *Layout) WriteImage(cfg *ocispec.Image, layers []Layer, tag, refName str
 	}
 	c := *cfg
 	c.RootFS.DiffIDs = make([]digest.Digest, len(layers))
-	m := ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest, Layers: make([]ocispec.Descriptor, len(layers))}
+	m := ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest, Layers: make([]ocispec.Descriptor, len(layers)), Annotations: annotations}
 	out := &Image{Tag: tag}
 	for i, ly := range layers {
 		c.RootFS.DiffIDs[i] = ly.DiffID

@@ -39,6 +39,9 @@ const maxBasePaths = 100000
 // whole archive is read, validated and hashed.
 func LoadBase(ctx context.Context, file string, cache *fragcache.Cache) (*Base, error) {
 	var near []string
+	if isLayoutDir(file) {
+		return nil, &BaseError{fmt.Sprintf("the base %s is an OCI image layout: build the app on it with --format oci, or give an ACI base", safeio.Quote(file))}
+	}
 	if fi, err := os.Stat(file); err == nil && fi.IsDir() {
 		// A buildLayer output: its one image, and the files of the
 		// images below it that its description names.
@@ -121,16 +124,24 @@ func baseOf(m *schema.ImageManifest, id string) (*Base, error) {
 			b.Images = v
 		}
 	}
+	if err := b.readHeld(held); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// readHeld reads the value of a base's StorePathsAnnotation into Paths.
+func (b *Base) readHeld(held string) error {
 	for _, p := range strings.Split(held, "\n") {
 		if !nixstore.IsStorePath(p) || strings.Contains(strings.TrimPrefix(p, nixstore.StoreDir+"/"), "/") {
-			return nil, &BaseError{fmt.Sprintf("%s: its %s annotation holds %s, which is not a store path", safeio.Quote(b.Name), StorePathsAnnotation, safeio.Quote(p))}
+			return &BaseError{fmt.Sprintf("%s: its %s annotation holds %s, which is not a store path", safeio.Quote(b.Name), StorePathsAnnotation, safeio.Quote(p))}
 		}
 		if len(b.Paths) == maxBasePaths {
-			return nil, &BaseError{fmt.Sprintf("%s says it holds more than %d store paths", safeio.Quote(b.Name), maxBasePaths)}
+			return &BaseError{fmt.Sprintf("%s says it holds more than %d store paths", safeio.Quote(b.Name), maxBasePaths)}
 		}
 		b.Paths[p] = true
 	}
-	return b, nil
+	return nil
 }
 
 // sameImage reports whether the index entry e is of the image whose
@@ -333,6 +344,9 @@ func short(id string) string {
 
 // loadBase reads the request's base from its file, or fetches it by name.
 func (b *build) loadBase(ctx context.Context, system string) (*Base, error) {
+	if b.isOCI() {
+		return loadOCIBase(b.Base)
+	}
 	if _, err := os.Stat(b.Base); err == nil {
 		return LoadBase(ctx, b.Base, b.cache)
 	}

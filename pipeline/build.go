@@ -321,7 +321,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	}
 	var out *Result
 	if b.isOCI() {
-		out, err = b.finishOCI(ctx, t, in, plan, images, names)
+		out, err = b.finishOCI(ctx, t, in, plan, images, &names)
 		if err == nil && b.SignOCI != nil {
 			err = b.SignOCI(ctx, b.st.Path(names.image), out)
 		}

@@ -7,8 +7,11 @@ import (
 	"path/filepath"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/internal/safeio"
+	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
 	"github.com/nix2aci/nix2aci/oci"
 	"github.com/nix2aci/nix2aci/pkgs"
@@ -21,7 +24,8 @@ import (
 // order with its own on top, and a config made from its manifest
 // (finishOCI). Layers are not reused from the output directory: each
 // build's layout holds all of its blobs, and the fragment cache makes
-// writing them again cheap.
+// writing them again cheap; only an OCI base's layers are linked in
+// unread (ocibase.go).
 
 // isOCI reports whether the build writes an OCI image.
 func (b *build) isOCI() bool { return b.Format != "" && b.Format != oci.ACI }
@@ -42,10 +46,10 @@ func (b *build) checkOCI() error {
 	switch {
 	case b.Signer != nil:
 		return &UsageError{"nix2aci build signs ACIs only, not --format " + b.Format + " images: build without --sign"}
-	case b.Base != "":
-		return &UsageError{"--base takes an ACI base: build the app with --format aci, or without --base"}
-	case b.GroupOnly != "":
-		return &UsageError{"--layer-group writes an ACI layer group: build it with --format aci"}
+	case b.GroupOnly != "" && b.Format != oci.LayoutFormat:
+		return &UsageError{"--layer-group writes a base that --base reads as an image layout directory: build it with --format oci, not " + b.Format}
+	case b.Describe != "":
+		return &UsageError{"--describe writes an ACI layer group's description; an OCI base says what it holds in its manifest: build without --describe"}
 	}
 	return nil
 }
@@ -61,7 +65,7 @@ func (b *build) ociNames(names fileNames) fileNames {
 // otherwise.
 func (b *build) beginOCI(names fileNames) error {
 	dir := b.st.Path(names.image)
-	if b.Format != oci.LayoutFormat {
+	if b.Format != oci.LayoutFormat || b.GroupOnly != "" { // a group's name is known once it is written
 		dir = b.st.Path("." + names.base + ".layout")
 	}
 	var err error
@@ -71,8 +75,10 @@ func (b *build) beginOCI(names fileNames) error {
 	return nil
 }
 
-// writeLayer writes im as one layer blob of the layout.
-func (b *build) writeLayer(ctx context.Context, im *PlanImage, w *written) error {
+// writeLayer writes im as one layer blob of the layout. A group's version
+// is named, as an ACI group's is, by its store paths and what it lies on:
+// the base's image ID and the DiffIDs of the layers it depends on.
+func (b *build) writeLayer(ctx context.Context, plan *Plan, im *PlanImage, w *written, all map[*PlanImage]*written) error {
 	var paths []nixstore.PathInfo
 	if im.Content.Closure != nil {
 		paths = im.Content.Closure.Paths
@@ -80,7 +86,17 @@ func (b *build) writeLayer(ctx context.Context, im *PlanImage, w *written) error
 	name := im.Manifest.Name.String()
 	version, _ := im.Manifest.Labels.Get("version")
 	if im.VersionFromContents {
-		version = contentVersion(paths, nil)
+		var below []string
+		if im.OnBase {
+			below = append(below, plan.Base.ImageID)
+		}
+		for _, d := range im.DependsOn {
+			below = append(below, all[d].layer.DiffID.String())
+		}
+		version = contentVersion(paths, below)
+		if err := manifest.SetLabel(im.Manifest, "version", version); err != nil {
+			return err
+		}
 	}
 	created := im.Created
 	if created.IsZero() {
@@ -110,19 +126,32 @@ func (b *build) writeLayer(ctx context.Context, im *PlanImage, w *written) error
 // finishOCI writes the target's image from its layers (bottom first, its
 // own last) and config, the archive when one is asked for, and the
 // .podman-args of a thin image, and says what the build made.
-func (b *build) finishOCI(ctx context.Context, t *pkgs.Target, in *inputs, plan *Plan, images map[*PlanImage]*written, names fileNames) (*Result, error) {
+func (b *build) finishOCI(ctx context.Context, t *pkgs.Target, in *inputs, plan *Plan, images map[*PlanImage]*written, names *fileNames) (*Result, error) {
 	im := in.app.Manifest
 	created := b.Created
 	if created.IsZero() {
 		created = time.Unix(0, 0)
 	}
-	cfg, err := oci.Config(im, created)
+	group := b.GroupOnly != ""
+	var cfg *ocispec.Image
+	var err error
+	if group {
+		cfg, err = groupConfig(plan)
+	} else {
+		cfg, err = oci.Config(im, created)
+	}
 	if err != nil {
 		return nil, err
 	}
 	app := images[plan.Images[len(plan.Images)-1]]
 	out := &Result{Name: im.Name.String(), Kind: b.Kind, Offline: t.Offline, Format: b.Format}
-	var layers []oci.Layer
+	layers, held, err := b.baseLayers(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if b.base != nil {
+		out.Base = []string{b.base.File}
+	}
 	for _, d := range plan.renderOrder() {
 		w := images[d]
 		layers = append(layers, w.layer)
@@ -138,14 +167,28 @@ func (b *build) finishOCI(ctx context.Context, t *pkgs.Target, in *inputs, plan 
 	out.Version, _ = im.Labels.Get("version")
 	out.OS, _ = im.Labels.Get("os")
 	out.Arch, _ = im.Labels.Get("arch")
+	var annotations map[string]string
+	if group {
+		gm := plan.Images[len(plan.Images)-1].Manifest
+		out.Name, out.Kind = gm.Name.String(), manifest.LayerKind
+		out.Version, _ = gm.Labels.Get("version")
+		if annotations, err = b.groupAnnotations(plan, held, len(layers), names); err != nil {
+			return nil, err
+		}
+	}
 	tag := oci.Tag(out.Version)
 	ref := tag
 	if b.Format == oci.Archive {
 		ref = oci.RepoName(out.Name) + ":" + tag // what podman load names it
 	}
-	written, err := b.layout.WriteImage(cfg, layers, tag, ref)
+	written, err := b.layout.WriteAnnotatedImage(cfg, layers, tag, ref, annotations)
 	if err != nil {
 		return nil, fmt.Errorf("writing the image layout: %w", err)
+	}
+	if group {
+		if err := os.Rename(b.layout.Dir(), b.st.Path(names.image)); err != nil {
+			return nil, fmt.Errorf("writing the image layout %s: %w", b.st.Final(names.image), err)
+		}
 	}
 	switch b.Format {
 	case oci.Archive:

@@ -16,6 +16,7 @@ import (
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
+	"github.com/nix2aci/nix2aci/oci"
 )
 
 // A Plan is every image a build writes, decided before any is written:
@@ -78,6 +79,8 @@ type Base struct {
 	Images int
 	// near are files where the images below it may be (a description's).
 	near []string
+	// layout is an OCI base's image (ocibase.go).
+	layout *oci.Stored
 }
 
 // StorePathsAnnotation lists, in a base image's manifest, the store paths

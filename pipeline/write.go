@@ -82,7 +82,7 @@ func (b *build) writePlan(ctx context.Context, plan *Plan) (map[*PlanImage]*writ
 // holds already.
 func (b *build) writeImage(ctx context.Context, plan *Plan, im *PlanImage, w *written, all map[*PlanImage]*written) error {
 	if b.isOCI() {
-		return b.writeLayer(ctx, im, w)
+		return b.writeLayer(ctx, plan, im, w, all)
 	}
 	m := im.Manifest
 	var deps []manifest.Dependency

@@ -63,9 +63,9 @@ SOURCE_DATE_EPOCH, if set, is the image's "created" time.`,
 			&cli.BoolFlag{Name: "layered", Usage: "put the most shared store paths into layer images the app image depends on (writes .deps)"},
 			&cli.IntFlag{Name: "max-layers", Usage: "with --layered, at most `N` images below the app: layer groups, a base and its images, layers by popularity (default 10: rkt pays per image)"},
 			&cli.StringFlag{Name: "layer-prefix", Usage: "with --layered, name layers `PREFIX`/<store path name> (default: the app name's host + /nix)"},
-			&cli.StringFlag{Name: "layer-group", Usage: "write no app: only the layer group image `NAME` (PREFIX/NAME) holding the target's closure less --base's, as a recipe's layer group NAME would"},
+			&cli.StringFlag{Name: "layer-group", Usage: "write no app: only the layer group image `NAME` (PREFIX/NAME) holding the target's closure less --base's, as a recipe's layer group NAME would (with --format oci: a base image layout, for --base)"},
 			&cli.StringFlag{Name: "describe", Usage: "with --group, also write a description of the image (name, version, image ID, store paths, the files below it) as `FILE` in --out (buildLayer's layer.json)"},
-			&cli.StringFlag{Name: "base", Usage: "build the app on the base `FILE` (a layer group image, or a buildLayer output) or NAME:VERSION (fetched by appc discovery, its signature checked against --trust-dir): it depends on it by image ID and holds none of its store paths"},
+			&cli.StringFlag{Name: "base", Usage: "build the app on the base `FILE` (a layer group image, or a buildLayer output) or NAME:VERSION (fetched by appc discovery, its signature checked against --trust-dir): it depends on it by image ID and holds none of its store paths; with --format oci, the image layout DIR a --layer-group --format oci build wrote, whose layers become the app's lowest"},
 			&cli.StringFlag{Name: "trust-dir", Value: "/etc/rkt/trustedkeys", Usage: "with --base NAME:VERSION, the trust store `DIR` in rkt's layout whose keys a fetched base must be signed by"},
 			&cli.StringFlag{Name: "insecure-options", Usage: "with --base NAME:VERSION, \"http\" allows fetching it over plain http (as rkt's --insecure-options=http)"},
 			&cli.StringFlag{Name: "format", Value: "aci", Usage: "write an ACI (aci), an OCI image layout directory <image>.oci (oci, for skopeo, podman and umoci as oci:DIR:TAG), or the tar file podman load takes as <image>.oci.tar (oci-archive) or docker load as <image>.docker.tar (docker-archive)"},
@@ -276,7 +276,7 @@ func buildOptionsFrom(c *cli.Context) (*buildOptions, error) {
 			return nil, err
 		}
 	}
-	if base := c.String("base"); base != "" {
+	if base := c.String("base"); base != "" && format == oci.ACI { // an OCI base is a layout directory (pipeline.loadOCIBase)
 		if _, err := os.Stat(base); err != nil {
 			// A name: fetched, and judged by the trust store.
 			trust, err := sign.LoadTrustDir(c.String("trust-dir"))
@@ -359,6 +359,13 @@ func printOCI(stdout, stderr io.Writer, out *pipeline.Result) {
 	fmt.Fprintln(stderr, out.Digest)
 	if len(out.Layers) > 0 {
 		fmt.Fprintf(stderr, "%d %s below the app's own\n", len(out.Layers), plural(len(out.Layers), "layer", "layers"))
+	}
+	if len(out.Base) > 0 {
+		fmt.Fprintf(stderr, "on the base %s, its layers linked in lowest\n", out.Base[0])
+	}
+	if out.Kind == manifest.LayerKind { // a base runs nothing
+		fmt.Fprintf(stderr, "build apps on it with: nix2aci build APP --format oci --base %s\n", out.OCI)
+		return
 	}
 	args := ""
 	if out.PodmanArgs != "" {
