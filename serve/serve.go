@@ -156,6 +156,10 @@ type Server struct {
 	used     map[string]time.Time // image file -> last asked for
 	reading  map[string]int       // image file -> requests reading it
 
+	// gone are the OCI references collected, with the manifest digest
+	// each named (under mu; see ocigc.go).
+	gone map[string]string
+
 	// publishMu makes publishing and collecting one at a time.
 	publishMu sync.Mutex
 	// out is the builds' output directory: the layers stay there, so that

@@ -1,0 +1,189 @@
+package serve_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/nix2aci/nix2aci/serve"
+)
+
+// pullOCI pulls the repository repo's latest tag as a client does,
+// through the registry API: the manifest, then each blob it names,
+// checking every digest. It returns the manifest's digest and the size
+// of every blob the image needs, its manifest included.
+func pullOCI(t *testing.T, e *env, repo string) (string, map[string]int64) {
+	t.Helper()
+	v2 := fmt.Sprintf("http://127.0.0.1:%d/v2/%s/", e.port, repo)
+	resp, body := get(t, v2+"manifests/latest")
+	sum := sha256.Sum256(body)
+	d := "sha256:" + hex.EncodeToString(sum[:])
+	if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != d {
+		t.Fatalf("GET %s manifest: %s, digest %q for the bytes of %s\n%s", repo, resp.Status, resp.Header.Get("Docker-Content-Digest"), d, body)
+	}
+	var m struct {
+		Config struct{ Digest string }
+		Layers []struct{ Digest string }
+	}
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Fatalf("%s's manifest: %v", repo, err)
+	}
+	blobs := map[string]int64{d: int64(len(body))}
+	for _, b := range append([]string{m.Config.Digest}, layerDigests(m.Layers)...) {
+		got := mustGet(t, v2+"blobs/"+b)
+		sum := sha256.Sum256(got)
+		if "sha256:"+hex.EncodeToString(sum[:]) != b {
+			t.Fatalf("the blob %s of %s has other bytes", b, repo)
+		}
+		blobs[b] = int64(len(got))
+	}
+	return d, blobs
+}
+
+func layerDigests(ls []struct{ Digest string }) []string {
+	var out []string
+	for _, l := range ls {
+		out = append(out, l.Digest)
+	}
+	return out
+}
+
+// blobFiles are the blob files of a data directory, by digest, with
+// their sizes, and their total.
+func blobFiles(t *testing.T, data string) (map[string]int64, int64) {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(data, "oci", "blobs", "sha256"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int64{}
+	var total int64
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil || !fi.Mode().IsRegular() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		out["sha256:"+e.Name()] = fi.Size()
+		total += fi.Size()
+	}
+	return out, total
+}
+
+// TestMaxDiskCollectsOCIImages: past MaxDisk, an OCI build removes the
+// least recently pulled image, reference first, and the blobs no image
+// left needs, so that the blob store stays under the bound; the layers
+// it shared with an image kept stay, and that image still pulls whole.
+// The image removed is built again on its next pull, with the same
+// manifest digest, and the collection is counted in /metrics.
+func TestMaxDiskCollectsOCIImages(t *testing.T) {
+	pkgsDir, _ := filepath.Abs("testdata")
+	names := []string{"tiny", "busybox", "tiny/busybox"}
+	// What each image needs, from a server without a bound.
+	free := start(t, func(o *serve.Options) { o.Recipes = pkgsDir })
+	digests, needs := map[string]string{}, map[string]map[string]int64{}
+	for _, n := range names {
+		digests[n], needs[n] = pullOCI(t, free, n)
+	}
+	union := func(ns ...string) int64 {
+		all := map[string]int64{}
+		for _, n := range ns {
+			for b, size := range needs[n] {
+				all[b] = size
+			}
+		}
+		var total int64
+		for _, size := range all {
+			total += size
+		}
+		return total
+	}
+	var shared []string
+	for b := range needs["tiny"] {
+		if _, ok := needs["busybox"][b]; ok {
+			shared = append(shared, b)
+		}
+	}
+	if len(shared) == 0 {
+		t.Fatal("tiny and busybox share no layer: the test needs one")
+	}
+	// Room for tiny with either of the others, not for all three.
+	bound := max(union("tiny", "busybox"), union("tiny", "tiny/busybox"))
+	if union(names...) <= bound {
+		t.Fatalf("the three images take %d bytes, within the bound %d", union(names...), bound)
+	}
+
+	e := start(t, func(o *serve.Options) { o.Recipes = pkgsDir; o.MaxDisk = bound })
+	underBound := func(when string) map[string]int64 {
+		t.Helper()
+		files, total := blobFiles(t, e.data)
+		if total > bound {
+			t.Fatalf("%s: the blobs take %d bytes, over MaxDisk %d", when, total, bound)
+		}
+		return files
+	}
+	ref := func(n string) string {
+		return filepath.Join(e.data, "oci", "refs", "127.0.0.1", n, "_"+version+"-linux-amd64")
+	}
+	for _, n := range []string{"tiny", "busybox"} {
+		if d, _ := pullOCI(t, e, n); d != digests[n] {
+			t.Fatalf("%s built with the manifest %s, and %s before: builds are not reproducible", n, d, digests[n])
+		}
+	}
+	underBound("tiny and busybox pulled")
+	// tiny pulled again: busybox is now the least recently used.
+	mustGet(t, fmt.Sprintf("http://127.0.0.1:%d/v2/tiny/manifests/latest", e.port))
+	if d, _ := pullOCI(t, e, "tiny/busybox"); d != digests["tiny/busybox"] {
+		t.Fatalf("tiny/busybox built with another manifest than before")
+	}
+	files := underBound("tiny/busybox pulled")
+	if _, err := os.Stat(ref("busybox")); err == nil {
+		t.Fatal("busybox's reference is still there past MaxDisk")
+	}
+	for b := range needs["busybox"] {
+		_, inTiny := needs["tiny"][b]
+		_, inTB := needs["tiny/busybox"][b]
+		if _, ok := files[b]; ok != (inTiny || inTB) {
+			t.Errorf("the blob %s of busybox (shared with tiny %v, with tiny/busybox %v): on disk %v", b, inTiny, inTB, ok)
+		}
+	}
+	if status, code, _ := regError(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/v2/busybox/manifests/%s", e.port, digests["busybox"])); status != 404 || code != "MANIFEST_UNKNOWN" {
+		t.Errorf("busybox's manifest by digest once collected: %d %s, want 404 MANIFEST_UNKNOWN", status, code)
+	}
+	// The images kept pull whole, tiny with the layers it shared.
+	for _, n := range []string{"tiny", "tiny/busybox"} {
+		if _, err := os.Stat(ref(n)); err != nil {
+			t.Fatalf("%s was collected: %v", n, err)
+		}
+		if d, blobs := pullOCI(t, e, n); d != digests[n] || len(blobs) != len(needs[n]) {
+			t.Fatalf("%s pulls as %s with %d blobs, want %s with %d", n, d, len(blobs), digests[n], len(needs[n]))
+		}
+	}
+	if n := e.built.Load(); n != 3 {
+		t.Fatalf("%d builds, want 3", n)
+	}
+
+	// busybox pulled again: built again, the same manifest.
+	if d, _ := pullOCI(t, e, "busybox"); d != digests["busybox"] {
+		t.Fatalf("busybox built again with the manifest %s, not %s", d, digests["busybox"])
+	}
+	if n := e.built.Load(); n != 4 {
+		t.Fatalf("%d builds, want 4: busybox built again", n)
+	}
+	underBound("busybox pulled again")
+
+	metrics := string(mustGet(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", e.port)))
+	m := regexp.MustCompile(`(?m)^nix2aci_serve_collected_total\{format="oci"\} (\d+)$`).FindStringSubmatch(metrics)
+	if m == nil {
+		t.Fatalf("/metrics has no collected OCI images:\n%s", metrics)
+	}
+	if n, _ := strconv.Atoi(m[1]); n < 2 {
+		t.Errorf("/metrics counts %d OCI images collected, want at least 2", n)
+	}
+}
