@@ -54,7 +54,9 @@ import (
 //
 // A reference file is written after its blobs, so that it names only
 // complete images, and never again: a manifest is the same bytes every
-// time it is served, which its signatures sign. With Options.Store the
+// time it is served, which its signatures sign. Options.MaxDisk removes
+// the least recently used images, reference first (see ocigc.go); one
+// is built again on its next pull by tag, the same bytes. With Options.Store the
 // blobs are uploaded to the bucket under the same keys, then the
 // reference (the image's completion marker there), and blob requests are
 // redirected to the bucket; manifests are answered from the data

@@ -100,9 +100,10 @@ type Options struct {
 	MaxBuilds, Queue int
 	// BuildTimeout is a build's deadline, from when it starts.
 	BuildTimeout time.Duration
-	// MaxDisk, when > 0, bounds the bytes of the tree's images: after
-	// each build the least recently used apps of the prefix are removed,
-	// whole, and the layers no app left depends on (see collect).
+	// MaxDisk, when > 0, bounds the bytes of the tree's images and the
+	// OCI images' blobs: after each build the least recently used apps
+	// of the prefix and OCI images are removed, whole, and the layers
+	// and blobs no image left needs (see collect).
 	MaxDisk int64
 	// FailureTTL is how long a failed name is answered with its failure
 	// without building again.
