@@ -187,3 +187,102 @@ func TestMaxDiskCollectsOCIImages(t *testing.T) {
 		t.Errorf("/metrics counts %d OCI images collected, want at least 2", n)
 	}
 }
+
+// TestCollectOCIHeldAndShared: the collector, on a blob store written by
+// hand, removes blobs no reference names first, never a reference or a
+// blob held as read (a manifest being answered, by tag or by digest, a
+// blob being sent or imported) nor the image kept, and a blob only once
+// no reference left names it: two references may name one manifest, and
+// images share layers. A reference or a manifest it cannot read stops it
+// from removing any blob.
+func TestCollectOCIHeldAndShared(t *testing.T) {
+	e := start(t, func(o *serve.Options) { o.MaxDisk = 1 })
+	blobs := filepath.Join(e.data, "oci", "blobs", "sha256")
+	os.MkdirAll(blobs, 0o755)
+	put := func(b []byte) string {
+		sum := sha256.Sum256(b)
+		h := hex.EncodeToString(sum[:])
+		if err := os.WriteFile(filepath.Join(blobs, h), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return "sha256:" + h
+	}
+	blob := func(s string) string { return put([]byte(strings.Repeat(s, 1000))) }
+	image := func(config string, layers ...string) string {
+		var ls []string
+		for _, l := range layers {
+			ls = append(ls, fmt.Sprintf(`{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":%q,"size":1000}`, l))
+		}
+		return put([]byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":1000},"layers":[%s]}`, config, strings.Join(ls, ","))))
+	}
+	refRel := func(name string) string { return "oci/refs/127.0.0.1/" + name + "/_" + version + "-linux-amd64" }
+	ref := func(name, m string) string {
+		p := filepath.Join(e.data, filepath.FromSlash(refRel(name)))
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(m+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		serve.Touch(e.s, refRel(name))
+		return refRel(name)
+	}
+	blobRel := func(d string) string { return "oci/blobs/sha256/" + strings.TrimPrefix(d, "sha256:") }
+	there := func(rel string) bool {
+		_, err := os.Stat(filepath.Join(e.data, filepath.FromSlash(rel)))
+		return err == nil
+	}
+	shared, la, lb, lc := blob("s"), blob("a"), blob("b"), blob("c")
+	ca, cb, cc := blob("1"), blob("2"), blob("3")
+	ma, mb, mc := image(ca, shared, la), image(cb, shared, lb), image(cc, lc)
+	orphan, imported := blob("o"), blob("i")
+	// Least recently used first: a, then b and b2 naming one manifest,
+	// then c.
+	a, b, b2, c := ref("a", ma), ref("b", mb), ref("b/b2", mb), ref("c", mc)
+
+	// b answered by tag, c by digest, a blob being imported.
+	releases := []func(){serve.Hold(e.s, b), serve.Hold(e.s, blobRel(mc)), serve.Hold(e.s, blobRel(imported))}
+	serve.Collect(e.s, "")
+	for rel, want := range map[string]bool{
+		blobRel(orphan): false, blobRel(imported): true,
+		a: false, blobRel(ma): false, blobRel(ca): false, blobRel(la): false,
+		b2: false, b: true, blobRel(mb): true, blobRel(cb): true, blobRel(lb): true, blobRel(shared): true,
+		c: true, blobRel(mc): true, blobRel(cc): true, blobRel(lc): true,
+	} {
+		if there(rel) != want {
+			t.Errorf("held: %s is there: %v, want %v", rel, there(rel), want)
+		}
+	}
+	if there("oci/refs/127.0.0.1/a") {
+		t.Error("the directory of a's references is left empty")
+	}
+
+	// Nothing held, c kept: b goes, with the layer it shared, and the
+	// blob no build imports any more.
+	for _, r := range releases {
+		r()
+	}
+	serve.Collect(e.s, c)
+	for rel, want := range map[string]bool{
+		blobRel(imported): false, b: false, blobRel(mb): false, blobRel(cb): false, blobRel(lb): false, blobRel(shared): false,
+		c: true, blobRel(mc): true, blobRel(cc): true, blobRel(lc): true,
+	} {
+		if there(rel) != want {
+			t.Errorf("kept: %s is there: %v, want %v", rel, there(rel), want)
+		}
+	}
+	if there("oci/refs/127.0.0.1/b") || !there("oci/refs/127.0.0.1") {
+		t.Error("the empty directories of b's references are left, or the one holding c's went")
+	}
+
+	// A manifest not matching its digest: nothing is known of what its
+	// reference needs, so no blob goes.
+	bad := put([]byte("not a manifest"))
+	os.WriteFile(filepath.Join(e.data, filepath.FromSlash(blobRel(bad))), []byte("other bytes"), 0o644)
+	d := ref("d", bad)
+	orphan = blob("p")
+	serve.Collect(e.s, "")
+	for _, rel := range []string{d, blobRel(bad), blobRel(orphan), blobRel(mc), blobRel(lc)} {
+		if !there(rel) {
+			t.Errorf("unsure: %s was removed", rel)
+		}
+	}
+}
