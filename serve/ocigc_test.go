@@ -1,17 +1,22 @@
 package serve_test
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/nix2aci/nix2aci/objstore"
+	"github.com/nix2aci/nix2aci/objstore/objstoretest"
 	"github.com/nix2aci/nix2aci/serve"
 )
 
@@ -283,6 +288,37 @@ func TestCollectOCIHeldAndShared(t *testing.T) {
 	for _, rel := range []string{d, blobRel(bad), blobRel(orphan), blobRel(mc), blobRel(lc)} {
 		if !there(rel) {
 			t.Errorf("unsure: %s was removed", rel)
+		}
+	}
+}
+
+// TestMaxDiskOCIWithStore: with a bucket, MaxDisk collects the data
+// directory only: an image collected there is not built again on its
+// next pull but copied back from the bucket, the same manifest, its
+// blobs still redirected there.
+func TestMaxDiskOCIWithStore(t *testing.T) {
+	g := objstoretest.Start(t)
+	st := g.Bucket(t, "images", objstore.S3Options{Expiry: 5 * time.Minute})
+	pkgsDir, _ := filepath.Abs("testdata")
+	e := start(t, func(o *serve.Options) { o.Store = st; o.Recipes = pkgsDir; o.MaxDisk = 1 })
+	v2 := fmt.Sprintf("http://127.0.0.1:%d/v2/", e.port)
+	tiny := mustGet(t, v2+"tiny/manifests/latest")
+	mustGet(t, v2+"busybox/manifests/latest")
+	ref := filepath.Join(e.data, "oci", "refs", "127.0.0.1", "tiny", "_"+version+"-linux-amd64")
+	if _, err := os.Stat(ref); err == nil {
+		t.Fatal("tiny's reference is still in the data directory past MaxDisk")
+	}
+	if again := mustGet(t, v2+"tiny/manifests/latest"); !bytes.Equal(again, tiny) {
+		t.Fatal("tiny's manifest differs once copied back from the bucket")
+	}
+	if n := e.built.Load(); n != 2 {
+		t.Fatalf("%d builds, want 2: tiny copied back, not built", n)
+	}
+	var m struct{ Layers []struct{ Digest string } }
+	json.Unmarshal(tiny, &m)
+	for _, l := range m.Layers {
+		if code, _ := redirectOf(t, v2+"tiny/blobs/"+l.Digest); code != http.StatusTemporaryRedirect {
+			t.Errorf("GET of tiny's layer %s: %d, want a redirect to the bucket", l.Digest, code)
 		}
 	}
 }
