@@ -149,8 +149,7 @@ func (s *Server) collect(keep string) {
 			break
 		}
 		if im, ok := images[a]; ok {
-			freed, _ := s.removeRef(oci, im)
-			total -= freed
+			total -= s.removeRef(oci, im)
 			continue
 		}
 		s.mu.Lock()

@@ -28,8 +28,8 @@ import (
 // asked by tag, or its manifest blob, asked by digest), a blob a request
 // is sending, and the blobs a build or a copy from the store is moving
 // in, until its reference is written. References are written under
-// publishMu (writeRef), as the collector runs, so that it never sees a
-// blob whose reference is about to appear.
+// publishMu (writeRef), which the collector runs under, so that it never
+// sees a blob whose reference is about to appear.
 
 // maxGone bounds the collected references remembered (s.gone), to tell
 // a rebuild that differs.
@@ -50,8 +50,8 @@ type ociStore struct {
 	size   map[string]int64 // blob file -> bytes
 	refs   map[string]int   // blob file -> references naming it
 	total  int64            // the bytes of every blob
-	// unsure says a reference or a manifest could not be read: what it
-	// needs is not known, so no blob is removed.
+	// unsure says a reference, a directory of them or a manifest could
+	// not be read: what it needs is not known, so no blob is removed.
 	unsure bool
 }
 
@@ -81,7 +81,14 @@ func (s *Server) scanOCI() *ociStore {
 	refs := filepath.Join(s.o.Data, ociRoot, "refs")
 	manifests := map[digest.Digest][]string{}
 	filepath.WalkDir(refs, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() || !strings.HasPrefix(d.Name(), "_") {
+		if err != nil {
+			// A directory not read may hold references.
+			if p != refs || !errors.Is(err, fs.ErrNotExist) {
+				st.unsure = true
+			}
+			return nil
+		}
+		if !d.Type().IsRegular() || !strings.HasPrefix(d.Name(), "_") {
 			return nil
 		}
 		r, err := filepath.Rel(s.o.Data, p)
@@ -174,14 +181,13 @@ func (s *Server) lastUseOCI(im *ociImage) time.Time {
 
 // removeRef removes the reference of im, unless a request is answering
 // its manifest, and then each blob no reference left names (but those
-// in use, which a later collection removes). It returns the bytes freed
-// and whether the reference was removed.
-func (s *Server) removeRef(st *ociStore, im *ociImage) (int64, bool) {
+// in use, which a later collection removes). It returns the bytes freed.
+func (s *Server) removeRef(st *ociStore, im *ociImage) int64 {
 	s.mu.Lock()
 	busy := s.reading[im.rel] > 0 || (im.manifest != "" && s.reading[blobRel(im.manifest)] > 0)
 	if busy || s.root.Remove(im.rel) != nil {
 		s.mu.Unlock()
-		return 0, false
+		return 0
 	}
 	delete(s.used, im.rel)
 	if im.manifest != "" {
@@ -206,7 +212,7 @@ func (s *Server) removeRef(st *ociStore, im *ociImage) (int64, bool) {
 	}
 	s.metrics.collected.WithLabelValues("oci").Inc()
 	s.o.Logger.Info("collect", "image", im.rel, "manifest", im.manifest.String(), "bytes", freed)
-	return freed, true
+	return freed
 }
 
 // removeBlob removes the blob file b unless a request or a build holds
