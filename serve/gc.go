@@ -42,24 +42,24 @@ func (s *Server) release(rel string) {
 	s.mu.Unlock()
 }
 
-// collect removes the least recently used apps of the prefix, whole
-// (image and signature), and then the layers no app left depends on,
-// until the tree's images take at most MaxDisk bytes. An image being
-// read, and keep (just built), are never removed. Called with publishMu
-// held: no publish runs meanwhile.
+// collect removes the least recently used images until the tree's ACI
+// images and the OCI images' blobs take at most MaxDisk bytes: an ACI app
+// of the prefix whole (image and signature), and then the layers no app
+// left depends on; an OCI image by its reference, and then the blobs no
+// reference left names (see ocigc.go). An image being read, and keep
+// (the ACI file or OCI reference just built), are never removed. Called
+// with publishMu held: no publish and no reference write runs meanwhile.
 func (s *Server) collect(keep string) {
 	if s.o.MaxDisk <= 0 {
-		return
-	}
-	b, err := safeio.ReadFile(filepath.Join(s.o.Data, siteRecord), maxRecord)
-	if err != nil {
 		return
 	}
 	var rec struct {
 		Images map[string]publish.Published `json:"images"`
 	}
-	if json.Unmarshal(b, &rec) != nil {
-		return
+	if b, err := safeio.ReadFile(filepath.Join(s.o.Data, siteRecord), maxRecord); err == nil {
+		if json.Unmarshal(b, &rec) != nil {
+			rec.Images = nil
+		}
 	}
 	dir := strings.TrimPrefix(s.basePath, "/")
 	size := map[string]int64{}
@@ -87,8 +87,23 @@ func (s *Server) collect(keep string) {
 			apps = append(apps, rel)
 		}
 	}
+	oci := s.scanOCI()
+	total += oci.total
 	if total <= s.o.MaxDisk {
 		return
+	}
+	// Blobs no image needs go first.
+	total -= s.sweepBlobs(oci)
+	images := map[string]*ociImage{}
+	if oci.unsure {
+		s.o.Logger.Warn("collect", "error", "a reference or a manifest under "+ociRoot+" could not be read: no OCI image is collected until it can be (a manifest that does not match its digest is removed with its reference files by hand)")
+	} else {
+		for i := range oci.images {
+			if im := &oci.images[i]; im.rel != keep {
+				images[im.rel] = im
+				apps = append(apps, im.rel)
+			}
+		}
 	}
 	relOf := map[string]publish.Published{}
 	for p, im := range rec.Images {
@@ -96,6 +111,9 @@ func (s *Server) collect(keep string) {
 	}
 	s.mu.Lock()
 	lastUse := func(rel string) time.Time {
+		if im, ok := images[rel]; ok {
+			return s.lastUseOCI(im)
+		}
 		if t, ok := s.used[rel]; ok {
 			return t
 		}
@@ -122,13 +140,17 @@ func (s *Server) collect(keep string) {
 			}
 			removed[rel] = true
 			total -= size[rel]
-			s.metrics.collected.Inc()
+			s.metrics.collected.WithLabelValues("aci").Inc()
 			s.o.Logger.Info("collect", "file", rel, "bytes", size[rel])
 		}
 	}
 	for _, a := range apps {
 		if total <= s.o.MaxDisk {
 			break
+		}
+		if im, ok := images[a]; ok {
+			total -= s.removeRef(oci, im)
+			continue
 		}
 		s.mu.Lock()
 		busy := inUse(a)

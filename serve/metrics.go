@@ -9,7 +9,7 @@ type metrics struct {
 	started   prometheus.Counter
 	failed    *prometheus.CounterVec
 	duration  prometheus.Histogram
-	collected prometheus.Counter
+	collected *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -32,9 +32,11 @@ func newMetrics() *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.5, 2, 12),
 		}),
 	}
-	m.collected = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "nix2aci_serve_collected_total", Help: "Image files removed to keep the tree under --max-disk.",
-	})
+	m.collected = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nix2aci_serve_collected_total", Help: "Images removed to keep the data directory under --max-disk, by format: aci (image files, apps and layers), oci (images, each with the blobs no other image needs).",
+	}, []string{"format"})
+	m.collected.WithLabelValues("aci")
+	m.collected.WithLabelValues("oci")
 	m.reg.MustRegister(m.requests, m.hits, m.started, m.failed, m.duration, m.collected)
 	return m
 }

@@ -54,7 +54,9 @@ import (
 //
 // A reference file is written after its blobs, so that it names only
 // complete images, and never again: a manifest is the same bytes every
-// time it is served, which its signatures sign. With Options.Store the
+// time it is served, which its signatures sign. Options.MaxDisk removes
+// the least recently used images, reference first (see ocigc.go); one
+// is built again on its next pull by tag, the same bytes. With Options.Store the
 // blobs are uploaded to the bucket under the same keys, then the
 // reference (the image's completion marker there), and blob requests are
 // redirected to the bucket; manifests are answered from the data
@@ -203,12 +205,17 @@ func (s *Server) ociRequest(comps []string) (*request, *failure) {
 	if f := s.unknown(q); f != nil {
 		return nil, f
 	}
-	q.rel = path.Join(ociRoot, "refs", q.name, "_"+q.version+"-"+q.os+"-"+q.arch)
+	q.rel = refRel(q, q.version)
 	return q, nil
 }
 
 // refDir is the directory of q's name's reference files.
 func refDir(q *request) string { return path.Join(ociRoot, "refs", q.name) }
+
+// refRel is the reference file of q's name and system at version v.
+func refRel(q *request, v string) string {
+	return path.Join(refDir(q), "_"+v+"-"+q.os+"-"+q.arch)
+}
 
 // manifestOf is the digest of q's image's manifest, if it was built.
 func (s *Server) manifestOf(q *request) (digest.Digest, bool) {
@@ -279,6 +286,10 @@ func (s *Server) manifest(w http.ResponseWriter, r *http.Request, q *request, re
 			regFail(w, http.StatusNotFound, "MANIFEST_UNKNOWN", "%s has no tag %s: its tags are latest and %s (this server's version)", repo, bounded(ref, 200), s.o.Version)
 			return
 		}
+		// Held as read: the collector leaves the reference, and so its
+		// manifest and blobs, while it is answered.
+		s.acquire(q.rel)
+		defer s.release(q.rel)
 		var ok bool
 		if d, ok = s.manifestOf(q); !ok {
 			if f := s.ensure(r.Context(), q); f != nil {
@@ -300,15 +311,25 @@ func (s *Server) manifest(w http.ResponseWriter, r *http.Request, q *request, re
 		if d, ok = parseDigest(w, ref); !ok {
 			return
 		}
-		if _, ok := s.refsOf(q)[d]; !ok {
+		// Held as read: the collector leaves the references naming it.
+		s.acquire(blobRel(d))
+		defer s.release(blobRel(d))
+		vs, ok := s.refsOf(q)[d]
+		if !ok {
 			regFail(w, http.StatusNotFound, "MANIFEST_UNKNOWN", "%s has no manifest %s: pull it by tag (latest or %s) first", repo, d, s.o.Version)
 			return
+		}
+		for _, v := range vs {
+			s.touch(refRel(q, v))
 		}
 	}
 	body, mt, err := s.readManifest(d)
 	if err != nil {
 		regFail(w, http.StatusInternalServerError, "UNKNOWN", "%s: %v", q.name, err)
 		return
+	}
+	if byTag {
+		s.touch(q.rel)
 	}
 	h := w.Header()
 	h.Set("Content-Type", mt)
@@ -368,12 +389,16 @@ func (s *Server) blob(w http.ResponseWriter, r *http.Request, q *request, ref st
 		regFail(w, http.StatusNotFound, "BLOB_UNKNOWN", "there is no blob %s: pull %s by tag first, which builds the image", d, q.name)
 		return
 	}
+	// A pull under way keeps its image among the recently used.
+	s.touchRef(q.rel)
 	s.metrics.hits.WithLabelValues(s.back.kind()).Inc()
 }
 
 // sendBlobFile serves a blob from the data directory.
 func (s *Server) sendBlobFile(w http.ResponseWriter, r *http.Request, d digest.Digest) bool {
 	rel := blobRel(d)
+	s.acquire(rel)
+	defer s.release(rel)
 	f, fi, ok := s.openData(rel)
 	if !ok {
 		return false
@@ -477,13 +502,20 @@ func (s *Server) buildOCI(ctx context.Context, q *request) *failure {
 	if err == nil {
 		err = s.importOCI(ctx, q, res)
 	}
+	if err == nil {
+		s.publishMu.Lock()
+		s.touch(q.rel)
+		s.collect(q.rel)
+		s.publishMu.Unlock()
+	}
 	return s.buildFailure(ctx, q, err)
 }
 
 // importOCI moves the blobs of the image layout a build of q made into
 // the blob store (those it holds already stay), makes them servable
 // (with a bucket: uploads them), and then writes q's reference file,
-// which is never replaced.
+// which is never replaced. The blobs are held as read meanwhile, so that
+// the collector leaves them.
 func (s *Server) importOCI(ctx context.Context, q *request, res *pipeline.Result) error {
 	d, err := digest.Parse(res.Digest)
 	if err != nil {
@@ -499,12 +531,18 @@ func (s *Server) importOCI(ctx context.Context, q *request, res *pipeline.Result
 		return err
 	}
 	var blobs []digest.Digest
+	defer func() {
+		for _, b := range blobs {
+			s.release(blobRel(b))
+		}
+	}()
 	for _, e := range ents {
 		name := e.Name()
 		if _, err := hex.DecodeString(name); err != nil || len(name) != 64 || !e.Type().IsRegular() {
 			continue
 		}
 		blobs = append(blobs, digest.NewDigestFromEncoded(digest.SHA256, name))
+		s.acquire(blobRel(blobs[len(blobs)-1]))
 		if fi, err := os.Lstat(filepath.Join(dst, name)); err == nil && fi.Mode().IsRegular() {
 			continue
 		}
@@ -526,7 +564,7 @@ func (s *Server) importOCI(ctx context.Context, q *request, res *pipeline.Result
 	if ok, err := s.back.fetchOCI(ctx, q); err != nil || ok {
 		return err
 	}
-	return s.writeLocal(q.rel, []byte(d.String()+"\n"))
+	return s.writeRef(q.rel, d)
 }
 
 // writeLocal writes the file rel of the data directory whole, unless it

@@ -100,9 +100,10 @@ type Options struct {
 	MaxBuilds, Queue int
 	// BuildTimeout is a build's deadline, from when it starts.
 	BuildTimeout time.Duration
-	// MaxDisk, when > 0, bounds the bytes of the tree's images: after
-	// each build the least recently used apps of the prefix are removed,
-	// whole, and the layers no app left depends on (see collect).
+	// MaxDisk, when > 0, bounds the bytes of the tree's images and the
+	// OCI images' blobs: after each build the least recently used apps
+	// of the prefix and OCI images are removed, whole, and the layers
+	// and blobs no image left needs (see collect).
 	MaxDisk int64
 	// FailureTTL is how long a failed name is answered with its failure
 	// without building again.
@@ -155,6 +156,10 @@ type Server struct {
 	sigs     map[string][]byte    // OCI signatures by identity and digest (registry.go)
 	used     map[string]time.Time // image file -> last asked for
 	reading  map[string]int       // image file -> requests reading it
+
+	// gone are the OCI references collected, with the manifest digest
+	// each named (under mu; see ocigc.go).
+	gone map[string]string
 
 	// publishMu makes publishing and collecting one at a time.
 	publishMu sync.Mutex

@@ -240,10 +240,14 @@ func (st store) fetchOCI(ctx context.Context, q *request) (bool, error) {
 			return false, err
 		}
 	}
+	// The manifest is held as read until its reference is written, so
+	// that the collector leaves it.
+	s.acquire(blobRel(m))
+	defer s.release(blobRel(m))
 	if err := s.writeLocal(blobRel(m), body); err != nil {
 		return false, err
 	}
-	if err := s.writeLocal(q.rel, []byte(m.String()+"\n")); err != nil {
+	if err := s.writeRef(q.rel, m); err != nil {
 		return false, err
 	}
 	return true, nil

@@ -48,8 +48,8 @@ plain-text reason: 404 naming unknown packages (at once: the recipe
 names and the package set's are read at start, in one evaluation),
 502 with Nix's message;
 a failed name is answered from memory for --failure-ttl. With --max-disk,
-the least recently used apps are removed after a build, whole, never the
-one just built nor a file being served. One log line per
+the least recently used apps and OCI images are removed after a build,
+whole, never the one just built nor a file being served. One log line per
 request and per build on stderr; Prometheus metrics at /metrics. SIGTERM
 or SIGINT: builds are cancelled, requests in flight finish, exit 0.
 
@@ -78,7 +78,7 @@ credentials or a missing bucket exit 2, an unreachable endpoint 1.`,
 			&cli.IntFlag{Name: "max-builds", Value: serve.DefaultMaxBuilds, Usage: "builds at a time"},
 			&cli.IntFlag{Name: "queue", Value: serve.DefaultQueue, Usage: "builds waiting beyond --max-builds before requests get 503"},
 			&cli.DurationFlag{Name: "build-timeout", Value: serve.DefaultBuildTimeout, Usage: "a build's deadline"},
-			&cli.StringFlag{Name: "max-disk", Usage: "keep the tree's images under `SIZE` (e.g. 20G): least recently used apps are removed whole after a build, then the layers no app needs (default: no bound)"},
+			&cli.StringFlag{Name: "max-disk", Usage: "keep the tree's images and the OCI images' blobs under `SIZE` (e.g. 20G): least recently used apps and OCI images are removed whole after a build, then the layers and blobs no image needs (default: no bound)"},
 			&cli.BoolFlag{Name: "no-cache", Usage: "compress every store path afresh for each image (default: a cache of compressed store paths in DATA/.nix2aci-serve/cache, keyed by a key made there)"},
 			&cli.DurationFlag{Name: "failure-ttl", Value: serve.DefaultFailureTTL, Usage: "how long a failed name is answered from memory"},
 			&cli.StringFlag{Name: "store", Usage: "keep images in the S3-compatible bucket `s3://BUCKET` and answer image requests with a redirect there (default: serve them from --data); credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws"},
