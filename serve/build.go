@@ -238,16 +238,27 @@ func (s *Server) buildWith(parent context.Context, q *request) *failure {
 	return nil
 }
 
-func (s *Server) buildIn(ctx context.Context, q *request) *failure {
+// stageRecipe writes q's generated recipe into a new build directory in
+// the work directory and returns both; the caller removes the directory.
+func (s *Server) stageRecipe(q *request) (dir, recipe string, f *failure) {
 	dir, err := os.MkdirTemp(s.o.Work, "build-")
 	if err != nil {
-		return &failure{status: http.StatusInternalServerError, msg: fmt.Sprintf("staging the build: %v", err)}
+		return "", "", &failure{status: http.StatusInternalServerError, msg: fmt.Sprintf("staging the build: %v", err)}
+	}
+	recipe = filepath.Join(dir, "image.nix")
+	if err := os.WriteFile(recipe, []byte(s.recipeFor(q)), 0o600); err != nil {
+		os.RemoveAll(dir)
+		return "", "", &failure{status: http.StatusInternalServerError, msg: fmt.Sprintf("staging the build: %v", err)}
+	}
+	return dir, recipe, nil
+}
+
+func (s *Server) buildIn(ctx context.Context, q *request) *failure {
+	dir, recipe, f := s.stageRecipe(q)
+	if f != nil {
+		return f
 	}
 	defer os.RemoveAll(dir)
-	recipe := filepath.Join(dir, "image.nix")
-	if err := os.WriteFile(recipe, []byte(s.recipeFor(q)), 0o600); err != nil {
-		return &failure{status: http.StatusInternalServerError, msg: fmt.Sprintf("staging the build: %v", err)}
-	}
 	res, err := s.o.Build(ctx, pipeline.Request{
 		Kind: pipeline.Layered, Target: recipe, Name: q.name, OutDir: s.out,
 		Signer: s.signer, NoGCRoots: true,

@@ -486,15 +486,11 @@ func (s *Server) signFor(id string, d digest.Digest) ([]byte, error) {
 // buildOCI builds q's OCI image, layered as the ACIs are, and moves it
 // into the data directory: its blobs, then its reference file.
 func (s *Server) buildOCI(ctx context.Context, q *request) *failure {
-	dir, err := os.MkdirTemp(s.o.Work, "build-")
-	if err != nil {
-		return &failure{status: http.StatusInternalServerError, msg: fmt.Sprintf("staging the build: %v", err)}
+	dir, recipe, f := s.stageRecipe(q)
+	if f != nil {
+		return f
 	}
 	defer os.RemoveAll(dir)
-	recipe := filepath.Join(dir, "image.nix")
-	if err := os.WriteFile(recipe, []byte(s.recipeFor(q)), 0o600); err != nil {
-		return &failure{status: http.StatusInternalServerError, msg: fmt.Sprintf("staging the build: %v", err)}
-	}
 	res, err := s.o.Build(ctx, pipeline.Request{
 		Kind: pipeline.Layered, Format: oci.LayoutFormat, Target: recipe, Name: q.name, OutDir: filepath.Join(dir, "out"),
 		NoGCRoots: true, Recipes: s.o.Recipes, Flakes: s.o.Flake != "", CacheDir: s.o.CacheDir, CacheKey: s.o.CacheKey, CacheMax: s.o.CacheMax,
