@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -111,6 +113,13 @@ type Request struct {
 	// the images and removes the app's files). The build's own roots in
 	// its staging directory hold its packages while it runs.
 	NoGCRoots bool
+	// LayerReferencesFirst, for a layered build, gives each store path the
+	// target's packages refer to directly a layer of its own before the
+	// most popular paths, the layer budget permitting. nix2aci serve's
+	// target is one environment joining the packages asked for: this way
+	// each of them is a layer of its own, and a new version of one changes
+	// that layer only, not the layer of the paths left over.
+	LayerReferencesFirst bool
 	// Signer, if set, signs every image written.
 	Signer *Signer
 	// SignOCI, if set, signs an OCI build's image before it is moved into
@@ -671,10 +680,36 @@ func (b *build) plan(full *nixstore.Graph, groups []Group, t *pkgs.Target, app *
 	if b.Kind == Layered {
 		budget = b.MaxLayers
 	}
+	var first []string
+	if b.LayerReferencesFirst {
+		first = directReferences(full, t.StorePaths())
+	}
 	return PlanGroups(Layering{
 		Closure: full, App: t.StorePaths(), AppRoots: t.StorePaths(), Groups: groups, Base: b.base,
 		Prefix: prefix, System: system, Budget: budget, Created: b.Created, GroupOnly: b.GroupOnly != "",
+		First: first,
 	}, app, content)
+}
+
+// directReferences are the store paths that the paths of roots refer to,
+// other than themselves, sorted.
+func directReferences(g *nixstore.Graph, roots []string) []string {
+	isRoot := map[string]bool{}
+	for _, r := range roots {
+		isRoot[r] = true
+	}
+	seen := map[string]bool{}
+	for _, p := range g.Paths {
+		if !isRoot[p.Path] {
+			continue
+		}
+		for _, r := range p.References {
+			if !isRoot[r] {
+				seen[r] = true
+			}
+		}
+	}
+	return slices.Sorted(maps.Keys(seen))
 }
 
 // layerGroups are the recipe's layer groups, for a layered build.

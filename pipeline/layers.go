@@ -35,12 +35,17 @@ const DefaultMaxLayers = 10
 // path; otherwise the maxLayers-1 most popular paths (see the package doc)
 // get a layer each and the rest share the last one. It returns the layers
 // (single paths first, each sorted by path) and the paths that stay in the
-// app image (those of keep).
-func PlanLayers(g *nixstore.Graph, keep []string, maxLayers int) (layers [][]nixstore.PathInfo, rest []nixstore.PathInfo) {
+// app image (those of keep). The paths of first, when in g, come before
+// the most popular ones: each gets a layer of its own while they fit.
+func PlanLayers(g *nixstore.Graph, keep []string, maxLayers int, first ...string) (layers [][]nixstore.PathInfo, rest []nixstore.PathInfo) {
 	pop := popularity(g)
 	kept := map[string]bool{}
 	for _, k := range keep {
 		kept[k] = true
+	}
+	isFirst := map[string]bool{}
+	for _, f := range first {
+		isFirst[f] = true
 	}
 	var cands []int
 	for i, p := range g.Paths {
@@ -55,6 +60,9 @@ func PlanLayers(g *nixstore.Graph, keep []string, maxLayers int) (layers [][]nix
 	}
 	sort.SliceStable(cands, func(a, b int) bool {
 		pa, pb := g.Paths[cands[a]], g.Paths[cands[b]]
+		if isFirst[pa.Path] != isFirst[pb.Path] {
+			return isFirst[pa.Path]
+		}
 		if pop[cands[a]] != pop[cands[b]] {
 			return pop[cands[a]] > pop[cands[b]]
 		}

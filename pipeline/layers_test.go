@@ -321,3 +321,34 @@ func TestPlanGroups(t *testing.T) {
 		t.Errorf("a base sharing nothing: %v", err)
 	}
 }
+
+// An environment joining the packages asked for (nix2aci serve's target)
+// refers to each of them once: by popularity alone a package used by
+// nothing else falls into the last, shared layer, and a new version of it
+// changes that layer. Given first, each such package gets a layer of its
+// own ahead of the most popular paths.
+func TestPlanLayersPutsFirstPathsInLayersOfTheirOwn(t *testing.T) {
+	// env -> app -> {ssl, zlib} -> libc, env -> tool -> libc
+	edges := map[string][]string{"env": {"app", "tool"}, "app": {"ssl", "zlib"}, "tool": {"libc"}, "ssl": {"libc"}, "zlib": {"libc"}, "libc": {"libc"}}
+	g := graph(edges, map[string]int64{"app": 1, "tool": 1, "ssl": 30, "zlib": 20, "libc": 5})
+	keep := []string{sp("env")}
+	layers, _ := PlanLayers(g, keep, 3)
+	if got := layerNames(layers); got != "libc ssl [app tool zlib]" {
+		t.Fatalf("by popularity: %q", got)
+	}
+	first := directReferences(g, keep)
+	if got := fmt.Sprint(first); got != fmt.Sprint([]string{sp("app"), sp("tool")}) {
+		t.Fatalf("direct references of env: %v", first)
+	}
+	layers, rest := PlanLayers(g, keep, 3, first...)
+	if got := layerNames(layers); got != "app tool [libc ssl zlib]" {
+		t.Errorf("with first: layers %q, want each package asked for in a layer of its own", got)
+	}
+	if got := names(rest); got != "env" {
+		t.Errorf("with first: app image %q, want env", got)
+	}
+	layers, _ = PlanLayers(g, keep, 10, first...)
+	if got := layerNames(layers); got != "app libc ssl tool zlib" {
+		t.Errorf("budget 10: %q", got)
+	}
+}

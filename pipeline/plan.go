@@ -120,6 +120,9 @@ type Layering struct {
 	GroupOnly bool
 	Created   time.Time
 	AppRoots  []string // the roots of the app's own closure
+	// First are store paths that get a layer of their own before the
+	// most popular ones, the budget permitting (see PlanLayers).
+	First []string
 }
 
 // PlanGroups makes the plan of an app built in layers. Each group becomes
@@ -202,7 +205,7 @@ func PlanGroups(l Layering, app *schema.ImageManifest, content aci.Image) (*Plan
 		left -= max(1, l.Base.Images)
 	}
 	if left > 0 {
-		layerPaths, kept := PlanLayers(rest, l.App, left)
+		layerPaths, kept := PlanLayers(rest, l.App, left, l.First...)
 		for _, paths := range layerPaths {
 			name, version, err := LayerName(l.Prefix, paths)
 			if err != nil {

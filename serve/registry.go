@@ -494,6 +494,9 @@ func (s *Server) buildOCI(ctx context.Context, q *request) *failure {
 	res, err := s.o.Build(ctx, pipeline.Request{
 		Kind: pipeline.Layered, Format: oci.LayoutFormat, Target: recipe, Name: q.name, OutDir: filepath.Join(dir, "out"),
 		NoGCRoots: true, Recipes: s.o.Recipes, Flakes: s.o.Flake != "", CacheDir: s.o.CacheDir, CacheKey: s.o.CacheKey, CacheMax: s.o.CacheMax,
+		// Each package asked for is a layer of its own: a new version of
+		// one is pulled as that layer alone.
+		LayerReferencesFirst: true,
 	})
 	if err == nil {
 		err = s.importOCI(ctx, q, res)
