@@ -3,6 +3,7 @@ package ocisign
 import (
 	"bytes"
 	"crypto"
+	"crypto/rand"
 	"crypto/rsa"
 	"fmt"
 	"io"
@@ -127,8 +128,10 @@ func algorithmName(a packet.PublicKeyAlgorithm) string {
 // writes it without leading zero bytes, so about one in 256 is shorter
 // than the modulus; golang.org/x/crypto/openpgp (containers/image
 // without gpgme, and rkt) refuses those (sign.FullLength). Such a
-// signature is made again dated a second earlier, which changes what is
-// signed, at most sign.MaxSignTries times.
+// signature is made again with a salt notation of 32 random bytes (not
+// critical: clients skip it), which changes what is signed, at most
+// sign.MaxSignTries times. Its date stays at: dated earlier, it could
+// come before the key's own creation, which gpgme refuses.
 func signedMessage(key *openpgp.Entity, payload []byte, at time.Time) ([]byte, error) {
 	pk := key.PrimaryKey
 	if _, ok := pk.PublicKey.(*rsa.PublicKey); !ok {
@@ -140,9 +143,16 @@ func signedMessage(key *openpgp.Entity, payload []byte, at time.Time) ([]byte, e
 			SigType:           packet.SigTypeBinary,
 			PubKeyAlgo:        pk.PubKeyAlgo,
 			Hash:              signHash,
-			CreationTime:      at.Add(-time.Duration(try) * time.Second),
+			CreationTime:      at,
 			IssuerKeyId:       &pk.KeyId,
 			IssuerFingerprint: pk.Fingerprint,
+		}
+		if try > 0 {
+			salt := make([]byte, 32)
+			if _, err := rand.Read(salt); err != nil {
+				return nil, err
+			}
+			sig.Notations = []*packet.Notation{{Name: saltNotation, Value: salt}}
 		}
 		h, err := sig.PrepareSign(nil)
 		if err != nil {
@@ -177,6 +187,9 @@ func signedMessage(key *openpgp.Entity, payload []byte, at time.Time) ([]byte, e
 		return buf.Bytes(), nil
 	}
 }
+
+// saltNotation names the notation that salts a signature made again.
+const saltNotation = "salt@nix2aci.io"
 
 type nopCloser struct{ io.Writer }
 
