@@ -3,8 +3,8 @@ package pipeline
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -192,10 +192,10 @@ func (b *build) finishOCI(ctx context.Context, t *pkgs.Target, in *inputs, plan 
 	}
 	switch b.Format {
 	case oci.Archive:
-		err = b.writeArchive(names.image, func(f *os.File) error { return b.layout.WriteArchive(f) })
+		err = b.writeArchive(names.image, b.layout.WriteArchive)
 	case oci.DockerArchive:
-		err = b.writeArchive(names.image, func(f *os.File) error {
-			return b.layout.WriteDockerArchive(f, oci.RepoName(out.Name)+":"+written.Tag)
+		err = b.writeArchive(names.image, func(w io.Writer) error {
+			return b.layout.WriteDockerArchive(w, oci.RepoName(out.Name)+":"+written.Tag)
 		})
 	}
 	if err != nil {
@@ -227,24 +227,8 @@ func (b *build) finishOCI(ctx context.Context, t *pkgs.Target, in *inputs, plan 
 }
 
 // writeArchive writes the staged file name with write, atomically.
-func (b *build) writeArchive(name string, write func(*os.File) error) error {
-	path := b.st.Path(name)
-	f, err := os.CreateTemp(filepath.Dir(path), "."+name+".tmp-*")
-	if err != nil {
-		return err
-	}
-	err = write(f)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
+func (b *build) writeArchive(name string, write func(io.Writer) error) error {
+	if err := safeio.WriteAtomic(b.st.Path(name), 0o644, write); err != nil {
 		return fmt.Errorf("writing %s: %w", safeio.Quote(b.st.Final(name)), err)
 	}
 	return nil

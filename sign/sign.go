@@ -10,12 +10,13 @@ import (
 	"hash"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
+
+	"github.com/nix2aci/nix2aci/internal/safeio"
 )
 
 // notationName is the notation nix2aci signatures carry: "<name> <image ID>".
@@ -189,26 +190,5 @@ func SignFile(path string, key *openpgp.Entity, opts ...Option) (string, error) 
 	}
 	defer f.Close()
 	asc := path + ".asc"
-	return asc, writeAtomic(asc, func(w io.Writer) error { return Detached(w, key, f, opts...) })
-}
-
-// writeAtomic writes path (mode 0644) with write, through a temporary file
-// in the same directory: path never holds half a file.
-func writeAtomic(path string, write func(io.Writer) error) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	err = write(tmp)
-	if err == nil {
-		err = tmp.Chmod(0o644)
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return asc, safeio.WriteAtomic(asc, 0o644, func(w io.Writer) error { return Detached(w, key, f, opts...) })
 }

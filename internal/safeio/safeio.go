@@ -201,22 +201,28 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 // in the same directory, so that path never holds half a file; an
 // existing path is replaced.
 func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	return writeAtomic(path, data, perm, true)
+	return writeAtomic(path, perm, true, func(w io.Writer) error { _, err := w.Write(data); return err })
 }
 
 // CreateFileAtomic is WriteFileAtomic that never replaces: an existing
 // path is left alone and the error is fs.ErrExist.
 func CreateFileAtomic(path string, data []byte, perm os.FileMode) error {
-	return writeAtomic(path, data, perm, false)
+	return writeAtomic(path, perm, false, func(w io.Writer) error { _, err := w.Write(data); return err })
 }
 
-func writeAtomic(path string, data []byte, perm os.FileMode, replace bool) error {
+// WriteAtomic is WriteFileAtomic for what write streams: path is replaced
+// only once write has returned nil.
+func WriteAtomic(path string, perm os.FileMode, write func(io.Writer) error) error {
+	return writeAtomic(path, perm, true, write)
+}
+
+func writeAtomic(path string, perm os.FileMode, replace bool, write func(io.Writer) error) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(data)
+	err = write(tmp)
 	if err == nil {
 		err = tmp.Chmod(perm)
 	}
