@@ -36,8 +36,8 @@
 // thus yields exactly what compress/gzip yields, or an error
 // (FuzzGunzipMatchesCompressGzip checks it). Only members whose header is
 // exactly a Writer's (FEXTRA and no other flag) are taken on the fast
-// path; members are inflated by libdeflate in cgo builds, by
-// klauspost/compress otherwise. Memory is bounded by design: at most 16
-// members of at most MaxMember compressed and ChunkSize inflated bytes are
-// held, whatever the core count.
+// path; members are inflated by klauspost/compress, as strict as
+// compress/gzip (a faster, more lenient inflater is no proof). Memory is
+// bounded by design: at most 16 members of at most MaxMember compressed
+// and ChunkSize inflated bytes are held, whatever the core count.
 package gzmember

@@ -6,6 +6,7 @@ import (
 	stdgzip "compress/gzip"
 	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"io"
 	"math/rand"
 	"os"
@@ -240,6 +241,106 @@ func writeSeeds(t *testing.T, target string, seeds [][]byte) {
 		body := "go test fuzz v1\n[]byte(" + strconv.Quote(string(s)) + ")\n"
 		if err := os.WriteFile(filepath.Join(dir, "seed-"+strconv.Itoa(i)), []byte(body), 0o644); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// bitWriter writes a deflate stream by hand: values least significant bit
+// first, Huffman codes most significant bit first (RFC 1951, 3.1.1).
+type bitWriter struct {
+	out   []byte
+	acc   uint32
+	nbits uint
+}
+
+func (w *bitWriter) bits(v uint32, n uint) {
+	for i := uint(0); i < n; i++ {
+		w.acc |= (v >> i & 1) << w.nbits
+		if w.nbits++; w.nbits == 8 {
+			w.out, w.acc, w.nbits = append(w.out, byte(w.acc)), 0, 0
+		}
+	}
+}
+
+func (w *bitWriter) code(c uint32, n uint) {
+	for i := n; i > 0; i-- {
+		w.bits(c>>(i-1)&1, 1)
+	}
+}
+
+// fixedLitLen writes symbol s in the fixed literal/length code.
+func (w *bitWriter) fixedLitLen(s uint32) {
+	switch {
+	case s < 144:
+		w.code(0x30+s, 8)
+	case s < 256:
+		w.code(0x190+s-144, 9)
+	case s < 280:
+		w.code(s-256, 7)
+	default:
+		w.code(0xc0+s-280, 8)
+	}
+}
+
+func (w *bitWriter) flush() []byte {
+	if w.nbits > 0 {
+		w.out = append(w.out, byte(w.acc))
+	}
+	return w.out
+}
+
+// ourMember wraps a raw deflate stream in a Writer's header (claiming its
+// true length) and a trailer for the bytes a lenient inflater makes of it.
+func ourMember(deflate, inflated []byte) []byte {
+	m := []byte{0x1f, 0x8b, 8, 0x04, 0, 0, 0, 0, 0, 0xff, 8, 0}
+	m = append(m, memberExtra...)
+	m = append(m, deflate...)
+	m = binary.LittleEndian.AppendUint32(m, crc32.ChecksumIEEE(inflated))
+	m = binary.LittleEndian.AppendUint32(m, uint32(len(inflated)))
+	patchMemberLength(m)
+	return m
+}
+
+// Symbols and codes RFC 1951 has no meaning for are refused, as
+// compress/gzip refuses them, though some fast inflaters (libdeflate,
+// which nix2aci once used here) read them as a length or distance: a
+// member only such an inflater reads must not pass inspect or sign when
+// rkt cannot read it.
+func TestGunzipRefusesWhatOnlyLenientInflatersRead(t *testing.T) {
+	// Distance symbol 30, which libdeflate reads as 24577 (+13 bits): a
+	// stored block of 24577 bytes, then a fixed block copying 3 of them.
+	const far = 24577
+	head := bytes.Repeat([]byte("0123456789abcdef"), far/16+1)[:far]
+	var w bitWriter
+	w.bits(0, 1) // not the last block
+	w.bits(0, 2) // stored
+	w.flush()
+	w = bitWriter{out: binary.LittleEndian.AppendUint16(binary.LittleEndian.AppendUint16(w.out, far), ^uint16(far))}
+	w.out = append(w.out, head...)
+	w.bits(1, 1) // last block
+	w.bits(1, 2) // fixed codes
+	w.fixedLitLen(257)
+	w.code(30, 5)
+	w.bits(0, 13)
+	w.fixedLitLen(256)
+	distance30 := ourMember(w.flush(), append(bytes.Clone(head), head[:3]...))
+
+	// Length symbol 286, which libdeflate reads as 258.
+	w = bitWriter{}
+	w.bits(1, 1)
+	w.bits(1, 2)
+	w.fixedLitLen('x')
+	w.fixedLitLen(286)
+	w.code(0, 5) // distance 1
+	w.fixedLitLen(256)
+	length286 := ourMember(w.flush(), bytes.Repeat([]byte("x"), 259))
+
+	for name, in := range map[string][]byte{"distance symbol 30": distance30, "length symbol 286": length286} {
+		if _, err := reference(in); err == nil {
+			t.Fatalf("%s: compress/gzip reads the crafted member; the test is wrong", name)
+		}
+		if got, err := readAll(in); err == nil {
+			t.Errorf("%s: read %d bytes that compress/gzip refuses", name, len(got))
 		}
 	}
 }

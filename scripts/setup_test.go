@@ -23,7 +23,7 @@ func dryRun(t *testing.T, script string) string {
 }
 
 var (
-	demoNeeds = []string{"nix-bin", "busybox-static", "bubblewrap", "ca-certificates", "libdeflate-dev"}
+	demoNeeds = []string{"nix-bin", "busybox-static", "bubblewrap", "ca-certificates"}
 	testNeeds = []string{"gnupg", "jq", "pigz", "xz-utils", "bzip2", "zsh", "fish", "skopeo", "podman", "umoci", "runc", "docker-registry", "versitygw"}
 )
 

@@ -1,5 +1,3 @@
-//go:build !cgo
-
 package gzmember
 
 import (
@@ -12,7 +10,15 @@ import (
 	"github.com/klauspost/compress/gzip"
 )
 
-// Without cgo, members are inflated by klauspost/compress, pure Go.
+// Members are inflated by klauspost/compress, a fork of compress/flate
+// that refuses what compress/gzip refuses. libdeflate, several times
+// faster, was used here in cgo builds until fuzzing found what it reads
+// and compress/gzip refuses: an empty distance code used by a length,
+// distance symbols 30 and 31, length symbols 286 and 287, more than 286
+// length or 30 distance codes (TestGunzipRefusesWhatOnlyLenientInflatersRead
+// and the seeds of FuzzGunzipMatchesCompressGzip). A member only a lenient
+// inflater reads would pass inspect and sign and fail in rkt; proving a
+// member takes a strict reader.
 
 // readers keeps gzip readers (and their inflate state) between members.
 var readers sync.Pool
