@@ -18,7 +18,8 @@ import (
 	"github.com/nix2aci/nix2aci/sign"
 )
 
-// Exit codes, documented in the README. They are decided here and only here.
+// Exit codes, documented in docs/cli.md (TestExitCodeTable holds the table
+// to this list). They are decided here and only here.
 const (
 	exitOK      = 0
 	exitFailure = 1 // the operation failed (build error, missing tool, ...)

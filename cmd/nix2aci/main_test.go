@@ -47,7 +47,8 @@ func toolDir(t *testing.T) string {
 }
 
 // TestScripts runs the end-to-end scripts in testdata/script: the real CLI
-// against real Nix, actool, bubblewrap and gpg, the way the README uses it.
+// against real Nix, actool, bubblewrap and gpg, the way the README and the
+// guides in docs/ use it.
 func TestScripts(t *testing.T) {
 	t.Parallel()
 	for _, tool := range []string{"nix-build", "bwrap", "jq", "gpg", "podman", "skopeo", "umoci", "runc", "docker-registry"} {
