@@ -3,12 +3,7 @@ package pipeline
 import (
 	"context"
 	"fmt"
-	"maps"
-	"slices"
 	"sync"
-	"time"
-
-	"github.com/appc/spec/schema"
 
 	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/fragcache"
@@ -17,7 +12,6 @@ import (
 	"github.com/nix2aci/nix2aci/nixstore"
 	"github.com/nix2aci/nix2aci/oci"
 	"github.com/nix2aci/nix2aci/outdir"
-	"github.com/nix2aci/nix2aci/pkgs"
 )
 
 // Build runs the pipeline for r. Everything is written into a staging
@@ -213,95 +207,4 @@ func (b *build) openCache() error {
 	}
 	b.opts = append(b.opts, aci.WithCache(b.cache))
 	return nil
-}
-
-// plan decides what the build writes: one image holding the closure
-// (fat, thin), or an app on its layer groups and layers (PlanGroups).
-func (b *build) plan(full *nixstore.Graph, groups []Group, t *pkgs.Target, app *schema.ImageManifest, content aci.Image, system string) (*Plan, error) {
-	if b.Kind != Layered && b.base == nil {
-		return planSingle(app, content), nil
-	}
-	prefix := b.LayerPrefix
-	if prefix == "" {
-		prefix = DefaultLayerPrefix(app.Name.String())
-	}
-	budget := 0 // a fat app on a base holds the rest itself
-	if b.Kind == Layered {
-		budget = b.MaxLayers
-	}
-	var first []string
-	if b.LayerReferencesFirst {
-		first = directReferences(full, t.StorePaths())
-	}
-	return PlanGroups(Layering{
-		Closure: full, App: t.StorePaths(), AppRoots: t.StorePaths(), Groups: groups, Base: b.base,
-		Prefix: prefix, System: system, Budget: budget, Created: b.Created, GroupOnly: b.GroupOnly != "",
-		First: first,
-	}, app, content)
-}
-
-// directReferences are the store paths that the paths of roots refer to,
-// other than themselves, sorted.
-func directReferences(g *nixstore.Graph, roots []string) []string {
-	isRoot := map[string]bool{}
-	for _, r := range roots {
-		isRoot[r] = true
-	}
-	seen := map[string]bool{}
-	for _, p := range g.Paths {
-		if !isRoot[p.Path] {
-			continue
-		}
-		for _, r := range p.References {
-			if !isRoot[r] {
-				seen[r] = true
-			}
-		}
-	}
-	return slices.Sorted(maps.Keys(seen))
-}
-
-// write writes img into the staging directory as name.
-func (b *build) write(ctx context.Context, name string, img aci.Image, created time.Time) (*aci.Result, error) {
-	opts := append(b.opts[:len(b.opts):len(b.opts)], aci.WithModTime(created))
-	if b.Progress != nil {
-		opts = append(opts, aci.WithProgress(func(p aci.Progress) {
-			b.mu.Lock()
-			defer b.mu.Unlock()
-			b.Progress(name, p)
-		}))
-	}
-	res, err := aci.WriteFile(ctx, b.st.Path(name), img, opts...)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("build of %s interrupted; nothing was written: %w", name, context.Cause(ctx))
-		}
-		return nil, fmt.Errorf("writing %s: %w", b.st.Final(name), err)
-	}
-	b.add(name, "")
-	return res, nil
-}
-
-// sign signs the staged name when the request has a signer (and reports
-// whether it did); otherwise an old signature of name is stale.
-func (b *build) sign(ctx context.Context, name string) (bool, error) {
-	asc := name + ".asc"
-	if b.Signer == nil {
-		b.add("", asc) // it would sign the old image
-		return false, nil
-	}
-	if err := b.Signer.Sign(ctx, b.st.Path(name), b.st.Path(asc)); err != nil {
-		return false, err
-	}
-	b.add(asc, "")
-	return true, nil
-}
-
-// readIndexOnce reads the output directory's layer index the first time
-// it is needed.
-func readIndexOnce(b *build) *layerIndex {
-	if b.index == nil {
-		b.index = readIndex(b.OutDir)
-	}
-	return b.index
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
 	"github.com/nix2aci/nix2aci/oci"
+	"github.com/nix2aci/nix2aci/pkgs"
 )
 
 // A Plan is every image a build writes, decided before any is written:
@@ -97,6 +100,52 @@ const (
 type Group struct {
 	Name  string
 	Roots []string
+}
+
+// plan decides what the build writes: one image holding the closure
+// (fat, thin), or an app on its layer groups and layers (PlanGroups).
+func (b *build) plan(full *nixstore.Graph, groups []Group, t *pkgs.Target, app *schema.ImageManifest, content aci.Image, system string) (*Plan, error) {
+	if b.Kind != Layered && b.base == nil {
+		return planSingle(app, content), nil
+	}
+	prefix := b.LayerPrefix
+	if prefix == "" {
+		prefix = DefaultLayerPrefix(app.Name.String())
+	}
+	budget := 0 // a fat app on a base holds the rest itself
+	if b.Kind == Layered {
+		budget = b.MaxLayers
+	}
+	var first []string
+	if b.LayerReferencesFirst {
+		first = directReferences(full, t.StorePaths())
+	}
+	return PlanGroups(Layering{
+		Closure: full, App: t.StorePaths(), AppRoots: t.StorePaths(), Groups: groups, Base: b.base,
+		Prefix: prefix, System: system, Budget: budget, Created: b.Created, GroupOnly: b.GroupOnly != "",
+		First: first,
+	}, app, content)
+}
+
+// directReferences are the store paths that the paths of roots refer to,
+// other than themselves, sorted.
+func directReferences(g *nixstore.Graph, roots []string) []string {
+	isRoot := map[string]bool{}
+	for _, r := range roots {
+		isRoot[r] = true
+	}
+	seen := map[string]bool{}
+	for _, p := range g.Paths {
+		if !isRoot[p.Path] {
+			continue
+		}
+		for _, r := range p.References {
+			if !isRoot[r] {
+				seen[r] = true
+			}
+		}
+	}
+	return slices.Sorted(maps.Keys(seen))
 }
 
 // planSingle is the plan of a fat or thin image: one image with the
@@ -331,6 +380,23 @@ func (p *Plan) check() error {
 		return nil
 	}
 	return walk(p.Images[len(p.Images)-1])
+}
+
+// renderOrder returns the images the target's image depends on, each
+// once, in the order rkt renders them beneath it: for each dependency in
+// the manifest's order, its own dependencies first, then itself (a later
+// one lies above an earlier one).
+func (p *Plan) renderOrder() []*PlanImage {
+	var order []*PlanImage
+	var visit func(im *PlanImage)
+	visit = func(im *PlanImage) {
+		for _, d := range im.DependsOn {
+			visit(d)
+			order = append(order, d)
+		}
+	}
+	visit(p.Images[len(p.Images)-1])
+	return order
 }
 
 // contentVersion is the version of an image named by its contents: the
