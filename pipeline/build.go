@@ -85,6 +85,8 @@ func Build(ctx context.Context, r Request) (*Result, error) {
 	return b.run(ctx)
 }
 
+// build is one build under way: the request, with its defaults filled
+// in, and what the steps have made so far.
 type build struct {
 	Request
 	st    *outdir.Stage
@@ -103,9 +105,11 @@ type build struct {
 	mu sync.Mutex
 }
 
+// run carries out the steps of a build in order; each names the file
+// that holds it.
 func (b *build) run(ctx context.Context) (*Result, error) {
-	// 1. The target: its packages and the image's settings, and the names
-	// of the files it will have.
+	// 1. The target: its packages and the image's settings (inputs.go),
+	// and the names of the files it will have (outputs.go).
 	t, err := b.resolve(ctx)
 	if err != nil {
 		return nil, err
@@ -131,12 +135,14 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 	}
-	// 2. The packages built, and their closure.
+	// 2. The packages built, their closure, and the app's manifest and
+	// skeleton (inputs.go).
 	in, err := b.inputs(ctx, t)
 	if err != nil {
 		return nil, err
 	}
-	// 3. What to write: a plan (plan.go).
+	// 3. What to write: a plan (plan.go), on the base if there is one
+	// (base.go).
 	if err := b.openCache(); err != nil {
 		return nil, err
 	}
@@ -150,7 +156,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	// 4. The images written and signed (write.go), and the files beside
-	// the target's image.
+	// the target's image (outputs.go; oci.go for an OCI image).
 	images, err := b.writePlan(ctx, plan)
 	if err != nil {
 		return nil, err
@@ -167,7 +173,8 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	// 5. Everything moved into place at once.
+	// 5. Everything moved into place at once, with the GC roots
+	// (outputs.go).
 	committed = true
 	if out.GCRoots, err = b.commit(ctx, names, in.full.Roots); err != nil {
 		return nil, err
