@@ -1,10 +1,7 @@
 package pipeline
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"maps"
 	"slices"
 	"sort"
@@ -397,29 +394,4 @@ func (p *Plan) renderOrder() []*PlanImage {
 	}
 	visit(p.Images[len(p.Images)-1])
 	return order
-}
-
-// contentVersion is the version of an image named by its contents: the
-// first 32 hex digits of the SHA-256 of its store paths and of the image
-// IDs it depends on, one per line.
-func contentVersion(paths []nixstore.PathInfo, deps []string) string {
-	h := sha256.New()
-	for _, p := range paths {
-		io.WriteString(h, p.Path+"\n")
-	}
-	for _, d := range deps {
-		io.WriteString(h, "dep "+d+"\n")
-	}
-	return hex.EncodeToString(h.Sum(nil))[:32]
-}
-
-// heldPaths is the value of StorePathsAnnotation for an image holding
-// paths on dependencies holding below.
-func heldPaths(paths []nixstore.PathInfo, below []string) (string, []string) {
-	all := append([]string(nil), below...)
-	for _, p := range paths {
-		all = append(all, p.Path)
-	}
-	sort.Strings(all)
-	return strings.Join(all, "\n"), all
 }

@@ -2,9 +2,14 @@ package pipeline
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"io"
 	"runtime"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -205,6 +210,40 @@ func dependencyLabels(im *PlanImage) map[string]string {
 	return labels
 }
 
+// contentVersion is the version of an image named by its contents: the
+// first 32 hex digits of the SHA-256 of its store paths and of the image
+// IDs it depends on, one per line.
+func contentVersion(paths []nixstore.PathInfo, deps []string) string {
+	h := sha256.New()
+	for _, p := range paths {
+		io.WriteString(h, p.Path+"\n")
+	}
+	for _, d := range deps {
+		io.WriteString(h, "dep "+d+"\n")
+	}
+	return hex.EncodeToString(h.Sum(nil))[:32]
+}
+
+// heldPaths is the value of StorePathsAnnotation for an image holding
+// paths on dependencies holding below.
+func heldPaths(paths []nixstore.PathInfo, below []string) (string, []string) {
+	all := append([]string(nil), below...)
+	for _, p := range paths {
+		all = append(all, p.Path)
+	}
+	sort.Strings(all)
+	return strings.Join(all, "\n"), all
+}
+
+// readIndexOnce reads the output directory's layer index the first time
+// it is needed.
+func readIndexOnce(b *build) *layerIndex {
+	if b.index == nil {
+		b.index = readIndex(b.OutDir)
+	}
+	return b.index
+}
+
 // write writes img into the staging directory as name.
 func (b *build) write(ctx context.Context, name string, img aci.Image, created time.Time) (*aci.Result, error) {
 	opts := append(b.opts[:len(b.opts):len(b.opts)], aci.WithModTime(created))
@@ -239,13 +278,4 @@ func (b *build) sign(ctx context.Context, name string) (bool, error) {
 	}
 	b.add(asc, "")
 	return true, nil
-}
-
-// readIndexOnce reads the output directory's layer index the first time
-// it is needed.
-func readIndexOnce(b *build) *layerIndex {
-	if b.index == nil {
-		b.index = readIndex(b.OutDir)
-	}
-	return b.index
 }
