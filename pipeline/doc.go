@@ -1,10 +1,31 @@
-// Package pipeline builds ACIs: target -> packages -> closure -> manifest
-// -> archives -> signatures, with a plain Go API (a Request in, a Result
-// out) that the CLI, publishing and a server call alike.
+// Package pipeline builds ACIs and OCI images: target -> packages ->
+// closure -> manifest -> plan -> archives -> signatures, with a plain Go
+// API (a Request in, a Result out: request.go) that the CLI, publishing
+// and a server call alike.
 //
 // Build writes everything into a staging directory inside the output
 // directory and moves it into place as one step (package outdir): a failed
 // or interrupted build leaves the previous files as they were.
+//
+// # Steps
+//
+// Build (build.go) checks the request and fills in its defaults, then
+// takes the steps in order, each in a file of its own:
+//
+//  1. the target resolved to its packages and settings (inputs.go), the
+//     names of its files chosen (outputs.go; oci.go for an OCI build) and
+//     the staging directory made;
+//  2. the packages built and their closure read (side by side when the
+//     packages are in the store already), and the app's manifest and
+//     skeleton made (inputs.go, skeleton.go, rules.go);
+//  3. the cache of compressed store paths opened (build.go), the base
+//     loaded (base.go, ocibase.go) and the plan made (plan.go, layers.go);
+//  4. every image of the plan written, and signed when the request has a
+//     signer (write.go; oci.go writes an OCI build's layers and image,
+//     which Request.SignOCI signs as staged), and the files beside the
+//     target's image staged (outputs.go);
+//  5. everything moved into place at once, the GC roots registered and
+//     the layers written recorded (outputs.go); then the cache is trimmed.
 //
 // # Plans, then one writer
 //
@@ -15,7 +36,7 @@
 // (writePlan, write.go) carries out any plan: it writes each image once
 // those it depends on are written, completes its manifest with their
 // image IDs, reuses a shared image the output directory proves it holds,
-// and signs; Build then commits the staged files (build.go). A test of a
+// and signs; Build then commits the staged files (outputs.go). A test of a
 // planner needs no archive.
 //
 // # Layer groups and bases

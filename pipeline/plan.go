@@ -1,10 +1,9 @@
 package pipeline
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
 	"github.com/nix2aci/nix2aci/oci"
+	"github.com/nix2aci/nix2aci/pkgs"
 )
 
 // A Plan is every image a build writes, decided before any is written:
@@ -97,6 +97,52 @@ const (
 type Group struct {
 	Name  string
 	Roots []string
+}
+
+// plan decides what the build writes: one image holding the closure
+// (fat, thin), or an app on its layer groups and layers (PlanGroups).
+func (b *build) plan(full *nixstore.Graph, groups []Group, t *pkgs.Target, app *schema.ImageManifest, content aci.Image, system string) (*Plan, error) {
+	if b.Kind != Layered && b.base == nil {
+		return planSingle(app, content), nil
+	}
+	prefix := b.LayerPrefix
+	if prefix == "" {
+		prefix = DefaultLayerPrefix(app.Name.String())
+	}
+	budget := 0 // a fat app on a base holds the rest itself
+	if b.Kind == Layered {
+		budget = b.MaxLayers
+	}
+	var first []string
+	if b.LayerReferencesFirst {
+		first = directReferences(full, t.StorePaths())
+	}
+	return PlanGroups(Layering{
+		Closure: full, App: t.StorePaths(), AppRoots: t.StorePaths(), Groups: groups, Base: b.base,
+		Prefix: prefix, System: system, Budget: budget, Created: b.Created, GroupOnly: b.GroupOnly != "",
+		First: first,
+	}, app, content)
+}
+
+// directReferences are the store paths that the paths of roots refer to,
+// other than themselves, sorted.
+func directReferences(g *nixstore.Graph, roots []string) []string {
+	isRoot := map[string]bool{}
+	for _, r := range roots {
+		isRoot[r] = true
+	}
+	seen := map[string]bool{}
+	for _, p := range g.Paths {
+		if !isRoot[p.Path] {
+			continue
+		}
+		for _, r := range p.References {
+			if !isRoot[r] {
+				seen[r] = true
+			}
+		}
+	}
+	return slices.Sorted(maps.Keys(seen))
 }
 
 // planSingle is the plan of a fat or thin image: one image with the
@@ -333,27 +379,19 @@ func (p *Plan) check() error {
 	return walk(p.Images[len(p.Images)-1])
 }
 
-// contentVersion is the version of an image named by its contents: the
-// first 32 hex digits of the SHA-256 of its store paths and of the image
-// IDs it depends on, one per line.
-func contentVersion(paths []nixstore.PathInfo, deps []string) string {
-	h := sha256.New()
-	for _, p := range paths {
-		io.WriteString(h, p.Path+"\n")
+// renderOrder returns the images the target's image depends on, each
+// once, in the order rkt renders them beneath it: for each dependency in
+// the manifest's order, its own dependencies first, then itself (a later
+// one lies above an earlier one).
+func (p *Plan) renderOrder() []*PlanImage {
+	var order []*PlanImage
+	var visit func(im *PlanImage)
+	visit = func(im *PlanImage) {
+		for _, d := range im.DependsOn {
+			visit(d)
+			order = append(order, d)
+		}
 	}
-	for _, d := range deps {
-		io.WriteString(h, "dep "+d+"\n")
-	}
-	return hex.EncodeToString(h.Sum(nil))[:32]
-}
-
-// heldPaths is the value of StorePathsAnnotation for an image holding
-// paths on dependencies holding below.
-func heldPaths(paths []nixstore.PathInfo, below []string) (string, []string) {
-	all := append([]string(nil), below...)
-	for _, p := range paths {
-		all = append(all, p.Path)
-	}
-	sort.Strings(all)
-	return strings.Join(all, "\n"), all
+	visit(p.Images[len(p.Images)-1])
+	return order
 }

@@ -2,10 +2,16 @@ package pipeline
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"io"
 	"runtime"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -204,19 +210,72 @@ func dependencyLabels(im *PlanImage) map[string]string {
 	return labels
 }
 
-// renderOrder returns the images the target's image depends on, each
-// once, in the order rkt renders them beneath it: for each dependency in
-// the manifest's order, its own dependencies first, then itself (a later
-// one lies above an earlier one).
-func (p *Plan) renderOrder() []*PlanImage {
-	var order []*PlanImage
-	var visit func(im *PlanImage)
-	visit = func(im *PlanImage) {
-		for _, d := range im.DependsOn {
-			visit(d)
-			order = append(order, d)
-		}
+// contentVersion is the version of an image named by its contents: the
+// first 32 hex digits of the SHA-256 of its store paths and of the image
+// IDs it depends on, one per line.
+func contentVersion(paths []nixstore.PathInfo, deps []string) string {
+	h := sha256.New()
+	for _, p := range paths {
+		io.WriteString(h, p.Path+"\n")
 	}
-	visit(p.Images[len(p.Images)-1])
-	return order
+	for _, d := range deps {
+		io.WriteString(h, "dep "+d+"\n")
+	}
+	return hex.EncodeToString(h.Sum(nil))[:32]
+}
+
+// heldPaths is the value of StorePathsAnnotation for an image holding
+// paths on dependencies holding below.
+func heldPaths(paths []nixstore.PathInfo, below []string) (string, []string) {
+	all := append([]string(nil), below...)
+	for _, p := range paths {
+		all = append(all, p.Path)
+	}
+	sort.Strings(all)
+	return strings.Join(all, "\n"), all
+}
+
+// readIndexOnce reads the output directory's layer index the first time
+// it is needed.
+func readIndexOnce(b *build) *layerIndex {
+	if b.index == nil {
+		b.index = readIndex(b.OutDir)
+	}
+	return b.index
+}
+
+// write writes img into the staging directory as name.
+func (b *build) write(ctx context.Context, name string, img aci.Image, created time.Time) (*aci.Result, error) {
+	opts := append(b.opts[:len(b.opts):len(b.opts)], aci.WithModTime(created))
+	if b.Progress != nil {
+		opts = append(opts, aci.WithProgress(func(p aci.Progress) {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			b.Progress(name, p)
+		}))
+	}
+	res, err := aci.WriteFile(ctx, b.st.Path(name), img, opts...)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("build of %s interrupted; nothing was written: %w", name, context.Cause(ctx))
+		}
+		return nil, fmt.Errorf("writing %s: %w", b.st.Final(name), err)
+	}
+	b.add(name, "")
+	return res, nil
+}
+
+// sign signs the staged name when the request has a signer (and reports
+// whether it did); otherwise an old signature of name is stale.
+func (b *build) sign(ctx context.Context, name string) (bool, error) {
+	asc := name + ".asc"
+	if b.Signer == nil {
+		b.add("", asc) // it would sign the old image
+		return false, nil
+	}
+	if err := b.Signer.Sign(ctx, b.st.Path(name), b.st.Path(asc)); err != nil {
+		return false, err
+	}
+	b.add(asc, "")
+	return true, nil
 }
