@@ -48,8 +48,6 @@ import (
 	"runtime"
 	"sort"
 	"strings"
-	"syscall"
-	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/appc/spec/schema"
@@ -125,8 +123,6 @@ func (e *InterruptedError) Error() string {
 }
 
 func (e *InterruptedError) Unwrap() error { return e.Cause }
-
-const nonBlock = syscall.O_NONBLOCK
 
 // Expand returns the images args name: .aci files, and the .aci files
 // directly in directories (not those starting with a dot), sorted.
@@ -814,98 +810,6 @@ func checkDestinations(root *os.Root, dests []string) error {
 // describe names a published image as an error message does.
 func describe(p Published) string {
 	return fmt.Sprintf("%s version %s (%s/%s)", p.Name, safeio.Quote(p.Version), p.OS, p.Arch)
-}
-
-// openIn opens the regular file p of the site, without blocking and
-// without leaving it.
-func openIn(root *os.Root, p string) (*os.File, error) {
-	f, err := root.OpenFile(filepath.FromSlash(p), os.O_RDONLY|nonBlock, 0)
-	if err != nil {
-		return nil, err
-	}
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("the site's %s is not a regular file: remove it, or publish into another site", safeio.Quote(p))
-	}
-	return f, nil
-}
-
-// verifyIn checks the image at p in the tree and its signature p.asc with
-// trust, reading the image whole.
-func verifyIn(ctx context.Context, root *os.Root, p string, trust *sign.Trust) (*sign.Verified, error) {
-	f, err := openIn(root, p)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	sig, err := openIn(root, p+".asc")
-	if err != nil {
-		return nil, err
-	}
-	defer sig.Close()
-	id, known := identify(f, sig)
-	if known {
-		if e, ok := verified.get(id); ok {
-			if time.Since(e.at) < verifiedFor {
-				if _, ok := trust.TrustedFor(e.v.Fingerprint, e.v.Name); ok {
-					return e.v, nil
-				}
-			}
-			verified.forget(id)
-		}
-	}
-	v, err := sign.VerifyWith(safeio.WithContext(ctx, f), sig, trust, sign.VerifyOptions{Full: true})
-	if err == nil && known {
-		// Kept only if neither file changed while it was read.
-		if again, ok := identify(f, sig); ok && again == id {
-			verified.put(id, verifiedEntry{v: v, at: time.Now()})
-		}
-	}
-	return v, err
-}
-
-// verified remembers, in this process's memory only, the tree files
-// verifyIn proved: a long-running publisher (nix2aci serve) checks the
-// layers its apps depend on without reading them whole again. An entry is
-// keyed by both files' identity (device, inode, size, modification and
-// change times: any write or rename over them changes it, and the change
-// time cannot be set back without the clock), holds for verifiedFor, and
-// is used only for a key the caller's trust still names for the image.
-var verified = newFileMemory[fileIdentity, verifiedEntry]()
-
-// verifiedFor bounds how long a verification is remembered (a key may
-// expire or be revoked meanwhile).
-const verifiedFor = 10 * time.Minute
-
-type verifiedEntry struct {
-	v  *sign.Verified
-	at time.Time
-}
-
-type statID struct {
-	dev, ino           uint64
-	size, mtime, ctime int64
-}
-
-type fileIdentity struct{ image, sig statID }
-
-// identify is the identity of an image file and its signature file.
-func identify(img, sig *os.File) (fileIdentity, bool) {
-	a, ok1 := statOf(img)
-	b, ok2 := statOf(sig)
-	return fileIdentity{a, b}, ok1 && ok2
-}
-
-func statOf(f *os.File) (statID, bool) {
-	fi, err := f.Stat()
-	if err != nil {
-		return statID{}, false
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return statID{}, false
-	}
-	return statID{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}, true
 }
 
 func contains(list []string, s string) bool {

@@ -9,10 +9,13 @@ import (
 	"net/url"
 	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/appc/spec/schema/types"
@@ -293,12 +296,125 @@ func readFound(root *os.Root, p string) *found {
 	return fd
 }
 
+const nonBlock = syscall.O_NONBLOCK
+
+// openIn opens the regular file p of the site, without blocking and
+// without leaving it.
+func openIn(root *os.Root, p string) (*os.File, error) {
+	f, err := root.OpenFile(filepath.FromSlash(p), os.O_RDONLY|nonBlock, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("the site's %s is not a regular file: remove it, or publish into another site", safeio.Quote(p))
+	}
+	return f, nil
+}
+
+// verifyIn checks the image at p in the tree and its signature p.asc with
+// trust, reading the image whole.
+func verifyIn(ctx context.Context, root *os.Root, p string, trust *sign.Trust) (*sign.Verified, error) {
+	f, err := openIn(root, p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	sig, err := openIn(root, p+".asc")
+	if err != nil {
+		return nil, err
+	}
+	defer sig.Close()
+	id, known := identify(f, sig)
+	if known {
+		if e, ok := verified.get(id); ok {
+			if time.Since(e.at) < verifiedFor {
+				if _, ok := trust.TrustedFor(e.v.Fingerprint, e.v.Name); ok {
+					return e.v, nil
+				}
+			}
+			verified.forget(id)
+		}
+	}
+	v, err := sign.VerifyWith(safeio.WithContext(ctx, f), sig, trust, sign.VerifyOptions{Full: true})
+	if err == nil && known {
+		// Kept only if neither file changed while it was read.
+		if again, ok := identify(f, sig); ok && again == id {
+			verified.put(id, verifiedEntry{v: v, at: time.Now()})
+		}
+	}
+	return v, err
+}
+
+// fileInfo reads the image at p in the tree whole: its manifest and image
+// ID as the file says.
+func (s *site) fileInfo(ctx context.Context, root *os.Root, p string) (*aci.Info, error) {
+	if info, ok := s.infos[p]; ok {
+		return info, nil
+	}
+	f, err := openIn(root, p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	info, err := aci.Inspect(safeio.WithContext(ctx, f))
+	if err != nil {
+		return nil, err
+	}
+	s.infos[p] = info
+	return info, nil
+}
+
 // manifests remembers, in this process's memory only, what the
 // manifests of tree files said, keyed by the file's identity as verified
 // is (see there): a long-running publisher (nix2aci serve) scans a tree
 // of thousands of images without reading each manifest again. What it
 // holds is never changed: a *found is shared by every scan that finds it.
 var manifests = newFileMemory[statID, *found]()
+
+// verified remembers, in this process's memory only, the tree files
+// verifyIn proved: a long-running publisher (nix2aci serve) checks the
+// layers its apps depend on without reading them whole again. An entry is
+// keyed by both files' identity (device, inode, size, modification and
+// change times: any write or rename over them changes it, and the change
+// time cannot be set back without the clock), holds for verifiedFor, and
+// is used only for a key the caller's trust still names for the image.
+var verified = newFileMemory[fileIdentity, verifiedEntry]()
+
+// verifiedFor bounds how long a verification is remembered (a key may
+// expire or be revoked meanwhile).
+const verifiedFor = 10 * time.Minute
+
+type verifiedEntry struct {
+	v  *sign.Verified
+	at time.Time
+}
+
+type statID struct {
+	dev, ino           uint64
+	size, mtime, ctime int64
+}
+
+type fileIdentity struct{ image, sig statID }
+
+// identify is the identity of an image file and its signature file.
+func identify(img, sig *os.File) (fileIdentity, bool) {
+	a, ok1 := statOf(img)
+	b, ok2 := statOf(sig)
+	return fileIdentity{a, b}, ok1 && ok2
+}
+
+func statOf(f *os.File) (statID, bool) {
+	fi, err := f.Stat()
+	if err != nil {
+		return statID{}, false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return statID{}, false
+	}
+	return statID{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}, true
+}
 
 // fileMemory is what this process remembers of tree files by their
 // identity (verified, manifests), at most maxScanEntries entries: files
@@ -332,25 +448,6 @@ func (c *fileMemory[K, V]) forget(id K) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.m, id)
-}
-
-// fileInfo reads the image at p in the tree whole: its manifest and image
-// ID as the file says.
-func (s *site) fileInfo(ctx context.Context, root *os.Root, p string) (*aci.Info, error) {
-	if info, ok := s.infos[p]; ok {
-		return info, nil
-	}
-	f, err := openIn(root, p)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	info, err := aci.Inspect(safeio.WithContext(ctx, f))
-	if err != nil {
-		return nil, err
-	}
-	s.infos[p] = info
-	return info, nil
 }
 
 func hostOf(name string) string {
