@@ -39,13 +39,11 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/appc/spec/schema/types"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/sign"
@@ -248,28 +246,8 @@ func Publish(ctx context.Context, images []string, o Options) (*Report, error) {
 	}
 	defer root.RemoveAll(stage)
 	stageDir := filepath.Join(o.Site, stage)
-	// Images are staged in parallel (signing is the most of it), the
-	// first error in the order of the jobs reported.
-	errs := make([]error, len(jobs))
-	var g errgroup.Group
-	g.SetLimit(runtime.GOMAXPROCS(0))
-	for i, j := range jobs {
-		j.staged = fmt.Sprintf("%d.aci", i)
-		g.Go(func() error {
-			if ctx.Err() == nil {
-				errs[i] = stageImage(ctx, j, o.Key, filepath.Join(stageDir, j.staged))
-			}
-			return nil
-		})
-	}
-	g.Wait()
-	if ctx.Err() != nil {
-		return nil, fmt.Errorf("publishing interrupted; nothing was written to the site: %w", context.Cause(ctx))
-	}
-	for _, err := range errs {
-		if err != nil {
-			return nil, err
-		}
+	if err := stageImages(ctx, jobs, o.Key, stageDir); err != nil {
+		return nil, err
 	}
 	keyPath := path.Join(s.dir, "pubkeys", fp+".asc")
 	var armored bytes.Buffer

@@ -11,9 +11,12 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/sign"
@@ -28,6 +31,34 @@ func randomName() string {
 	b := make([]byte, 8)
 	rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// stageImages stages each job's image in dir, as j.staged, in parallel
+// (signing is the most of it), and returns the first error in the order
+// of the jobs.
+func stageImages(ctx context.Context, jobs []*job, key *openpgp.Entity, dir string) error {
+	errs := make([]error, len(jobs))
+	var g errgroup.Group
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for i, j := range jobs {
+		j.staged = fmt.Sprintf("%d.aci", i)
+		g.Go(func() error {
+			if ctx.Err() == nil {
+				errs[i] = stageImage(ctx, j, key, filepath.Join(dir, j.staged))
+			}
+			return nil
+		})
+	}
+	g.Wait()
+	if ctx.Err() != nil {
+		return fmt.Errorf("publishing interrupted; nothing was written to the site: %w", context.Cause(ctx))
+	}
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // stageImage copies j's image to dst (and its signature, or a new one
