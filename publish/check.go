@@ -190,11 +190,6 @@ func checkReplacements(ctx context.Context, root *os.Root, jobs []*job, s *site,
 	return nil
 }
 
-// describe names a published image as an error message does.
-func describe(p Published) string {
-	return fmt.Sprintf("%s version %s (%s/%s)", p.Name, safeio.Quote(p.Version), p.OS, p.Arch)
-}
-
 func contains(list []string, s string) bool {
 	for _, x := range list {
 		if x == s {

@@ -84,6 +84,11 @@ type Published struct {
 	Depends []string `json:"depends,omitempty"`
 }
 
+// describe names a published image as an error message does.
+func describe(p Published) string {
+	return fmt.Sprintf("%s version %s (%s/%s)", p.Name, safeio.Quote(p.Version), p.OS, p.Arch)
+}
+
 // Report is what Publish did.
 type Report struct {
 	Images    []Published `json:"images"`
