@@ -2,7 +2,6 @@ package publish
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,11 +9,13 @@ import (
 	"net/url"
 	"os"
 	"path"
-	"regexp"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/appc/spec/schema/types"
@@ -36,9 +37,6 @@ import (
 // with a key in the tree, which the prefix then publishes.
 
 const (
-	stateFile    = ".nix2aci-site.json"
-	maxStateSize = 16 << 20
-	fileTemplate = "{name}-{version}-{os}-{arch}.{ext}"
 	// A scan of the image directory looks at no more entries, nor
 	// deeper, and reads no more than this of each image looking for its
 	// manifest (the first entry of every image nix2aci or actool writes).
@@ -50,141 +48,6 @@ const (
 	// An armored public key file is a few KiB.
 	maxKeyFile = 1 << 20
 )
-
-var (
-	fingerprintRE = regexp.MustCompile(`^(?:[0-9a-f]{40}|[0-9a-f]{64})$`)
-	imageIDRE     = regexp.MustCompile(`^sha512-[0-9a-f]{128}$`)
-	pinRE         = regexp.MustCompile(`^sha512-[0-9a-f]{1,128}$`)
-)
-
-// siteRecord is .nix2aci-site.json as it is written: per prefix (host),
-// the template and the keys' URLs; the images, by path.
-type siteRecord struct {
-	Prefixes map[string]*prefixState `json:"prefixes"`
-	Images   map[string]Published    `json:"images"`
-}
-
-type prefixState struct {
-	Template string   `json:"template"`
-	PubKeys  []string `json:"pubkeys"`
-}
-
-// record is a checked site record.
-type record struct {
-	base   string              // the base URL every URL in it is under; "" if it names none
-	keys   map[string][]string // prefix -> fingerprints of the keys it publishes
-	images map[string]Published
-}
-
-// recordError is a record that is not what publish writes.
-func recordError(format string, args ...any) error {
-	return fmt.Errorf("the site's %s is damaged or not written by nix2aci: it %s; remove it (the next publish rebuilds it from the images and keys in the tree), or publish into another site", stateFile, fmt.Sprintf(format, args...))
-}
-
-// parseRecord checks a record's bytes: whatever they hold, the result is
-// either an error or a record whose every URL is under one canonical base
-// URL, every prefix a host-like AC Identifier, every key a fingerprint,
-// every image name an AC Identifier with literal labels at the path and
-// URL the template gives them, and every image ID well formed.
-func parseRecord(data []byte) (*record, error) {
-	if len(data) > maxStateSize {
-		return nil, recordError("is over %d bytes", maxStateSize)
-	}
-	var raw siteRecord
-	if err := json.Unmarshal(data, &raw); err != nil {
-		return nil, recordError("is not JSON (%v)", err)
-	}
-	r := &record{keys: map[string][]string{}, images: map[string]Published{}}
-	hosts := make([]string, 0, len(raw.Prefixes))
-	for h := range raw.Prefixes {
-		hosts = append(hosts, h)
-	}
-	sort.Strings(hosts)
-	for _, h := range hosts {
-		ps := raw.Prefixes[h]
-		if !types.ValidACIdentifier.MatchString(h) || strings.Contains(h, "/") {
-			return nil, recordError("names the prefix %s, which is not an AC Identifier's first component", safeio.QuoteAlways(h))
-		}
-		if ps == nil {
-			return nil, recordError("names the prefix %s without its template", h)
-		}
-		base, ok := strings.CutSuffix(ps.Template, "/"+fileTemplate)
-		if !ok {
-			return nil, recordError("gives %s the template %s, not BASE/%s", h, safeio.QuoteAlways(ps.Template), fileTemplate)
-		}
-		if u, err := ParseBaseURL(base); err != nil || u.String() != base {
-			return nil, recordError("gives %s the template %s, whose base URL is not a canonical http(s) URL", h, safeio.QuoteAlways(ps.Template))
-		}
-		if r.base != "" && base != r.base {
-			return nil, recordError("names two base URLs, %s and %s", r.base, safeio.QuoteAlways(base))
-		}
-		r.base = base
-		if len(ps.PubKeys) > maxKeys {
-			return nil, recordError("lists %d keys for %s", len(ps.PubKeys), h)
-		}
-		r.keys[h] = []string{}
-		seen := map[string]bool{}
-		for _, k := range ps.PubKeys {
-			rest, ok := strings.CutPrefix(k, base+"/pubkeys/")
-			fp, ok2 := strings.CutSuffix(rest, ".asc")
-			if !ok || !ok2 || !fingerprintRE.MatchString(fp) || seen[fp] {
-				return nil, recordError("lists the key %s for %s, which is not %s/pubkeys/FINGERPRINT.asc (once)", safeio.QuoteAlways(k), h, base)
-			}
-			seen[fp] = true
-			r.keys[h] = append(r.keys[h], fp)
-		}
-	}
-	dir := ""
-	if b, err := url.Parse(r.base); err == nil {
-		dir = strings.TrimPrefix(b.Path, "/")
-	}
-	for p, img := range raw.Images {
-		if !types.ValidACIdentifier.MatchString(img.Name) {
-			return nil, recordError("lists the image %s with the name %s, which is not an AC Identifier", safeio.QuoteAlways(p), safeio.QuoteAlways(img.Name))
-		}
-		if _, ok := raw.Prefixes[hostOf(img.Name)]; !ok {
-			return nil, recordError("lists %s, whose prefix %s it does not name", img.Name, hostOf(img.Name))
-		}
-		rel, u, ok := imageFile(r.base, dir, img.Name, img.Version, img.OS, img.Arch)
-		if !ok || p != rel || img.Path != rel || img.URL != u {
-			return nil, recordError("lists the image %s at %s and %s, not at the path and URL the template gives its name and labels", img.Name, safeio.QuoteAlways(p), safeio.QuoteAlways(img.URL))
-		}
-		if !imageIDRE.MatchString(img.ImageID) {
-			return nil, recordError("gives %s the image ID %s, which is not one", rel, safeio.QuoteAlways(img.ImageID))
-		}
-		for _, d := range img.Depends {
-			if !pinRE.MatchString(d) {
-				return nil, recordError("gives %s the dependency %s, which is not an image ID", rel, safeio.QuoteAlways(d))
-			}
-		}
-		r.images[p] = img
-	}
-	return r, nil
-}
-
-// readRecord reads the tree's record without blocking, bounded; nil if
-// there is none.
-func readRecord(root *os.Root) ([]byte, error) {
-	f, err := root.OpenFile(stateFile, os.O_RDONLY|nonBlock, 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading the site's %s: %w", stateFile, err)
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("the site's %s is not a regular file: remove it (the next publish rebuilds it from the tree)", stateFile)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxStateSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading the site's %s: %w", stateFile, err)
-	}
-	if data == nil {
-		data = []byte{}
-	}
-	return data, nil
-}
 
 // site is what the tree serves under one base URL.
 type site struct {
@@ -433,12 +296,125 @@ func readFound(root *os.Root, p string) *found {
 	return fd
 }
 
+const nonBlock = syscall.O_NONBLOCK
+
+// openIn opens the regular file p of the site, without blocking and
+// without leaving it.
+func openIn(root *os.Root, p string) (*os.File, error) {
+	f, err := root.OpenFile(filepath.FromSlash(p), os.O_RDONLY|nonBlock, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("the site's %s is not a regular file: remove it, or publish into another site", safeio.Quote(p))
+	}
+	return f, nil
+}
+
+// verifyIn checks the image at p in the tree and its signature p.asc with
+// trust, reading the image whole.
+func verifyIn(ctx context.Context, root *os.Root, p string, trust *sign.Trust) (*sign.Verified, error) {
+	f, err := openIn(root, p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	sig, err := openIn(root, p+".asc")
+	if err != nil {
+		return nil, err
+	}
+	defer sig.Close()
+	id, known := identify(f, sig)
+	if known {
+		if e, ok := verified.get(id); ok {
+			if time.Since(e.at) < verifiedFor {
+				if _, ok := trust.TrustedFor(e.v.Fingerprint, e.v.Name); ok {
+					return e.v, nil
+				}
+			}
+			verified.forget(id)
+		}
+	}
+	v, err := sign.VerifyWith(safeio.WithContext(ctx, f), sig, trust, sign.VerifyOptions{Full: true})
+	if err == nil && known {
+		// Kept only if neither file changed while it was read.
+		if again, ok := identify(f, sig); ok && again == id {
+			verified.put(id, verifiedEntry{v: v, at: time.Now()})
+		}
+	}
+	return v, err
+}
+
+// fileInfo reads the image at p in the tree whole: its manifest and image
+// ID as the file says.
+func (s *site) fileInfo(ctx context.Context, root *os.Root, p string) (*aci.Info, error) {
+	if info, ok := s.infos[p]; ok {
+		return info, nil
+	}
+	f, err := openIn(root, p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	info, err := aci.Inspect(safeio.WithContext(ctx, f))
+	if err != nil {
+		return nil, err
+	}
+	s.infos[p] = info
+	return info, nil
+}
+
 // manifests remembers, in this process's memory only, what the
 // manifests of tree files said, keyed by the file's identity as verified
 // is (see there): a long-running publisher (nix2aci serve) scans a tree
 // of thousands of images without reading each manifest again. What it
 // holds is never changed: a *found is shared by every scan that finds it.
 var manifests = newFileMemory[statID, *found]()
+
+// verified remembers, in this process's memory only, the tree files
+// verifyIn proved: a long-running publisher (nix2aci serve) checks the
+// layers its apps depend on without reading them whole again. An entry is
+// keyed by both files' identity (device, inode, size, modification and
+// change times: any write or rename over them changes it, and the change
+// time cannot be set back without the clock), holds for verifiedFor, and
+// is used only for a key the caller's trust still names for the image.
+var verified = newFileMemory[fileIdentity, verifiedEntry]()
+
+// verifiedFor bounds how long a verification is remembered (a key may
+// expire or be revoked meanwhile).
+const verifiedFor = 10 * time.Minute
+
+type verifiedEntry struct {
+	v  *sign.Verified
+	at time.Time
+}
+
+type statID struct {
+	dev, ino           uint64
+	size, mtime, ctime int64
+}
+
+type fileIdentity struct{ image, sig statID }
+
+// identify is the identity of an image file and its signature file.
+func identify(img, sig *os.File) (fileIdentity, bool) {
+	a, ok1 := statOf(img)
+	b, ok2 := statOf(sig)
+	return fileIdentity{a, b}, ok1 && ok2
+}
+
+func statOf(f *os.File) (statID, bool) {
+	fi, err := f.Stat()
+	if err != nil {
+		return statID{}, false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return statID{}, false
+	}
+	return statID{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}, true
+}
 
 // fileMemory is what this process remembers of tree files by their
 // identity (verified, manifests), at most maxScanEntries entries: files
@@ -472,44 +448,6 @@ func (c *fileMemory[K, V]) forget(id K) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.m, id)
-}
-
-// fileInfo reads the image at p in the tree whole: its manifest and image
-// ID as the file says.
-func (s *site) fileInfo(ctx context.Context, root *os.Root, p string) (*aci.Info, error) {
-	if info, ok := s.infos[p]; ok {
-		return info, nil
-	}
-	f, err := openIn(root, p)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	info, err := aci.Inspect(safeio.WithContext(ctx, f))
-	if err != nil {
-		return nil, err
-	}
-	s.infos[p] = info
-	return info, nil
-}
-
-// record returns the record of what s serves.
-func (s *site) record() siteRecord {
-	r := siteRecord{Prefixes: map[string]*prefixState{}, Images: s.images}
-	for _, img := range s.images {
-		host := hostOf(img.Name)
-		if r.Prefixes[host] != nil {
-			continue
-		}
-		ps := &prefixState{Template: s.base + "/" + fileTemplate, PubKeys: []string{}}
-		for _, fp := range sortedKeys(s.prefixes[host]) {
-			if s.keys[fp] != nil {
-				ps.PubKeys = append(ps.PubKeys, s.base+"/pubkeys/"+fp+".asc")
-			}
-		}
-		r.Prefixes[host] = ps
-	}
-	return r
 }
 
 func hostOf(name string) string {
