@@ -468,9 +468,3 @@ func sortedPublished(m map[string]publish.Published) []publish.Published {
 	}
 	return out
 }
-
-// imageRel is the file of an image in the tree, under the base path, as
-// the discovery template names it: NAME-VERSION-OS-ARCH.aci.
-func imageRel(name, version, os, arch string) string {
-	return path.Clean(name + "-" + version + "-" + os + "-" + arch + ".aci")
-}

@@ -394,25 +394,6 @@ func (s *Server) blob(w http.ResponseWriter, r *http.Request, q *request, ref st
 	s.metrics.hits.WithLabelValues(s.back.kind()).Inc()
 }
 
-// sendBlobFile serves a blob from the data directory.
-func (s *Server) sendBlobFile(w http.ResponseWriter, r *http.Request, d digest.Digest) bool {
-	rel := blobRel(d)
-	s.acquire(rel)
-	defer s.release(rel)
-	f, fi, ok := s.openData(rel)
-	if !ok {
-		return false
-	}
-	defer f.Close()
-	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Docker-Content-Digest", d.String())
-	h.Set("ETag", `"`+d.String()+`"`)
-	h.Set("Cache-Control", "public, max-age=31536000, immutable")
-	http.ServeContent(w, r, "", fi.ModTime(), f)
-	return true
-}
-
 // signatures answers the registry extension's signatures of a manifest:
 // one for each tag of the repository naming it, for the host the client
 // asked.
