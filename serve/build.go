@@ -18,6 +18,73 @@ import (
 	"github.com/nix2aci/nix2aci/publish"
 )
 
+// failure is a failed build's answer.
+type failure struct {
+	status int
+	msg    string
+	until  time.Time
+}
+
+// ensure builds and publishes q's image unless it is there, once however
+// many ask at a time; it returns the failure to answer, if any.
+func (s *Server) ensure(ctx context.Context, q *request) *failure {
+	key := q.name + ":" + q.version + ":" + q.system
+	if q.oci {
+		key += ":oci"
+	}
+	s.mu.Lock()
+	if f, ok := s.failures[key]; ok {
+		if time.Now().Before(f.until) {
+			s.mu.Unlock()
+			s.metrics.hits.WithLabelValues("failure").Inc()
+			return f
+		}
+		delete(s.failures, key)
+	}
+	if s.inflight[key] {
+		s.metrics.hits.WithLabelValues("joined").Inc()
+	} else {
+		if len(s.inflight) >= s.o.MaxBuilds+s.o.Queue {
+			s.mu.Unlock()
+			return &failure{status: http.StatusServiceUnavailable, msg: fmt.Sprintf("%d builds are running or waiting, as many as this server takes: try again shortly", len(s.inflight))}
+		}
+		s.inflight[key] = true
+	}
+	s.mu.Unlock()
+	ch := s.group.DoChan(key, func() (any, error) {
+		s.mu.Lock()
+		if s.closing {
+			delete(s.inflight, key)
+			s.group.Forget(key)
+			s.mu.Unlock()
+			return &failure{status: http.StatusServiceUnavailable, msg: "the server is shutting down"}, nil
+		}
+		s.builds.Add(1)
+		s.mu.Unlock()
+		defer s.builds.Done()
+		f := s.build(q)
+		s.mu.Lock()
+		// Forgotten with its in-flight mark, at once: a request that finds
+		// no mark starts a call of its own, never joins this ending one
+		// (its mark would stay, counted against the queue).
+		delete(s.inflight, key)
+		s.group.Forget(key)
+		if f != nil && f.status != http.StatusServiceUnavailable {
+			f.until = time.Now().Add(s.o.FailureTTL)
+			s.failures[key] = f
+		}
+		s.mu.Unlock()
+		return f, nil
+	})
+	select {
+	case res := <-ch:
+		f, _ := res.Val.(*failure)
+		return f
+	case <-ctx.Done():
+		return &failure{status: http.StatusServiceUnavailable, msg: "the request ended before the build"}
+	}
+}
+
 // build builds q's image and publishes it into the data directory.
 func (s *Server) build(q *request) *failure {
 	if q.oci {
