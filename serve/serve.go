@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/sys/unix"
@@ -303,6 +302,3 @@ func (s *Server) Close() {
 	s.builds.Wait()
 	s.background.Wait()
 }
-
-// Registry is the server's Prometheus registry (what /metrics shows).
-func (s *Server) Registry() *prometheus.Registry { return s.metrics.reg }
