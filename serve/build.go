@@ -2,8 +2,6 @@ package serve
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -15,175 +13,76 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nix2aci/nix2aci/internal/safeio"
 	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/pkgs"
 	"github.com/nix2aci/nix2aci/publish"
 )
 
-// unknownMarker starts the evaluation error of names that are neither a
-// recipe nor a package attribute.
-const unknownMarker = "nix2aci-serve: unknown packages: "
-
-// writeRecipes writes the built-in recipes into dir, for composed
-// recipes to import.
-func writeRecipes(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	list, err := pkgs.List()
-	if err != nil {
-		return err
-	}
-	for _, r := range list {
-		if b, ok := pkgs.BuiltinRecipe(r.Name); ok {
-			if err := os.WriteFile(filepath.Join(dir, r.Name+".nix"), b, 0o600); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+// failure is a failed build's answer.
+type failure struct {
+	status int
+	msg    string
+	until  time.Time
 }
 
-// systemMarker starts the evaluation error of a package set that
-// cannot be had for the system asked for.
-const systemMarker = "nix2aci-serve: no package set for the system: "
-
-// packageSetNix defines packageSetFor, for the Nix expressions a server
-// generates (an image's recipe, and the names it reads at start, see
-// readNames), so that both see one package set: for a system, { set =
-// …; } (the flake's packages over its legacyPackages over its nixpkgs
-// input's, nixpkgs imported for the system, or the driver's own set when
-// it is for this host), or { error = "why there is none"; }. It needs
-// pkgs (the set recipes get) and flakeRef (null or a locked reference)
-// in scope.
-const packageSetNix = `packageSetFor = system:
-    if flakeRef != null then
-      let
-        f = builtins.getFlake flakeRef;
-        of = o: if builtins.isAttrs o && o ? ${system} then o.${system} else { };
-      in { set = of (f.inputs.nixpkgs.legacyPackages or { }) // of (f.legacyPackages or { }) // of (f.packages or { }); }
-    else if system == builtins.currentSystem then { set = pkgs; }
-    else if pkgs ? nix2aciOffline then { error = "the offline package set has this host's busybox only, for ${builtins.currentSystem}: serve --nixpkgs or --flake to build for ${system}"; }
-    else if pkgs ? path then { set = import pkgs.path { inherit system; }; }
-    else { error = "this package set cannot be imported for ${system}"; };`
-
-// recipeFor returns the recipe of q's image: its packages (sorted, so
-// that their order in the name does not change the image's contents),
-// each a recipe (the user's, then a built-in one) or a package
-// attribute, a shell and coreutils if q asks for them, and CA
-// certificates, all for q's system.
-//
-// The packages are joined in one small derivation linking their files
-// (symlinkJoin where the package set has it), which is the image's own
-// package: the packages themselves are then in its closure, and so each
-// gets a layer (the layer budget permitting), shared by every image that
-// holds it. exec is the first package's: its recipe's, else
-// /bin/<package name>; /bin/sh for a shell alone.
-func (s *Server) recipeFor(q *request) string {
-	ps := append([]string(nil), q.wanted...)
-	sort.Strings(ps)
-	ps = dedup(ps)
-	var attrs, exprs, execs []string
-	if q.shell {
-		exprs = append(exprs, "shellPackages")
+// ensure builds and publishes q's image unless it is there, once however
+// many ask at a time; it returns the failure to answer, if any.
+func (s *Server) ensure(ctx context.Context, q *request) *failure {
+	key := q.name + ":" + q.version + ":" + q.system
+	if q.oci {
+		key += ":oci"
 	}
-	for _, p := range ps {
-		file := ""
-		if s.o.Recipes != "" {
-			if fi, err := os.Stat(filepath.Join(s.o.Recipes, p+".nix")); err == nil && fi.Mode().IsRegular() {
-				file, _ = filepath.Abs(filepath.Join(s.o.Recipes, p+".nix"))
-			}
+	s.mu.Lock()
+	if f, ok := s.failures[key]; ok {
+		if time.Now().Before(f.until) {
+			s.mu.Unlock()
+			s.metrics.hits.WithLabelValues("failure").Inc()
+			return f
 		}
-		if file == "" {
-			if _, ok := pkgs.BuiltinRecipe(p); ok {
-				file = filepath.Join(s.recipes, p+".nix")
-			}
+		delete(s.failures, key)
+	}
+	if s.inflight[key] {
+		s.metrics.hits.WithLabelValues("joined").Inc()
+	} else {
+		if len(s.inflight) >= s.o.MaxBuilds+s.o.Queue {
+			s.mu.Unlock()
+			return &failure{status: http.StatusServiceUnavailable, msg: fmt.Sprintf("%d builds are running or waiting, as many as this server takes: try again shortly", len(s.inflight))}
 		}
-		if file != "" {
-			e := "(recipe " + strconv.Quote(file) + ")"
-			exprs = append(exprs, e+".packages")
-			execs = append(execs, "("+e+".exec or (binOf (builtins.head "+e+".packages)))")
-			continue
+		s.inflight[key] = true
+	}
+	s.mu.Unlock()
+	ch := s.group.DoChan(key, func() (any, error) {
+		s.mu.Lock()
+		if s.closing {
+			delete(s.inflight, key)
+			s.group.Forget(key)
+			s.mu.Unlock()
+			return &failure{status: http.StatusServiceUnavailable, msg: "the server is shutting down"}, nil
 		}
-		attrs = append(attrs, strconv.Quote(p))
-		exprs = append(exprs, "[ (attr "+strconv.Quote(p)+") ]")
-		execs = append(execs, "(binOf (attr "+strconv.Quote(p)+"))")
-	}
-	execs = append(execs, `[ "/bin/sh" ]`)
-	flake := "null"
-	if s.o.Flake != "" {
-		flake = strconv.Quote(s.o.Flake)
-	}
-	source := s.o.Source
-	if source == "" {
-		source = "unnamed"
-	}
-	return fmt.Sprintf(`# Generated by nix2aci serve for %s.
-{ pkgs }:
-let
-  system = %s;
-  flakeRef = %s;
-  %s
-  PS = packageSetFor system;
-  P = PS.set or (throw "%s${PS.error}");
-  splitDot = s: builtins.filter builtins.isString (builtins.split "[.]" s);
-  at = path: set:
-    if path == [ ] then set
-    else if builtins.isAttrs set && set ? ${builtins.head path} then at (builtins.tail path) set.${builtins.head path}
-    else null;
-  attr = p: at (splitDot p) P;
-  recipe = f: let r = import (/. + f); in
-    if builtins.isFunction r then r (builtins.intersectAttrs (builtins.functionArgs r) { pkgs = P; lib = P.lib or pkgs.lib or null; }) else r;
-  binOf = p: [ "/bin/${p.pname or (builtins.parseDrvName p.name).name}" ];
-  missing = builtins.filter (p: attr p == null) [ %s ];
-  shellPackages =
-    if !(P ? nix2aciOffline) && P ? bashInteractive && P ? coreutils then [ P.bashInteractive P.coreutils ]
-    else if P ? busybox then [ P.busybox ]
-    else throw "%sshell (the package set has neither bashInteractive and coreutils nor busybox)";
-  packages = %s;
-  bb = P.busybox or pkgs.busybox;
-  env =
-    if P ? symlinkJoin then P.symlinkJoin { name = "nix2aci-serve-env"; paths = packages; }
-    else derivation {
-      name = "nix2aci-serve-env";
-      inherit system packages;
-      builder = "${bb}/bin/sh";
-      args = [ "-c" ''
-        PATH=${bb}/bin
-        mkdir -p $out
-        for p in $packages; do
-          cd $p
-          find . -type d | while read -r d; do mkdir -p "$out/$d"; done
-          find . ! -type d | while read -r f; do [ -e "$out/$f" ] || [ -L "$out/$f" ] || ln -s "$p/$f" "$out/$f"; done
-        done
-      '' ];
-    };
-  # CA certificates, as build's certs = true gives them, from the package
-  # set for the system.
-  cacert = P.cacert or (if system == builtins.currentSystem then pkgs.cacert else null);
-  certFile = "/etc/ssl/certs/ca-certificates.crt";
-in
-  if missing != [ ] then throw "%s${builtins.concatStringsSep " " missing}"
-  else {
-    packages = [ env ] ++ (if cacert != null then [ cacert ] else [ ]);
-    environment = if cacert != null then { SSL_CERT_FILE = certFile; NIX_SSL_CERT_FILE = certFile; } else { };
-    name = %s;
-    version = %s;
-    exec = builtins.head %s;
-    annotations = { "nix2aci.io/package-set" = %s; };
-  }
-`, q.name, strconv.Quote(q.system), flake, packageSetNix, systemMarker, strings.Join(attrs, " "), unknownMarker, strings.Join(exprs, " ++ "), unknownMarker, strconv.Quote(q.name), strconv.Quote(s.o.Version), "[ "+strings.Join(execs, " ")+" ]", strconv.Quote(source))
-}
-
-func dedup(s []string) []string {
-	var out []string
-	for i, x := range s {
-		if i == 0 || x != s[i-1] {
-			out = append(out, x)
+		s.builds.Add(1)
+		s.mu.Unlock()
+		defer s.builds.Done()
+		f := s.build(q)
+		s.mu.Lock()
+		// Forgotten with its in-flight mark, at once: a request that finds
+		// no mark starts a call of its own, never joins this ending one
+		// (its mark would stay, counted against the queue).
+		delete(s.inflight, key)
+		s.group.Forget(key)
+		if f != nil && f.status != http.StatusServiceUnavailable {
+			f.until = time.Now().Add(s.o.FailureTTL)
+			s.failures[key] = f
 		}
+		s.mu.Unlock()
+		return f, nil
+	})
+	select {
+	case res := <-ch:
+		f, _ := res.Val.(*failure)
+		return f
+	case <-ctx.Done():
+		return &failure{status: http.StatusServiceUnavailable, msg: "the request ended before the build"}
 	}
-	return out
 }
 
 // build builds q's image and publishes it into the data directory.
@@ -352,73 +251,6 @@ func (s *Server) buildFailure(ctx context.Context, q *request, err error) *failu
 	return &failure{status: http.StatusBadGateway, msg: fmt.Sprintf("building %s failed: %s", q.name, msg)}
 }
 
-// maxIdentity bounds what VersionLabel reads of a file.
-const maxIdentity = 1 << 20
-
-// VersionLabel is the version of the images a server builds: a short
-// digest of what determines their bytes besides the names: the package
-// set (nixpkgs: its resolved path, which names its contents when it is in
-// the Nix store, and its .git-revision or .version file; "" for
-// nix2aci's offline set), the recipes directory's files, and build, which
-// names nix2aci's own build; flake, when set, is the locked flake the
-// packages come from (its reference names its contents).
-func VersionLabel(nixpkgs, flake, recipes, build string) (string, error) {
-	h := sha256.New()
-	fmt.Fprintf(h, "nix2aci-serve-1\nbuild %s\n", build)
-	if flake != "" {
-		fmt.Fprintf(h, "flake %s\n", flake)
-	}
-	if nixpkgs != "" {
-		p, err := filepath.EvalSymlinks(nixpkgs)
-		if err != nil {
-			return "", fmt.Errorf("nixpkgs: %w", err)
-		}
-		fmt.Fprintf(h, "nixpkgs %s\n", p)
-		for _, f := range []string{".git-revision", ".version", "lib/.version"} {
-			if b, err := safeio.ReadFile(filepath.Join(p, f), maxIdentity); err == nil {
-				fmt.Fprintf(h, "%s %x\n", f, sha256.Sum256(b))
-			}
-		}
-	}
-	if recipes != "" {
-		files, err := filepath.Glob(filepath.Join(recipes, "*.nix"))
-		if err != nil {
-			return "", err
-		}
-		for _, f := range files {
-			b, err := safeio.ReadFile(f, maxIdentity)
-			if err != nil {
-				return "", fmt.Errorf("recipe %s: %w", f, err)
-			}
-			fmt.Fprintf(h, "recipe %s %x\n", filepath.Base(f), sha256.Sum256(b))
-		}
-	}
-	return "v" + hex.EncodeToString(h.Sum(nil))[:16], nil
-}
-
-// Source names a package set for the nix2aci.io/package-set annotation:
-// the locked flake (with its revision), else nixpkgs' path (with the
-// revision in its .git-revision, if any), else the offline set.
-func Source(nixpkgs string, flake *pkgs.FlakeLock) string {
-	switch {
-	case flake != nil:
-		if flake.Revision != "" {
-			return fmt.Sprintf("flake %s (revision %s)", flake.URL, flake.Revision)
-		}
-		return "flake " + flake.URL
-	case nixpkgs != "":
-		p, err := filepath.EvalSymlinks(nixpkgs)
-		if err != nil {
-			p = nixpkgs
-		}
-		if b, err := safeio.ReadFile(filepath.Join(p, ".git-revision"), 128); err == nil && len(strings.TrimSpace(string(b))) > 0 {
-			return fmt.Sprintf("nixpkgs %s (revision %s)", p, strings.TrimSpace(string(b)))
-		}
-		return "nixpkgs " + p
-	}
-	return "nix2aci offline package set"
-}
-
 // uploadList is what a build puts into the store: its layers, in
 // rendering order, then the app, each as published now (rep) or as the
 // tree held it already (its path and the image ID the app pins, which
@@ -467,10 +299,4 @@ func sortedPublished(m map[string]publish.Published) []publish.Published {
 		out = append(out, m[k])
 	}
 	return out
-}
-
-// imageRel is the file of an image in the tree, under the base path, as
-// the discovery template names it: NAME-VERSION-OS-ARCH.aci.
-func imageRel(name, version, os, arch string) string {
-	return path.Clean(name + "-" + version + "-" + os + "-" + arch + ".aci")
 }

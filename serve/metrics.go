@@ -40,3 +40,6 @@ func newMetrics() *metrics {
 	m.reg.MustRegister(m.requests, m.hits, m.started, m.failed, m.duration, m.collected)
 	return m
 }
+
+// Registry is the server's Prometheus registry (what /metrics shows).
+func (s *Server) Registry() *prometheus.Registry { return s.metrics.reg }

@@ -7,16 +7,115 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/nixstore"
 	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/pkgs"
 )
+
+// request is an image file asked for.
+type request struct {
+	rel      string   // the file in the tree, under the base path
+	name     string   // the image's name
+	packages []string // the components after the prefix
+	version  string
+	os, arch string
+	asc      bool
+	oci      bool // an OCI image, asked through the registry API
+
+	// From the meta names at the front of packages (see meta):
+	wanted []string // the package names
+	shell  bool     // a shell and coreutils
+	system string   // the Nix system to build for
+}
+
+var (
+	componentRE = regexp.MustCompile(`^[a-z0-9]+(?:[-._~][a-z0-9]+)*$`)
+	versionRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9._~]*$`)
+)
+
+// checkComponents checks the "/"-separated components of a name.
+func checkComponents(comps []string) error {
+	if len(comps) > MaxComponents {
+		return fmt.Errorf("the name has %d components: at most %d are served", len(comps), MaxComponents)
+	}
+	for _, c := range comps {
+		if !componentRE.MatchString(c) {
+			return fmt.Errorf("the name component %q is not lower-case letters and digits joined by single - . _ ~ (no empty component, no .., no upper case)", bounded(c, 80))
+		}
+	}
+	return nil
+}
+
+// Meta names: at the front of a name, before its packages, they change
+// what the image holds or what it is built for rather than naming a
+// package.
+var (
+	// metaShell adds a shell and coreutils (bashInteractive and coreutils
+	// from nixpkgs; busybox from the offline set).
+	metaShell = "shell"
+	// metaSystems build for another system, Docker's names for them;
+	// the file asked for must then name that system's appc arch.
+	metaSystems = map[string]string{"arm64": "aarch64-linux", "amd64": "x86_64-linux"}
+)
+
+// meta reads q's meta names and its system: the one a meta name asks
+// for, else the one of the file's os and arch labels (so that rkt on an
+// aarch64 host, asking for its own arch, gets an aarch64 image). A
+// failure is answered as it says.
+func (s *Server) meta(q *request) *failure {
+	ps := q.packages
+	seen := map[string]bool{}
+	for len(ps) > 0 {
+		p := ps[0]
+		if p == metaShell {
+			q.shell = true
+		} else if sys, ok := metaSystems[p]; ok {
+			if q.system != "" {
+				return &failure{status: http.StatusBadRequest, msg: fmt.Sprintf("%s names two systems: give at most one of arm64, amd64", q.name)}
+			}
+			q.system = sys
+		} else {
+			break
+		}
+		if seen[p] {
+			return &failure{status: http.StatusBadRequest, msg: fmt.Sprintf("%s names %s twice", q.name, p)}
+		}
+		seen[p] = true
+		ps = ps[1:]
+	}
+	for _, p := range ps {
+		if _, ok := metaSystems[p]; ok || p == metaShell {
+			return &failure{status: http.StatusBadRequest, msg: fmt.Sprintf("%s: the meta name %s comes first, before the packages: %s/%s/…", q.name, p, s.o.Prefix, p)}
+		}
+	}
+	q.wanted = ps
+	if len(q.wanted) == 0 && !q.shell {
+		return &failure{status: http.StatusNotFound, msg: fmt.Sprintf("%s names no package: add one, e.g. %s/busybox", q.name, q.name)}
+	}
+	fileSystem, ok := manifest.SystemOf(q.os, q.arch)
+	if !ok {
+		return &failure{status: http.StatusNotFound, msg: fmt.Sprintf("%s is for %s/%s: nix2aci builds linux images for amd64, aarch64, i386, armv6l, armv7l and ppc64le (as a server can: see its systems)", q.name, q.os, q.arch)}
+	}
+	if q.system == "" {
+		q.system = fileSystem
+	} else if q.system != fileSystem {
+		_, arch, _ := manifest.OSArch(q.system)
+		return &failure{status: http.StatusNotFound, msg: fmt.Sprintf("%s is built for %s: ask for %s-%s-linux-%s.aci, not linux-%s (rkt asks for its own arch: on this host, rkt fetch '%s:%s,arch=%s')", q.name, q.system, path.Base(q.name), q.version, arch, q.arch, q.name, q.version, arch)}
+	}
+	if !slices.Contains(s.o.Systems, q.system) {
+		return &failure{status: http.StatusUnprocessableEntity, msg: fmt.Sprintf("%s: this server builds for %s only, and its Nix cannot build for %s: give the server a Nix remote builder for %s (Nix's builders setting), or emulation (binfmt_misc and extra-platforms = %s), and restart it", q.name, strings.Join(s.o.Systems, ", "), q.system, q.system, q.system)}
+	}
+	return nil
+}
 
 // maxNames bounds the JSON of the names read at start: nixpkgs' top-level
 // names are some hundreds of kilobytes for each system.
