@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -51,8 +52,9 @@ that lists them as dependencies, with <image>.deps naming them in order:
 
 --format oci writes an OCI image layout (<image>.oci) instead, from the
 same plan; oci-archive and docker-archive the tar files podman load and
-docker load take:
-  podman run oci:ACIs/X.oci:VERSION
+docker load take. podman takes oci:DIR:TAG where DIR is lower case (it
+names the image after DIR), so an image in ACIs is run from there:
+  (cd ACIs && podman run oci:X.oci:VERSION)
 
 Without nixpkgs in NIX_PATH, recipes use nix2aci's offline package set,
 which has busybox and busybox-static (from the host's busybox-static).
@@ -369,16 +371,75 @@ func printOCI(stdout, stderr io.Writer, out *pipeline.Result) {
 	}
 	args := ""
 	if out.PodmanArgs != "" {
-		args = "$(cat " + out.PodmanArgs + ") "
+		args = "$(cat " + shellWord(out.PodmanArgs) + ") "
 	}
 	switch out.Format {
 	case oci.LayoutFormat:
-		fmt.Fprintf(stderr, "run it with: podman run %soci:%s:%s\n", args, out.OCI, out.Tag)
+		run := podmanRunLayout(out)
+		if strings.HasPrefix(run, "skopeo ") {
+			fmt.Fprintf(stderr, "podman runs oci:DIR:TAG only where DIR is a lower-case repository name, which neither %s nor its file name is\n", out.OCI)
+		}
+		fmt.Fprintf(stderr, "run it with: %s\n", run)
 	case oci.Archive:
 		fmt.Fprintf(stderr, "load it with: podman load -i %s (or run it: podman run %soci-archive:%s)\n", out.OCI, args, out.OCI)
 	case oci.DockerArchive:
 		fmt.Fprintf(stderr, "load it with: docker load -i %s (or podman load -i)\n", out.OCI)
 	}
+}
+
+// podmanRepoPath is a repository path as podman parses one: lower-case
+// components joined by "/" (docker's reference grammar).
+var podmanRepoPath = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$`)
+
+// podmanRunLayout is the command that runs an OCI build's image layout
+// with podman. podman (4.3, as here) names an image it runs from oci:DIR
+// after DIR, as the repository localhost/DIR, and refuses a DIR that is
+// no repository path (upper case, as in the default output directory
+// ACIs, or a leading "./"): such a layout is run from its directory, by
+// its file name, and one whose file name is none either is copied into
+// podman's storage by skopeo, under its image name.
+func podmanRunLayout(out *pipeline.Result) string {
+	valid := func(p string) bool {
+		p = strings.TrimLeft(p, "/")
+		return len("localhost/"+p) <= 255 && podmanRepoPath.MatchString(p)
+	}
+	dir, base := filepath.Split(out.OCI)
+	dir = filepath.Clean(dir)
+	args := func(inDir bool) string {
+		if out.PodmanArgs == "" {
+			return ""
+		}
+		a := out.PodmanArgs
+		if inDir && filepath.Dir(a) == dir {
+			a = filepath.Base(a)
+		} else if inDir {
+			if abs, err := filepath.Abs(a); err == nil {
+				a = abs
+			}
+		}
+		return "$(cat " + shellWord(a) + ") "
+	}
+	switch {
+	case valid(out.OCI):
+		return fmt.Sprintf("podman run %soci:%s:%s", args(false), out.OCI, out.Tag)
+	case valid(base):
+		return fmt.Sprintf("(cd %s && podman run %soci:%s:%s)", shellWord(dir), args(true), base, out.Tag)
+	}
+	name := oci.RepoName(out.Name)
+	if first, _, _ := strings.Cut(name, "/"); !strings.ContainsAny(first, ".:") && first != "localhost" {
+		name = "localhost/" + name // not a Docker Hub name
+	}
+	return fmt.Sprintf("skopeo copy %s containers-storage:%s:%s && podman run %s%s:%s",
+		shellWord("oci:"+out.OCI+":"+out.Tag), name, out.Tag, args(false), name, out.Tag)
+}
+
+// shellWord quotes s for a POSIX shell, if it needs it.
+func shellWord(s string) string {
+	const safe = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./_-"
+	if s != "" && strings.IndexFunc(s, func(r rune) bool { return !strings.ContainsRune(safe, r) }) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // replaceSymlink points link at target (relative to link's directory when

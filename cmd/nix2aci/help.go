@@ -54,7 +54,7 @@ var commandDocs = map[string]struct {
 		"nix2aci build ./app.nix --layered --name example.com/app   # the recipe's layer groups as a chain",
 		"nix2aci build ./other.nix --base example.com/nix/libs:8826f97… --trust-dir /etc/rkt/trustedkeys",
 		"nix2aci build /nix/store/…-glibc --layer-group runtime --layer-prefix example.com/nix",
-		"nix2aci build ./app.nix --format oci --layered --name example.com/app   # podman run oci:ACIs/app-1.0-linux-amd64.oci:1.0",
+		"nix2aci build ./app.nix --format oci --layered --name example.com/app   # (cd ACIs && podman run oci:app-1.0-linux-amd64.oci:1.0)",
 	}, []string{"NIX_PATH", "NIX2ACI_PKGS", "NIX2ACI_SIGNING_KEY", "NIX2ACI_KEY_PASSPHRASE", "SOURCE_DATE_EPOCH", "XDG_CACHE_HOME", "NIX2ACI_CACHE_KEY", "NIX2ACI_CACHE_KEY_HEX"}},
 	"inspect":      {[]string{"nix2aci inspect result.aci", "nix2aci inspect --json ACIs/busybox-1.35.0-linux-amd64.aci | jq .imageID"}, nil},
 	"pkgs":         {[]string{"nix2aci pkgs list"}, []string{"NIX2ACI_PKGS"}},
