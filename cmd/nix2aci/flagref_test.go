@@ -200,3 +200,35 @@ func TestFlagUsageNamesTheFlagItGoesWith(t *testing.T) {
 	}
 	walk(newApp().Commands)
 }
+
+// Every command's --help gives each flag's default once: a flag whose
+// usage already says its default gets no second "(default: 0)", and a
+// bool flag no "(default: false)".
+func TestHelpShowsEachDefaultOnce(t *testing.T) {
+	defaults := regexp.MustCompile(`\(default\b`)
+	var walk func(cmds []*cli.Command, path []string)
+	walk = func(cmds []*cli.Command, path []string) {
+		for _, c := range cmds {
+			if c.Name == "help" {
+				continue
+			}
+			p := append(append([]string(nil), path...), c.Name)
+			app := newApp()
+			var out strings.Builder
+			app.Writer, app.ErrWriter = &out, &out
+			if err := app.Run(append(append([]string{"nix2aci"}, p...), "--help")); err != nil {
+				t.Fatalf("nix2aci %s --help: %v", strings.Join(p, " "), err)
+			}
+			for _, line := range strings.Split(out.String(), "\n") {
+				if !strings.HasPrefix(strings.TrimSpace(line), "-") {
+					continue
+				}
+				if n := len(defaults.FindAllString(line, -1)); n > 1 || strings.Contains(line, "(default: false)") {
+					t.Errorf("nix2aci %s --help: %s", strings.Join(p, " "), strings.TrimSpace(line))
+				}
+			}
+			walk(c.Subcommands, p)
+		}
+	}
+	walk(newApp().Commands, nil)
+}
