@@ -232,3 +232,61 @@ func TestHelpShowsEachDefaultOnce(t *testing.T) {
 	}
 	walk(newApp().Commands, nil)
 }
+
+// Every environment variable a command's help names (its description or
+// a flag's usage, e.g. --store's AWS_ACCESS_KEY_ID) is in the
+// Environment section of that help page, and so is every secret nix2aci
+// takes out of the environment (secrets.go), on some page.
+func TestHelpListsTheEnvironmentItNames(t *testing.T) {
+	variable := regexp.MustCompile(`\b[A-Z][A-Z0-9]*_[A-Z0-9_]*[A-Z0-9]\b`)
+	listed := map[string]bool{}
+	var walk func(cmds []*cli.Command, path []string)
+	walk = func(cmds []*cli.Command, path []string) {
+		for _, c := range cmds {
+			if c.Name == "help" {
+				continue
+			}
+			p := append(append([]string(nil), path...), c.Name)
+			app := newApp()
+			var out strings.Builder
+			app.Writer, app.ErrWriter = &out, &out
+			if err := app.Run(append(append([]string{"nix2aci"}, p...), "--help")); err != nil {
+				t.Fatalf("nix2aci %s --help: %v", strings.Join(p, " "), err)
+			}
+			page, env, _ := strings.Cut(out.String(), "\n   Environment:\n")
+			env, rest, _ := strings.Cut(env, "\n\n")
+			page += "\n" + rest
+			here := map[string]bool{}
+			for _, line := range strings.Split(env, "\n") {
+				if f := strings.Fields(line); len(f) > 0 {
+					here[f[0]], listed[f[0]] = true, true
+				}
+			}
+			page, _, _ = strings.Cut(page, "\nEXIT CODES:")
+			for _, v := range dedupe(variable.FindAllString(page, -1)) {
+				if !here[v] {
+					t.Errorf("nix2aci %s --help names %s, which its Environment section does not list", strings.Join(p, " "), v)
+				}
+			}
+			walk(c.Subcommands, p)
+		}
+	}
+	walk(newApp().Commands, nil)
+	for _, v := range secretNames {
+		if !listed[v] {
+			t.Errorf("no help page lists %s, a secret nix2aci reads from the environment", v)
+		}
+	}
+}
+
+func dedupe(s []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, v := range s {
+		if !seen[v] {
+			seen[v] = true
+			out = append(out, v)
+		}
+	}
+	return out
+}
