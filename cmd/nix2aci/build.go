@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -51,8 +52,9 @@ that lists them as dependencies, with <image>.deps naming them in order:
 
 --format oci writes an OCI image layout (<image>.oci) instead, from the
 same plan; oci-archive and docker-archive the tar files podman load and
-docker load take:
-  podman run oci:ACIs/X.oci:VERSION
+docker load take. podman takes oci:DIR:TAG where DIR is lower case (it
+names the image after DIR), so an image in ACIs is run from there:
+  (cd ACIs && podman run oci:X.oci:VERSION)
 
 Without nixpkgs in NIX_PATH, recipes use nix2aci's offline package set,
 which has busybox and busybox-static (from the host's busybox-static).
@@ -61,10 +63,10 @@ SOURCE_DATE_EPOCH, if set, is the image's "created" time.`,
 			&cli.BoolFlag{Name: "fat", Usage: "put every store path of the closure into the image (default)"},
 			&cli.BoolFlag{Name: "thin", Usage: "mount store paths from the host instead (writes .rkt-args)"},
 			&cli.BoolFlag{Name: "layered", Usage: "put the most shared store paths into layer images the app image depends on (writes .deps)"},
-			&cli.IntFlag{Name: "max-layers", Usage: "with --layered, at most `N` images below the app: layer groups, a base and its images, layers by popularity (default 10: rkt pays per image)"},
+			&cli.IntFlag{Name: "max-layers", Usage: "with --layered, at most `N` images below the app: layer groups, a base and its images, layers by popularity (rkt pays per image)", DefaultText: strconv.Itoa(pipeline.DefaultMaxLayers)},
 			&cli.StringFlag{Name: "layer-prefix", Usage: "with --layered, name layers `PREFIX`/<store path name> (default: the app name's host + /nix)"},
 			&cli.StringFlag{Name: "layer-group", Usage: "write no app: only the layer group image `NAME` (PREFIX/NAME) holding the target's closure less --base's, as a recipe's layer group NAME would (with --format oci: a base image layout, for --base)"},
-			&cli.StringFlag{Name: "describe", Usage: "with --group, also write a description of the image (name, version, image ID, store paths, the files below it) as `FILE` in --out (buildLayer's layer.json)"},
+			&cli.StringFlag{Name: "describe", Usage: "with --layer-group, also write a description of the image (name, version, image ID, store paths, the files below it) as `FILE` in --out (buildLayer's layer.json)"},
 			&cli.StringFlag{Name: "base", Usage: "build the app on the base `FILE` (a layer group image, or a buildLayer output) or NAME:VERSION (fetched by appc discovery, its signature checked against --trust-dir): it depends on it by image ID and holds none of its store paths; with --format oci, the image layout DIR a --layer-group --format oci build wrote, whose layers become the app's lowest"},
 			&cli.StringFlag{Name: "trust-dir", Value: "/etc/rkt/trustedkeys", Usage: "with --base NAME:VERSION, the trust store `DIR` in rkt's layout whose keys a fetched base must be signed by"},
 			&cli.StringFlag{Name: "insecure-options", Usage: "with --base NAME:VERSION, \"http\" allows fetching it over plain http (as rkt's --insecure-options=http)"},
@@ -82,8 +84,8 @@ SOURCE_DATE_EPOCH, if set, is the image's "created" time.`,
 			&cli.StringSliceFlag{Name: "mount", Usage: "declare the mount point `NAME:/PATH[:ro]` (repeatable; rkt run --volume NAME,kind=host,source=DIR)"},
 			&cli.StringFlag{Name: "pkgs", EnvVars: []string{"NIX2ACI_PKGS"}, Usage: "`DIR` of recipes overriding the built-in ones"},
 			&cli.StringFlag{Name: "compression", Value: "gzip", Usage: "gzip, xz or none"},
-			&cli.IntFlag{Name: "level", Usage: "gzip level 1 (fastest) to 9 (smallest) (default 6)"},
-			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Usage: "parallel compression jobs (default: one per CPU, at most 12)"},
+			&cli.IntFlag{Name: "level", Usage: "gzip level 1 (fastest) to 9 (smallest)", DefaultText: strconv.Itoa(aci.DefaultLevel)},
+			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Usage: "parallel compression jobs", DefaultText: "one per CPU, at most 12"},
 			&cli.BoolFlag{Name: "no-cache", Usage: "neither use nor fill the cache of compressed store paths, nor reuse layer files in --out (nothing to prove them with)"},
 			&cli.StringFlag{Name: "cache-dir", Usage: "cache `DIR` (default $XDG_CACHE_HOME/nix2aci or ~/.cache/nix2aci)"},
 			&cli.StringFlag{Name: "cache-key", EnvVars: []string{"NIX2ACI_CACHE_KEY"}, Usage: "path of the `FILE` holding the secret key that tags cache entries (never the key itself: for that, NIX2ACI_CACHE_KEY_HEX); a warm build takes only members tagged under it; made if missing; never inside the cache (default $XDG_CONFIG_HOME/nix2aci/cache-key or ~/.config/nix2aci/cache-key)"},
@@ -369,16 +371,75 @@ func printOCI(stdout, stderr io.Writer, out *pipeline.Result) {
 	}
 	args := ""
 	if out.PodmanArgs != "" {
-		args = "$(cat " + out.PodmanArgs + ") "
+		args = "$(cat " + shellWord(out.PodmanArgs) + ") "
 	}
 	switch out.Format {
 	case oci.LayoutFormat:
-		fmt.Fprintf(stderr, "run it with: podman run %soci:%s:%s\n", args, out.OCI, out.Tag)
+		run := podmanRunLayout(out)
+		if strings.HasPrefix(run, "skopeo ") {
+			fmt.Fprintf(stderr, "podman runs oci:DIR:TAG only where DIR is a lower-case repository name, which neither %s nor its file name is\n", out.OCI)
+		}
+		fmt.Fprintf(stderr, "run it with: %s\n", run)
 	case oci.Archive:
 		fmt.Fprintf(stderr, "load it with: podman load -i %s (or run it: podman run %soci-archive:%s)\n", out.OCI, args, out.OCI)
 	case oci.DockerArchive:
 		fmt.Fprintf(stderr, "load it with: docker load -i %s (or podman load -i)\n", out.OCI)
 	}
+}
+
+// podmanRepoPath is a repository path as podman parses one: lower-case
+// components joined by "/" (docker's reference grammar).
+var podmanRepoPath = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$`)
+
+// podmanRunLayout is the command that runs an OCI build's image layout
+// with podman. podman (4.3, as here) names an image it runs from oci:DIR
+// after DIR, as the repository localhost/DIR, and refuses a DIR that is
+// no repository path (upper case, as in the default output directory
+// ACIs, or a leading "./"): such a layout is run from its directory, by
+// its file name, and one whose file name is none either is copied into
+// podman's storage by skopeo, under its image name.
+func podmanRunLayout(out *pipeline.Result) string {
+	valid := func(p string) bool {
+		p = strings.TrimLeft(p, "/")
+		return len("localhost/"+p) <= 255 && podmanRepoPath.MatchString(p)
+	}
+	dir, base := filepath.Split(out.OCI)
+	dir = filepath.Clean(dir)
+	args := func(inDir bool) string {
+		if out.PodmanArgs == "" {
+			return ""
+		}
+		a := out.PodmanArgs
+		if inDir && filepath.Dir(a) == dir {
+			a = filepath.Base(a)
+		} else if inDir {
+			if abs, err := filepath.Abs(a); err == nil {
+				a = abs
+			}
+		}
+		return "$(cat " + shellWord(a) + ") "
+	}
+	switch {
+	case valid(out.OCI):
+		return fmt.Sprintf("podman run %soci:%s:%s", args(false), out.OCI, out.Tag)
+	case valid(base):
+		return fmt.Sprintf("(cd %s && podman run %soci:%s:%s)", shellWord(dir), args(true), base, out.Tag)
+	}
+	name := oci.RepoName(out.Name)
+	if first, _, _ := strings.Cut(name, "/"); !strings.ContainsAny(first, ".:") && first != "localhost" {
+		name = "localhost/" + name // not a Docker Hub name
+	}
+	return fmt.Sprintf("skopeo copy %s containers-storage:%s:%s && podman run %s%s:%s",
+		shellWord("oci:"+out.OCI+":"+out.Tag), name, out.Tag, args(false), name, out.Tag)
+}
+
+// shellWord quotes s for a POSIX shell, if it needs it.
+func shellWord(s string) string {
+	const safe = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./_-"
+	if s != "" && strings.IndexFunc(s, func(r rune) bool { return !strings.ContainsRune(safe, r) }) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // replaceSymlink points link at target (relative to link's directory when

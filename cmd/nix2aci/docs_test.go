@@ -84,9 +84,6 @@ func cliReference() string {
 					if s, ok := f.(cli.DocGenerationSliceFlag); ok && s.IsSliceFlag() && !strings.Contains(usage, "repeatable") {
 						usage += " (repeatable)"
 					}
-					// A bool's "false" and an int's "0" (an unset value
-					// whose default the usage gives) say nothing.
-					usage = strings.TrimSuffix(strings.TrimSuffix(usage, " (default: false)"), " (default: 0)")
 					fmt.Fprintf(&b, "| `%s` | %s |\n", cell(names), cell(usage))
 				}
 				b.WriteString("\n")

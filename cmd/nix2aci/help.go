@@ -38,6 +38,19 @@ var environmentHelp = map[string]string{
 	"XDG_CACHE_HOME":         "the cache lives in $XDG_CACHE_HOME/nix2aci (else ~/.cache/nix2aci)",
 	"NIX2ACI_CACHE_KEY":      "the path of the cache key's file, as --cache-key (never the key itself)",
 	"NIX2ACI_CACHE_KEY_HEX":  "the cache key itself, 64 hex digits (a CI secret), written nowhere; no program nix2aci runs sees it",
+	"XDG_CONFIG_HOME":        "the cache key's file is $XDG_CONFIG_HOME/nix2aci/cache-key (else ~/.config/nix2aci/cache-key)",
+	// serve --store: the AWS SDK's (config.LoadDefaultConfig), but for
+	// the three secrets, which secrets.go takes.
+	"AWS_ACCESS_KEY_ID":           "with AWS_SECRET_ACCESS_KEY, the credentials of the --store bucket, over AWS_PROFILE's (no program nix2aci runs sees it)",
+	"AWS_SECRET_ACCESS_KEY":       "the secret of AWS_ACCESS_KEY_ID (a CI secret; no program nix2aci runs sees it)",
+	"AWS_SESSION_TOKEN":           "with the two above, a temporary session's token (no program nix2aci runs sees it)",
+	"AWS_PROFILE":                 "without AWS_ACCESS_KEY_ID, the profile of the AWS config and credentials files whose credentials (and region) --store uses",
+	"AWS_CONFIG_FILE":             "the AWS config file (default ~/.aws/config)",
+	"AWS_SHARED_CREDENTIALS_FILE": "the AWS credentials file (default ~/.aws/credentials)",
+	"AWS_REGION":                  "the --store bucket's region, without --s3-region (else AWS_DEFAULT_REGION, the AWS config's, us-east-1)",
+	"AWS_DEFAULT_REGION":          "the --store bucket's region, without --s3-region and AWS_REGION",
+	"AWS_ENDPOINT_URL_S3":         "the S3 endpoint, without --s3-endpoint (the bucket addressed as BUCKET.HOST unless --s3-path-style)",
+	"AWS_ENDPOINT_URL":            "the endpoint of every AWS service, S3's without --s3-endpoint and AWS_ENDPOINT_URL_S3",
 }
 
 // commandDocs are each command's examples and the environment variables
@@ -54,8 +67,8 @@ var commandDocs = map[string]struct {
 		"nix2aci build ./app.nix --layered --name example.com/app   # the recipe's layer groups as a chain",
 		"nix2aci build ./other.nix --base example.com/nix/libs:8826f97… --trust-dir /etc/rkt/trustedkeys",
 		"nix2aci build /nix/store/…-glibc --layer-group runtime --layer-prefix example.com/nix",
-		"nix2aci build ./app.nix --format oci --layered --name example.com/app   # podman run oci:ACIs/app-1.0-linux-amd64.oci:1.0",
-	}, []string{"NIX_PATH", "NIX2ACI_PKGS", "NIX2ACI_SIGNING_KEY", "NIX2ACI_KEY_PASSPHRASE", "SOURCE_DATE_EPOCH", "XDG_CACHE_HOME", "NIX2ACI_CACHE_KEY", "NIX2ACI_CACHE_KEY_HEX"}},
+		"nix2aci build ./app.nix --format oci --layered --name example.com/app   # (cd ACIs && podman run oci:app-1.0-linux-amd64.oci:1.0)",
+	}, []string{"NIX_PATH", "NIX2ACI_PKGS", "NIX2ACI_SIGNING_KEY", "NIX2ACI_KEY_PASSPHRASE", "SOURCE_DATE_EPOCH", "XDG_CACHE_HOME", "NIX2ACI_CACHE_KEY", "NIX2ACI_CACHE_KEY_HEX", "XDG_CONFIG_HOME"}},
 	"inspect":      {[]string{"nix2aci inspect result.aci", "nix2aci inspect --json ACIs/busybox-1.35.0-linux-amd64.aci | jq .imageID"}, nil},
 	"pkgs":         {[]string{"nix2aci pkgs list"}, []string{"NIX2ACI_PKGS"}},
 	"pkgs list":    {[]string{"nix2aci pkgs list", "nix2aci pkgs list --pkgs ./recipes --json"}, []string{"NIX2ACI_PKGS"}},
@@ -80,7 +93,9 @@ var commandDocs = map[string]struct {
 	"serve": {[]string{
 		"nix2aci serve --prefix images.example.com --data /srv/acis --key key.asc --listen :8080",
 		"nix2aci serve --prefix 127.0.0.1 --base-url http://127.0.0.1:8080/acis --data site --key key.asc --nixpkgs ~/nixpkgs",
-	}, []string{"NIX_PATH", "NIX2ACI_PKGS", "NIX2ACI_SIGNING_KEY", "NIX2ACI_KEY_PASSPHRASE"}},
+	}, []string{"NIX_PATH", "NIX2ACI_PKGS", "NIX2ACI_SIGNING_KEY", "NIX2ACI_KEY_PASSPHRASE",
+		"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+		"AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"}},
 	"version": {[]string{"nix2aci version", "nix2aci --version"}, nil},
 	"completion": {[]string{
 		"source <(nix2aci completion bash)            # in ~/.bashrc",
@@ -117,8 +132,12 @@ func document(c *cli.Command, examples []string, env ...string) *cli.Command {
 	}
 	if len(env) > 0 {
 		b.WriteString("\nEnvironment:\n")
+		width := 23
 		for _, v := range env {
-			fmt.Fprintf(&b, "  %-23s %s\n", v, environmentHelp[v])
+			width = max(width, len(v))
+		}
+		for _, v := range env {
+			fmt.Fprintf(&b, "  %-*s %s\n", width, v, environmentHelp[v])
 		}
 	}
 	c.Description = strings.TrimRight(b.String(), "\n")

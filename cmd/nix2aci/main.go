@@ -125,6 +125,13 @@ func newApp() *cli.App {
 	setUsage = func(cmds []*cli.Command) {
 		for _, c := range cmds {
 			c.OnUsageError = app.OnUsageError
+			for _, f := range c.Flags {
+				// A switch is off unless given: help shows no
+				// "(default: false)" (a usage may say more).
+				if b, ok := f.(*cli.BoolFlag); ok && !b.Value {
+					b.DisableDefaultText = true
+				}
+			}
 			setUsage(c.Subcommands)
 		}
 	}

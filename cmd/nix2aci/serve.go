@@ -117,6 +117,19 @@ func runServe(c *cli.Context) error {
 		}
 		maxDisk = n
 	}
+	// Relative directories are the working directory's, resolved once
+	// here: the builds hand paths under them to Nix processes, which
+	// resolve them against other directories.
+	data, err := filepath.Abs(c.String("data"))
+	if err != nil {
+		return err
+	}
+	recipes := c.String("pkgs")
+	if recipes != "" {
+		if recipes, err = filepath.Abs(recipes); err != nil {
+			return err
+		}
+	}
 	nixpkgs := c.String("nixpkgs")
 	if nixpkgs != "" {
 		abs, err := filepath.Abs(nixpkgs)
@@ -154,7 +167,7 @@ func runServe(c *cli.Context) error {
 		return err
 	}
 	source := serve.Source(nixpkgs, lock)
-	label, err := serve.VersionLabel(nixpkgs, flakeURL, c.String("pkgs"), buildIdentity())
+	label, err := serve.VersionLabel(nixpkgs, flakeURL, recipes, buildIdentity())
 	if err != nil {
 		return err
 	}
@@ -165,7 +178,7 @@ func runServe(c *cli.Context) error {
 	log := slog.New(slog.NewTextHandler(c.App.ErrWriter, nil))
 	s, err := serve.New(serve.Options{
 		Store: store, LeaseTTL: c.Duration("lease"), Replica: c.String("replica"),
-		Prefix: prefix, BaseURL: base, Key: key, Data: c.String("data"), Recipes: c.String("pkgs"),
+		Prefix: prefix, BaseURL: base, Key: key, Data: data, Recipes: recipes,
 		Flake: flakeURL, Source: source, Systems: systems,
 		Version: label, MaxBuilds: c.Int("max-builds"), Queue: c.Int("queue"),
 		BuildTimeout: c.Duration("build-timeout"), FailureTTL: c.Duration("failure-ttl"), MaxDisk: maxDisk, NoCache: c.Bool("no-cache"), Logger: log,
@@ -194,7 +207,7 @@ func runServe(c *cli.Context) error {
 	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	log.Info("serving", "listen", ln.Addr().String(), "prefix", prefix, "base", base, "version", label, "data", c.String("data"), "packages", source, "systems", strings.Join(systems, ","))
+	log.Info("serving", "listen", ln.Addr().String(), "prefix", prefix, "base", base, "version", label, "data", data, "packages", source, "systems", strings.Join(systems, ","))
 	fmt.Fprintf(c.App.ErrWriter, "nix2aci: serving %s/PACKAGE… version %s on %s; rkt trust --prefix %s, then rkt fetch %s/busybox:%s\n", prefix, label, ln.Addr(), prefix, prefix, label)
 	select {
 	case err := <-served:
