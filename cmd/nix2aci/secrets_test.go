@@ -6,13 +6,14 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 )
 
 // leakNix is what an attacker's Nix code does with the environment it is
@@ -115,16 +116,11 @@ func TestSecretsReachNoChild(t *testing.T) {
 	recipes := filepath.Join(dir, "recipes")
 	os.MkdirAll(recipes, 0o755)
 	os.WriteFile(filepath.Join(recipes, "leak.nix"), []byte(`{ pkgs }: { packages = [ (import `+leakFile+`) ]; exec = [ "/bin/leak" "true" ]; }`), 0o644)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := testsupport.FreeAddr(t)
 	serve := exec.Command(bin, "serve", "--listen", addr, "--prefix", "127.0.0.1", "--base-url", "http://"+addr+"/acis",
 		"--data", filepath.Join(dir, "data"), "--pkgs", recipes)
 	serve.Env, serve.Dir = env, dir
-	var stderr lockedBuffer
+	var stderr testsupport.LockedBuffer
 	serve.Stderr = &stderr
 	if err := serve.Start(); err != nil {
 		t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 	"github.com/nix2aci/nix2aci/objstore"
 	"github.com/nix2aci/nix2aci/objstore/objstoretest"
 )
@@ -51,18 +51,13 @@ type replica struct {
 	cmd    *exec.Cmd
 	addr   string
 	label  string
-	stderr *lockedBuffer
+	stderr *testsupport.LockedBuffer
 }
 
 // start runs a replica on bucket, in its own process group.
 func (r *replicas) start(t *testing.T, bucket string, extra ...string) *replica {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &replica{addr: l.Addr().String(), stderr: &lockedBuffer{}}
-	l.Close()
+	p := &replica{addr: testsupport.FreeAddr(t), stderr: &testsupport.LockedBuffer{}}
 	args := append([]string{"serve", "--listen", p.addr, "--prefix", "127.0.0.1", "--base-url", "http://" + p.addr + "/acis",
 		"--data", filepath.Join(t.TempDir(), "data"), "--key", r.key, "--pkgs", r.pkgs,
 		"--store", "s3://" + bucket, "--s3-endpoint", r.g.Endpoint}, extra...)
@@ -214,9 +209,7 @@ func TestServeStoreFailsAtStart(t *testing.T) {
 	t.Parallel()
 	r := newReplicas(t)
 	r.bucket(t, "images")
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	closed := "http://" + l.Addr().String()
-	l.Close()
+	closed := "http://" + testsupport.FreeAddr(t)
 	for _, c := range []struct {
 		name, endpoint, bucket, secret string
 		code                           int

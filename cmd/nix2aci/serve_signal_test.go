@@ -1,19 +1,18 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 )
 
 // SIGTERM while serve builds an image: the build is cancelled, the
@@ -25,16 +24,11 @@ func TestServeStopsCleanlyOnSIGTERM(t *testing.T) {
 	dir := t.TempDir()
 	key, _ := testKey(t, dir)
 	pkgsDir, _ := filepath.Abs("../../serve/testdata")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := testsupport.FreeAddr(t)
 	data := filepath.Join(dir, "data")
 	cmd := exec.Command(bin, "serve", "--listen", addr, "--prefix", "127.0.0.1", "--base-url", "http://"+addr+"/acis",
 		"--data", data, "--key", key, "--pkgs", pkgsDir)
-	var stderr lockedBuffer
+	var stderr testsupport.LockedBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -84,22 +78,4 @@ func TestServeStopsCleanlyOnSIGTERM(t *testing.T) {
 			t.Errorf("the log has no %q:\n%s", want, stderr.String())
 		}
 	}
-}
-
-// lockedBuffer is a bytes.Buffer a process writes while a test reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
