@@ -12,6 +12,7 @@ import (
 	"github.com/appc/spec/schema/types"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/internal/testsupport/rktfetch"
 	"github.com/nix2aci/nix2aci/publish"
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -36,7 +37,7 @@ func TestChainIsPublishedAndFetched(t *testing.T) {
 	trust := trustFor(key)
 	got := filepath.Join(work, "fetched")
 	os.MkdirAll(got, 0o755)
-	fetch(t, port, "127.0.0.1/chain", map[types.ACIdentifier]string{"version": "1.0", "os": "linux", "arch": "amd64"}, trust, got, "")
+	rktfetch.Fetch(t, port, "127.0.0.1/chain", map[types.ACIdentifier]string{"version": "1.0", "os": "linux", "arch": "amd64"}, trust, got, "")
 	ents, _ := os.ReadDir(got)
 	if len(ents) != 3 {
 		t.Errorf("fetched %d images, want the app and its 2 groups", len(ents))

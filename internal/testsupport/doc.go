@@ -1,9 +1,14 @@
 // Package testsupport holds the small helpers the tests of several
 // packages share, so that each is written once: a buffer a process writes
-// while a test reads it, and a free loopback address.
+// while a test reads it, a free loopback address, and a GET that must
+// answer 200 OK.
 //
 // It uses the standard library only, so that any package's tests, those
 // inside the package included, may import it without an import cycle.
+//
+// Helpers that need this module's packages live in packages below it
+// (rktfetch: discovery, download and verification as rkt fetch does
+// them).
 //
 // Every helper that can fail takes a testing.TB and fails the test.
 package testsupport
