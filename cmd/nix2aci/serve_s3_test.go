@@ -13,7 +13,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -110,31 +109,24 @@ func TestServeReplicasBuildOnce(t *testing.T) {
 	a := r.start(t, "images", "--lease", "10s")
 	b := r.start(t, "images", "--lease", "10s")
 	const n = 50
-	var wg sync.WaitGroup
+	urls := make([]string, n)
+	for i := range n {
+		urls[i] = a.url("127.0.0.1/tiny")
+		if i%2 == 1 {
+			urls[i] = b.url("127.0.0.1/tiny")
+		}
+	}
 	sums := make([][32]byte, n)
 	codes := make([]int, n)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			u := a.url("127.0.0.1/tiny")
-			if i%2 == 1 {
-				u = b.url("127.0.0.1/tiny")
-			}
-			resp, err := http.Get(u)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer resp.Body.Close()
-			body, _ := io.ReadAll(resp.Body)
-			codes[i], sums[i] = resp.StatusCode, sha256.Sum256(body)
-			if resp.Request.URL.Host != r.g.Addr {
-				t.Errorf("request %d was answered by %s, not by the bucket through a redirect", i, resp.Request.URL.Host)
-			}
-		}()
+	for i, resp := range testsupport.GetAll(t, nil, urls, 0) {
+		if resp.StatusCode == 0 {
+			continue // the GET failed, and GetAll said so
+		}
+		codes[i], sums[i] = resp.StatusCode, sha256.Sum256(resp.Body)
+		if resp.Host != r.g.Addr {
+			t.Errorf("request %d was answered by %s, not by the bucket through a redirect", i, resp.Host)
+		}
 	}
-	wg.Wait()
 	for i := range n {
 		if codes[i] != 200 || sums[i] != sums[0] {
 			t.Fatalf("response %d: status %d, sha256 %x; the first: %x\n%s\n%s", i, codes[i], sums[i], sums[0], a.stderr, b.stderr)
