@@ -22,7 +22,7 @@ func TestServeReplicasBuildOCIOnce(t *testing.T) {
 	t.Parallel()
 	r := newReplicas(t)
 	r.bucket(t, "images")
-	reps := []*replica{r.start(t, "images", "--lease", "10s"), r.start(t, "images", "--lease", "10s")}
+	reps := []*serveProc{r.start(t, "images", "--lease", "10s"), r.start(t, "images", "--lease", "10s")}
 	const n = 20
 	urls := make([]string, n)
 	for i := range n {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -46,40 +45,16 @@ func (r *replicas) env(secret string) []string {
 		"AWS_EC2_METADATA_DISABLED=true", "NIX_CONFIG=substituters =")
 }
 
-type replica struct {
-	cmd    *exec.Cmd
-	addr   string
-	label  string
-	stderr *testsupport.LockedBuffer
-}
-
 // start runs a replica on bucket, in its own process group.
-func (r *replicas) start(t *testing.T, bucket string, extra ...string) *replica {
+func (r *replicas) start(t *testing.T, bucket string, extra ...string) *serveProc {
 	t.Helper()
-	p := &replica{addr: testsupport.FreeAddr(t), stderr: &testsupport.LockedBuffer{}}
-	args := append([]string{"serve", "--listen", p.addr, "--prefix", "127.0.0.1", "--base-url", "http://" + p.addr + "/acis",
-		"--data", filepath.Join(t.TempDir(), "data"), "--key", r.key, "--pkgs", r.pkgs,
-		"--store", "s3://" + bucket, "--s3-endpoint", r.g.Endpoint}, extra...)
-	p.cmd = exec.Command(r.bin, args...)
-	p.cmd.Env = r.env(objstoretest.SecretKey)
-	p.cmd.Stderr = p.stderr
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL); p.cmd.Wait() })
-	waitFor(t, func() bool { return strings.Contains(p.stderr.String(), "rkt fetch") })
-	s := p.stderr.String()
-	fmt.Sscanf(s[strings.Index(s, "version "):], "version %s", &p.label)
-	return p
-}
-
-func (p *replica) url(name string) string {
-	return fmt.Sprintf("http://%s/acis/%s-%s-linux-amd64.aci", p.addr, name, p.label)
+	return startServe(t, r.bin, func(c *exec.Cmd) { c.Env = r.env(objstoretest.SecretKey) },
+		append([]string{"--data", filepath.Join(t.TempDir(), "data"), "--key", r.key, "--pkgs", r.pkgs,
+			"--store", "s3://" + bucket, "--s3-endpoint", r.g.Endpoint}, extra...)...)
 }
 
 // buildsStarted reads nix2aci_serve_builds_started_total from /metrics.
-func (p *replica) buildsStarted(t *testing.T) int {
+func (p *serveProc) buildsStarted(t *testing.T) int {
 	t.Helper()
 	resp, err := http.Get("http://" + p.addr + "/metrics")
 	if err != nil {
