@@ -24,6 +24,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 
 	"github.com/nix2aci/nix2aci/internal/ocitest"
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 	"github.com/nix2aci/nix2aci/ocisign"
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -125,45 +126,10 @@ func makeImage(t testing.TB, dir, tag, annotation string) *image {
 	return &image{layout: dir, tag: tag, manifest: manifest, digest: md}
 }
 
-// gpgHome is a GnuPG home of its own.
-type gpgHome struct {
-	t    testing.TB
-	home string
-}
-
-func newGPG(t testing.TB) *gpgHome {
+// importKey imports key's public part into the GnuPG home g.
+func importKey(t testing.TB, g *testsupport.GPG, key *openpgp.Entity) {
 	t.Helper()
-	need(t, "gpg")
-	// A short path: gpg-agent's socket must fit in a sockaddr.
-	home, err := os.MkdirTemp("", "gpg")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		exec.Command("gpgconf", "--homedir", home, "--kill", "all").Run()
-		os.RemoveAll(home)
-	})
-	return &gpgHome{t, home}
-}
-
-func (g *gpgHome) run(args ...string) []byte {
-	g.t.Helper()
-	cmd := exec.Command("gpg", append([]string{"--homedir", g.home, "--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase", ""}, args...)...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		g.t.Fatalf("gpg %v: %v\n%s", args, err, errb.Bytes())
-	}
-	return out.Bytes()
-}
-
-func (g *gpgHome) importKey(key *openpgp.Entity) {
-	g.t.Helper()
-	p := filepath.Join(g.home, "import.asc")
-	var b bytes.Buffer
-	sign.WritePublicKey(&b, key)
-	os.WriteFile(p, b.Bytes(), 0o600)
-	g.run("--import", p)
+	g.Run(nil, "--passphrase", "", "--import", g.File("import.asc", armoredPublic(t, key)))
 }
 
 // gpgKey is an RSA key made by gpg, whose primary key signs, perhaps
@@ -171,24 +137,28 @@ func (g *gpgHome) importKey(key *openpgp.Entity) {
 // would sign with). Its secret part is loaded as nix2aci loads a key
 // file.
 type gpgKey struct {
-	g      *gpgHome
+	g      *testsupport.GPG
 	secret *openpgp.Entity
 	fpr    string // uppercase, as skopeo wants it
 }
 
 func newGPGKey(t testing.TB, signingSubkey bool) *gpgKey {
-	g := newGPG(t)
-	g.run("--quick-gen-key", "GPG Signer <gpg@example.com>", "rsa3072", "sign", "never")
+	g := testsupport.NewGPG(t)
+	gpg := func(args ...string) []byte {
+		t.Helper()
+		return g.Run(nil, append([]string{"--passphrase", ""}, args...)...)
+	}
+	gpg("--quick-gen-key", "GPG Signer <gpg@example.com>", "rsa3072", "sign", "never")
 	var fpr string
-	for _, line := range strings.Split(string(g.run("--with-colons", "--list-secret-keys")), "\n") {
+	for _, line := range strings.Split(string(gpg("--with-colons", "--list-secret-keys")), "\n") {
 		if f := strings.Split(line, ":"); f[0] == "fpr" && fpr == "" {
 			fpr = f[9]
 		}
 	}
 	if signingSubkey {
-		g.run("--quick-add-key", fpr, "rsa3072", "sign", "never")
+		gpg("--quick-add-key", fpr, "rsa3072", "sign", "never")
 	}
-	secret, err := sign.ReadSigningKey(bytes.NewReader(g.run("--armor", "--export-secret-keys")), func() ([]byte, error) { return nil, nil })
+	secret, err := sign.ReadSigningKey(bytes.NewReader(gpg("--armor", "--export-secret-keys")), func() ([]byte, error) { return nil, nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,9 +229,9 @@ func TestSkopeoStandaloneVerifyAcceptsOurs(t *testing.T) {
 	altered := write(t, filepath.Join(dir, "altered.json"), append(bytes.Clone(img.manifest), '\n'))
 	for name, key := range map[string]*openpgp.Entity{"nix2aci key": nk, "gpg key": gk.secret} {
 		t.Run(name, func(t *testing.T) {
-			g := newGPG(t)
-			g.importKey(key)
-			env := []string{"GNUPGHOME=" + g.home}
+			g := testsupport.NewGPG(t)
+			importKey(t, g, key)
+			env := []string{"GNUPGHOME=" + g.Home}
 			fpr := strings.ToUpper(sign.Fingerprint(key))
 			sigBytes := signFor(t, key, img.digest, ref)
 			sig := write(t, filepath.Join(t.TempDir(), "signature-1"), sigBytes)
@@ -307,7 +277,7 @@ func TestSkopeoSignaturesVerifyHere(t *testing.T) {
 	manifest := write(t, filepath.Join(dir, "manifest.json"), img.manifest)
 	standaloneSign := func(gk *gpgKey) []byte {
 		sigPath := filepath.Join(t.TempDir(), "skopeo.sig")
-		if out, ok := run(t, []string{"GNUPGHOME=" + gk.g.home}, "skopeo", "standalone-sign", manifest, ref, gk.fpr, "-o", sigPath); !ok {
+		if out, ok := run(t, []string{"GNUPGHOME=" + gk.g.Home}, "skopeo", "standalone-sign", manifest, ref, gk.fpr, "-o", sigPath); !ok {
 			t.Fatalf("skopeo standalone-sign:\n%s", out)
 		}
 		sig, err := os.ReadFile(sigPath)
@@ -339,7 +309,7 @@ func TestSkopeoSignaturesVerifyHere(t *testing.T) {
 	}
 
 	sk := newGPGKey(t, true)
-	env := []string{"GNUPGHOME=" + sk.g.home}
+	env := []string{"GNUPGHOME=" + sk.g.Home}
 	subSig := standaloneSign(sk)
 	if out, ok := run(t, env, "skopeo", "standalone-verify", manifest, ref, sk.fpr, write(t, filepath.Join(dir, "subkey.sig"), subSig)); ok || !strings.Contains(out, "does not match expected fingerprint") {
 		t.Errorf("skopeo standalone-verify of a signature by a subkey: accepted=%v\n%s", ok, out)

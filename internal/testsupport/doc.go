@@ -1,7 +1,7 @@
 // Package testsupport holds the small helpers the tests of several
 // packages share, so that each is written once: a buffer a process writes
 // while a test reads it, a free loopback address, a GET that must answer
-// 200 OK, and many GETs at once.
+// 200 OK, many GETs at once, and a GnuPG home of its own.
 //
 // It uses the standard library only, so that any package's tests, those
 // inside the package included, may import it without an import cycle.
