@@ -20,6 +20,7 @@ import (
 	"github.com/appc/spec/schema/types"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -94,13 +95,7 @@ func (m img) flat(t testing.TB) string {
 // write puts data and its signature by key at dir/name.
 func write(t testing.TB, dir, name string, data []byte, key *openpgp.Entity) string {
 	t.Helper()
-	p := filepath.Join(dir, filepath.FromSlash(name))
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	p := testsupport.WriteFile(t, filepath.Join(dir, filepath.FromSlash(name)), data)
 	if key != nil {
 		if err := os.WriteFile(p+".asc", signBytes(t, key, data, withImage(t, data)), 0o644); err != nil {
 			t.Fatal(err)

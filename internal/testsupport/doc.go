@@ -1,7 +1,8 @@
 // Package testsupport holds the small helpers the tests of several
 // packages share, so that each is written once: a buffer a process writes
 // while a test reads it, a free loopback address, a GET that must answer
-// 200 OK, many GETs at once, and a GnuPG home of its own.
+// 200 OK, many GETs at once, a GnuPG home of its own, running a program
+// for its output, and writing or copying a file.
 //
 // It uses the standard library only, so that any package's tests, those
 // inside the package included, may import it without an import cycle.
