@@ -1,9 +1,7 @@
 package sign_test
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -45,24 +43,7 @@ func (m img) build(t testing.TB) ([]byte, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(zw)
-	for _, f := range []struct{ name, body string }{{"manifest", string(mj)}, {"rootfs/", ""}, {"rootfs/data", m.body}} {
-		h := &tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.body)), Typeflag: tar.TypeReg}
-		if strings.HasSuffix(f.name, "/") {
-			h.Typeflag, h.Mode = tar.TypeDir, 0o755
-		}
-		tw.WriteHeader(h)
-		tw.Write([]byte(f.body))
-	}
-	tw.Close()
-	zw.Close()
-	info, err := aci.Inspect(bytes.NewReader(buf.Bytes()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes(), info.ImageID
+	return aciOf(t, string(mj), m.body)
 }
 
 // pin is the dependency on m, pinned by the image ID id.

@@ -25,10 +25,18 @@ import (
 // makeACI returns a small valid ACI named name whose one file holds body.
 func makeACI(t testing.TB, name, body string) []byte {
 	t.Helper()
+	m := fmt.Sprintf(`{"acKind":"ImageManifest","acVersion":"0.8.11","name":%q,"labels":[{"name":"os","value":"linux"},{"name":"arch","value":"amd64"}]}`, name)
+	b, _ := aciOf(t, m, body)
+	return b
+}
+
+// aciOf returns the gzipped ACI of the manifest m (JSON) whose one file,
+// rootfs/data, holds body, and its image ID; aci.Inspect must read it.
+func aciOf(t testing.TB, m, body string) ([]byte, string) {
+	t.Helper()
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
 	tw := tar.NewWriter(zw)
-	m := fmt.Sprintf(`{"acKind":"ImageManifest","acVersion":"0.8.11","name":%q,"labels":[{"name":"os","value":"linux"},{"name":"arch","value":"amd64"}]}`, name)
 	for _, f := range []struct{ name, body string }{{"manifest", m}, {"rootfs/", ""}, {"rootfs/data", body}} {
 		h := &tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.body)), Typeflag: tar.TypeReg}
 		if strings.HasSuffix(f.name, "/") {
@@ -39,10 +47,11 @@ func makeACI(t testing.TB, name, body string) []byte {
 	}
 	tw.Close()
 	zw.Close()
-	if _, err := aci.Inspect(bytes.NewReader(buf.Bytes())); err != nil {
+	info, err := aci.Inspect(bytes.NewReader(buf.Bytes()))
+	if err != nil {
 		t.Fatal(err)
 	}
-	return buf.Bytes()
+	return buf.Bytes(), info.ImageID
 }
 
 var (
