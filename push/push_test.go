@@ -22,8 +22,8 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 
-	"github.com/nix2aci/nix2aci/internal/ocitest"
 	"github.com/nix2aci/nix2aci/internal/testsupport"
+	"github.com/nix2aci/nix2aci/internal/testsupport/ocitest"
 	"github.com/nix2aci/nix2aci/push"
 	"github.com/nix2aci/nix2aci/sign"
 )

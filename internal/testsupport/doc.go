@@ -7,9 +7,11 @@
 // It uses the standard library only, so that any package's tests, those
 // inside the package included, may import it without an import cycle.
 //
-// Helpers that need this module's packages live in packages below it
-// (rktfetch: discovery, download and verification as rkt fetch does
-// them).
+// Helpers that need more live in packages below it: rktfetch
+// (discovery, download and verification as rkt fetch does them, with this
+// module's sign package) and ocitest (a docker-registry on a loopback
+// port). Helpers for one package's domain stay beside it: aci/acitest,
+// nixstore/nixtest, objstore/objstoretest.
 //
 // Every helper that can fail takes a testing.TB and fails the test.
 package testsupport
