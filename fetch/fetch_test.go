@@ -23,6 +23,7 @@ import (
 	"github.com/appc/spec/schema/types"
 
 	"github.com/nix2aci/nix2aci/fetch"
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 	"github.com/nix2aci/nix2aci/nixstore/nixtest"
 	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/publish"
@@ -285,18 +286,6 @@ func TestFetchOverHTTPS(t *testing.T) {
 	}
 }
 
-// copyFile copies src to dst.
-func copyFile(t *testing.T, src, dst string) {
-	t.Helper()
-	data, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(dst, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // Every way an image can fail to be proven is an error saying so and how
 // to fix it, and the directory holds nothing afterwards.
 func TestFetchRefuses(t *testing.T) {
@@ -336,8 +325,8 @@ func TestFetchRefuses(t *testing.T) {
 		}, check: reason(sign.ReasonBadSignature), want: "does not match"},
 		{name: "another version served under the one asked", site: func() func() {
 			p := s.path("127.0.0.1/base", "9.9")
-			copyFile(t, basePath, p)
-			copyFile(t, basePath+".asc", p+".asc")
+			testsupport.CopyFile(t, basePath, p)
+			testsupport.CopyFile(t, basePath+".asc", p+".asc")
 			return func() { os.Remove(p); os.Remove(p + ".asc") }
 		}, labels: map[string]string{"version": "9.9", "os": "linux", "arch": "amd64"},
 			check: isMismatch("version"), want: "version label is " + s.base.Version + ", not 9.9 as asked"},
@@ -345,8 +334,8 @@ func TestFetchRefuses(t *testing.T) {
 			data, _ := os.ReadFile(basePath)
 			asc, _ := os.ReadFile(basePath + ".asc")
 			other := s.path("127.0.0.1/other", s.other.Version)
-			copyFile(t, other, basePath)
-			copyFile(t, other+".asc", basePath+".asc")
+			testsupport.CopyFile(t, other, basePath)
+			testsupport.CopyFile(t, other+".asc", basePath+".asc")
 			return func() { os.WriteFile(basePath, data, 0o644); os.WriteFile(basePath+".asc", asc, 0o644) }
 		}, check: isMismatch("name"), want: "holds the image 127.0.0.1/other, not 127.0.0.1/base"},
 		{name: "no signature", site: func() func() {

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 	"github.com/nix2aci/nix2aci/objstore"
 	"github.com/nix2aci/nix2aci/objstore/objstoretest"
 )
@@ -104,9 +104,7 @@ func TestS3ObjectsAndConditions(t *testing.T) {
 func TestCheckNamesTheFix(t *testing.T) {
 	g := objstoretest.Start(t)
 	g.Bucket(t, "there", objstore.S3Options{})
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	closed := "http://" + l.Addr().String()
-	l.Close()
+	closed := "http://" + testsupport.FreeAddr(t)
 	for _, c := range []struct {
 		name, endpoint, bucket, secret string
 		config                         bool

@@ -13,7 +13,6 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -23,7 +22,8 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 
-	"github.com/nix2aci/nix2aci/internal/ocitest"
+	"github.com/nix2aci/nix2aci/internal/testsupport"
+	"github.com/nix2aci/nix2aci/internal/testsupport/ocitest"
 	"github.com/nix2aci/nix2aci/ocisign"
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -31,15 +31,6 @@ import (
 // The tests in this file check signatures with the real clients: skopeo
 // 1.9 and podman 4.3 (GnuPG through gpgme), against a docker-registry on
 // a loopback port. A missing tool fails the test.
-
-func need(t testing.TB, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s not found: these tests need skopeo, podman, docker-registry, gpg and busybox-static (scripts/test installs them)", tool)
-		}
-	}
-}
 
 // image is an OCI image layout holding one image under a tag.
 type image struct {
@@ -53,13 +44,7 @@ type image struct {
 func writeBlob(t testing.TB, layout string, b []byte) string {
 	t.Helper()
 	d := digestOf(b)
-	dir := filepath.Join(layout, "blobs", "sha256")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, strings.TrimPrefix(d, "sha256:")), b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	testsupport.WriteFile(t, filepath.Join(layout, "blobs", "sha256", strings.TrimPrefix(d, "sha256:")), b)
 	return d
 }
 
@@ -125,45 +110,10 @@ func makeImage(t testing.TB, dir, tag, annotation string) *image {
 	return &image{layout: dir, tag: tag, manifest: manifest, digest: md}
 }
 
-// gpgHome is a GnuPG home of its own.
-type gpgHome struct {
-	t    testing.TB
-	home string
-}
-
-func newGPG(t testing.TB) *gpgHome {
+// importKey imports key's public part into the GnuPG home g.
+func importKey(t testing.TB, g *testsupport.GPG, key *openpgp.Entity) {
 	t.Helper()
-	need(t, "gpg")
-	// A short path: gpg-agent's socket must fit in a sockaddr.
-	home, err := os.MkdirTemp("", "gpg")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		exec.Command("gpgconf", "--homedir", home, "--kill", "all").Run()
-		os.RemoveAll(home)
-	})
-	return &gpgHome{t, home}
-}
-
-func (g *gpgHome) run(args ...string) []byte {
-	g.t.Helper()
-	cmd := exec.Command("gpg", append([]string{"--homedir", g.home, "--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase", ""}, args...)...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		g.t.Fatalf("gpg %v: %v\n%s", args, err, errb.Bytes())
-	}
-	return out.Bytes()
-}
-
-func (g *gpgHome) importKey(key *openpgp.Entity) {
-	g.t.Helper()
-	p := filepath.Join(g.home, "import.asc")
-	var b bytes.Buffer
-	sign.WritePublicKey(&b, key)
-	os.WriteFile(p, b.Bytes(), 0o600)
-	g.run("--import", p)
+	g.Run(nil, "--passphrase", "", "--import", g.File("import.asc", armoredPublic(t, key)))
 }
 
 // gpgKey is an RSA key made by gpg, whose primary key signs, perhaps
@@ -171,24 +121,28 @@ func (g *gpgHome) importKey(key *openpgp.Entity) {
 // would sign with). Its secret part is loaded as nix2aci loads a key
 // file.
 type gpgKey struct {
-	g      *gpgHome
+	g      *testsupport.GPG
 	secret *openpgp.Entity
 	fpr    string // uppercase, as skopeo wants it
 }
 
 func newGPGKey(t testing.TB, signingSubkey bool) *gpgKey {
-	g := newGPG(t)
-	g.run("--quick-gen-key", "GPG Signer <gpg@example.com>", "rsa3072", "sign", "never")
+	g := testsupport.NewGPG(t)
+	gpg := func(args ...string) []byte {
+		t.Helper()
+		return g.Run(nil, append([]string{"--passphrase", ""}, args...)...)
+	}
+	gpg("--quick-gen-key", "GPG Signer <gpg@example.com>", "rsa3072", "sign", "never")
 	var fpr string
-	for _, line := range strings.Split(string(g.run("--with-colons", "--list-secret-keys")), "\n") {
+	for _, line := range strings.Split(string(gpg("--with-colons", "--list-secret-keys")), "\n") {
 		if f := strings.Split(line, ":"); f[0] == "fpr" && fpr == "" {
 			fpr = f[9]
 		}
 	}
 	if signingSubkey {
-		g.run("--quick-add-key", fpr, "rsa3072", "sign", "never")
+		gpg("--quick-add-key", fpr, "rsa3072", "sign", "never")
 	}
-	secret, err := sign.ReadSigningKey(bytes.NewReader(g.run("--armor", "--export-secret-keys")), func() ([]byte, error) { return nil, nil })
+	secret, err := sign.ReadSigningKey(bytes.NewReader(gpg("--armor", "--export-secret-keys")), func() ([]byte, error) { return nil, nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,55 +173,30 @@ func signFor(t testing.TB, key *openpgp.Entity, digest, ref string) []byte {
 	return b.Bytes()
 }
 
-// run runs a command with env added to the environment, returning its
-// combined output and whether it succeeded.
-func run(t testing.TB, env []string, name string, args ...string) (string, bool) {
-	t.Helper()
-	cmd := exec.Command(name, args...)
-	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	if err != nil && !errors.As(err, &ee) {
-		t.Fatalf("%s: %v", name, err)
-	}
-	return string(out), err == nil
-}
-
-func write(t testing.TB, path string, data []byte) string {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 // skopeo standalone-verify (GnuPG through gpgme, keys from GNUPGHOME)
 // accepts our signatures, made with a key nix2aci generates and with one
 // gpg made, and refuses them for a changed manifest or another identity;
 // ocisign.Verify agrees with it on every case.
 func TestSkopeoStandaloneVerifyAcceptsOurs(t *testing.T) {
-	need(t, "skopeo")
+	ocitest.Need(t, "skopeo")
 	gk := newGPGKey(t, true)
 	nk := nix2aciKey(t)
 	dir := t.TempDir()
 	img := makeImage(t, filepath.Join(dir, "layout"), "1.0", "")
 	const ref = "registry.example.com/nix2aci/busybox:1.0"
-	manifest := write(t, filepath.Join(dir, "manifest.json"), img.manifest)
-	altered := write(t, filepath.Join(dir, "altered.json"), append(bytes.Clone(img.manifest), '\n'))
+	manifest := testsupport.WriteFile(t, filepath.Join(dir, "manifest.json"), img.manifest)
+	altered := testsupport.WriteFile(t, filepath.Join(dir, "altered.json"), append(bytes.Clone(img.manifest), '\n'))
 	for name, key := range map[string]*openpgp.Entity{"nix2aci key": nk, "gpg key": gk.secret} {
 		t.Run(name, func(t *testing.T) {
-			g := newGPG(t)
-			g.importKey(key)
-			env := []string{"GNUPGHOME=" + g.home}
+			g := testsupport.NewGPG(t)
+			importKey(t, g, key)
+			env := []string{"GNUPGHOME=" + g.Home}
 			fpr := strings.ToUpper(sign.Fingerprint(key))
 			sigBytes := signFor(t, key, img.digest, ref)
-			sig := write(t, filepath.Join(t.TempDir(), "signature-1"), sigBytes)
+			sig := testsupport.WriteFile(t, filepath.Join(t.TempDir(), "signature-1"), sigBytes)
 			keyring := openpgp.EntityList{publicOnly(t, key)}
 
-			out, ok := run(t, env, "skopeo", "standalone-verify", manifest, ref, fpr, sig)
+			out, ok := testsupport.Run(t, env, "skopeo", "standalone-verify", manifest, ref, fpr, sig)
 			if !ok || !strings.Contains(out, "Signature verified, digest "+img.digest) {
 				t.Fatalf("skopeo refuses our signature:\n%s", out)
 			}
@@ -282,7 +211,7 @@ func TestSkopeoStandaloneVerifyAcceptsOurs(t *testing.T) {
 				{"changed manifest", altered, ref, append(bytes.Clone(img.manifest), '\n'), "does not match"},
 				{"another tag", manifest, "registry.example.com/nix2aci/busybox:2.0", img.manifest, "does not match"},
 			} {
-				out, ok := run(t, env, "skopeo", "standalone-verify", c.manifest, c.ref, fpr, sig)
+				out, ok := testsupport.Run(t, env, "skopeo", "standalone-verify", c.manifest, c.ref, fpr, sig)
 				if ok || !strings.Contains(out, c.skopeo) {
 					t.Errorf("%s: skopeo standalone-verify: ok=%v\n%s", c.name, ok, out)
 				}
@@ -300,14 +229,14 @@ func TestSkopeoStandaloneVerifyAcceptsOurs(t *testing.T) {
 // signature, as ocisign.Verify does; Sign, with the same key, signs with
 // the primary key, which skopeo accepts.
 func TestSkopeoSignaturesVerifyHere(t *testing.T) {
-	need(t, "skopeo")
+	ocitest.Need(t, "skopeo")
 	dir := t.TempDir()
 	img := makeImage(t, filepath.Join(dir, "layout"), "1.0", "")
 	const ref = "registry.example.com/nix2aci/busybox:1.0"
-	manifest := write(t, filepath.Join(dir, "manifest.json"), img.manifest)
+	manifest := testsupport.WriteFile(t, filepath.Join(dir, "manifest.json"), img.manifest)
 	standaloneSign := func(gk *gpgKey) []byte {
 		sigPath := filepath.Join(t.TempDir(), "skopeo.sig")
-		if out, ok := run(t, []string{"GNUPGHOME=" + gk.g.home}, "skopeo", "standalone-sign", manifest, ref, gk.fpr, "-o", sigPath); !ok {
+		if out, ok := testsupport.Run(t, []string{"GNUPGHOME=" + gk.g.Home}, "skopeo", "standalone-sign", manifest, ref, gk.fpr, "-o", sigPath); !ok {
 			t.Fatalf("skopeo standalone-sign:\n%s", out)
 		}
 		sig, err := os.ReadFile(sigPath)
@@ -339,16 +268,16 @@ func TestSkopeoSignaturesVerifyHere(t *testing.T) {
 	}
 
 	sk := newGPGKey(t, true)
-	env := []string{"GNUPGHOME=" + sk.g.home}
+	env := []string{"GNUPGHOME=" + sk.g.Home}
 	subSig := standaloneSign(sk)
-	if out, ok := run(t, env, "skopeo", "standalone-verify", manifest, ref, sk.fpr, write(t, filepath.Join(dir, "subkey.sig"), subSig)); ok || !strings.Contains(out, "does not match expected fingerprint") {
+	if out, ok := testsupport.Run(t, env, "skopeo", "standalone-verify", manifest, ref, sk.fpr, testsupport.WriteFile(t, filepath.Join(dir, "subkey.sig"), subSig)); ok || !strings.Contains(out, "does not match expected fingerprint") {
 		t.Errorf("skopeo standalone-verify of a signature by a subkey: accepted=%v\n%s", ok, out)
 	}
 	if _, err := ocisign.Verify(subSig, openpgp.EntityList{publicOnly(t, sk.secret)}, img.manifest, ref); !errors.As(err, &ve) || ve.Reason != ocisign.ReasonSubkey || !strings.Contains(err.Error(), "primary key") {
 		t.Errorf("a signature by a subkey: %v", err)
 	}
-	ours := write(t, filepath.Join(dir, "ours.sig"), signFor(t, sk.secret, img.digest, ref))
-	if out, ok := run(t, env, "skopeo", "standalone-verify", manifest, ref, sk.fpr, ours); !ok {
+	ours := testsupport.WriteFile(t, filepath.Join(dir, "ours.sig"), signFor(t, sk.secret, img.digest, ref))
+	if out, ok := testsupport.Run(t, env, "skopeo", "standalone-verify", manifest, ref, sk.fpr, ours); !ok {
 		t.Errorf("skopeo refuses our signature by a key with a signing subkey:\n%s", out)
 	}
 }
@@ -366,9 +295,9 @@ func startRegistry(t *testing.T) *registry {
 func (r *registry) push(t *testing.T, img *image, repoTag string) string {
 	t.Helper()
 	dir := t.TempDir()
-	policy := write(t, filepath.Join(dir, "policy.json"), []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`))
+	policy := testsupport.WriteFile(t, filepath.Join(dir, "policy.json"), []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`))
 	ref := r.host + "/" + repoTag
-	if out, ok := run(t, nil, "skopeo", "copy", "--policy", policy, "--registries.d", dir, "--dest-tls-verify=false", "oci:"+img.layout+":"+img.tag, "docker://"+ref); !ok {
+	if out, ok := testsupport.Run(t, nil, "skopeo", "copy", "--policy", policy, "--registries.d", dir, "--dest-tls-verify=false", "oci:"+img.layout+":"+img.tag, "docker://"+ref); !ok {
 		t.Fatalf("skopeo copy to the registry:\n%s", out)
 	}
 	repo, tag, _ := strings.Cut(repoTag, ":")
@@ -393,7 +322,7 @@ func (r *registry) push(t *testing.T, img *image, repoTag string) string {
 // signed for another identity and one signed by a key the policy does
 // not name.
 func TestClientsEnforceOurSignatures(t *testing.T) {
-	need(t, "skopeo", "podman", "docker-registry")
+	ocitest.Need(t, "skopeo", "podman", "docker-registry")
 	reg := startRegistry(t)
 	dir := t.TempDir()
 	nk := nix2aciKey(t)
@@ -429,22 +358,22 @@ func TestClientsEnforceOurSignatures(t *testing.T) {
 	}
 
 	registriesD := fmt.Sprintf("docker:\n  %s:\n    lookaside: file://%s\n", reg.host, lookaside)
-	keys := write(t, filepath.Join(dir, "keys.asc"), append(armoredPublic(t, nk), armoredPublic(t, gk.secret)...))
+	keys := testsupport.WriteFile(t, filepath.Join(dir, "keys.asc"), append(armoredPublic(t, nk), armoredPublic(t, gk.secret)...))
 	policy, _ := json.Marshal(map[string]any{
 		"default": []any{map[string]string{"type": "reject"}},
 		"transports": map[string]any{"docker": map[string]any{
 			reg.host: []any{map[string]string{"type": "signedBy", "keyType": "GPGKeys", "keyPath": keys}},
 		}},
 	})
-	policyPath := write(t, filepath.Join(dir, "policy.json"), policy)
+	policyPath := testsupport.WriteFile(t, filepath.Join(dir, "policy.json"), policy)
 	regD := filepath.Join(dir, "registries.d")
-	write(t, filepath.Join(regD, "nix2aci.yaml"), []byte(registriesD))
+	testsupport.WriteFile(t, filepath.Join(regD, "nix2aci.yaml"), []byte(registriesD))
 
 	// podman reads registries.d from $HOME/.config/containers; its
 	// storage and configuration are the test's own.
 	home := filepath.Join(dir, "home")
-	write(t, filepath.Join(home, ".config", "containers", "registries.d", "nix2aci.yaml"), []byte(registriesD))
-	registriesConf := write(t, filepath.Join(dir, "registries.conf"), []byte("unqualified-search-registries = []\n"))
+	testsupport.WriteFile(t, filepath.Join(home, ".config", "containers", "registries.d", "nix2aci.yaml"), []byte(registriesD))
+	registriesConf := testsupport.WriteFile(t, filepath.Join(dir, "registries.conf"), []byte("unqualified-search-registries = []\n"))
 	storage := filepath.Join(dir, "storage")
 	// podman wants a run root of at most 50 characters.
 	runroot, err := os.MkdirTemp("", "podman")
@@ -454,12 +383,12 @@ func TestClientsEnforceOurSignatures(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(runroot) })
 	podmanEnv := []string{"HOME=" + home, "CONTAINERS_REGISTRIES_CONF=" + registriesConf, "XDG_RUNTIME_DIR=" + filepath.Join(dir, "run")}
 	podman := func(args ...string) (string, bool) {
-		return run(t, podmanEnv, "podman", append([]string{"--root", filepath.Join(storage, "root"), "--runroot", runroot, "--storage-driver", "vfs", "--events-backend", "none", "--cgroup-manager", "cgroupfs"}, args...)...)
+		return testsupport.Run(t, podmanEnv, "podman", append([]string{"--root", filepath.Join(storage, "root"), "--runroot", runroot, "--storage-driver", "vfs", "--events-backend", "none", "--cgroup-manager", "cgroupfs"}, args...)...)
 	}
 
 	skopeo := func(ref string) (string, bool) {
 		out := filepath.Join(t.TempDir(), "out")
-		o, ok := run(t, nil, "skopeo", "copy", "--policy", policyPath, "--registries.d", regD, "--src-tls-verify=false", "docker://"+ref, "dir:"+out)
+		o, ok := testsupport.Run(t, nil, "skopeo", "copy", "--policy", policyPath, "--registries.d", regD, "--src-tls-verify=false", "docker://"+ref, "dir:"+out)
 		if ok {
 			if got, err := os.ReadFile(filepath.Join(out, "manifest.json")); err != nil || !bytes.Equal(got, img.manifest) {
 				t.Errorf("skopeo copied another manifest: %v", err)
@@ -523,7 +452,7 @@ func TestClientsEnforceOurSignatures(t *testing.T) {
 // signedBy policy and no lookaside configured accepts the signed image and
 // refuses an unsigned one.
 func TestSkopeoReadsSignaturesFromTheExtension(t *testing.T) {
-	need(t, "skopeo", "docker-registry")
+	ocitest.Need(t, "skopeo", "docker-registry")
 	reg := startRegistry(t)
 	dir := t.TempDir()
 	nk := nix2aciKey(t)
@@ -579,14 +508,14 @@ func TestSkopeoReadsSignaturesFromTheExtension(t *testing.T) {
 	policy, _ := json.Marshal(map[string]any{
 		"default": []any{map[string]string{"type": "reject"}},
 		"transports": map[string]any{"docker": map[string]any{
-			host: []any{map[string]string{"type": "signedBy", "keyType": "GPGKeys", "keyPath": write(t, filepath.Join(dir, "key.asc"), armoredPublic(t, nk))}},
+			host: []any{map[string]string{"type": "signedBy", "keyType": "GPGKeys", "keyPath": testsupport.WriteFile(t, filepath.Join(dir, "key.asc"), armoredPublic(t, nk))}},
 		}},
 	})
-	policyPath := write(t, filepath.Join(dir, "policy.json"), policy)
+	policyPath := testsupport.WriteFile(t, filepath.Join(dir, "policy.json"), policy)
 	regD := filepath.Join(dir, "registries.d") // empty: no lookaside
 	os.MkdirAll(regD, 0o755)
 	copyFrom := func(ref string) (string, bool) {
-		return run(t, nil, "skopeo", "copy", "--policy", policyPath, "--registries.d", regD, "--src-tls-verify=false", "docker://"+ref, "dir:"+filepath.Join(t.TempDir(), "out"))
+		return testsupport.Run(t, nil, "skopeo", "copy", "--policy", policyPath, "--registries.d", regD, "--src-tls-verify=false", "docker://"+ref, "dir:"+filepath.Join(t.TempDir(), "out"))
 	}
 	if out, ok := copyFrom(signedRef); !ok {
 		t.Errorf("skopeo copy refuses the image signed through the extension:\n%s", out)

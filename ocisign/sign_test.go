@@ -57,15 +57,7 @@ func digestOf(b []byte) string {
 // signed returns the signature by key of manifest as ref.
 func signed(t testing.TB, key *openpgp.Entity, manifest []byte, ref string) []byte {
 	t.Helper()
-	p, err := ocisign.Payload(ref, digestOf(manifest), "nix2aci test", time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b bytes.Buffer
-	if err := ocisign.Sign(&b, key, p); err != nil {
-		t.Fatal(err)
-	}
-	return b.Bytes()
+	return signFor(t, key, digestOf(manifest), ref)
 }
 
 func publicOnly(t testing.TB, key *openpgp.Entity) *openpgp.Entity {

@@ -12,6 +12,8 @@ import (
 	"github.com/appc/spec/schema/types"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/internal/testsupport"
+	"github.com/nix2aci/nix2aci/internal/testsupport/rktfetch"
 	"github.com/nix2aci/nix2aci/publish"
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -36,7 +38,7 @@ func TestChainIsPublishedAndFetched(t *testing.T) {
 	trust := trustFor(key)
 	got := filepath.Join(work, "fetched")
 	os.MkdirAll(got, 0o755)
-	fetch(t, port, "127.0.0.1/chain", map[types.ACIdentifier]string{"version": "1.0", "os": "linux", "arch": "amd64"}, trust, got, "")
+	rktfetch.Fetch(t, port, "127.0.0.1/chain", map[types.ACIdentifier]string{"version": "1.0", "os": "linux", "arch": "amd64"}, trust, got, "")
 	ents, _ := os.ReadDir(got)
 	if len(ents) != 3 {
 		t.Errorf("fetched %d images, want the app and its 2 groups", len(ents))
@@ -86,16 +88,16 @@ func TestOnlyTreesArePublished(t *testing.T) {
 			}
 		}
 	})
-	copyFile(t, baseLayer, filepath.Join(diamond, filepath.Base(baseLayer)))
+	testsupport.CopyFile(t, baseLayer, filepath.Join(diamond, filepath.Base(baseLayer)))
 
 	unpinned := filepath.Join(work, "unpinned")
-	copyFile(t, baseLayer, filepath.Join(unpinned, filepath.Base(baseLayer)))
-	copyFile(t, fooLayer, filepath.Join(unpinned, filepath.Base(fooLayer)))
+	testsupport.CopyFile(t, baseLayer, filepath.Join(unpinned, filepath.Base(baseLayer)))
+	testsupport.CopyFile(t, fooLayer, filepath.Join(unpinned, filepath.Base(fooLayer)))
 	rewrite(t, res.ACI, filepath.Join(unpinned, filepath.Base(res.ACI)), func(im *schema.ImageManifest) { im.Dependencies[0].ImageID = nil })
 
 	unversioned := filepath.Join(work, "unversioned")
-	copyFile(t, baseLayer, filepath.Join(unversioned, filepath.Base(baseLayer)))
-	copyFile(t, fooLayer, filepath.Join(unversioned, filepath.Base(fooLayer)))
+	testsupport.CopyFile(t, baseLayer, filepath.Join(unversioned, filepath.Base(baseLayer)))
+	testsupport.CopyFile(t, fooLayer, filepath.Join(unversioned, filepath.Base(fooLayer)))
 	rewrite(t, res.ACI, filepath.Join(unversioned, filepath.Base(res.ACI)), func(im *schema.ImageManifest) {
 		var kept types.Labels
 		for _, l := range im.Dependencies[0].Labels {
@@ -129,18 +131,6 @@ func depLabelsOf(im *schema.ImageManifest) types.Labels {
 		out = append(out, types.Label{Name: types.ACIdentifier(k), Value: v})
 	}
 	return out
-}
-
-func copyFile(t *testing.T, src, dst string) {
-	t.Helper()
-	data, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.MkdirAll(filepath.Dir(dst), 0o755)
-	if err := os.WriteFile(dst, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func trustFor(key *openpgp.Entity) *sign.Trust {

@@ -25,6 +25,8 @@ import (
 	"github.com/appc/spec/schema/types"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/internal/testsupport"
+	"github.com/nix2aci/nix2aci/internal/testsupport/rktfetch"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/publish"
@@ -60,58 +62,6 @@ func buildNamed(t *testing.T, app, name, out string, signer *pipeline.Signer) *p
 	return res
 }
 
-func get(t *testing.T, url string) []byte {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s: %s", url, resp.Status)
-	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// fetch does what rkt fetch NAME does with appc's own discovery client:
-// discover the image's endpoints, download image and signature, check the
-// signature against the keys trust holds, then fetch every dependency the
-// same way by its name and labels and check it is the image ID the
-// manifest pins. It returns the files, written into dir.
-func fetch(t *testing.T, port uint, name string, labels map[types.ACIdentifier]string, trust *sign.Trust, dir string, pinned string) {
-	t.Helper()
-	app, err := discovery.NewApp(name, labels)
-	if err != nil {
-		t.Fatal(err)
-	}
-	eps, attempts, err := discovery.DiscoverACIEndpoints(*app, nil, discovery.InsecureHTTP, port)
-	if err != nil || len(eps) == 0 {
-		t.Fatalf("discovering %s: %v %v", name, err, attempts)
-	}
-	img, sig := get(t, eps[0].ACI), get(t, eps[0].ASC)
-	v, err := sign.VerifyWith(bytes.NewReader(img), bytes.NewReader(sig), trust, sign.VerifyOptions{Full: true})
-	if err != nil {
-		t.Fatalf("%s from %s: %v", name, eps[0].ACI, err)
-	}
-	if pinned != "" && v.ImageID != pinned {
-		t.Fatalf("dependency %s: fetched image ID %s, the app pins %s", name, v.ImageID, pinned)
-	}
-	if err := os.WriteFile(filepath.Join(dir, filepath.Base(eps[0].ACI)), img, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range v.Manifest.Dependencies {
-		l := map[types.ACIdentifier]string{}
-		for _, lb := range d.Labels {
-			l[lb.Name] = lb.Value
-		}
-		fetch(t, port, d.ImageName.String(), l, trust, dir, d.ImageID.String())
-	}
-}
-
 func keyOf(t *testing.T) *openpgp.Entity {
 	key, err := sign.GenerateKey(sign.KeyOptions{Name: "Publisher", Email: "pub@example.com"})
 	if err != nil {
@@ -144,7 +94,7 @@ func TestPublishedTreeIsDiscoverable(t *testing.T) {
 	if err != nil || len(keys) != 1 {
 		t.Fatalf("public keys: %v %v", keys, err)
 	}
-	found, err := sign.ReadKey(bytes.NewReader(get(t, keys[0])))
+	found, err := sign.ReadKey(bytes.NewReader(testsupport.Get(t, keys[0])))
 	if err != nil || sign.Fingerprint(found) != sign.Fingerprint(key) {
 		t.Fatalf("discovered key: %v", err)
 	}
@@ -154,7 +104,7 @@ func TestPublishedTreeIsDiscoverable(t *testing.T) {
 	// rkt fetch 127.0.0.1/app1:1.0, with its layers.
 	got := filepath.Join(work, "fetched")
 	os.MkdirAll(got, 0o755)
-	fetch(t, port, "127.0.0.1/app1", map[types.ACIdentifier]string{"version": "1.0", "os": "linux", "arch": "amd64"}, trust, got, "")
+	rktfetch.Fetch(t, port, "127.0.0.1/app1", map[types.ACIdentifier]string{"version": "1.0", "os": "linux", "arch": "amd64"}, trust, got, "")
 	ents, _ := os.ReadDir(got)
 	if len(ents) != 3 {
 		t.Errorf("fetched %d images, want the app and 2 layers", len(ents))
@@ -171,9 +121,9 @@ func TestPublishedTreeIsDiscoverable(t *testing.T) {
 	}
 	got2 := filepath.Join(work, "fetched2")
 	os.MkdirAll(got2, 0o755)
-	fetch(t, port, "127.0.0.1/app2", map[types.ACIdentifier]string{"version": "1.0", "os": "linux", "arch": "amd64"}, trust, got2, "")
-	fetch(t, port, "127.0.0.1/app1", map[types.ACIdentifier]string{"version": "1.0", "os": "linux", "arch": "amd64"}, trust, got2, "")
-	page := string(get(t, baseURL+"/"))
+	rktfetch.Fetch(t, port, "127.0.0.1/app2", map[types.ACIdentifier]string{"version": "1.0", "os": "linux", "arch": "amd64"}, trust, got2, "")
+	rktfetch.Fetch(t, port, "127.0.0.1/app1", map[types.ACIdentifier]string{"version": "1.0", "os": "linux", "arch": "amd64"}, trust, got2, "")
+	page := string(testsupport.Get(t, baseURL+"/"))
 	for _, want := range []string{"127.0.0.1/app1:1.0", "127.0.0.1/app2:1.0", `name="ac-discovery-pubkeys"`} {
 		if !strings.Contains(page, want) {
 			t.Errorf("index.html lacks %s", want)

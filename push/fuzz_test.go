@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 	"github.com/nix2aci/nix2aci/push"
 )
 
@@ -25,9 +26,9 @@ func FuzzOpenLayout(f *testing.F) {
 		if err := os.CopyFS(dir, os.DirFS(seed.dir)); err != nil {
 			t.Fatal(err)
 		}
-		writeFile(t, filepath.Join(dir, "index.json"), index)
+		testsupport.WriteFile(t, filepath.Join(dir, "index.json"), index)
 		// The manifest, under the digest the seed's index names.
-		writeFile(t, filepath.Join(dir, "blobs", "sha256", strings.TrimPrefix(seed.digest, "sha256:")), manifest)
+		testsupport.WriteFile(t, filepath.Join(dir, "blobs", "sha256", strings.TrimPrefix(seed.digest, "sha256:")), manifest)
 		im, err := push.OpenLayout(dir)
 		if err != nil {
 			var le *push.LayoutError

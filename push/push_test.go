@@ -15,7 +15,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -23,7 +22,8 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 
-	"github.com/nix2aci/nix2aci/internal/ocitest"
+	"github.com/nix2aci/nix2aci/internal/testsupport"
+	"github.com/nix2aci/nix2aci/internal/testsupport/ocitest"
 	"github.com/nix2aci/nix2aci/push"
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -74,17 +74,6 @@ func must[T any](v T, err error) T {
 	return v
 }
 
-func writeFile(t testing.TB, path string, data []byte) string {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 type layout struct {
 	dir    string
 	digest string
@@ -98,7 +87,7 @@ func makeLayout(t testing.TB, dir, tag string, layers ...[]byte) *layout {
 	t.Helper()
 	blob := func(b []byte) string {
 		d := sha(b)
-		writeFile(t, filepath.Join(dir, "blobs", "sha256", strings.TrimPrefix(d, "sha256:")), b)
+		testsupport.WriteFile(t, filepath.Join(dir, "blobs", "sha256", strings.TrimPrefix(d, "sha256:")), b)
 		return d
 	}
 	var diffIDs, descs []any
@@ -110,8 +99,8 @@ func makeLayout(t testing.TB, dir, tag string, layers ...[]byte) *layout {
 	m := must(json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
 		"config": map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob(cfg), "size": len(cfg)}, "layers": descs}))
 	md := blob(m)
-	writeFile(t, filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`))
-	writeFile(t, filepath.Join(dir, "index.json"), must(json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+	testsupport.WriteFile(t, filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`))
+	testsupport.WriteFile(t, filepath.Join(dir, "index.json"), must(json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
 		"manifests": []any{map[string]any{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": len(m), "annotations": map[string]string{"org.opencontainers.image.ref.name": tag}}}})))
 	return &layout{dir: dir, digest: md, layers: layers}
 }
@@ -132,16 +121,6 @@ func testKey(t testing.TB) *openpgp.Entity {
 		t.Fatal(err)
 	}
 	return e
-}
-
-func run(t testing.TB, name string, args ...string) (string, bool) {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	var ee *exec.ExitError
-	if err != nil && !errors.As(err, &ee) {
-		t.Fatalf("%s: %v", name, err)
-	}
-	return string(out), err == nil
 }
 
 // One registry, two apps on two shared layers: the first push uploads
@@ -169,7 +148,7 @@ func TestPush(t *testing.T) {
 	if res.Digest != app1.digest || res.Uploaded != 4 || res.Skipped != 0 || res.Signatures != 1 || !res.Signed {
 		t.Errorf("first push: %+v", res)
 	}
-	out, ok := run(t, "skopeo", "inspect", "--tls-verify=false", "--format", "{{.Digest}}", "docker://"+ref1)
+	out, ok := testsupport.Run(t, nil, "skopeo", "inspect", "--tls-verify=false", "--format", "{{.Digest}}", "docker://"+ref1)
 	if !ok || strings.TrimSpace(out) != app1.digest {
 		t.Errorf("skopeo inspect %s: %s, want %s", ref1, out, app1.digest)
 	}
@@ -210,23 +189,23 @@ func TestPush(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	keys := writeFile(t, filepath.Join(dir, "keys.asc"), func() []byte {
+	keys := testsupport.WriteFile(t, filepath.Join(dir, "keys.asc"), func() []byte {
 		var b bytes.Buffer
 		if err := sign.WritePublicKey(&b, key); err != nil {
 			t.Fatal(err)
 		}
 		return b.Bytes()
 	}())
-	policy := writeFile(t, filepath.Join(dir, "policy.json"), must(json.Marshal(map[string]any{
+	policy := testsupport.WriteFile(t, filepath.Join(dir, "policy.json"), must(json.Marshal(map[string]any{
 		"default": []any{map[string]string{"type": "reject"}},
 		"transports": map[string]any{"docker": map[string]any{
 			reg.Host: []any{map[string]string{"type": "signedBy", "keyType": "GPGKeys", "keyPath": keys}},
 		}},
 	})))
 	regD := filepath.Join(dir, "registries.d")
-	writeFile(t, filepath.Join(regD, "test.yaml"), fmt.Appendf(nil, "docker:\n  %s:\n    lookaside: file://%s\n", reg.Host, sigstore))
+	testsupport.WriteFile(t, filepath.Join(regD, "test.yaml"), fmt.Appendf(nil, "docker:\n  %s:\n    lookaside: file://%s\n", reg.Host, sigstore))
 	skopeo := func(ref string) (string, bool) {
-		return run(t, "skopeo", "copy", "--policy", policy, "--registries.d", regD, "--src-tls-verify=false", "docker://"+ref, "dir:"+t.TempDir())
+		return testsupport.Run(t, nil, "skopeo", "copy", "--policy", policy, "--registries.d", regD, "--src-tls-verify=false", "docker://"+ref, "dir:"+t.TempDir())
 	}
 	for _, ref := range []string{ref1, ref2} {
 		if out, ok := skopeo(ref); !ok {
@@ -249,14 +228,14 @@ func TestPush(t *testing.T) {
 	if !errors.As(err, &mse) || !strings.Contains(err.Error(), "--key") || !strings.Contains(err.Error(), ref1) {
 		t.Errorf("a push without a key or a signature for its name: %v", err)
 	}
-	if out, ok := run(t, "skopeo", "inspect", "--tls-verify=false", "docker://"+reg.Host+"/nix2aci/app1:copy"); ok {
+	if out, ok := testsupport.Run(t, nil, "skopeo", "inspect", "--tls-verify=false", "docker://"+reg.Host+"/nix2aci/app1:copy"); ok {
 		t.Errorf("the refused push left a tag:\n%s", out)
 	}
 	res, err = push.Push(ctx, open(t, app1.dir), push.Options{Dest: ref1, SigStore: other, SignaturesFrom: []string{sigstore}})
 	if err != nil || res.Signatures != 1 || res.Signed {
 		t.Fatalf("copying the signature for %s: %+v, %v", ref1, res, err)
 	}
-	writeFile(t, filepath.Join(regD, "test.yaml"), fmt.Appendf(nil, "docker:\n  %s:\n    lookaside: file://%s\n", reg.Host, other))
+	testsupport.WriteFile(t, filepath.Join(regD, "test.yaml"), fmt.Appendf(nil, "docker:\n  %s:\n    lookaside: file://%s\n", reg.Host, other))
 	if out, ok := skopeo(ref1); !ok {
 		t.Errorf("skopeo copy refuses %s with the copied signature:\n%s", ref1, out)
 	}
@@ -275,20 +254,20 @@ func TestPushRefusesChangedLayouts(t *testing.T) {
 	blob := filepath.Join(l.dir, "blobs", "sha256", strings.TrimPrefix(sha(l.layers[0]), "sha256:"))
 	changed := bytes.Clone(l.layers[0])
 	changed[len(changed)/2] ^= 1
-	writeFile(t, blob, changed)
+	testsupport.WriteFile(t, blob, changed)
 	_, err := push.Push(ctx, im, push.Options{Dest: reg.Host + "/x/a:1.0"})
 	var le *push.LayoutError
 	if !errors.As(err, &le) || !strings.Contains(err.Error(), "does not match its digest") {
 		t.Errorf("pushing a changed layer: %v", err)
 	}
-	if out, ok := run(t, "skopeo", "inspect", "--tls-verify=false", "docker://"+reg.Host+"/x/a:1.0"); ok {
+	if out, ok := testsupport.Run(t, nil, "skopeo", "inspect", "--tls-verify=false", "docker://"+reg.Host+"/x/a:1.0"); ok {
 		t.Errorf("the failed push left a tag:\n%s", out)
 	}
 	if blobs := must(reg.Blobs()); len(blobs) > 1 { // the config, at most
 		t.Errorf("the registry kept %v", blobs)
 	}
 	// Truncated: refused when opened.
-	writeFile(t, blob, l.layers[0][:100])
+	testsupport.WriteFile(t, blob, l.layers[0][:100])
 	if _, err := push.OpenLayout(l.dir); !errors.As(err, &le) || !strings.Contains(err.Error(), "bytes, but the manifest says") {
 		t.Errorf("a truncated layer: %v", err)
 	}
@@ -300,7 +279,7 @@ func TestPushRefusesChangedLayouts(t *testing.T) {
 		"a wrong size":        `{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"` + l.digest + `","size":10}]}`,
 		"huge":                `{"schemaVersion":2,"manifests":[` + strings.Repeat(" ", 2<<20) + `]}`,
 	} {
-		writeFile(t, filepath.Join(l.dir, "index.json"), []byte(index))
+		testsupport.WriteFile(t, filepath.Join(l.dir, "index.json"), []byte(index))
 		if _, err := push.OpenLayout(l.dir); !errors.As(err, &le) {
 			t.Errorf("index.json with %s: %v", name, err)
 		}

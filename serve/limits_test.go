@@ -9,13 +9,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 	"github.com/nix2aci/nix2aci/serve"
 )
 
@@ -25,33 +26,12 @@ func TestConcurrentRequestsBuildOnce(t *testing.T) {
 	e := start(t, nil)
 	url := e.url("127.0.0.1/busybox-static", "aci")
 	const n = 50
-	var wg sync.WaitGroup
+	got := testsupport.GetAll(t, nil, slices.Repeat([]string{url}, n), 0)
 	sums := make([][32]byte, n)
 	codes := make([]int, n)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			resp, err := http.Get(url)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer resp.Body.Close()
-			h := sha256.New()
-			buf := make([]byte, 1<<16)
-			for {
-				k, err := resp.Body.Read(buf)
-				h.Write(buf[:k])
-				if err != nil {
-					break
-				}
-			}
-			codes[i] = resp.StatusCode
-			copy(sums[i][:], h.Sum(nil))
-		}()
+	for i, r := range got {
+		codes[i], sums[i] = r.StatusCode, sha256.Sum256(r.Body)
 	}
-	wg.Wait()
 	for i := range n {
 		if codes[i] != 200 || sums[i] != sums[0] {
 			t.Fatalf("response %d: status %d, sha256 %x; the first: %x", i, codes[i], sums[i], sums[0])

@@ -21,6 +21,8 @@ import (
 	"github.com/appc/spec/discovery"
 	"github.com/appc/spec/schema/types"
 
+	"github.com/nix2aci/nix2aci/internal/testsupport"
+	"github.com/nix2aci/nix2aci/internal/testsupport/rktfetch"
 	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/serve"
 	"github.com/nix2aci/nix2aci/sign"
@@ -117,53 +119,14 @@ func get(t *testing.T, url string, hdr ...string) (*http.Response, []byte) {
 	return resp, b
 }
 
-func mustGet(t *testing.T, url string) []byte {
-	t.Helper()
-	resp, b := get(t, url)
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s: %s: %s", url, resp.Status, b)
-	}
-	return b
-}
+// mustGet is a GET that must answer 200 OK.
+var mustGet = testsupport.Get
 
-// fetch does what rkt fetch NAME[:VERSION] does, with appc's discovery
-// client: discover, download image and signature, verify the signature
-// against the key trusted for the prefix, then each dependency by its
-// name and labels, checking the image ID the manifest pins. The files go
-// into dir.
+// fetch does what rkt fetch NAME[:VERSION] does from e, with appc's
+// discovery client (rktfetch.Fetch), the files into dir.
 func fetch(t *testing.T, e *env, name string, labels map[types.ACIdentifier]string, trust *sign.Trust, dir, pinned string) string {
 	t.Helper()
-	app, err := discovery.NewApp(name, labels)
-	if err != nil {
-		t.Fatal(err)
-	}
-	eps, attempts, err := discovery.DiscoverACIEndpoints(*app, nil, discovery.InsecureHTTP, e.port)
-	if err != nil || len(eps) == 0 {
-		t.Fatalf("discovering %s: %v %v", name, err, attempts)
-	}
-	img, sig := mustGet(t, eps[0].ACI), mustGet(t, eps[0].ASC)
-	v, err := sign.VerifyWith(bytes.NewReader(img), bytes.NewReader(sig), trust, sign.VerifyOptions{Full: true})
-	if err != nil {
-		t.Fatalf("%s from %s: %v", name, eps[0].ACI, err)
-	}
-	if pinned != "" && v.ImageID != pinned {
-		t.Fatalf("dependency %s: fetched image ID %s, the app pins %s", name, v.ImageID, pinned)
-	}
-	if v.Manifest.Name.String() != name {
-		t.Fatalf("asked for %s, got an image named %s", name, v.Manifest.Name)
-	}
-	file := filepath.Join(dir, filepath.Base(eps[0].ACI))
-	if err := os.WriteFile(file, img, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range v.Manifest.Dependencies {
-		l := map[types.ACIdentifier]string{}
-		for _, lb := range d.Labels {
-			l[lb.Name] = lb.Value
-		}
-		fetch(t, e, d.ImageName.String(), l, trust, dir, d.ImageID.String())
-	}
-	return file
+	return rktfetch.Fetch(t, e.port, name, labels, trust, dir, pinned)
 }
 
 func run(t *testing.T, deps, image string, args ...string) string {

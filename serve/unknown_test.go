@@ -5,16 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 	"github.com/nix2aci/nix2aci/pkgs"
 	"github.com/nix2aci/nix2aci/serve"
 	"github.com/nix2aci/nix2aci/sign"
@@ -48,22 +47,9 @@ func storm(t *testing.T, urls []string) ([]int, []string) {
 	t.Helper()
 	c := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{DisableKeepAlives: true}}
 	codes, bodies := make([]int, len(urls)), make([]string, len(urls))
-	var wg sync.WaitGroup
-	for i, u := range urls {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			resp, err := c.Get(u)
-			if err != nil {
-				t.Errorf("GET %s: %v", u, err)
-				return
-			}
-			defer resp.Body.Close()
-			b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-			codes[i], bodies[i] = resp.StatusCode, string(b)
-		}()
+	for i, r := range testsupport.GetAll(t, c, urls, 64<<10) {
+		codes[i], bodies[i] = r.StatusCode, string(r.Body)
 	}
-	wg.Wait()
 	return codes, bodies
 }
 

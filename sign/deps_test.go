@@ -1,9 +1,7 @@
 package sign_test
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -20,6 +18,7 @@ import (
 	"github.com/appc/spec/schema/types"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -44,24 +43,7 @@ func (m img) build(t testing.TB) ([]byte, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(zw)
-	for _, f := range []struct{ name, body string }{{"manifest", string(mj)}, {"rootfs/", ""}, {"rootfs/data", m.body}} {
-		h := &tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.body)), Typeflag: tar.TypeReg}
-		if strings.HasSuffix(f.name, "/") {
-			h.Typeflag, h.Mode = tar.TypeDir, 0o755
-		}
-		tw.WriteHeader(h)
-		tw.Write([]byte(f.body))
-	}
-	tw.Close()
-	zw.Close()
-	info, err := aci.Inspect(bytes.NewReader(buf.Bytes()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes(), info.ImageID
+	return aciOf(t, string(mj), m.body)
 }
 
 // pin is the dependency on m, pinned by the image ID id.
@@ -94,13 +76,7 @@ func (m img) flat(t testing.TB) string {
 // write puts data and its signature by key at dir/name.
 func write(t testing.TB, dir, name string, data []byte, key *openpgp.Entity) string {
 	t.Helper()
-	p := filepath.Join(dir, filepath.FromSlash(name))
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	p := testsupport.WriteFile(t, filepath.Join(dir, filepath.FromSlash(name)), data)
 	if key != nil {
 		if err := os.WriteFile(p+".asc", signBytes(t, key, data, withImage(t, data)), 0o644); err != nil {
 			t.Fatal(err)

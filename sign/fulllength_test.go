@@ -16,6 +16,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	xopenpgp "golang.org/x/crypto/openpgp"
 
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 	"github.com/nix2aci/nix2aci/sign"
 )
 
@@ -159,9 +160,9 @@ func TestShortSignatureIsMadeAgain(t *testing.T) {
 		if _, err := verify(t, img, out.Bytes(), rootTrust(key)); err != nil {
 			t.Fatalf("verify: %v", err)
 		}
-		g := newGPG(t)
-		g.run(pub(t, key), "--import")
-		if o, err := g.try(nil, "--verify", g.file("x.aci.asc", out.Bytes()), g.file("x.aci", img)); err != nil || !strings.Contains(string(o), "Good signature") {
+		g := testsupport.NewGPG(t)
+		g.Run(pub(t, key), "--import")
+		if o, err := g.Try(nil, "--verify", g.File("x.aci.asc", out.Bytes()), g.File("x.aci", img)); err != nil || !strings.Contains(string(o), "Good signature") {
 			t.Fatalf("gpg --verify: %v\n%s", err, o)
 		}
 		return

@@ -14,6 +14,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 	"github.com/nix2aci/nix2aci/sign"
 )
 
@@ -101,16 +102,16 @@ func wantReason(t *testing.T, name string, err error, r sign.Reason, msg string)
 // own now: the SHA-1 signature is refused as weak.
 func TestForgedPacketCannotLaunderAWeakSignature(t *testing.T) {
 	img := makeACI(t, "example.com/app", "the image")
-	g := newGPG(t)
-	g.run(nil, "--passphrase", "", "--quick-gen-key", "Signer <s@example.com>", "rsa2048", "sign", "never")
-	fpr := strings.Fields(string(g.run(nil, "--with-colons", "--list-keys")))
+	g := testsupport.NewGPG(t)
+	g.Run(nil, "--passphrase", "", "--quick-gen-key", "Signer <s@example.com>", "rsa2048", "sign", "never")
+	fpr := strings.Fields(string(g.Run(nil, "--with-colons", "--list-keys")))
 	for _, l := range strings.Split(strings.Join(fpr, "\n"), "\n") {
 		if f := strings.Split(l, ":"); len(f) > 9 && f[0] == "fpr" {
-			g.run(nil, "--passphrase", "", "--quick-add-key", f[9], "rsa2048", "encr", "never")
+			g.Run(nil, "--passphrase", "", "--quick-add-key", f[9], "rsa2048", "encr", "never")
 			break
 		}
 	}
-	key, err := sign.ReadKey(bytes.NewReader(g.run(nil, "--armor", "--export")))
+	key, err := sign.ReadKey(bytes.NewReader(g.Run(nil, "--armor", "--export")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,8 +119,8 @@ func TestForgedPacketCannotLaunderAWeakSignature(t *testing.T) {
 		t.Fatal("gpg made no encryption subkey")
 	}
 	enc := key.Subkeys[0].PublicKey
-	p := g.file("x.aci", img)
-	g.run(nil, "--digest-algo", "SHA1", "--detach-sign", "--output", p+".sig", p)
+	p := g.File("x.aci", img)
+	g.Run(nil, "--digest-algo", "SHA1", "--detach-sign", "--output", p+".sig", p)
 	sha1Sig, _ := os.ReadFile(p + ".sig")
 
 	// The forgery: a SHA-512 signature by another key, its issuer ID and

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -19,16 +18,25 @@ import (
 	xopenpgp "golang.org/x/crypto/openpgp"
 
 	"github.com/nix2aci/nix2aci/aci"
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 	"github.com/nix2aci/nix2aci/sign"
 )
 
 // makeACI returns a small valid ACI named name whose one file holds body.
 func makeACI(t testing.TB, name, body string) []byte {
 	t.Helper()
+	m := fmt.Sprintf(`{"acKind":"ImageManifest","acVersion":"0.8.11","name":%q,"labels":[{"name":"os","value":"linux"},{"name":"arch","value":"amd64"}]}`, name)
+	b, _ := aciOf(t, m, body)
+	return b
+}
+
+// aciOf returns the gzipped ACI of the manifest m (JSON) whose one file,
+// rootfs/data, holds body, and its image ID; aci.Inspect must read it.
+func aciOf(t testing.TB, m, body string) ([]byte, string) {
+	t.Helper()
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
 	tw := tar.NewWriter(zw)
-	m := fmt.Sprintf(`{"acKind":"ImageManifest","acVersion":"0.8.11","name":%q,"labels":[{"name":"os","value":"linux"},{"name":"arch","value":"amd64"}]}`, name)
 	for _, f := range []struct{ name, body string }{{"manifest", m}, {"rootfs/", ""}, {"rootfs/data", body}} {
 		h := &tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.body)), Typeflag: tar.TypeReg}
 		if strings.HasSuffix(f.name, "/") {
@@ -39,10 +47,11 @@ func makeACI(t testing.TB, name, body string) []byte {
 	}
 	tw.Close()
 	zw.Close()
-	if _, err := aci.Inspect(bytes.NewReader(buf.Bytes())); err != nil {
+	info, err := aci.Inspect(bytes.NewReader(buf.Bytes()))
+	if err != nil {
 		t.Fatal(err)
 	}
-	return buf.Bytes()
+	return buf.Bytes(), info.ImageID
 }
 
 var (
@@ -95,71 +104,18 @@ func rootTrust(keys ...*openpgp.Entity) *sign.Trust {
 	return tr
 }
 
-// gpg runs gpg in a fresh home, failing the test on error.
-type gpgHome struct {
-	t    testing.TB
-	home string
-}
-
-func newGPG(t testing.TB) *gpgHome {
-	if _, err := exec.LookPath("gpg"); err != nil {
-		t.Fatal("gpg not found: run the tests with scripts/test, which installs gnupg")
-	}
-	home, err := os.MkdirTemp("", "gpg")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		exec.Command("gpgconf", "--homedir", home, "--kill", "all").Run()
-		os.RemoveAll(home)
-	})
-	return &gpgHome{t, home}
-}
-
-func (g *gpgHome) run(stdin []byte, args ...string) []byte {
-	g.t.Helper()
-	out, err := g.try(stdin, args...)
-	if err != nil {
-		g.t.Fatalf("gpg %v: %v\n%s", args, err, out)
-	}
-	return out
-}
-
-func (g *gpgHome) try(stdin []byte, args ...string) ([]byte, error) {
-	cmd := exec.Command("gpg", append([]string{"--homedir", g.home, "--batch", "--yes", "--pinentry-mode", "loopback"}, args...)...)
-	cmd.Stdin = bytes.NewReader(stdin)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	if err != nil {
-		return errb.Bytes(), err
-	}
-	if out.Len() == 0 {
-		return errb.Bytes(), nil // gpg --verify reports on stderr
-	}
-	return out.Bytes(), nil
-}
-
-func (g *gpgHome) file(name string, data []byte) string {
-	p := filepath.Join(g.home, name)
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		g.t.Fatal(err)
-	}
-	return p
-}
-
 func TestGPGAcceptsOurSignatures(t *testing.T) {
 	key := testKey(t)
 	img := makeACI(t, "example.com/app", "hello")
 	sig := signBytes(t, key, img, withImage(t, img))
-	g := newGPG(t)
-	g.run(pub(t, key), "--import")
-	out, err := g.try(nil, "--verify", g.file("x.aci.asc", sig), g.file("x.aci", img))
+	g := testsupport.NewGPG(t)
+	g.Run(pub(t, key), "--import")
+	out, err := g.Try(nil, "--verify", g.File("x.aci.asc", sig), g.File("x.aci", img))
 	if err != nil || !strings.Contains(string(out), `Good signature from "Test Signer <signer@example.com>"`) {
 		t.Fatalf("gpg --verify: %v\n%s", err, out)
 	}
 	// A changed file fails gpg too.
-	if _, err := g.try(nil, "--verify", g.file("y.aci.asc", sig), g.file("y.aci", append(bytes.Clone(img), 0))); err == nil {
+	if _, err := g.Try(nil, "--verify", g.File("y.aci.asc", sig), g.File("y.aci", append(bytes.Clone(img), 0))); err == nil {
 		t.Error("gpg accepted a signature over a changed file")
 	}
 }
@@ -186,13 +142,13 @@ func TestRktCodePathAcceptsOurSignatures(t *testing.T) {
 func TestVerifyAcceptsGPGSignatures(t *testing.T) {
 	for _, algo := range []string{"rsa3072", "ed25519"} {
 		t.Run(algo, func(t *testing.T) {
-			g := newGPG(t)
-			g.run(nil, "--passphrase", "", "--quick-gen-key", "GPG Signer <gpg@example.com>", algo, "sign", "never")
+			g := testsupport.NewGPG(t)
+			g.Run(nil, "--passphrase", "", "--quick-gen-key", "GPG Signer <gpg@example.com>", algo, "sign", "never")
 			img := makeACI(t, "example.com/app", "from gpg")
-			imgPath := g.file("x.aci", img)
-			g.run(nil, "--digest-algo", "SHA512", "--armor", "--detach-sign", "--output", imgPath+".asc", imgPath)
+			imgPath := g.File("x.aci", img)
+			g.Run(nil, "--digest-algo", "SHA512", "--armor", "--detach-sign", "--output", imgPath+".asc", imgPath)
 			sig, _ := os.ReadFile(imgPath + ".asc")
-			key, err := sign.ReadKey(bytes.NewReader(g.run(nil, "--armor", "--export")))
+			key, err := sign.ReadKey(bytes.NewReader(g.Run(nil, "--armor", "--export")))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -211,9 +167,9 @@ func TestVerifyAcceptsGPGSignatures(t *testing.T) {
 func TestGPGSecretKeysLoad(t *testing.T) {
 	for _, tc := range []struct{ algo, pass string }{{"rsa3072", ""}, {"ed25519", ""}, {"rsa3072", "s3cret"}, {"ed25519", "s3cret"}} {
 		t.Run(tc.algo+"/"+map[bool]string{true: "passphrase", false: "none"}[tc.pass != ""], func(t *testing.T) {
-			g := newGPG(t)
-			g.run(nil, "--passphrase", tc.pass, "--quick-gen-key", "Exported <exp@example.com>", tc.algo, "sign", "never")
-			secret := g.run(nil, "--passphrase", tc.pass, "--armor", "--export-secret-keys")
+			g := testsupport.NewGPG(t)
+			g.Run(nil, "--passphrase", tc.pass, "--quick-gen-key", "Exported <exp@example.com>", tc.algo, "sign", "never")
+			secret := g.Run(nil, "--passphrase", tc.pass, "--armor", "--export-secret-keys")
 			asked := false
 			key, err := sign.ReadSigningKey(bytes.NewReader(secret), func() ([]byte, error) { asked = true; return []byte(tc.pass), nil })
 			if err != nil {
@@ -224,7 +180,7 @@ func TestGPGSecretKeysLoad(t *testing.T) {
 			}
 			img := makeACI(t, "example.com/app", "x")
 			sig := signBytes(t, key, img)
-			out, err := g.try(nil, "--verify", g.file("x.aci.asc", sig), g.file("x.aci", img))
+			out, err := g.Try(nil, "--verify", g.File("x.aci.asc", sig), g.File("x.aci", img))
 			if err != nil {
 				t.Fatalf("gpg rejects a signature made with its own exported key: %s", out)
 			}
@@ -284,11 +240,11 @@ func TestVerifyRejects(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	g := newGPG(t)
-	g.run(nil, "--passphrase", "", "--quick-gen-key", "SHA1 Signer <sha1@example.com>", "rsa2048", "sign", "never")
-	gpgKey, _ := sign.ReadKey(bytes.NewReader(g.run(nil, "--armor", "--export")))
-	imgPath := g.file("x.aci", img)
-	g.run(nil, "--digest-algo", "SHA1", "--armor", "--detach-sign", "--output", imgPath+".sha1.asc", imgPath)
+	g := testsupport.NewGPG(t)
+	g.Run(nil, "--passphrase", "", "--quick-gen-key", "SHA1 Signer <sha1@example.com>", "rsa2048", "sign", "never")
+	gpgKey, _ := sign.ReadKey(bytes.NewReader(g.Run(nil, "--armor", "--export")))
+	imgPath := g.File("x.aci", img)
+	g.Run(nil, "--digest-algo", "SHA1", "--armor", "--detach-sign", "--output", imgPath+".sha1.asc", imgPath)
 	sha1Sig, _ := os.ReadFile(imgPath + ".sha1.asc")
 
 	sibling := sign.NewTrust()

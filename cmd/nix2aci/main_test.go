@@ -15,7 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/nix2aci/nix2aci/aci"
-	"github.com/nix2aci/nix2aci/internal/ocitest"
+	"github.com/nix2aci/nix2aci/internal/testsupport/ocitest"
 	"github.com/nix2aci/nix2aci/manifest"
 )
 

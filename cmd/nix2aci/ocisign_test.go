@@ -14,6 +14,7 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 	"github.com/nix2aci/nix2aci/ocisign"
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -25,13 +26,7 @@ func smallLayout(t *testing.T, dir string) string {
 	put := func(data string) (string, int) {
 		sum := sha256.Sum256([]byte(data))
 		h := hex.EncodeToString(sum[:])
-		p := filepath.Join(dir, "blobs", "sha256", h)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		testsupport.WriteFile(t, filepath.Join(dir, "blobs", "sha256", h), []byte(data))
 		return "sha256:" + h, len(data)
 	}
 	cd, cn := put(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}`)

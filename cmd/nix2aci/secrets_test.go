@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -115,35 +114,17 @@ func TestSecretsReachNoChild(t *testing.T) {
 	recipes := filepath.Join(dir, "recipes")
 	os.MkdirAll(recipes, 0o755)
 	os.WriteFile(filepath.Join(recipes, "leak.nix"), []byte(`{ pkgs }: { packages = [ (import `+leakFile+`) ]; exec = [ "/bin/leak" "true" ]; }`), 0o644)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	serve := exec.Command(bin, "serve", "--listen", addr, "--prefix", "127.0.0.1", "--base-url", "http://"+addr+"/acis",
-		"--data", filepath.Join(dir, "data"), "--pkgs", recipes)
-	serve.Env, serve.Dir = env, dir
-	var stderr lockedBuffer
-	serve.Stderr = &stderr
-	if err := serve.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer serve.Process.Kill()
-	waitFor(t, func() bool { return strings.Contains(stderr.String(), "rkt fetch") })
-	var label string
-	fmt.Sscanf(stderr.String()[strings.Index(stderr.String(), "version "):], "version %s", &label)
-	resp, err := http.Get(fmt.Sprintf("http://%s/acis/127.0.0.1/leak-%s-linux-amd64.aci", addr, label))
+	serve := startServe(t, bin, func(c *exec.Cmd) { c.Env, c.Dir = env, dir }, "--data", filepath.Join(dir, "data"), "--pkgs", recipes)
+	resp, err := http.Get(serve.url("127.0.0.1/leak"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	served, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("serve answered %s for the leak image: %s\n%s", resp.Status, served, stderr.String())
+		t.Fatalf("serve answered %s for the leak image: %s\n%s", resp.Status, served, serve.stderr.String())
 	}
-	serve.Process.Kill()
-	serve.Wait()
+	serve.kill()
 
 	// Every Nix program ran without a secret.
 	seen := map[string]int{}

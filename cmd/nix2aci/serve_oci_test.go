@@ -6,10 +6,11 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 )
 
 // Two replicas on one bucket answer the registry API: 20 concurrent
@@ -21,29 +22,23 @@ func TestServeReplicasBuildOCIOnce(t *testing.T) {
 	t.Parallel()
 	r := newReplicas(t)
 	r.bucket(t, "images")
-	reps := []*replica{r.start(t, "images", "--lease", "10s"), r.start(t, "images", "--lease", "10s")}
+	reps := []*serveProc{r.start(t, "images", "--lease", "10s"), r.start(t, "images", "--lease", "10s")}
 	const n = 20
-	var wg sync.WaitGroup
+	urls := make([]string, n)
+	for i := range n {
+		urls[i] = "http://" + reps[i%2].addr + "/v2/tiny/manifests/latest"
+	}
 	bodies := make([]string, n)
 	digests := make([]string, n)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			resp, err := http.Get("http://" + reps[i%2].addr + "/v2/tiny/manifests/latest")
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer resp.Body.Close()
-			b, _ := io.ReadAll(resp.Body)
-			if resp.StatusCode != 200 {
-				t.Errorf("request %d: %s\n%s", i, resp.Status, b)
-			}
-			bodies[i], digests[i] = string(b), resp.Header.Get("Docker-Content-Digest")
-		}()
+	for i, resp := range testsupport.GetAll(t, nil, urls, 0) {
+		if resp.StatusCode == 0 {
+			continue // the GET failed, and GetAll said so
+		}
+		if resp.StatusCode != 200 {
+			t.Errorf("request %d: %s\n%s", i, resp.Status, resp.Body)
+		}
+		bodies[i], digests[i] = string(resp.Body), resp.Header.Get("Docker-Content-Digest")
 	}
-	wg.Wait()
 	if t.Failed() {
 		t.Fatalf("%s\n%s", reps[0].stderr, reps[1].stderr)
 	}

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,11 +12,11 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 	"github.com/nix2aci/nix2aci/objstore"
 	"github.com/nix2aci/nix2aci/objstore/objstoretest"
 )
@@ -47,45 +45,16 @@ func (r *replicas) env(secret string) []string {
 		"AWS_EC2_METADATA_DISABLED=true", "NIX_CONFIG=substituters =")
 }
 
-type replica struct {
-	cmd    *exec.Cmd
-	addr   string
-	label  string
-	stderr *lockedBuffer
-}
-
 // start runs a replica on bucket, in its own process group.
-func (r *replicas) start(t *testing.T, bucket string, extra ...string) *replica {
+func (r *replicas) start(t *testing.T, bucket string, extra ...string) *serveProc {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &replica{addr: l.Addr().String(), stderr: &lockedBuffer{}}
-	l.Close()
-	args := append([]string{"serve", "--listen", p.addr, "--prefix", "127.0.0.1", "--base-url", "http://" + p.addr + "/acis",
-		"--data", filepath.Join(t.TempDir(), "data"), "--key", r.key, "--pkgs", r.pkgs,
-		"--store", "s3://" + bucket, "--s3-endpoint", r.g.Endpoint}, extra...)
-	p.cmd = exec.Command(r.bin, args...)
-	p.cmd.Env = r.env(objstoretest.SecretKey)
-	p.cmd.Stderr = p.stderr
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL); p.cmd.Wait() })
-	waitFor(t, func() bool { return strings.Contains(p.stderr.String(), "rkt fetch") })
-	s := p.stderr.String()
-	fmt.Sscanf(s[strings.Index(s, "version "):], "version %s", &p.label)
-	return p
-}
-
-func (p *replica) url(name string) string {
-	return fmt.Sprintf("http://%s/acis/%s-%s-linux-amd64.aci", p.addr, name, p.label)
+	return startServe(t, r.bin, func(c *exec.Cmd) { c.Env = r.env(objstoretest.SecretKey) },
+		append([]string{"--data", filepath.Join(t.TempDir(), "data"), "--key", r.key, "--pkgs", r.pkgs,
+			"--store", "s3://" + bucket, "--s3-endpoint", r.g.Endpoint}, extra...)...)
 }
 
 // buildsStarted reads nix2aci_serve_builds_started_total from /metrics.
-func (p *replica) buildsStarted(t *testing.T) int {
+func (p *serveProc) buildsStarted(t *testing.T) int {
 	t.Helper()
 	resp, err := http.Get("http://" + p.addr + "/metrics")
 	if err != nil {
@@ -115,31 +84,24 @@ func TestServeReplicasBuildOnce(t *testing.T) {
 	a := r.start(t, "images", "--lease", "10s")
 	b := r.start(t, "images", "--lease", "10s")
 	const n = 50
-	var wg sync.WaitGroup
+	urls := make([]string, n)
+	for i := range n {
+		urls[i] = a.url("127.0.0.1/tiny")
+		if i%2 == 1 {
+			urls[i] = b.url("127.0.0.1/tiny")
+		}
+	}
 	sums := make([][32]byte, n)
 	codes := make([]int, n)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			u := a.url("127.0.0.1/tiny")
-			if i%2 == 1 {
-				u = b.url("127.0.0.1/tiny")
-			}
-			resp, err := http.Get(u)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer resp.Body.Close()
-			body, _ := io.ReadAll(resp.Body)
-			codes[i], sums[i] = resp.StatusCode, sha256.Sum256(body)
-			if resp.Request.URL.Host != r.g.Addr {
-				t.Errorf("request %d was answered by %s, not by the bucket through a redirect", i, resp.Request.URL.Host)
-			}
-		}()
+	for i, resp := range testsupport.GetAll(t, nil, urls, 0) {
+		if resp.StatusCode == 0 {
+			continue // the GET failed, and GetAll said so
+		}
+		codes[i], sums[i] = resp.StatusCode, sha256.Sum256(resp.Body)
+		if resp.Host != r.g.Addr {
+			t.Errorf("request %d was answered by %s, not by the bucket through a redirect", i, resp.Host)
+		}
 	}
-	wg.Wait()
 	for i := range n {
 		if codes[i] != 200 || sums[i] != sums[0] {
 			t.Fatalf("response %d: status %d, sha256 %x; the first: %x\n%s\n%s", i, codes[i], sums[i], sums[0], a.stderr, b.stderr)
@@ -214,9 +176,7 @@ func TestServeStoreFailsAtStart(t *testing.T) {
 	t.Parallel()
 	r := newReplicas(t)
 	r.bucket(t, "images")
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	closed := "http://" + l.Addr().String()
-	l.Close()
+	closed := "http://" + testsupport.FreeAddr(t)
 	for _, c := range []struct {
 		name, endpoint, bucket, secret string
 		code                           int

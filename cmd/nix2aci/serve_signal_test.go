@@ -1,16 +1,11 @@
 package main
 
 import (
-	"bytes"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,27 +20,12 @@ func TestServeStopsCleanlyOnSIGTERM(t *testing.T) {
 	dir := t.TempDir()
 	key, _ := testKey(t, dir)
 	pkgsDir, _ := filepath.Abs("../../serve/testdata")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
 	data := filepath.Join(dir, "data")
-	cmd := exec.Command(bin, "serve", "--listen", addr, "--prefix", "127.0.0.1", "--base-url", "http://"+addr+"/acis",
-		"--data", data, "--key", key, "--pkgs", pkgsDir)
-	var stderr lockedBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	waitFor(t, func() bool { return strings.Contains(stderr.String(), "rkt fetch") })
-	var label string
-	fmt.Sscanf(stderr.String()[strings.Index(stderr.String(), "version "):], "version %s", &label)
+	p := startServe(t, bin, nil, "--data", data, "--key", key, "--pkgs", pkgsDir)
+	stderr := p.stderr
 	got := make(chan int, 1)
 	go func() {
-		resp, err := http.Get(fmt.Sprintf("http://%s/acis/127.0.0.1/slow-%s-linux-amd64.aci", addr, label))
+		resp, err := http.Get(p.url("127.0.0.1/slow"))
 		if err != nil {
 			got <- 0
 			return
@@ -59,13 +39,11 @@ func TestServeStopsCleanlyOnSIGTERM(t *testing.T) {
 		return len(m) > 0
 	})
 	time.Sleep(time.Second)
-	cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("serve ended with %v after SIGTERM, want exit 0\n%s", err, stderr.String())
+	case <-p.done:
+		if p.err != nil {
+			t.Fatalf("serve ended with %v after SIGTERM, want exit 0\n%s", p.err, stderr.String())
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatalf("serve still running 20 s after SIGTERM\n%s", stderr.String())
@@ -84,22 +62,4 @@ func TestServeStopsCleanlyOnSIGTERM(t *testing.T) {
 			t.Errorf("the log has no %q:\n%s", want, stderr.String())
 		}
 	}
-}
-
-// lockedBuffer is a bytes.Buffer a process writes while a test reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

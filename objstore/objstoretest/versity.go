@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 	"github.com/nix2aci/nix2aci/objstore"
 )
 
@@ -79,19 +79,16 @@ func Launch(dir string) (*Gateway, error) {
 	if err := os.MkdirAll(g.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	if g.Addr, err = testsupport.FreeAddrOn("127.0.0.1"); err != nil {
 		return nil, err
 	}
-	g.Addr = l.Addr().String()
-	l.Close()
 	g.Endpoint = "http://" + g.Addr
 	g.cmd = exec.Command(bin, "--port", g.Addr, "--quiet", "posix", g.Dir)
 	g.cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+AccessKey, "ROOT_SECRET_KEY="+SecretKey)
 	// It ends with the process that started it, even one that dies
 	// without stopping it.
 	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	var out lockedBuffer
+	out := testsupport.LockedBuffer{Max: 1 << 20}
 	g.cmd.Stdout, g.cmd.Stderr = &out, &out
 	if err := g.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %v", bin, err)
@@ -141,24 +138,4 @@ func (g *Gateway) CreateBucket(name string, o objstore.S3Options) (*objstore.S3,
 	}
 	o.Endpoint, o.Bucket, o.PathStyle = g.Endpoint, name, true
 	return objstore.NewS3(g.Config(), o)
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.b.Len() > 1<<20 {
-		return len(p), nil
-	}
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

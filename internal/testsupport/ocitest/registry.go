@@ -3,19 +3,18 @@
 package ocitest
 
 import (
-	"bytes"
 	"fmt"
 	"io/fs"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/nix2aci/nix2aci/internal/testsupport"
 )
 
 // Registry is a docker-registry (distribution 2.8) serving plain HTTP on
@@ -25,21 +24,12 @@ type Registry struct {
 	Storage string // its storage's root directory
 	cmd     *exec.Cmd
 	done    chan struct{}
-	logs    *syncBuffer
+	logs    *testsupport.LockedBuffer
 }
 
 // FreeAddr returns a loopback address with a port nothing listens on
 // (at the time of the call).
-func FreeAddr() (string, error) { return freeAddr("127.0.0.1") }
-
-func freeAddr(ip string) (string, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+func FreeAddr() (string, error) { return testsupport.FreeAddrOn("127.0.0.1") }
 
 // Start starts docker-registry on a loopback port with its configuration
 // and storage in dir and returns once it answers /v2/. A missing
@@ -54,7 +44,7 @@ func StartOn(dir, ip string) (*Registry, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	host, err := freeAddr(ip)
+	host, err := testsupport.FreeAddrOn(ip)
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +53,7 @@ func StartOn(dir, ip string) (*Registry, error) {
 	if err := os.WriteFile(config, []byte(fmt.Sprintf("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", storage, host)), 0o644); err != nil {
 		return nil, err
 	}
-	r := &Registry{Host: host, Storage: storage, cmd: exec.Command("docker-registry", "serve", config), done: make(chan struct{}), logs: &syncBuffer{}}
+	r := &Registry{Host: host, Storage: storage, cmd: exec.Command("docker-registry", "serve", config), done: make(chan struct{}), logs: &testsupport.LockedBuffer{}}
 	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
 	if err := r.cmd.Start(); err != nil {
 		return nil, err
@@ -126,23 +116,6 @@ func (r *Registry) Blobs() ([]string, error) {
 
 // Logs is what the registry wrote.
 func (r *Registry) Logs() string { return r.logs.String() }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // Need fails the test if a tool is missing.
 func Need(t testing.TB, tools ...string) {
