@@ -3,13 +3,10 @@ package main
 import (
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/nix2aci/nix2aci/aci"
@@ -34,27 +31,11 @@ func TestServeRelativeDirectories(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "recipes", "tiny.nix"), tiny, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	cmd := exec.Command(bin, "serve", "--listen", addr, "--prefix", "127.0.0.1", "--base-url", "http://"+addr+"/acis",
-		"--data", "site", "--key", "k.asc", "--pkgs", "recipes")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "NIX_PATH=", "NIX_CONFIG=substituters =")
-	var stderr lockedBuffer
-	cmd.Stderr = &stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
-	waitFor(t, func() bool { return strings.Contains(stderr.String(), "rkt fetch") })
-	var label string
-	s := stderr.String()
-	fmt.Sscanf(s[strings.Index(s, "version "):], "version %s", &label)
+	p := startServe(t, bin, func(cmd *exec.Cmd) {
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "NIX_PATH=", "NIX_CONFIG=substituters =")
+	}, "--data", "site", "--key", "k.asc", "--pkgs", "recipes")
+	addr, label, stderr := p.addr, p.label, p.stderr
 
 	get := func(path string) {
 		t.Helper()
