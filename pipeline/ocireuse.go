@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -45,11 +46,16 @@ import (
 // ociLayerInputs: its store paths with their NAR hashes, the layer
 // format, the compressor, compression and level, the time of its
 // entries not from the store), its digest, DiffID and size, and the blob
-// file's stat data. A blob is reused only when its entry's tag verifies,
-// the entry is for exactly the layer this build would write, and the
-// file still has the stat data recorded (a file changed in any way has a
-// new inode or ctime, which no user can set); a link that turns out to
-// be of another inode is undone. The index is read bounded, as strict
+// file's stat data. A blob is reused only when its entry's tag verifies
+// and the entry is for exactly the layer this build would write; it is
+// linked unread when the file still has the stat data recorded (a file
+// changed in any way has a new inode or ctime, which no user can set),
+// and a link that turns out to be of another inode is undone. A file
+// whose stat data changed is read once, linked, and reused only if its
+// bytes have the entry's digest: a link made or removed changes a file's
+// ctime, so a build running beside another that linked the blob, or
+// after one that failed, reads it rather than writing the layer again.
+// The index is read bounded, as strict
 // JSON, and only entries keyed by 64 hex digits with well-formed
 // SHA-256 digests are kept; a blob's file is named by the entry's
 // digest, so no entry reaches a path outside the directory. Without a
@@ -193,15 +199,26 @@ func readBlobIndex(dir string) *blobIndex {
 	return idx
 }
 
-// proven returns the entry of the layer written from inputs when its tag
-// verifies under cache's key and dir's blob file is as recorded.
-func (idx *blobIndex) proven(dir, inputs string, cache *fragcache.Cache) (blobEntry, bool) {
+// tagged returns the entry of the layer written from inputs when its tag
+// verifies under cache's key: what it says of the layer is true, and of
+// the blob file, was true when it was recorded.
+func (idx *blobIndex) tagged(inputs string, cache *fragcache.Cache) (blobEntry, bool) {
 	e, ok := idx.Layers[inputs]
 	if !ok {
 		return e, false
 	}
 	tag, ok := cache.TagRecord(blobTagKind, e.message(inputs))
 	if got, err := hex.DecodeString(e.Tag); !ok || err != nil || !hmac.Equal(got, tag) {
+		return e, false
+	}
+	return e, true
+}
+
+// proven returns the entry of the layer written from inputs when its tag
+// verifies and dir's blob file is as recorded.
+func (idx *blobIndex) proven(dir, inputs string, cache *fragcache.Cache) (blobEntry, bool) {
+	e, ok := idx.tagged(inputs, cache)
+	if !ok {
 		return e, false
 	}
 	if st, ok := statOf(filepath.Join(dir, e.name())); !ok || st != e.File {
@@ -251,7 +268,11 @@ func (b *build) reusableInputs(im *PlanImage, created time.Time, paths []nixstor
 }
 
 // reuseLayer links the blob of the layer written from inputs into the
-// build's layout when the blob store holds it, proven, and returns it.
+// build's layout when the blob store holds it, and returns it. A blob
+// whose entry's tag verifies is linked unread when its file is as
+// recorded; when only its stat data changed (another build linked it
+// meanwhile, which changes its ctime), it is linked, then read once: it
+// is reused if its bytes have the entry's digest.
 func (b *build) reuseLayer(inputs string) (oci.Layer, bool) {
 	if inputs == "" {
 		return oci.Layer{}, false
@@ -266,14 +287,19 @@ func (b *build) reuseLayer(inputs string) (oci.Layer, bool) {
 	if b.ReuseBlobs.Hold != nil {
 		b.ReuseBlobs.Hold(e.Digest)
 	}
-	if e, ok = r.index.proven(dir, inputs, b.cache); !ok {
+	if e, ok = r.index.tagged(inputs, b.cache); !ok {
 		return oci.Layer{}, false
 	}
 	mt, err := oci.LayerMediaType(b.Compression)
 	if err != nil {
 		return oci.Layer{}, false
 	}
-	if err := linkBlob(filepath.Join(dir, e.name()), filepath.Join(b.layout.Dir(), "blobs", "sha256", e.name()), e.File); err != nil {
+	from, to := filepath.Join(dir, e.name()), filepath.Join(b.layout.Dir(), "blobs", "sha256", e.name())
+	st, ok := statOf(from)
+	if !ok || st.Size != e.Size {
+		return oci.Layer{}, false
+	}
+	if err := linkBlob(from, to, e, st == e.File); err != nil {
 		return oci.Layer{}, false
 	}
 	return e.layer(mt), true
@@ -295,18 +321,23 @@ func (b *build) madeLayer(inputs string, l oci.Layer) {
 	r.mu.Unlock()
 }
 
-// linkBlob puts the blob file from, whose stat data was want when it was
-// proven, at to: hard-linked, or copied where no link can be made. A
-// link of another inode (from was replaced meanwhile), or a copy of a
-// file that changed while it was read, is undone.
-func linkBlob(from, to string, want fileStat) error {
+// linkBlob puts the blob file from of e at to: hard-linked, or copied
+// where no link can be made. Unread, the link must be of the inode e
+// recorded (from was not replaced meanwhile), a copy of a file with the
+// stat data e recorded; otherwise what was linked or copied must have e's
+// digest and size. Anything else is undone.
+func linkBlob(from, to string, e blobEntry, unread bool) error {
 	err := os.Link(from, to)
 	if err == nil {
-		if st, ok := statOf(to); ok && st.Dev == want.Dev && st.Ino == want.Ino && st.Size == want.Size {
+		if unread {
+			if st, ok := statOf(to); ok && st.Dev == e.File.Dev && st.Ino == e.File.Ino && st.Size == e.Size {
+				return nil
+			}
+		} else if _, ok := hasDigest(to, e.Digest, e.Size); ok {
 			return nil
 		}
 		os.Remove(to)
-		return errors.New("the blob was replaced as it was linked")
+		return errors.New("the blob is not the one recorded")
 	}
 	if errors.Is(err, fs.ErrExist) || errors.Is(err, fs.ErrNotExist) {
 		return err
@@ -316,19 +347,19 @@ func linkBlob(from, to string, want fileStat) error {
 		return err
 	}
 	defer in.Close()
-	if st, ok := fstatOf(in); !ok || st != want {
-		return errors.New("the blob changed")
+	before, ok := fstatOf(in)
+	if !ok || (unread && before != e.File) {
+		return errors.New("the blob is not the one recorded")
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(to), ".tmp-*")
 	if err != nil {
 		return err
 	}
-	n, err := io.Copy(tmp, io.LimitReader(in, want.Size+1))
-	if err == nil && n != want.Size {
-		err = errors.New("the blob changed as it was copied")
-	}
-	if st, ok := fstatOf(in); err == nil && (!ok || st != want) {
-		err = errors.New("the blob changed as it was copied")
+	// Read anyway: checked as it is copied.
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(in, e.Size+1))
+	if after, ok := fstatOf(in); err == nil && (n != e.Size || "sha256:"+hex.EncodeToString(h.Sum(nil)) != e.Digest || !ok || after != before) {
+		err = errors.New("the blob is not the one recorded")
 	}
 	if err == nil {
 		err = tmp.Chmod(0o644)
@@ -343,6 +374,33 @@ func linkBlob(from, to string, want fileStat) error {
 		os.Remove(tmp.Name())
 	}
 	return err
+}
+
+// blobsRead counts the blob files read to check their digest (tests).
+var blobsRead atomic.Int64
+
+// hasDigest reads the file p (not a link) and returns its stat data when
+// it has digest d and size bytes and did not change as it was read.
+func hasDigest(p, d string, size int64) (fileStat, bool) {
+	blobsRead.Add(1)
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return fileStat{}, false
+	}
+	defer f.Close()
+	before, ok := fstatOf(f)
+	if !ok || before.Size != size {
+		return fileStat{}, false
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, io.LimitReader(f, size+1))
+	if err != nil || n != size || "sha256:"+hex.EncodeToString(h.Sum(nil)) != d {
+		return fileStat{}, false
+	}
+	if after, ok := fstatOf(f); !ok || after != before {
+		return fileStat{}, false
+	}
+	return before, true
 }
 
 // fstatOf is the stat data of an open regular file.
@@ -456,22 +514,5 @@ func (m madeLayer) check(dir string) (fileStat, bool) {
 	if st.Dev == m.dev && st.Ino == m.ino {
 		return st, true
 	}
-	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return fileStat{}, false
-	}
-	defer f.Close()
-	before, ok := fstatOf(f)
-	if !ok || before.Size != m.layer.Size {
-		return fileStat{}, false
-	}
-	h := sha256.New()
-	n, err := io.Copy(h, io.LimitReader(f, m.layer.Size+1))
-	if err != nil || n != m.layer.Size || "sha256:"+hex.EncodeToString(h.Sum(nil)) != m.layer.Digest.String() {
-		return fileStat{}, false
-	}
-	if after, ok := fstatOf(f); !ok || after != before {
-		return fileStat{}, false
-	}
-	return before, true
+	return hasDigest(p, m.layer.Digest.String(), m.layer.Size)
 }

@@ -90,10 +90,12 @@ func blobStoreBuilds(t *testing.T, cacheKey string) (blobs string, build func(re
 
 // TestOCIBuildReusesProvenBlobs: an OCI build naming a blob store links
 // the layers its index proves the store holds instead of writing them,
-// holding each first, and its manifest is the one a build reusing
-// nothing writes. A forged or edited entry, another key's, or a blob file
-// swapped for other bytes is not reused: the layer is written again, and
-// the manifest is still the same.
+// unread, holding each first, and its manifest is the one a build
+// reusing nothing writes; a blob whose ctime changed (another build
+// linked it) is read and reused. A forged or edited entry, another key's,
+// entries swapped, or a blob file swapped for other bytes or edited in
+// place is not reused: the layer is written again, and the manifest is
+// still the same.
 func TestOCIBuildReusesProvenBlobs(t *testing.T) {
 	blobs, build := blobStoreBuilds(t, filepath.Join(t.TempDir(), "key"))
 	cold, _, _ := build(false)
@@ -137,7 +139,22 @@ func TestOCIBuildReusesProvenBlobs(t *testing.T) {
 	check("an empty blob store", 0)
 	all := len(cold.Layers)
 	check("the blobs recorded", all)
+	read := blobsRead.Load()
 	check("the blobs recorded again (the links removed)", all)
+	if n := blobsRead.Load() - read; n != 0 {
+		t.Errorf("%d blobs were read to be reused, want none", n)
+	}
+	// Another build's link, made and removed meanwhile, changes a blob's
+	// ctime: it is read, and reused.
+	first := filepath.Join(blobs, strings.TrimPrefix(cold.Layers[0].Digest, "sha256:"))
+	if err := os.Link(first, first+".link"); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(first + ".link")
+	check("a blob linked by another build", all)
+	if n := blobsRead.Load() - read; n != 1 {
+		t.Errorf("%d blobs were read, want the one linked by another build", n)
+	}
 
 	index := filepath.Join(blobs, blobIndexFile)
 	victim := cold.Layers[0].Digest
@@ -180,6 +197,17 @@ func TestOCIBuildReusesProvenBlobs(t *testing.T) {
 		e["file"].(map[string]any)["size"] = n + 1
 	})
 	check("an edited size", all-1, victim)
+	// Two entries swapped: each tag covers its layer's key.
+	{
+		var doc map[string]map[string]json.RawMessage
+		json.Unmarshal([]byte(readFile(t, index)), &doc)
+		a, b := keyOf(t, index, victim), keyOf(t, index, other.Digest)
+		doc["layers"][a], doc["layers"][b] = doc["layers"][b], doc["layers"][a]
+		data, _ := json.Marshal(doc)
+		os.WriteFile(index, data, 0o644)
+	}
+	check("two entries swapped", all-2, victim, other.Digest)
+	check("the swapped entries recorded again", all)
 	// Another key's tag.
 	otherKey := keyedCache(t)
 	edit(func(e map[string]any) {
