@@ -1,10 +1,12 @@
 package serve_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/serve"
 )
 
@@ -56,5 +58,46 @@ func TestOCIBuildReusesBlobStore(t *testing.T) {
 	}
 	if n := cold.reused.Load(); n != 0 {
 		t.Errorf("a server that built nothing before reused %d layers", n)
+	}
+}
+
+// TestOCIBuildHoldsBlobsItReuses: a blob an OCI build reuses is held
+// from when the build looks at it, so that a collection running then
+// (MaxDisk 1: everything not in use goes) leaves it, and the build links
+// it; the blobs of the image collected that it does not need go.
+func TestOCIBuildHoldsBlobsItReuses(t *testing.T) {
+	pkgsDir, _ := filepath.Abs("testdata")
+	var srv *serve.Server
+	e := start(t, func(o *serve.Options) {
+		o.Recipes = pkgsDir
+		o.MaxDisk = 1
+		build := o.Build
+		o.Build = func(ctx context.Context, r pipeline.Request) (*pipeline.Result, error) {
+			if r.ReuseBlobs != nil && r.ReuseBlobs.Hold != nil {
+				hold := r.ReuseBlobs.Hold
+				r.ReuseBlobs = &pipeline.BlobReuse{Dir: r.ReuseBlobs.Dir, Hold: func(d string) {
+					hold(d)
+					serve.Collect(srv, "")
+				}}
+			}
+			return build(ctx, r)
+		}
+	})
+	srv = e.s
+	_, tiny := pullOCI(t, e, "tiny")
+	_, tb := pullOCI(t, e, "tiny/busybox")
+	if n := e.reused.Load(); n < 1 {
+		t.Fatalf("tiny/busybox reused %d layers of tiny's while collections ran, want at least 1", n)
+	}
+	files, _ := blobFiles(t, e.data)
+	for b := range tiny {
+		if _, need := tb[b]; !need {
+			if _, ok := files[b]; ok {
+				t.Errorf("tiny's blob %s, which tiny/busybox does not need, was not collected", b)
+			}
+		}
+	}
+	if _, err := os.Stat(filepath.Join(e.data, "oci", "refs", "127.0.0.1", "tiny", "_"+version+"-linux-amd64")); err == nil {
+		t.Error("tiny was not collected")
 	}
 }
