@@ -101,6 +101,7 @@ type build struct {
 	baseStaged    bool
 	baseFiles     []string    // the base's files in the output directory (stageBase)
 	layout        *oci.Layout // an OCI build's image layout (oci.go)
+	reuse         *blobReuse  // its use of ReuseBlobs (ocireuse.go)
 	// mu guards the fields above and Progress, for layers written at once.
 	mu sync.Mutex
 }

@@ -24,8 +24,9 @@ import (
 // order with its own on top, and a config made from its manifest
 // (finishOCI). Layers are not reused from the output directory: each
 // build's layout holds all of its blobs, and the fragment cache makes
-// writing them again cheap; only an OCI base's layers are linked in
-// unread (ocibase.go).
+// writing them again cheap; an OCI base's layers are linked in unread
+// (ocibase.go), and so are the layers a blob store the request names
+// holds (Request.ReuseBlobs, ocireuse.go).
 
 // isOCI reports whether the build writes an OCI image.
 func (b *build) isOCI() bool { return b.Format != "" && b.Format != oci.ACI }
@@ -75,7 +76,8 @@ func (b *build) beginOCI(names fileNames) error {
 	return nil
 }
 
-// writeLayer writes im as one layer blob of the layout. A group's version
+// writeLayer writes im as one layer blob of the layout, or links in the
+// blob of it the request's blob store holds (reuseLayer). A group's version
 // is named, as an ACI group's is, by its store paths and what it lies on:
 // the base's image ID and the DiffIDs of the layers it depends on.
 func (b *build) writeLayer(ctx context.Context, plan *Plan, im *PlanImage, w *written, all map[*PlanImage]*written) error {
@@ -102,6 +104,14 @@ func (b *build) writeLayer(ctx context.Context, plan *Plan, im *PlanImage, w *wr
 	if created.IsZero() {
 		created = time.Unix(0, 0)
 	}
+	inputs := b.reusableInputs(im, created, paths)
+	if layer, ok := b.reuseLayer(inputs); ok {
+		b.madeLayer(inputs, layer)
+		w.res = &aci.Result{DiffID: layer.DiffID.String(), Digest: layer.Digest.String(), Size: layer.Size, StorePaths: len(paths)}
+		w.layer = layer
+		w.Image = Image{Name: name, Version: version, ImageID: w.res.DiffID, Digest: w.res.Digest, Size: layer.Size, StorePaths: len(paths), Reused: true}
+		return nil
+	}
 	opts := append(b.opts[:len(b.opts):len(b.opts)], aci.WithModTime(created))
 	if b.Progress != nil {
 		opts = append(opts, aci.WithProgress(func(p aci.Progress) {
@@ -117,6 +127,7 @@ func (b *build) writeLayer(ctx context.Context, plan *Plan, im *PlanImage, w *wr
 		}
 		return fmt.Errorf("writing the layer of %s: %w", name, err)
 	}
+	b.madeLayer(inputs, layer)
 	w.res = res
 	w.layer = layer
 	w.Image = Image{Name: name, Version: version, ImageID: res.DiffID, Digest: res.Digest, Size: res.Size, StorePaths: len(paths)}
@@ -223,6 +234,7 @@ func (b *build) finishOCI(ctx context.Context, t *pkgs.Target, in *inputs, plan 
 	out.Size = written.Size
 	out.StorePaths = app.StorePaths
 	out.Conflicts = app.res.Conflicts
+	out.blobs = b.records()
 	return out, nil
 }
 

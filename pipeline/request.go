@@ -104,6 +104,9 @@ type Request struct {
 	// each of them is a layer of its own, and a new version of one changes
 	// that layer only, not the layer of the paths left over.
 	LayerReferencesFirst bool
+	// ReuseBlobs, for an OCI build, is a blob store whose layers the
+	// build links into its layout instead of writing them (ocireuse.go).
+	ReuseBlobs *BlobReuse
 	// Signer, if set, signs every image written.
 	Signer *Signer
 	// SignOCI, if set, signs an OCI build's image before it is moved into
@@ -164,6 +167,8 @@ type Result struct {
 	// Base are the files of the base and the images below it, in
 	// rendering order (listed in .deps before the layers).
 	Base []string `json:"base,omitempty"`
+	// blobs are the layers RecordBlobs records (ocireuse.go).
+	blobs *blobRecords
 }
 
 // UsageError is a request that cannot be built as asked.

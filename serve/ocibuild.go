@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 
 	"github.com/opencontainers/go-digest"
@@ -19,22 +20,52 @@ import (
 )
 
 // buildOCI builds q's OCI image, layered as the ACIs are, and moves it
-// into the data directory: its blobs, then its reference file.
+// into the data directory: its blobs, then its reference file. The
+// layers the blob store holds are linked into the build's layout, not
+// written again (pipeline.Request.ReuseBlobs): held meanwhile, so that
+// the collector leaves them, until the reference is written.
 func (s *Server) buildOCI(ctx context.Context, q *request) *failure {
 	dir, recipe, f := s.stageRecipe(q)
 	if f != nil {
 		return f
 	}
 	defer os.RemoveAll(dir)
+	var heldMu sync.Mutex
+	var held []digest.Digest
+	defer func() {
+		for _, d := range held {
+			s.release(blobRel(d))
+		}
+	}()
+	hold := func(ds string) {
+		d, err := digest.Parse(ds)
+		if err != nil || d.Algorithm() != digest.SHA256 {
+			return
+		}
+		s.acquire(blobRel(d))
+		heldMu.Lock()
+		held = append(held, d)
+		heldMu.Unlock()
+	}
 	res, err := s.o.Build(ctx, pipeline.Request{
 		Kind: pipeline.Layered, Format: oci.LayoutFormat, Target: recipe, Name: q.name, OutDir: filepath.Join(dir, "out"),
 		NoGCRoots: true, Recipes: s.o.Recipes, Flakes: s.o.Flake != "", CacheDir: s.o.CacheDir, CacheKey: s.o.CacheKey, CacheMax: s.o.CacheMax,
 		// Each package asked for is a layer of its own: a new version of
 		// one is pulled as that layer alone.
 		LayerReferencesFirst: true,
+		ReuseBlobs:           &pipeline.BlobReuse{Dir: filepath.Join(s.o.Data, ociRoot, "blobs", "sha256"), Hold: hold},
 	})
 	if err == nil {
 		err = s.importOCI(ctx, q, res)
+	}
+	if err == nil {
+		// The build's links to the blobs it reused are removed before
+		// its layers are recorded: a link, made or removed, changes the
+		// blob's ctime, which its record holds.
+		os.RemoveAll(dir)
+		if err := res.RecordBlobs(); err != nil {
+			s.o.Logger.Warn("reuse", "name", q.name, "error", fmt.Sprintf("recording its layers in the blob store's index (the next build writes them again): %v", err))
+		}
 	}
 	if err == nil {
 		s.publishMu.Lock()

@@ -26,8 +26,9 @@ import (
 // s.mu, which the collector holds from its check to its unlink): a
 // reference whose manifest a request is answering (the reference itself,
 // asked by tag, or its manifest blob, asked by digest), a blob a request
-// is sending, and the blobs a build or a copy from the store is moving
-// in, until its reference is written. References are written under
+// is sending, the blobs a build links into its image (from when it looks
+// at them), and those a build or a copy from the store is moving in,
+// until its reference is written. References are written under
 // publishMu (writeRef), which the collector runs under, so that it never
 // sees a blob whose reference is about to appear.
 

@@ -42,7 +42,16 @@ import (
 // In the data directory, beside the publish tree's acis/, oci/ holds:
 //
 //	oci/blobs/sha256/<hex>                      every blob, manifests included
+//	oci/blobs/sha256/.nix2aci-oci-layers.json   which blobs hold which layers
 //	oci/refs/<name>/_<version>-<os>-<arch>      the image's manifest digest
+//
+// A build links the layers the blob store holds into its image instead
+// of writing them again, as that index, tagged under the cache key,
+// proves them (pipeline.Request.ReuseBlobs; with NoCache there is no key,
+// and every layer is written): a new app on shared layers writes only
+// its own. With Options.Store too, the data directory's blobs
+// are reused; a replica that copied an image from the bucket has its
+// manifest only, and writes its layers when it builds on them.
 //
 // A reference file is written after its blobs, so that it names only
 // complete images, and never again: a manifest is the same bytes every
