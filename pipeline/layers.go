@@ -274,7 +274,15 @@ type fileStat struct {
 
 func statOf(path string) (fileStat, bool) {
 	fi, err := os.Lstat(path)
-	if err != nil || !fi.Mode().IsRegular() {
+	if err != nil {
+		return fileStat{}, false
+	}
+	return statFrom(fi)
+}
+
+// statFrom is the stat data of a regular file's FileInfo.
+func statFrom(fi os.FileInfo) (fileStat, bool) {
+	if !fi.Mode().IsRegular() {
 		return fileStat{}, false
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)

@@ -351,29 +351,15 @@ func linkBlob(from, to string, e blobEntry, unread bool) error {
 	if !ok || (unread && before != e.File) {
 		return errors.New("the blob is not the one recorded")
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(to), ".tmp-*")
-	if err != nil {
-		return err
-	}
 	// Read anyway: checked as it is copied.
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(in, e.Size+1))
-	if after, ok := fstatOf(in); err == nil && (n != e.Size || "sha256:"+hex.EncodeToString(h.Sum(nil)) != e.Digest || !ok || after != before) {
-		err = errors.New("the blob is not the one recorded")
-	}
-	if err == nil {
-		err = tmp.Chmod(0o644)
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), to)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
+	return safeio.WriteAtomic(to, 0o644, func(w io.Writer) error {
+		h := sha256.New()
+		n, err := io.Copy(io.MultiWriter(w, h), io.LimitReader(in, e.Size+1))
+		if after, ok := fstatOf(in); err == nil && (n != e.Size || "sha256:"+hex.EncodeToString(h.Sum(nil)) != e.Digest || !ok || after != before) {
+			err = errors.New("the blob is not the one recorded")
+		}
+		return err
+	})
 }
 
 // blobsRead counts the blob files read to check their digest (tests).
@@ -406,14 +392,10 @@ func hasDigest(p, d string, size int64) (fileStat, bool) {
 // fstatOf is the stat data of an open regular file.
 func fstatOf(f *os.File) (fileStat, bool) {
 	fi, err := f.Stat()
-	if err != nil || !fi.Mode().IsRegular() {
+	if err != nil {
 		return fileStat{}, false
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fileStat{}, false
-	}
-	return fileStat{Size: fi.Size(), Ino: st.Ino, Dev: uint64(st.Dev), Mtime: st.Mtim.Nano(), Ctime: st.Ctim.Nano()}, true
+	return statFrom(fi)
 }
 
 // blobRecords are what Result.RecordBlobs records.
