@@ -206,31 +206,16 @@ func TestFlagUsageNamesTheFlagItGoesWith(t *testing.T) {
 // bool flag no "(default: false)".
 func TestHelpShowsEachDefaultOnce(t *testing.T) {
 	defaults := regexp.MustCompile(`\(default\b`)
-	var walk func(cmds []*cli.Command, path []string)
-	walk = func(cmds []*cli.Command, path []string) {
-		for _, c := range cmds {
-			if c.Name == "help" {
+	for name, page := range helpPages(t) {
+		for _, line := range strings.Split(page, "\n") {
+			if !strings.HasPrefix(strings.TrimSpace(line), "-") {
 				continue
 			}
-			p := append(append([]string(nil), path...), c.Name)
-			app := newApp()
-			var out strings.Builder
-			app.Writer, app.ErrWriter = &out, &out
-			if err := app.Run(append(append([]string{"nix2aci"}, p...), "--help")); err != nil {
-				t.Fatalf("nix2aci %s --help: %v", strings.Join(p, " "), err)
+			if n := len(defaults.FindAllString(line, -1)); n > 1 || strings.Contains(line, "(default: false)") {
+				t.Errorf("nix2aci %s --help: %s", name, strings.TrimSpace(line))
 			}
-			for _, line := range strings.Split(out.String(), "\n") {
-				if !strings.HasPrefix(strings.TrimSpace(line), "-") {
-					continue
-				}
-				if n := len(defaults.FindAllString(line, -1)); n > 1 || strings.Contains(line, "(default: false)") {
-					t.Errorf("nix2aci %s --help: %s", strings.Join(p, " "), strings.TrimSpace(line))
-				}
-			}
-			walk(c.Subcommands, p)
 		}
 	}
-	walk(newApp().Commands, nil)
 }
 
 // Every environment variable a command's help names (its description or
@@ -240,6 +225,35 @@ func TestHelpShowsEachDefaultOnce(t *testing.T) {
 func TestHelpListsTheEnvironmentItNames(t *testing.T) {
 	variable := regexp.MustCompile(`\b[A-Z][A-Z0-9]*_[A-Z0-9_]*[A-Z0-9]\b`)
 	listed := map[string]bool{}
+	for name, out := range helpPages(t) {
+		page, env, _ := strings.Cut(out, "\n   Environment:\n")
+		env, rest, _ := strings.Cut(env, "\n\n")
+		page += "\n" + rest
+		here := map[string]bool{}
+		for _, line := range strings.Split(env, "\n") {
+			if f := strings.Fields(line); len(f) > 0 {
+				here[f[0]], listed[f[0]] = true, true
+			}
+		}
+		page, _, _ = strings.Cut(page, "\nEXIT CODES:")
+		for _, v := range dedupe(variable.FindAllString(page, -1)) {
+			if !here[v] {
+				t.Errorf("nix2aci %s --help names %s, which its Environment section does not list", name, v)
+			}
+		}
+	}
+	for _, v := range secretNames {
+		if !listed[v] {
+			t.Errorf("no help page lists %s, a secret nix2aci reads from the environment", v)
+		}
+	}
+}
+
+// helpPages returns every command's --help, by the command's words
+// ("serve", "key generate").
+func helpPages(t *testing.T) map[string]string {
+	t.Helper()
+	pages := map[string]string{}
 	var walk func(cmds []*cli.Command, path []string)
 	walk = func(cmds []*cli.Command, path []string) {
 		for _, c := range cmds {
@@ -253,30 +267,12 @@ func TestHelpListsTheEnvironmentItNames(t *testing.T) {
 			if err := app.Run(append(append([]string{"nix2aci"}, p...), "--help")); err != nil {
 				t.Fatalf("nix2aci %s --help: %v", strings.Join(p, " "), err)
 			}
-			page, env, _ := strings.Cut(out.String(), "\n   Environment:\n")
-			env, rest, _ := strings.Cut(env, "\n\n")
-			page += "\n" + rest
-			here := map[string]bool{}
-			for _, line := range strings.Split(env, "\n") {
-				if f := strings.Fields(line); len(f) > 0 {
-					here[f[0]], listed[f[0]] = true, true
-				}
-			}
-			page, _, _ = strings.Cut(page, "\nEXIT CODES:")
-			for _, v := range dedupe(variable.FindAllString(page, -1)) {
-				if !here[v] {
-					t.Errorf("nix2aci %s --help names %s, which its Environment section does not list", strings.Join(p, " "), v)
-				}
-			}
+			pages[strings.Join(p, " ")] = out.String()
 			walk(c.Subcommands, p)
 		}
 	}
 	walk(newApp().Commands, nil)
-	for _, v := range secretNames {
-		if !listed[v] {
-			t.Errorf("no help page lists %s, a secret nix2aci reads from the environment", v)
-		}
-	}
+	return pages
 }
 
 func dedupe(s []string) []string {
