@@ -112,14 +112,7 @@ func (b *build) writeLayer(ctx context.Context, plan *Plan, im *PlanImage, w *wr
 		w.Image = Image{Name: name, Version: version, ImageID: w.res.DiffID, Digest: w.res.Digest, Size: layer.Size, StorePaths: len(paths), Reused: true}
 		return nil
 	}
-	opts := append(b.opts[:len(b.opts):len(b.opts)], aci.WithModTime(created))
-	if b.Progress != nil {
-		opts = append(opts, aci.WithProgress(func(p aci.Progress) {
-			b.mu.Lock()
-			defer b.mu.Unlock()
-			b.Progress(name, p)
-		}))
-	}
+	opts := b.writeOptions(name, created)
 	layer, res, err := b.layout.WriteLayer(ctx, im.Content, b.Compression, opts...)
 	if err != nil {
 		if ctx.Err() != nil {

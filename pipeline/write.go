@@ -244,8 +244,10 @@ func readIndexOnce(b *build) *layerIndex {
 	return b.index
 }
 
-// write writes img into the staging directory as name.
-func (b *build) write(ctx context.Context, name string, img aci.Image, created time.Time) (*aci.Result, error) {
+// writeOptions are the build's archive options for an image or layer
+// of name, its entries not from the store dated created, with progress
+// reported as name's.
+func (b *build) writeOptions(name string, created time.Time) []aci.Option {
 	opts := append(b.opts[:len(b.opts):len(b.opts)], aci.WithModTime(created))
 	if b.Progress != nil {
 		opts = append(opts, aci.WithProgress(func(p aci.Progress) {
@@ -254,6 +256,12 @@ func (b *build) write(ctx context.Context, name string, img aci.Image, created t
 			b.Progress(name, p)
 		}))
 	}
+	return opts
+}
+
+// write writes img into the staging directory as name.
+func (b *build) write(ctx context.Context, name string, img aci.Image, created time.Time) (*aci.Result, error) {
+	opts := b.writeOptions(name, created)
 	res, err := aci.WriteFile(ctx, b.st.Path(name), img, opts...)
 	if err != nil {
 		if ctx.Err() != nil {
