@@ -13,7 +13,6 @@ import (
 	"os"
 	"path"
 	"strings"
-	"syscall"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -311,20 +310,15 @@ type layoutBlobs struct{ rt *os.Root }
 
 func (l layoutBlobs) open(d string) (*os.File, int64, error) {
 	name := "blobs/sha256/" + strings.TrimPrefix(d, "sha256:")
-	f, err := l.rt.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, 0, fmt.Errorf("blob %s is missing", d)
-		}
+	f, fi, err := safeio.OpenRegularIn(l.rt, name)
+	var nr *safeio.NotRegularError
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, 0, fmt.Errorf("blob %s is missing", d)
+	case errors.As(err, &nr):
+		return nil, 0, fmt.Errorf("blob %s is not a regular file", d)
+	case err != nil:
 		return nil, 0, fmt.Errorf("blob %s: %v", d, unwrapPath(err))
-	}
-	fi, err := f.Stat()
-	if err == nil && !fi.Mode().IsRegular() {
-		err = fmt.Errorf("blob %s is not a regular file", d)
-	}
-	if err != nil {
-		f.Close()
-		return nil, 0, err
 	}
 	return f, fi.Size(), nil
 }
@@ -413,18 +407,15 @@ func (a archiveBlobs) read(d string, size, max int64) ([]byte, error) {
 // readInRoot reads the regular file name in rt, of at most max bytes,
 // without blocking on a FIFO.
 func readInRoot(rt *os.Root, name string, max int64) ([]byte, error) {
-	f, err := rt.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, _, err := safeio.OpenRegularIn(rt, name)
+	var nr *safeio.NotRegularError
+	if errors.As(err, &nr) {
+		return nil, errors.New("it is not a regular file")
+	}
 	if err != nil {
 		return nil, unwrapPath(err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, errors.New("it is not a regular file")
-	}
 	return readAll(f, max)
 }
 

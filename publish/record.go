@@ -140,17 +140,17 @@ func parseRecord(data []byte) (*record, error) {
 // readRecord reads the tree's record without blocking, bounded; nil if
 // there is none.
 func readRecord(root *os.Root) ([]byte, error) {
-	f, err := root.OpenFile(stateFile, os.O_RDONLY|nonBlock, 0)
-	if errors.Is(err, fs.ErrNotExist) {
+	f, _, err := safeio.OpenRegularIn(root, stateFile)
+	var nr *safeio.NotRegularError
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		return nil, nil
-	}
-	if err != nil {
+	case errors.As(err, &nr):
+		return nil, fmt.Errorf("the site's %s is not a regular file: remove it (the next publish rebuilds it from the tree)", stateFile)
+	case err != nil:
 		return nil, fmt.Errorf("reading the site's %s: %w", stateFile, err)
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("the site's %s is not a regular file: remove it (the next publish rebuilds it from the tree)", stateFile)
-	}
 	data, err := io.ReadAll(io.LimitReader(f, maxStateSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("reading the site's %s: %w", stateFile, err)

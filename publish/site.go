@@ -296,20 +296,15 @@ func readFound(root *os.Root, p string) *found {
 	return fd
 }
 
-const nonBlock = syscall.O_NONBLOCK
-
 // openIn opens the regular file p of the site, without blocking and
 // without leaving it.
 func openIn(root *os.Root, p string) (*os.File, error) {
-	f, err := root.OpenFile(filepath.FromSlash(p), os.O_RDONLY|nonBlock, 0)
-	if err != nil {
-		return nil, err
-	}
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		f.Close()
+	f, _, err := safeio.OpenRegularIn(root, filepath.FromSlash(p))
+	var nr *safeio.NotRegularError
+	if errors.As(err, &nr) {
 		return nil, fmt.Errorf("the site's %s is not a regular file: remove it, or publish into another site", safeio.Quote(p))
 	}
-	return f, nil
+	return f, err
 }
 
 // verifyIn checks the image at p in the tree and its signature p.asc with

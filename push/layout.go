@@ -12,7 +12,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"syscall"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
@@ -223,24 +222,12 @@ func readInRoot(rt *os.Root, name string, max int64) ([]byte, error) {
 
 // openRegular opens the regular file name in rt (no symlink out of it).
 func openRegular(rt *os.Root, name string) (*os.File, error) {
-	f, err := rt.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			return nil, fmt.Errorf("%s: %w", name, pe.Err)
-		}
-		return nil, err
+	f, _, err := safeio.OpenRegularIn(rt, name)
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return nil, fmt.Errorf("%s: %w", name, pe.Err)
 	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, &safeio.NotRegularError{Path: name, Mode: fi.Mode()}
-	}
-	return f, nil
+	return f, err
 }
 
 // blobSize checks that d's blob file is a regular file of d.Size bytes.

@@ -54,20 +54,32 @@ func (e *TooLargeError) Error() string {
 // writer), and the handle is checked with Stat before anything is read.
 // Symlinks are followed, as every command-line tool follows them.
 func OpenRegular(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, _, err := regular(path, func() (*os.File, error) { return os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0) })
+	return f, err
+}
+
+// OpenRegularIn is OpenRegular for name in rt, never leaving it, and
+// returns the file's FileInfo too. An error opening is the open's
+// (an *fs.PathError); a file that is not regular is a *NotRegularError.
+func OpenRegularIn(rt *os.Root, name string) (*os.File, fs.FileInfo, error) {
+	return regular(name, func() (*os.File, error) { return rt.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0) })
+}
+
+func regular(path string, open func() (*os.File, error)) (*os.File, fs.FileInfo, error) {
+	f, err := open()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	if !fi.Mode().IsRegular() {
 		f.Close()
-		return nil, &NotRegularError{Path: path, Mode: fi.Mode()}
+		return nil, nil, &NotRegularError{Path: path, Mode: fi.Mode()}
 	}
-	return f, nil
+	return f, fi, nil
 }
 
 // ReadFile reads the regular file at path, refusing one of more than max
