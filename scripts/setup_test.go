@@ -24,7 +24,9 @@ func dryRun(t *testing.T, script string) string {
 
 var (
 	demoNeeds = []string{"nix-bin", "busybox-static", "bubblewrap", "ca-certificates"}
-	testNeeds = []string{"gnupg", "jq", "pigz", "xz-utils", "bzip2", "zsh", "fish", "skopeo", "podman", "umoci", "runc", "docker-registry", "versitygw"}
+	testNeeds = []string{"gnupg", "jq", "pigz", "xz-utils", "bzip2", "zsh", "fish", "skopeo", "podman", "umoci", "runc", "docker-registry", "versitygw",
+		// what ../shared/bench/make-corpus debian mirrors (the debian chain test)
+		"git", "python3", "curl", "gdb", "openssh-client"}
 )
 
 func TestDemoSetupInstallsOnlyWhatTheDemoUses(t *testing.T) {
