@@ -24,14 +24,3 @@ func TestInterspersed(t *testing.T) {
 		}
 	}
 }
-
-func FuzzInterspersed(f *testing.F) {
-	f.Add("build busybox --out x --fat -- y")
-	f.Fuzz(func(t *testing.T, s string) {
-		in := append([]string{"nix2aci"}, strings.Fields(s)...)
-		out := interspersed(newApp(), in)
-		if len(out) != len(in) {
-			t.Fatalf("%q became %q", in, out)
-		}
-	})
-}
