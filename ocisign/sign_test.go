@@ -14,6 +14,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 
+	"github.com/nix2aci/nix2aci/internal/testsupport/testkey"
 	"github.com/nix2aci/nix2aci/ocisign"
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -178,10 +179,7 @@ func TestVerifyRejects(t *testing.T) {
 // Keys the clients cannot check are refused when signing, saying how to
 // make one they can.
 func TestSignRefusesUnusableKeys(t *testing.T) {
-	ed, err := sign.GenerateKey(sign.KeyOptions{Name: "Ed", Email: "ed@example.com", Algorithm: sign.Ed25519})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ed := testkey.Key(t, sign.KeyOptions{Name: "Ed", Email: "ed@example.com", Algorithm: sign.Ed25519})
 	v6, err := openpgp.NewEntity("Six", "", "six@example.com", &packet.Config{V6Keys: true, Algorithm: packet.PubKeyAlgoEd25519})
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 
 	"github.com/nix2aci/nix2aci/fetch"
+	"github.com/nix2aci/nix2aci/internal/testsupport/testkey"
 	"github.com/nix2aci/nix2aci/nixstore/nixtest"
 	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/publish"
@@ -48,14 +49,8 @@ mk "onbase-1.0" "mkdir -p $out/bin; echo ${lib} > $out/bin/onbase"`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := sign.GenerateKey(sign.KeyOptions{Name: "Publisher", Email: "pub@example.com"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stranger, err := sign.GenerateKey(sign.KeyOptions{Name: "Stranger", Email: "s@example.com"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testkey.Key(t, sign.KeyOptions{Name: "Publisher", Email: "pub@example.com"})
+	stranger := testkey.Key(t, sign.KeyOptions{Name: "Stranger", Email: "s@example.com"})
 	site := filepath.Join(work, "site")
 	srv := httptest.NewServer(http.FileServer(http.Dir(site)))
 	defer srv.Close()

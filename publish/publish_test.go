@@ -27,6 +27,7 @@ import (
 	"github.com/nix2aci/nix2aci/aci"
 	"github.com/nix2aci/nix2aci/internal/testsupport"
 	"github.com/nix2aci/nix2aci/internal/testsupport/rktfetch"
+	"github.com/nix2aci/nix2aci/internal/testsupport/testkey"
 	"github.com/nix2aci/nix2aci/manifest"
 	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/publish"
@@ -62,12 +63,14 @@ func buildNamed(t *testing.T, app, name, out string, signer *pipeline.Signer) *p
 	return res
 }
 
+// keyOf is the publisher's key (made once per test process).
 func keyOf(t *testing.T) *openpgp.Entity {
-	key, err := sign.GenerateKey(sign.KeyOptions{Name: "Publisher", Email: "pub@example.com"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key
+	return testkey.Key(t, sign.KeyOptions{Name: "Publisher", Email: "pub@example.com"})
+}
+
+// otherKey is a second key: what keyOf's published key must refuse.
+func otherKey(t *testing.T) *openpgp.Entity {
+	return testkey.Key(t, sign.KeyOptions{Name: "Stranger", Email: "stranger@example.com"})
 }
 
 func TestPublishedTreeIsDiscoverable(t *testing.T) {
@@ -198,7 +201,7 @@ func TestPublishRefuses(t *testing.T) {
 		}
 	}
 	// A signature that does not verify with the published key.
-	other := keyOf(t)
+	other := otherKey(t)
 	signed := filepath.Join(work, "signed")
 	build(t, "app1", signed, pipeline.KeySigner(other))
 	_, err := publish.Publish(context.Background(), mustExpand(t, signed), publish.Options{Site: filepath.Join(work, "s2"), BaseURL: "https://example.com/acis", PublicKey: key})

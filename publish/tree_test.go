@@ -105,7 +105,7 @@ func TestSiteRecordCannotInject(t *testing.T) {
 	good, _ := os.ReadFile(state)
 	index, _ := os.ReadFile(filepath.Join(site, "index.html"))
 	keyURL := baseURL + "/acis/pubkeys/" + strings.ToLower(sign.Fingerprint(key)) + ".asc"
-	other := strings.ToLower(sign.Fingerprint(keyOf(t)))
+	other := strings.ToLower(sign.Fingerprint(otherKey(t)))
 	for _, tc := range []struct{ name, old, new string }{
 		{"a javascript: image URL", `"url": "` + baseURL + `/acis/127.0.0.1/app1-1.0-linux-amd64.aci"`, `"url": "javascript:alert(1)"`},
 		{"an image URL elsewhere", `"url": "` + baseURL + `/acis/127.0.0.1/app1-1.0-linux-amd64.aci"`, `"url": "https://evil.example/app1-1.0-linux-amd64.aci"`},

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/nix2aci/nix2aci/internal/testsupport/testkey"
 	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -42,10 +43,7 @@ func FuzzRegistry(f *testing.F) {
 	if testing.Short() {
 		f.Skip("reads the offline package set's names with Nix")
 	}
-	key, err := sign.GenerateKey(sign.KeyOptions{Name: "Fuzz", Email: "fuzz@example.com"})
-	if err != nil {
-		f.Fatal(err)
-	}
+	key := testkey.Key(f, sign.KeyOptions{Name: "Fuzz", Email: "fuzz@example.com"})
 	data := filepath.Join(f.TempDir(), "data")
 	s, err := New(Options{
 		Prefix: "127.0.0.1", BaseURL: "http://127.0.0.1:1/acis", Key: key, Data: data, Version: "vfuzz", NoCache: true,

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 
+	"github.com/nix2aci/nix2aci/internal/testsupport/testkey"
 	"github.com/nix2aci/nix2aci/objstore"
 	"github.com/nix2aci/nix2aci/objstore/objstoretest"
 	"github.com/nix2aci/nix2aci/ocisign"
@@ -237,10 +238,7 @@ func TestRegistryPullSignedRun(t *testing.T) {
 	}
 
 	// A policy naming another key refuses the image.
-	other, err := sign.GenerateKey(sign.KeyOptions{Name: "Other", Email: "other@example.com"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	other := testkey.Key(t, sign.KeyOptions{Name: "Other", Email: "other@example.com"})
 	dir2 := t.TempDir()
 	podman2 := podmanIn(t, dir2, signedByPolicy(t, dir2, host, other))
 	if out, ok := podman2("pull", host+"/busybox:latest"); ok || !strings.Contains(out, "signature") {

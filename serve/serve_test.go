@@ -23,6 +23,7 @@ import (
 
 	"github.com/nix2aci/nix2aci/internal/testsupport"
 	"github.com/nix2aci/nix2aci/internal/testsupport/rktfetch"
+	"github.com/nix2aci/nix2aci/internal/testsupport/testkey"
 	"github.com/nix2aci/nix2aci/pipeline"
 	"github.com/nix2aci/nix2aci/serve"
 	"github.com/nix2aci/nix2aci/sign"
@@ -50,10 +51,7 @@ func start(t *testing.T, edit func(*serve.Options)) *env {
 		t.Fatal("nix-build not found: run the tests with scripts/test, which installs what they need")
 	}
 	e := &env{data: filepath.Join(t.TempDir(), "data")}
-	key, err := sign.GenerateKey(sign.KeyOptions{Name: "Server", Email: "serve@example.com"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testkey.Key(t, sign.KeyOptions{Name: "Server", Email: "serve@example.com"})
 	e.key = key
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nix2aci/nix2aci/internal/testsupport"
+	"github.com/nix2aci/nix2aci/internal/testsupport/testkey"
 	"github.com/nix2aci/nix2aci/pkgs"
 	"github.com/nix2aci/nix2aci/serve"
 	"github.com/nix2aci/nix2aci/sign"
@@ -154,10 +155,7 @@ func TestUnknownNamesTakeNoBuildSlot(t *testing.T) {
 // server at start with Nix's reason and what to give instead, and
 // leaves no data directory behind.
 func TestPackageSetThatFailsStopsTheStart(t *testing.T) {
-	key, err := sign.GenerateKey(sign.KeyOptions{Name: "Server", Email: "serve@example.com"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testkey.Key(t, sign.KeyOptions{Name: "Server", Email: "serve@example.com"})
 	dir := t.TempDir()
 	nixpkgs := filepath.Join(dir, "nixpkgs")
 	os.MkdirAll(nixpkgs, 0o755)

@@ -15,6 +15,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 
 	"github.com/nix2aci/nix2aci/internal/testsupport"
+	"github.com/nix2aci/nix2aci/internal/testsupport/testkey"
 	"github.com/nix2aci/nix2aci/ocisign"
 	"github.com/nix2aci/nix2aci/sign"
 )
@@ -49,10 +50,7 @@ func TestConcurrentOCISignersKeepEachOthersSignatures(t *testing.T) {
 	dir := t.TempDir()
 	image := filepath.Join(dir, "app.oci")
 	digest := smallLayout(t, image)
-	key, err := sign.GenerateKey(sign.KeyOptions{Name: "Signer", Email: "s@example.com", Algorithm: sign.RSA4096})
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testkey.Key(t, sign.KeyOptions{Name: "Signer", Email: "s@example.com", Algorithm: sign.RSA4096})
 	var priv bytes.Buffer
 	if err := sign.WritePrivateKey(&priv, key); err != nil {
 		t.Fatal(err)
