@@ -20,12 +20,10 @@ import (
 // keyring) is refused at once with a clear message; nothing blocks.
 func TestFIFOsAreRefusedAtOnce(t *testing.T) {
 	dir := t.TempDir()
+	testKey(t, dir) // k.asc, p.asc; before Chdir: it builds the CLI from the package directory
 	t.Chdir(dir)
 	if err := syscall.Mkfifo("fifo", 0o644); err != nil {
 		t.Fatal(err)
-	}
-	if code := run([]string{"nix2aci", "key", "generate", "--name", "F", "--email", "f@example.com", "--no-passphrase", "--out", "k.asc", "--public", "p.asc"}); code != 0 {
-		t.Fatalf("key generate exited %d", code)
 	}
 	os.WriteFile("x.aci", []byte("not read"), 0o644)
 	os.Mkdir("recipes", 0o755)

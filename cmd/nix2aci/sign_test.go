@@ -9,13 +9,11 @@ import (
 // A CI secret holding the armored key signs without any key file.
 func TestSigningKeyFromEnvironment(t *testing.T) {
 	dir := t.TempDir()
+	testKey(t, dir) // k.asc, p.asc; before Chdir: it builds the CLI from the package directory
 	t.Chdir(dir)
 	t.Setenv("XDG_CACHE_HOME", filepath.Join(dir, "cache"))
 	t.Setenv("NIX_CONFIG", "substituters =")
 	t.Setenv("NIX_PATH", "")
-	if code := run([]string{"nix2aci", "key", "generate", "--name", "CI", "--email", "ci@example.com", "--no-passphrase", "--out", "k.asc", "--public", "p.asc"}); code != 0 {
-		t.Fatalf("key generate exited %d", code)
-	}
 	key, err := os.ReadFile("k.asc")
 	if err != nil {
 		t.Fatal(err)
