@@ -154,7 +154,12 @@ func TestShutdownDuringBuild(t *testing.T) {
 	before := tree(t, e.data)
 	done := make(chan int, 1)
 	go func() {
-		resp, _ := get(t, e.url("127.0.0.1/slow", "aci"))
+		resp, _, err := request(e.url("127.0.0.1/slow", "aci"))
+		if err != nil {
+			t.Errorf("the slow build's request: %v", err)
+			done <- 0
+			return
+		}
 		done <- resp.StatusCode
 	}()
 	for e.built.Load() == 0 {
@@ -188,7 +193,12 @@ func TestQueueIsBounded(t *testing.T) {
 	})
 	done := make(chan int, 1)
 	go func() {
-		resp, _ := get(t, e.url("127.0.0.1/slow", "aci"))
+		resp, _, err := request(e.url("127.0.0.1/slow", "aci"))
+		if err != nil {
+			t.Errorf("the slow build's request: %v", err)
+			done <- 0
+			return
+		}
 		done <- resp.StatusCode
 	}()
 	for e.built.Load() == 0 {

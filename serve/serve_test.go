@@ -99,22 +99,37 @@ func (e *env) url(name, ext string) string {
 	return e.base + "/" + name[:len(name)-len(last)] + last + "-" + version + "-linux-amd64." + ext
 }
 
+// get is a GET with the headers hdr (name, value, ...), returning the
+// response and its body; failing to get them is fatal.
 func get(t *testing.T, url string, hdr ...string) (*http.Response, []byte) {
 	t.Helper()
-	req, _ := http.NewRequest("GET", url, nil)
+	resp, b, err := request(url, hdr...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, b
+}
+
+// request is get for a goroutine other than the test's, which must not
+// call t.Fatal: it returns the error.
+func request(url string, hdr ...string) (*http.Response, []byte, error) {
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		return nil, nil, err
+	}
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
-	return resp, b
+	return resp, b, nil
 }
 
 // mustGet is a GET that must answer 200 OK.
