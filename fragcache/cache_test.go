@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"hash/crc32"
@@ -837,5 +838,37 @@ func TestCacheGC(t *testing.T) {
 	res, err = cache.GC(0)
 	if err != nil || res.Entries != 0 || res.Removed != 3 || res.Bytes != 0 {
 		t.Fatalf("GC to zero: %+v, %v", res, err)
+	}
+}
+
+// A record's tag is taken only as the hex of TagRecord's HMAC under this
+// cache's key, for the same kind and message.
+func TestRecordTagged(t *testing.T) {
+	keyed, other := openCache(t, true), openCache(t, true)
+	tag, ok := keyed.TagRecord("kind 1", []byte("msg"))
+	if !ok {
+		t.Fatal("no tag with a key")
+	}
+	good := hex.EncodeToString(tag)
+	for _, tc := range []struct {
+		name      string
+		c         *fragcache.Cache
+		kind, msg string
+		tag       string
+		want      bool
+	}{
+		{"its own tag", keyed, "kind 1", "msg", good, true},
+		{"upper-case hex", keyed, "kind 1", "msg", strings.ToUpper(good), true},
+		{"another message", keyed, "kind 1", "msg2", good, false},
+		{"another kind", keyed, "kind 2", "msg", good, false},
+		{"another key", other, "kind 1", "msg", good, false},
+		{"no key", openCache(t, false), "kind 1", "msg", good, false},
+		{"not hex", keyed, "kind 1", "msg", good[:63] + "g", false},
+		{"cut short", keyed, "kind 1", "msg", good[:62], false},
+		{"empty", keyed, "kind 1", "msg", "", false},
+	} {
+		if got := tc.c.RecordTagged(tc.kind, []byte(tc.msg), tc.tag); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

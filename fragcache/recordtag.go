@@ -3,6 +3,7 @@ package fragcache
 import (
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/hex"
 	"io"
 )
 
@@ -22,4 +23,13 @@ func (c *Cache) TagRecord(what string, msg []byte) (tag []byte, ok bool) {
 	io.WriteString(m, "nix2aci record 1\x00"+what+"\x00")
 	m.Write(msg)
 	return m.Sum(nil), true
+}
+
+// RecordTagged reports whether hexTag, as read from a record, is
+// TagRecord(what, msg) in hex: false without a key, for a tag that is
+// not hex, and for any other tag (compared in constant time).
+func (c *Cache) RecordTagged(what string, msg []byte, hexTag string) bool {
+	tag, ok := c.TagRecord(what, msg)
+	got, err := hex.DecodeString(hexTag)
+	return ok && err == nil && hmac.Equal(got, tag)
 }

@@ -2,8 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"crypto/hmac"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -160,8 +158,7 @@ func (idx *layerIndex) proven(dir, name string, cache *fragcache.Cache) (indexEn
 	if !ok {
 		return e, false
 	}
-	tag, ok := cache.TagRecord(recordTagKind, e.message(name))
-	if got, err := hex.DecodeString(e.Tag); !ok || err != nil || !hmac.Equal(got, tag) {
+	if !cache.RecordTagged(recordTagKind, e.message(name), e.Tag) {
 		return e, false
 	}
 	if st, ok := statOf(filepath.Join(dir, name)); !ok || st != e.File || st.Size != e.Size {

@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"bytes"
-	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -207,8 +206,7 @@ func (idx *blobIndex) tagged(inputs string, cache *fragcache.Cache) (blobEntry, 
 	if !ok {
 		return e, false
 	}
-	tag, ok := cache.TagRecord(blobTagKind, e.message(inputs))
-	if got, err := hex.DecodeString(e.Tag); !ok || err != nil || !hmac.Equal(got, tag) {
+	if !cache.RecordTagged(blobTagKind, e.message(inputs), e.Tag) {
 		return e, false
 	}
 	return e, true
